@@ -1,0 +1,129 @@
+/*
+ * core/chat.h — the chat state machine (DESIGN.md §1).
+ *
+ * Every change to chat state is an op. An op is built *before* it is
+ * sequenced, carrying everything non-deterministic (the Argon2id string, the
+ * token hash, the primary's clock), then given an op-number and applied
+ * through the store on every replica. Applying is deterministic and
+ * idempotent by op-number, so replaying the log gives the same state on any
+ * server with any store plugin.
+ *
+ * Read-only requests (list_users, counts, history, conversation, session
+ * lookups) are answered from the local store by pl_chat_query().
+ *
+ * Prefix: pl_chat_ (state machine), pl_op_ (op codec), pl_glob_ (matcher).
+ */
+#ifndef PL_CORE_CHAT_H
+#define PL_CORE_CHAT_H
+
+#include <stdbool.h>
+#include <parley/store.h>
+#include <parley/types.h>
+
+/* Op kinds. Stable numbers: they are in every replica's log. */
+enum pl_op_kind {
+    PL_OP_NOOP = 0,           /* VR: a new primary's first op; changes nothing */
+    PL_OP_REGISTER = 1,       /* name, pwhash */
+    PL_OP_LOGIN = 2,          /* name (the account verified), uid, token_hash */
+    PL_OP_LOGOUT = 3,         /* uid, token_hash */
+    PL_OP_SEND = 4,           /* uid (sender), name (recipient), body */
+    PL_OP_READ = 5,           /* uid, n */
+    PL_OP_ACK = 6,            /* uid, ids */
+    PL_OP_DELETE = 7,         /* uid, ids */
+    PL_OP_DELETE_ACCOUNT = 8, /* uid */
+    PL_OP__COUNT
+};
+
+typedef struct pl_op {
+    uint32_t kind;            /* enum pl_op_kind */
+    uint64_t client_id;       /* exactly-once; 0 = not recorded in the client table */
+    uint64_t request_no;
+    uint64_t time_ms;         /* primary's wall clock when the op was built */
+    uint64_t uid;             /* acting account; 0 for register */
+    pl_str name;              /* register: new username; login: username; send: recipient */
+    pl_str pwhash;            /* register: crypto_pwhash_str output */
+    pl_str token_hash;        /* login/logout: 32 raw bytes */
+    pl_str body;              /* send */
+    uint64_t n;               /* read */
+    const uint64_t *ids;      /* ack/delete (aligned copy owned by whoever built the op) */
+    uint32_t n_ids;
+} pl_op;
+
+/* Encode op into a malloc'd buffer; caller frees *out. Fixed-width
+ * little-endian fields and length-prefixed strings: byte-identical on every
+ * replica for equal ops. */
+int pl_op_encode(const pl_op *op, uint8_t **out, size_t *len);
+/* Decode; op's strings point into buf, ids into *ids_owner (malloc'd,
+ * caller frees; NULL when no ids). Returns PL_ERR_CORRUPT on bad input,
+ * never crashes on any input. */
+int pl_op_decode(const uint8_t *buf, size_t len, pl_op *op, uint64_t **ids_owner);
+
+/* Glob over whole names: '*' any run, '?' one byte. Linear time
+ * (O(len(pattern) * len(name)) worst case, no backtracking explosion). */
+bool pl_glob_match(pl_str pattern, pl_str name);
+/* The literal prefix of a pattern before its first wildcard. */
+pl_str pl_glob_prefix(pl_str pattern);
+
+/* Validation helpers: return PL_OK or the pl_err naming the limit. */
+int pl_chat_check_username(pl_str name);
+int pl_chat_check_password(pl_str pw);
+int pl_chat_check_body(pl_str body);       /* 1..PL_BODY_MAX bytes, valid UTF-8, no NUL */
+int pl_chat_check_pattern(pl_str pattern);
+
+typedef struct pl_chat pl_chat;
+
+/* Wraps an open store; does not own it (the caller closes the store after
+ * pl_chat_free). */
+pl_chat *pl_chat_new(const pl_store_plugin *sp, pl_store *st);
+void pl_chat_free(pl_chat *c);
+
+/* The result of applying one op. Everything points into memory owned by
+ * the pl_chat and is valid until the next pl_chat_apply_batch/pl_chat_query
+ * call. */
+typedef struct pl_apply_result {
+    pl_response reply;        /* what the client that sent the op is told
+                                 (method, status, error, id, msgs, ...) */
+    /* send: the new message, to push to the recipient's live connections */
+    int has_push;
+    uint64_t push_uid;        /* recipient account */
+    pl_message push;
+    /* delete_account / logout: sessions of this uid / this token hash are gone;
+       the server drops subscriptions that used them */
+    uint64_t revoked_uid;
+    pl_str revoked_token_hash;
+} pl_apply_result;
+
+/* Apply ops[0..n) with op-numbers first_op, first_op+1, ... in one store
+ * transaction that ends with commit(first_op + n - 1). Ops whose number is
+ * <= the store's applied_op are skipped (idempotence) and get status
+ * PL_ERR_STALE_REQUEST in their result. A repeated (client_id, request_no)
+ * gets the reply recorded in the client table instead of executing again.
+ * results must have room for n entries. A rule violation (unknown recipient,
+ * duplicate name...) is a normal result with a non-zero reply.status; only a
+ * store failure returns an error (and then nothing of the batch is applied). */
+int pl_chat_apply_batch(pl_chat *c, uint64_t first_op, const pl_op *ops,
+                        size_t n, pl_apply_result *results);
+
+/* Answer a read-only request for account uid (already authenticated):
+ * PL_M_LIST_USERS, PL_M_COUNTS, PL_M_HISTORY, PL_M_CONVERSATION.
+ * Also PL_M_SUBSCRIBE's backlog: the unread messages with id > after_id
+ * (ascending, one page at most). resp points into c's memory. */
+int pl_chat_query(pl_chat *c, uint64_t uid, const pl_request *req, pl_response *resp);
+
+/* Session lookup: token text -> account. PL_ERR_NOT_LOGGED_IN when the token
+ * is unknown or revoked. name points into c's memory. */
+int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name);
+/* BLAKE2b-256 of a token, as stored in sessions (out: 32 bytes). */
+void pl_chat_token_hash(pl_str token, uint8_t out[32]);
+
+/* Account lookup for login/delete_account verification. pwhash points into
+ * c's memory. PL_ERR_NOT_FOUND when there is no such account. */
+int pl_chat_account(pl_chat *c, pl_str name, uint64_t *uid, pl_str *pwhash);
+int pl_chat_account_by_uid(pl_chat *c, uint64_t uid, pl_str *name, pl_str *pwhash);
+
+/* Hex BLAKE2b-256 digest of the logical state (accounts, sessions, messages,
+ * client table, counters) in a canonical order: equal on every replica
+ * whatever its store plugin. out: 65 bytes (64 hex + NUL). */
+int pl_chat_digest(pl_chat *c, char out[65]);
+
+#endif
