@@ -9,6 +9,7 @@
  *   plugin "foo": not found (looked in: A, B, C)
  *   plugin "x.so": symbol parley_store_plugin missing: ...
  *   plugin "x.so": ABI version 2, this parley speaks 1
+ *   plugin "sqlite" (path): open failed: <the plugin's own message>
  */
 #ifndef PL_CORE_LOADER_H
 #define PL_CORE_LOADER_H
@@ -27,5 +28,12 @@ const pl_store_plugin *pl_plugin_store(const pl_plugin *p);         /* NULL if n
 const pl_transport_plugin *pl_plugin_transport(const pl_plugin *p); /* NULL if not a transport */
 const char *pl_plugin_path(const pl_plugin *p);
 void pl_plugin_unload(pl_plugin *p);
+
+/* Open a store through a loaded store plugin. On failure err reads
+ *   plugin "sqlite" (/path/parley-store-sqlite.so): open failed: <plugin's message>
+ */
+int pl_plugin_store_open(const pl_plugin *p, const pl_store_host *host,
+                         const pl_store_options *opt, pl_store **out,
+                         char *err, size_t errlen);
 
 #endif
