@@ -1,0 +1,174 @@
+"""Fixture for end-to-end and cluster tests: real parleyd processes on free
+loopback ports, driven through the real `parley` CLI.
+
+Everything it starts is killed and every temp directory removed when the
+fixture is closed, also when a test fails.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+PWHASH_FAST = {"opslimit": 1, "memlimit": 8192}  # tests: Argon2id at its minimum cost
+
+
+def free_port(avoid=()):
+    """A loopback port that is free now, and whose peer port (+1000) is too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 1000 > 65535 or port in avoid:
+            continue
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair found")
+
+
+def wait_until(pred, timeout=10.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
+
+
+class Cluster:
+    """n parleyd servers from one config file."""
+
+    def __init__(self, parleyd, parley, n=1, transport=None, store="sqlite",
+                 stores=None, extra=None):
+        self.parleyd = parleyd
+        self.parley = parley
+        self.dir = tempfile.mkdtemp(prefix="parley-e2e-")
+        ports = []
+        for _ in range(n):
+            ports.append(free_port(avoid=ports + [p + 1000 for p in ports]))
+        self.ports = ports
+        cfg = {"servers": [{"host": "127.0.0.1", "port": p} for p in ports],
+               "store": store,
+               "password_hash": PWHASH_FAST}
+        if transport is not None:
+            cfg["transport"] = transport
+        if extra:
+            cfg.update(extra)
+        self.stores = stores  # per-server store override (mixed clusters)
+        self.config = os.path.join(self.dir, "parley.json")
+        with open(self.config, "w") as f:
+            json.dump(cfg, f)
+        self.cfg = cfg
+        self.procs = [None] * n
+        self.logs = [os.path.join(self.dir, "s%d.log" % i) for i in range(n)]
+
+    def data_dir(self, i):
+        return os.path.join(self.dir, "data%d" % i)
+
+    def start(self, i, wait=True):
+        cfg = self.config
+        if self.stores:
+            c = dict(self.cfg)
+            c["store"] = self.stores[i]
+            cfg = os.path.join(self.dir, "parley-s%d.json" % i)
+            with open(cfg, "w") as f:
+                json.dump(c, f)
+        log = open(self.logs[i], "ab")
+        self.procs[i] = subprocess.Popen([self.parleyd, cfg, str(i), self.data_dir(i)],
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        if wait:
+            self.wait_listening(i)
+
+    def start_all(self):
+        for i in range(len(self.ports)):
+            self.start(i, wait=False)
+        for i in range(len(self.ports)):
+            self.wait_listening(i)
+
+    def wait_listening(self, i, timeout=15.0):
+        def up():
+            if self.procs[i].poll() is not None:
+                raise AssertionError("parleyd %d exited with %s:\n%s" % (i, self.procs[i].returncode, self.log(i)))
+            try:
+                with socket.create_connection(("127.0.0.1", self.ports[i]), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+        wait_until(up, timeout, what="server %d to listen" % i)
+
+    def log(self, i):
+        try:
+            with open(self.logs[i], "rb") as f:
+                return f.read().decode("utf-8", "replace")[-4000:]
+        except OSError:
+            return ""
+
+    def kill(self, i, sig=signal.SIGKILL):
+        p = self.procs[i]
+        if p and p.poll() is None:
+            p.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                p.wait(timeout=20)
+
+    def stop(self, i):
+        """SIGTERM and wait; returns the exit code."""
+        p = self.procs[i]
+        if p is None or p.poll() is not None:
+            return p.returncode if p else None
+        p.send_signal(signal.SIGTERM)
+        return p.wait(timeout=20)
+
+    def close(self):
+        for i, p in enumerate(self.procs):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait(timeout=20)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---- the CLI ----
+    def cli(self, user, *args, stdin=None, check=None, timeout=30, server=None):
+        env = dict(os.environ)
+        env["PARLEY_SESSION"] = os.path.join(self.dir, "%s.session" % user)
+        env.pop("PARLEY_CONFIG", None)
+        cmd = [self.parley, "-c", self.config]
+        if server is not None:
+            cmd += ["--server", "127.0.0.1:%d" % self.ports[server]]
+        cmd += ["--json"] + list(args)
+        r = subprocess.run(cmd, input=stdin, capture_output=True, text=True,
+                           timeout=timeout, env=env)
+        if check is not None and r.returncode != check:
+            raise AssertionError("parley %s: exit %d (wanted %d)\nstdout: %s\nstderr: %s"
+                                 % (" ".join(args), r.returncode, check, r.stdout, r.stderr))
+        return r
+
+    def cli_json(self, user, *args, **kw):
+        kw.setdefault("check", 0)
+        r = self.cli(user, *args, **kw)
+        try:
+            return json.loads(r.stdout)
+        except ValueError as e:
+            raise AssertionError("parley %s printed no JSON document: %r (%s)" % (" ".join(args), r.stdout, e))
+
+    def register(self, user, password="correct horse"):
+        return self.cli(user, "register", user, "--password-stdin", stdin=password + "\n", check=0)
+
+    def login(self, user, password="correct horse"):
+        return self.cli_json(user, "login", user, "--password-stdin", stdin=password + "\n")
+
+    def listen(self, user):
+        env = dict(os.environ)
+        env["PARLEY_SESSION"] = os.path.join(self.dir, "%s.session" % user)
+        return subprocess.Popen([self.parley, "-c", self.config, "--json", "listen"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
