@@ -1,0 +1,881 @@
+/*
+ * core/vr.c — Viewstamped Replication, socket-free. See vr.h for the
+ * protocol summary and how it differs from the paper.
+ *
+ * Invariants this file protects (DESIGN.md §6):
+ *  I1 an op the primary reports committed is durable on f+1 replicas and
+ *     survives every later view change;
+ *  I2 every op committed at op-number k is the same op on every replica.
+ * The comments name the paper step each handler implements.
+ */
+#include "vr.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+typedef struct vr_dvc {
+    int have;
+    uint64_t lnv, op, commit, anchor_op, anchor_view;
+    pl_log_entry *entries; /* deep copies */
+    uint32_t n_entries;
+} vr_dvc;
+
+struct pl_vr {
+    pl_vr_config cfg;
+    pl_vr_io io;
+    uint32_t f;
+
+    uint64_t view;
+    uint64_t lnv;
+    int status;
+    uint64_t op;          /* last op in the log */
+    uint64_t op_view;     /* its view */
+    uint64_t commit;
+
+    /* backup */
+    uint64_t last_heard_ms;     /* last PREPARE/COMMIT/START-VIEW from the primary */
+    uint64_t last_getstate_ms;
+
+    /* view change (§4.2) */
+    uint64_t vc_start_ms;
+    uint32_t svc_mask;          /* replicas known to be in view change for `view` */
+    uint64_t svc_commit_min;    /* lowest commit number announced in those SVCs */
+    int sent_dvc;
+    vr_dvc dvc[PL_VR_MAX_REPLICAS];
+
+    /* primary (§4.1) */
+    uint64_t acked[PL_VR_MAX_REPLICAS];  /* highest op durable on replica i this view */
+    uint64_t ack_ts[PL_VR_MAX_REPLICAS]; /* our clock when we sent what i acked last */
+    uint64_t last_send_ms;
+    uint64_t primary_since_ms;
+};
+
+/* ---- small helpers ---- */
+
+static uint32_t primary_of(const pl_vr *vr, uint64_t view)
+{
+    return (uint32_t)(view % vr->cfg.n);
+}
+
+static int is_primary(const pl_vr *vr)
+{
+    return vr->status == PL_VR_NORMAL && primary_of(vr, vr->view) == vr->cfg.self;
+}
+
+static void send_to(pl_vr *vr, uint32_t to, pl_vr_msg *m)
+{
+    m->from = vr->cfg.self;
+    if (to != vr->cfg.self)
+        vr->io.send(vr->io.ud, to, m);
+}
+
+static void broadcast(pl_vr *vr, pl_vr_msg *m)
+{
+    for (uint32_t i = 0; i < vr->cfg.n; i++)
+        send_to(vr, i, m);
+}
+
+typedef struct view_lookup { uint64_t view; int found; } view_lookup;
+
+static int view_cb(void *ud, const pl_log_entry *e)
+{
+    view_lookup *vl = ud;
+    vl->view = e->view;
+    vl->found = 1;
+    return 1;
+}
+
+/* View of our log entry at op (0 for op 0). Returns -1 when we do not hold it. */
+static int entry_view(pl_vr *vr, uint64_t op, uint64_t *view)
+{
+    if (op == 0) {
+        *view = 0;
+        return 0;
+    }
+    if (op > vr->op)
+        return -1;
+    if (op == vr->op) {
+        *view = vr->op_view;
+        return 0;
+    }
+    view_lookup vl = { 0, 0 };
+    if (vr->io.read(vr->io.ud, op, op, view_cb, &vl) != PL_OK || !vl.found)
+        return -1;
+    *view = vl.view;
+    return 0;
+}
+
+static void set_commit(pl_vr *vr, uint64_t c)
+{
+    if (c > vr->op)
+        c = vr->op;
+    if (c > vr->commit) {
+        vr->commit = c;
+        vr->io.committed(vr->io.ud, c);
+    }
+}
+
+static void dvc_clear(pl_vr *vr)
+{
+    for (uint32_t i = 0; i < PL_VR_MAX_REPLICAS; i++) {
+        vr_dvc *d = &vr->dvc[i];
+        for (uint32_t k = 0; k < d->n_entries; k++)
+            free((void *)d->entries[k].data);
+        free(d->entries);
+        memset(d, 0, sizeof *d);
+    }
+}
+
+static int save(pl_vr *vr, const char *key, uint64_t val)
+{
+    int rc = vr->io.save_meta(vr->io.ud, key, val);
+    if (rc != PL_OK)
+        pl_log(PL_LOG_ERROR, "vr: cannot persist %s=%llu: %s", key,
+               (unsigned long long)val, pl_strerror(rc));
+    return rc;
+}
+
+/*
+ * Replace our log after `anchor_op` with entries (the suffix of somebody's
+ * log starting at anchor_op + 1). Entries at or below our commit number are
+ * committed, hence identical everywhere (I2), and are kept as they are.
+ * Returns 0 on success, -1 when our log does not reach the anchor or holds
+ * another view there (state transfer needed).
+ */
+static int adopt_suffix(pl_vr *vr, uint64_t anchor_op, uint64_t anchor_view,
+                        const pl_log_entry *e, uint32_t n)
+{
+    uint64_t keep; /* our entries <= keep stay */
+    if (anchor_op <= vr->commit) {
+        keep = vr->commit;
+    } else {
+        uint64_t v;
+        if (entry_view(vr, anchor_op, &v) != 0 || v != anchor_view)
+            return -1;
+        keep = anchor_op;
+    }
+    /* the suffix must reach past what we keep, or at least not leave a hole */
+    uint64_t last = n ? e[n - 1].op : anchor_op;
+    if (vr->op > keep) {
+        if (vr->io.truncate(vr->io.ud, keep) != PL_OK)
+            return -1;
+        vr->op = keep;
+        if (entry_view(vr, keep, &vr->op_view) != 0)
+            vr->op_view = 0;
+    }
+    uint32_t skip = 0;
+    while (skip < n && e[skip].op <= keep)
+        skip++;
+    if (skip < n) {
+        if (e[skip].op != vr->op + 1)
+            return -1;
+        if (vr->io.append(vr->io.ud, e + skip, n - skip) != PL_OK)
+            return -1;
+        vr->op = last;
+        vr->op_view = e[n - 1].view;
+    }
+    return 0;
+}
+
+typedef struct collect {
+    pl_log_entry *e;
+    uint32_t n, cap;
+    size_t bytes, max_bytes;
+    int oom;
+} collect;
+
+static int collect_cb(void *ud, const pl_log_entry *e)
+{
+    collect *c = ud;
+    if (c->n == c->cap || c->bytes + e->len > c->max_bytes)
+        return 1;
+    uint8_t *copy = malloc(e->len ? e->len : 1);
+    if (!copy) {
+        c->oom = 1;
+        return 1;
+    }
+    memcpy(copy, e->data, e->len);
+    c->e[c->n] = *e;
+    c->e[c->n].data = copy;
+    c->n++;
+    c->bytes += e->len;
+    return 0;
+}
+
+/* Read our entries (from, to] (bounded) into a malloc'd array of copies. */
+static int read_suffix(pl_vr *vr, uint64_t from, uint64_t to, uint64_t max_n,
+                       size_t max_bytes, pl_log_entry **out, uint32_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (to <= from)
+        return PL_OK;
+    if (to - from > max_n)
+        to = from + max_n;
+    if (to - from > UINT32_MAX / 2)
+        return PL_ERR_INVALID;
+    collect c = { 0 };
+    c.cap = (uint32_t)(to - from);
+    c.max_bytes = max_bytes;
+    c.e = calloc(c.cap, sizeof *c.e);
+    if (!c.e)
+        return PL_ERR_NOMEM;
+    int rc = vr->io.read(vr->io.ud, from + 1, to, collect_cb, &c);
+    if (rc == PL_OK && c.oom)
+        rc = PL_ERR_NOMEM;
+    if (rc != PL_OK) {
+        for (uint32_t i = 0; i < c.n; i++)
+            free((void *)c.e[i].data);
+        free(c.e);
+        return rc;
+    }
+    *out = c.e;
+    *n = c.n;
+    return PL_OK;
+}
+
+static void free_entries(pl_log_entry *e, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        free((void *)e[i].data);
+    free(e);
+}
+
+/* ---- messages we send ---- */
+
+static void send_prepare_ok(pl_vr *vr, uint64_t ts)
+{
+    pl_vr_msg m = { .type = PL_VR_PREPARE_OK, .view = vr->view, .op = vr->op,
+                    .commit = vr->commit, .ts = ts };
+    send_to(vr, primary_of(vr, vr->view), &m);
+}
+
+static void send_get_state(pl_vr *vr, uint64_t now)
+{
+    if (vr->last_getstate_ms && now - vr->last_getstate_ms < vr->cfg.heartbeat_ms * 2)
+        return;
+    vr->last_getstate_ms = now;
+    pl_vr_msg m = { .type = PL_VR_GET_STATE, .view = vr->view, .op = vr->op,
+                    .commit = vr->commit };
+    send_to(vr, primary_of(vr, vr->view), &m);
+}
+
+static void send_heartbeat(pl_vr *vr, uint64_t now)
+{
+    pl_vr_msg m = { .type = PL_VR_COMMIT, .view = vr->view, .op = vr->op,
+                    .commit = vr->commit, .ts = now };
+    broadcast(vr, &m);
+    vr->last_send_ms = now;
+}
+
+/* ---- view change (§4.2) ---- */
+
+static void start_view_change(pl_vr *vr, uint64_t v, uint64_t now);
+static void try_finish_view_change(pl_vr *vr, uint64_t now);
+
+/* A replica whose log is not known to match the current view's primary
+ * truncates to its committed prefix and fetches the rest (§5.2). */
+static void begin_recovery(pl_vr *vr, uint64_t v, uint64_t now)
+{
+    int changed = vr->view != v || vr->status != PL_VR_RECOVERING;
+    if (vr->view != v) {
+        vr->view = v;
+        save(vr, "view", v);
+    }
+    vr->status = PL_VR_RECOVERING;
+    vr->last_heard_ms = now;
+    dvc_clear(vr);
+    if (vr->op > vr->commit) {
+        if (vr->io.truncate(vr->io.ud, vr->commit) == PL_OK) {
+            vr->op = vr->commit;
+            if (entry_view(vr, vr->op, &vr->op_view) != 0)
+                vr->op_view = 0;
+        }
+    }
+    vr->last_getstate_ms = 0;
+    send_get_state(vr, now);
+    if (changed)
+        vr->io.changed(vr->io.ud);
+}
+
+#define DVC_MAX_BYTES (256u * 1024u * 1024u)
+
+static void send_dvc(pl_vr *vr, uint64_t now)
+{
+    /* DO-VIEW-CHANGE carries our whole log after an anchor the new primary
+     * is likely to hold: the lowest commit number announced in this view
+     * change (the new primary's is among them when its SVC arrived), or our
+     * own commit when that suffix would be long. Every uncommitted entry
+     * must be in it — a shortened DVC could hide a committed op (I1) — so
+     * when even that cannot be read we send nothing and the view times out. */
+    uint64_t anchor = vr->commit;
+    if (vr->svc_commit_min < anchor && vr->op - vr->svc_commit_min <= 4ull * vr->cfg.window)
+        anchor = vr->svc_commit_min;
+    uint64_t av = 0;
+    if (entry_view(vr, anchor, &av) != 0) {
+        anchor = vr->commit;
+        if (entry_view(vr, anchor, &av) != 0)
+            av = 0;
+    }
+    pl_log_entry *e = NULL;
+    uint32_t n = 0;
+    if (read_suffix(vr, anchor, vr->op, vr->op - anchor, DVC_MAX_BYTES, &e, &n) != PL_OK ||
+        anchor + n != vr->op) {
+        free_entries(e, n);
+        pl_log(PL_LOG_ERROR, "vr: cannot read log (%llu, %llu] for DO-VIEW-CHANGE",
+               (unsigned long long)anchor, (unsigned long long)vr->op);
+        return;
+    }
+    pl_vr_msg m = { .type = PL_VR_DVC, .view = vr->view, .op = vr->op,
+                    .commit = vr->commit, .lnv = vr->lnv, .anchor_op = anchor,
+                    .anchor_view = av, .entries = e, .n_entries = n };
+    vr->sent_dvc = 1;
+    uint32_t p = primary_of(vr, vr->view);
+    if (p == vr->cfg.self) {
+        m.from = vr->cfg.self;
+        pl_vr_receive(vr, &m, now);
+    } else {
+        send_to(vr, p, &m);
+    }
+    free_entries(e, n);
+}
+
+static unsigned popcount32(uint32_t x)
+{
+    unsigned c = 0;
+    while (x) {
+        x &= x - 1;
+        c++;
+    }
+    return c;
+}
+
+static void maybe_send_dvc(pl_vr *vr, uint64_t now)
+{
+    if (vr->status != PL_VR_VIEW_CHANGE || vr->sent_dvc)
+        return;
+    uint32_t others = vr->svc_mask & ~(1u << vr->cfg.self);
+    if (popcount32(others) >= vr->f)
+        send_dvc(vr, now);
+}
+
+/* §4.2 step 1: move to view v, durably, then announce it. */
+static void start_view_change(pl_vr *vr, uint64_t v, uint64_t now)
+{
+    vr->view = v;
+    vr->status = PL_VR_VIEW_CHANGE;
+    /* The view is durable before any message of it is sent: a restarted
+     * replica never acts in a view below one it already joined. */
+    save(vr, "view", v);
+    vr->vc_start_ms = now;
+    vr->svc_mask = 1u << vr->cfg.self;
+    vr->svc_commit_min = vr->commit;
+    vr->sent_dvc = 0;
+    dvc_clear(vr);
+    pl_log(PL_LOG_INFO, "vr: view change to view %llu (primary would be %u)",
+           (unsigned long long)v, primary_of(vr, v));
+    pl_vr_msg m = { .type = PL_VR_SVC, .view = v, .op = vr->op, .commit = vr->commit };
+    broadcast(vr, &m);
+    vr->io.changed(vr->io.ud);
+    maybe_send_dvc(vr, now);
+}
+
+static void become_primary(pl_vr *vr, uint64_t now, uint64_t k)
+{
+    vr->status = PL_VR_NORMAL;
+    vr->lnv = vr->view;
+    save(vr, "lnv", vr->lnv);
+    memset(vr->acked, 0, sizeof vr->acked);
+    memset(vr->ack_ts, 0, sizeof vr->ack_ts);
+    vr->primary_since_ms = now;
+    vr->last_heard_ms = now;
+
+    /* START-VIEW carries the suffix after the lowest commit any DVC sender
+     * reported; a replica that cannot match it fetches the rest. */
+    uint64_t anchor = vr->commit;
+    for (uint32_t i = 0; i < vr->cfg.n; i++)
+        if (vr->dvc[i].have && vr->dvc[i].commit < anchor)
+            anchor = vr->dvc[i].commit;
+    uint64_t av = 0;
+    pl_log_entry *e = NULL;
+    uint32_t n = 0;
+    if (entry_view(vr, anchor, &av) != 0 ||
+        read_suffix(vr, anchor, vr->op, 4ull * vr->cfg.window, 64u * 1024u * 1024u, &e, &n) != PL_OK ||
+        anchor + n < vr->op) {
+        free_entries(e, n);
+        e = NULL;
+        n = 0;
+        anchor = vr->op; /* nothing carried: anyone behind fetches by GET-STATE */
+        av = vr->op_view;
+    }
+    dvc_clear(vr);
+    set_commit(vr, k);
+    pl_log(PL_LOG_INFO, "vr: primary of view %llu (op %llu, commit %llu)",
+           (unsigned long long)vr->view, (unsigned long long)vr->op,
+           (unsigned long long)vr->commit);
+    pl_vr_msg m = { .type = PL_VR_START_VIEW, .view = vr->view, .op = vr->op,
+                    .commit = vr->commit, .anchor_op = anchor, .anchor_view = av,
+                    .entries = e, .n_entries = n, .ts = now };
+    broadcast(vr, &m);
+    vr->last_send_ms = now;
+    free_entries(e, n);
+    vr->io.changed(vr->io.ud);
+}
+
+/* §4.2 step 3-4: the new primary has f+1 DO-VIEW-CHANGEs (its own among them). */
+static void try_finish_view_change(pl_vr *vr, uint64_t now)
+{
+    if (vr->status != PL_VR_VIEW_CHANGE || primary_of(vr, vr->view) != vr->cfg.self)
+        return;
+    uint32_t have = 0;
+    int best = -1;
+    uint64_t k = vr->commit;
+    for (uint32_t i = 0; i < vr->cfg.n; i++) {
+        vr_dvc *d = &vr->dvc[i];
+        if (!d->have)
+            continue;
+        have++;
+        if (d->commit > k)
+            k = d->commit;
+        if (best < 0 || d->lnv > vr->dvc[best].lnv ||
+            (d->lnv == vr->dvc[best].lnv && d->op > vr->dvc[best].op))
+            best = (int)i;
+    }
+    if (have < vr->f + 1 || !vr->dvc[vr->cfg.self].have)
+        return;
+    /* The log with the highest (last normal view, op) holds every committed
+     * op (I1); make ours equal to it. */
+    vr_dvc *b = &vr->dvc[best];
+    if ((uint32_t)best != vr->cfg.self &&
+        (adopt_suffix(vr, b->anchor_op, b->anchor_view, b->entries, b->n_entries) != 0 ||
+         vr->op != b->op)) {
+        pl_log(PL_LOG_WARN, "vr: view %llu: cannot adopt the log of replica %d "
+               "(anchor %llu): this view will time out and the next one is tried",
+               (unsigned long long)vr->view, best, (unsigned long long)b->anchor_op);
+        return;
+    }
+    become_primary(vr, now, k);
+}
+
+/* ---- handlers ---- */
+
+static void on_prepare(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (m->from != primary_of(vr, m->view))
+        return;
+    vr->last_heard_ms = now;
+    if (vr->status != PL_VR_NORMAL) {
+        /* we missed the START-VIEW of this view: fetch the log (§5.2) */
+        if (vr->status == PL_VR_VIEW_CHANGE)
+            begin_recovery(vr, m->view, now);
+        else
+            send_get_state(vr, now);
+        return;
+    }
+    if (m->type == PL_VR_PREPARE && m->n_entries) {
+        if (m->anchor_op > vr->op) {
+            send_get_state(vr, now); /* a gap: PREPAREs were lost */
+        } else {
+            uint32_t skip = 0;
+            while (skip < m->n_entries && m->entries[skip].op <= vr->op)
+                skip++;
+            if (skip < m->n_entries) {
+                if (vr->io.append(vr->io.ud, m->entries + skip, m->n_entries - skip) != PL_OK) {
+                    pl_log(PL_LOG_ERROR, "vr: log append failed; not acknowledging");
+                    return;
+                }
+                vr->op = m->entries[m->n_entries - 1].op;
+                vr->op_view = m->entries[m->n_entries - 1].view;
+            }
+        }
+    } else if (m->op > vr->op) {
+        send_get_state(vr, now); /* heartbeat says we are behind */
+    }
+    /* §4.1 step 4: PREPARE-OK only after the append is durable (it is: append returned). */
+    send_prepare_ok(vr, m->ts);
+    set_commit(vr, m->commit);
+}
+
+static void on_prepare_ok(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    (void)now;
+    if (!is_primary(vr) || m->from >= vr->cfg.n || m->from == vr->cfg.self)
+        return;
+    uint64_t op = m->op > vr->op ? vr->op : m->op;
+    if (op > vr->acked[m->from])
+        vr->acked[m->from] = op;
+    if (m->ts > vr->ack_ts[m->from])
+        vr->ack_ts[m->from] = m->ts;
+    /* §4.1 step 5: commit what f+1 replicas (us included) hold durably. */
+    uint64_t vals[PL_VR_MAX_REPLICAS];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < vr->cfg.n; i++)
+        vals[n++] = i == vr->cfg.self ? vr->op : vr->acked[i];
+    for (uint32_t i = 1; i < n; i++) { /* insertion sort, descending; n <= 16 */
+        uint64_t x = vals[i];
+        uint32_t j = i;
+        while (j > 0 && vals[j - 1] < x) {
+            vals[j] = vals[j - 1];
+            j--;
+        }
+        vals[j] = x;
+    }
+    set_commit(vr, vals[vr->f]);
+}
+
+static void on_get_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    (void)now;
+    if (!is_primary(vr) || m->from >= vr->cfg.n || m->op > vr->op)
+        return;
+    uint64_t av;
+    if (entry_view(vr, m->op, &av) != 0)
+        return;
+    pl_log_entry *e = NULL;
+    uint32_t n = 0;
+    if (read_suffix(vr, m->op, vr->op, vr->cfg.max_batch, 16u * 1024u * 1024u, &e, &n) != PL_OK)
+        return;
+    pl_vr_msg r = { .type = PL_VR_NEW_STATE, .view = vr->view, .op = vr->op,
+                    .commit = vr->commit, .anchor_op = m->op, .anchor_view = av,
+                    .entries = e, .n_entries = n, .ts = now };
+    send_to(vr, m->from, &r);
+    free_entries(e, n);
+}
+
+static void on_new_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (m->from != primary_of(vr, vr->view) || vr->status == PL_VR_VIEW_CHANGE)
+        return;
+    vr->last_heard_ms = now;
+    if (m->anchor_op > vr->op)
+        return; /* an answer to an older request; a newer one is pending */
+    if (adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0) {
+        /* our log diverges above the anchor: fall back to the committed prefix */
+        begin_recovery(vr, vr->view, now);
+        return;
+    }
+    if (vr->status == PL_VR_RECOVERING) {
+        vr->status = PL_VR_NORMAL;
+        vr->lnv = vr->view;
+        save(vr, "lnv", vr->lnv);
+        pl_log(PL_LOG_INFO, "vr: backup in view %llu after state transfer (op %llu)",
+               (unsigned long long)vr->view, (unsigned long long)vr->op);
+        vr->io.changed(vr->io.ud);
+    }
+    vr->last_getstate_ms = 0;
+    if (vr->op < m->op)
+        send_get_state(vr, now);
+    send_prepare_ok(vr, m->ts);
+    set_commit(vr, m->commit);
+}
+
+static void on_start_view(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (m->from != primary_of(vr, m->view))
+        return;
+    if (m->view == vr->view && vr->status == PL_VR_NORMAL)
+        return; /* duplicate */
+    if (m->view != vr->view) {
+        vr->view = m->view;
+        save(vr, "view", vr->view);
+    }
+    vr->last_heard_ms = now;
+    dvc_clear(vr);
+    /* §4.2 step 5: replace our log with the new primary's. */
+    if (adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0 ||
+        vr->op != m->op) {
+        begin_recovery(vr, m->view, now);
+        return;
+    }
+    vr->status = PL_VR_NORMAL;
+    vr->lnv = m->view;
+    save(vr, "lnv", vr->lnv);
+    pl_log(PL_LOG_INFO, "vr: backup in view %llu, primary %u", (unsigned long long)vr->view,
+           primary_of(vr, vr->view));
+    send_prepare_ok(vr, m->ts);
+    set_commit(vr, m->commit);
+    vr->io.changed(vr->io.ud);
+}
+
+static void on_svc(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (vr->status != PL_VR_VIEW_CHANGE)
+        return; /* late SVC for a view that already started */
+    vr->svc_mask |= 1u << m->from;
+    if (m->commit < vr->svc_commit_min)
+        vr->svc_commit_min = m->commit;
+    maybe_send_dvc(vr, now);
+}
+
+static void on_dvc(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (vr->status != PL_VR_VIEW_CHANGE || primary_of(vr, vr->view) != vr->cfg.self)
+        return;
+    vr_dvc *d = &vr->dvc[m->from];
+    if (d->have)
+        return;
+    pl_log_entry *copy = NULL;
+    if (m->n_entries) {
+        copy = calloc(m->n_entries, sizeof *copy);
+        if (!copy)
+            return;
+        for (uint32_t i = 0; i < m->n_entries; i++) {
+            copy[i] = m->entries[i];
+            uint8_t *b = malloc(m->entries[i].len ? m->entries[i].len : 1);
+            if (!b) {
+                free_entries(copy, i);
+                return;
+            }
+            memcpy(b, m->entries[i].data, m->entries[i].len);
+            copy[i].data = b;
+        }
+    }
+    d->have = 1;
+    d->lnv = m->lnv;
+    d->op = m->op;
+    d->commit = m->commit;
+    d->anchor_op = m->anchor_op;
+    d->anchor_view = m->anchor_view;
+    d->entries = copy;
+    d->n_entries = m->n_entries;
+    /* A DVC also says its sender is in this view change. */
+    vr->svc_mask |= 1u << m->from;
+    maybe_send_dvc(vr, now);
+    try_finish_view_change(vr, now);
+}
+
+void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (m->from >= vr->cfg.n || m->type == 0 || m->type >= PL_VR__COUNT)
+        return;
+    if (m->view < vr->view)
+        return; /* fenced: a message of an older view changes nothing (I1) */
+    if (m->view > vr->view) {
+        switch (m->type) {
+        case PL_VR_SVC:
+        case PL_VR_DVC:
+            start_view_change(vr, m->view, now);
+            break;
+        case PL_VR_START_VIEW:
+            on_start_view(vr, m, now);
+            return;
+        case PL_VR_PREPARE:
+        case PL_VR_COMMIT:
+        case PL_VR_NEW_STATE:
+            /* a view we missed entirely: join it by state transfer */
+            if (m->from == primary_of(vr, m->view))
+                begin_recovery(vr, m->view, now);
+            return;
+        default:
+            return;
+        }
+    }
+    switch (m->type) {
+    case PL_VR_PREPARE:
+    case PL_VR_COMMIT:
+        on_prepare(vr, m, now);
+        break;
+    case PL_VR_PREPARE_OK:
+        on_prepare_ok(vr, m, now);
+        break;
+    case PL_VR_GET_STATE:
+        on_get_state(vr, m, now);
+        break;
+    case PL_VR_NEW_STATE:
+        on_new_state(vr, m, now);
+        break;
+    case PL_VR_START_VIEW:
+        on_start_view(vr, m, now);
+        break;
+    case PL_VR_SVC:
+        on_svc(vr, m, now);
+        break;
+    case PL_VR_DVC:
+        on_dvc(vr, m, now);
+        break;
+    }
+}
+
+/* ---- time ---- */
+
+static uint64_t lease_ms(const pl_vr *vr)
+{
+    return vr->cfg.lease_ms ? vr->cfg.lease_ms : vr->cfg.election_timeout_ms / 2;
+}
+
+static uint64_t next_view_for(const pl_vr *vr, uint32_t target)
+{
+    uint64_t v = vr->view + 1;
+    while (primary_of(vr, v) != target)
+        v++;
+    return v;
+}
+
+void pl_vr_tick(pl_vr *vr, uint64_t now)
+{
+    uint64_t et = vr->cfg.election_timeout_ms;
+    if (vr->cfg.n == 1) {
+        /* a lone server is the primary of every view; finish an interrupted
+         * view change on the spot */
+        if (vr->status != PL_VR_NORMAL)
+            become_primary(vr, now, vr->op);
+        return;
+    }
+    if (is_primary(vr)) {
+        if (now - vr->last_send_ms >= vr->cfg.heartbeat_ms)
+            send_heartbeat(vr, now);
+        /* Priority failback: hand over to the most preferred replica that
+         * holds every committed op and answers, once we have been primary
+         * for a while (no flapping at start-up). */
+        if (vr->cfg.failback && now - vr->primary_since_ms >= 2 * et) {
+            for (uint32_t h = 0; h < vr->cfg.self; h++) {
+                if (vr->acked[h] >= vr->commit && vr->acked[h] + 2ull * vr->cfg.max_batch >= vr->op &&
+                    vr->ack_ts[h] + lease_ms(vr) > now) {
+                    pl_log(PL_LOG_INFO, "vr: replica %u has caught up: handing the primary back", h);
+                    start_view_change(vr, next_view_for(vr, h), now);
+                    break;
+                }
+            }
+        }
+        return;
+    }
+    switch (vr->status) {
+    case PL_VR_NORMAL:
+    case PL_VR_RECOVERING:
+        if (now - vr->last_heard_ms >= et) {
+            pl_log(PL_LOG_WARN, "vr: no word from primary %u for %llu ms",
+                   primary_of(vr, vr->view), (unsigned long long)(now - vr->last_heard_ms));
+            start_view_change(vr, vr->view + 1, now);
+        } else if (vr->status == PL_VR_RECOVERING) {
+            send_get_state(vr, now);
+        }
+        break;
+    case PL_VR_VIEW_CHANGE:
+        if (now - vr->vc_start_ms >= et) {
+            /* the would-be primary did not complete the view: try the next */
+            start_view_change(vr, vr->view + 1, now);
+        } else if (!vr->sent_dvc && now - vr->last_send_ms >= vr->cfg.heartbeat_ms) {
+            /* repeat our SVC in case it was lost */
+            pl_vr_msg m = { .type = PL_VR_SVC, .view = vr->view, .op = vr->op,
+                            .commit = vr->commit };
+            broadcast(vr, &m);
+            vr->last_send_ms = now;
+        }
+        break;
+    }
+}
+
+/* ---- the primary's API ---- */
+
+int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint64_t now)
+{
+    if (!is_primary(vr))
+        return vr->status == PL_VR_NORMAL ? PL_ERR_NOT_PRIMARY : PL_ERR_UNAVAILABLE;
+    if (!pl_vr_can_serve(vr, now))
+        return PL_ERR_UNAVAILABLE;
+    if (vr->op - vr->commit + n > vr->cfg.window)
+        return PL_ERR_BUSY;
+    uint64_t anchor = vr->op, av = vr->op_view;
+    for (size_t i = 0; i < n; i++) {
+        e[i].op = vr->op + 1 + i;
+        e[i].view = vr->view;
+    }
+    /* §4.1 step 2-3: send PREPARE first, so backups sync in parallel with us. */
+    pl_vr_msg m = { .type = PL_VR_PREPARE, .view = vr->view, .op = vr->op + n,
+                    .commit = vr->commit, .anchor_op = anchor, .anchor_view = av,
+                    .entries = e, .n_entries = (uint32_t)n, .ts = now };
+    broadcast(vr, &m);
+    vr->last_send_ms = now;
+    int rc = vr->io.append(vr->io.ud, e, n);
+    if (rc != PL_OK)
+        return rc;
+    *first_op = vr->op + 1;
+    vr->op += n;
+    vr->op_view = vr->view;
+    if (vr->cfg.n == 1 || vr->f == 0)
+        set_commit(vr, vr->op);
+    return PL_OK;
+}
+
+bool pl_vr_can_serve(const pl_vr *vr, uint64_t now)
+{
+    if (!is_primary(vr))
+        return false;
+    if (vr->cfg.n == 1)
+        return true;
+    uint64_t lease = lease_ms(vr);
+    /* a new primary waits out any lease the previous one may still hold */
+    if (now - vr->primary_since_ms < lease)
+        return false;
+    uint32_t fresh = 0;
+    for (uint32_t i = 0; i < vr->cfg.n; i++)
+        if (i != vr->cfg.self && vr->ack_ts[i] + lease > now)
+            fresh++;
+    return fresh >= vr->f;
+}
+
+/* ---- lifecycle and getters ---- */
+
+pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
+                 const pl_vr_durable *d, uint64_t now)
+{
+    if (cfg->n == 0 || cfg->n > PL_VR_MAX_REPLICAS || cfg->self >= cfg->n)
+        return NULL;
+    pl_vr *vr = calloc(1, sizeof *vr);
+    if (!vr)
+        return NULL;
+    vr->cfg = *cfg;
+    if (!vr->cfg.max_batch)
+        vr->cfg.max_batch = 1024;
+    if (!vr->cfg.window)
+        vr->cfg.window = 4096;
+    if (!vr->cfg.heartbeat_ms)
+        vr->cfg.heartbeat_ms = 100;
+    if (!vr->cfg.election_timeout_ms)
+        vr->cfg.election_timeout_ms = 1000;
+    vr->io = *io;
+    vr->f = (cfg->n - 1) / 2;
+    vr->view = d->view;
+    vr->lnv = d->lnv;
+    vr->op = d->op;
+    vr->op_view = d->op_view;
+    vr->commit = d->commit > d->op ? d->op : d->commit;
+    /* A restart resumes where the durable state says: normal in the last
+     * normal view (like a replica that was paused), or in the view change it
+     * was taking part in. */
+    vr->status = d->lnv == d->view ? PL_VR_NORMAL : PL_VR_VIEW_CHANGE;
+    vr->last_heard_ms = now;
+    vr->vc_start_ms = now;
+    vr->primary_since_ms = now;
+    vr->svc_mask = 1u << cfg->self;
+    vr->svc_commit_min = vr->commit;
+    return vr;
+}
+
+void pl_vr_free(pl_vr *vr)
+{
+    if (!vr)
+        return;
+    dvc_clear(vr);
+    free(vr);
+}
+
+bool pl_vr_is_primary(const pl_vr *vr) { return is_primary(vr); }
+uint32_t pl_vr_primary(const pl_vr *vr) { return primary_of(vr, vr->view); }
+uint64_t pl_vr_view(const pl_vr *vr) { return vr->view; }
+uint64_t pl_vr_op(const pl_vr *vr) { return vr->op; }
+uint64_t pl_vr_commit(const pl_vr *vr) { return vr->commit; }
+int pl_vr_status(const pl_vr *vr) { return vr->status; }
+uint64_t pl_vr_acked(const pl_vr *vr, uint32_t i) { return i < vr->cfg.n ? vr->acked[i] : 0; }
+
+const char *pl_vr_role(const pl_vr *vr, uint64_t now)
+{
+    (void)now;
+    switch (vr->status) {
+    case PL_VR_VIEW_CHANGE: return "view-change";
+    case PL_VR_RECOVERING: return "recovering";
+    default: return is_primary(vr) ? "primary" : "backup";
+    }
+}

@@ -1,0 +1,138 @@
+/*
+ * core/vr.h — Viewstamped Replication with durable state and a
+ * priority-ordered primary (DESIGN.md §4).
+ *
+ * Socket-free and clock-free: messages and ticks go in, messages, durable
+ * writes and commit notifications come out through pl_vr_io. The network
+ * (core/peer.c) and the store sit behind that interface, so the protocol runs
+ * in tests with no sockets and no clock (tests/unit/test_vr.c drives N
+ * replicas in one process, cutting links, crashing and restarting them).
+ *
+ * References are to Liskov & Cowling, "Viewstamped Replication Revisited"
+ * (MIT-CSAIL-TR-2012-021), §4.1 normal operation, §4.2 view changes, §5.2
+ * state transfer. Differences, all because parley's state is durable:
+ *  - no recovery protocol (§4.3): a restarted replica keeps its durable view,
+ *    last normal view and log, so it never votes twice in a view;
+ *  - DO-VIEW-CHANGE and START-VIEW carry only the log suffix after an
+ *    "anchor" (op, view) instead of the whole log; a replica whose entry at
+ *    the anchor has another view (or none) fetches the missing part by state
+ *    transfer before it acts in the new view;
+ *  - priority failback: the primary hands over to a higher-priority replica
+ *    (lower index) that has caught up, by starting a view change to that
+ *    replica's next view;
+ *  - leases: a primary that has not heard from a majority within the lease
+ *    stops serving, and a new primary waits one lease before serving, so a
+ *    deposed primary never answers a read the new one would answer
+ *    differently.
+ *
+ * Prefix: pl_vr_.
+ */
+#ifndef PL_CORE_VR_H
+#define PL_CORE_VR_H
+
+#include <stdbool.h>
+#include <parley/store.h>
+
+#define PL_VR_MAX_REPLICAS 16
+
+enum pl_vr_msg_type {
+    PL_VR_PREPARE = 1,     /* primary -> backups: entries (anchor_op, op], commit */
+    PL_VR_PREPARE_OK = 2,  /* backup -> primary: all entries <= op are durable here */
+    PL_VR_COMMIT = 3,      /* primary -> backups: heartbeat with commit */
+    PL_VR_SVC = 4,         /* START-VIEW-CHANGE(view) to all */
+    PL_VR_DVC = 5,         /* DO-VIEW-CHANGE(view, lnv, op, commit, suffix) to the new primary */
+    PL_VR_START_VIEW = 6,  /* new primary -> all: suffix after the anchor, op, commit */
+    PL_VR_GET_STATE = 7,   /* lagging replica -> primary: send entries after op */
+    PL_VR_NEW_STATE = 8,   /* primary -> lagging replica: entries (anchor_op, op], commit */
+    PL_VR__COUNT
+};
+
+typedef struct pl_vr_msg {
+    uint32_t type;
+    uint32_t from;
+    uint64_t view;
+    uint64_t op;           /* meaning depends on type, see above */
+    uint64_t commit;
+    uint64_t lnv;          /* DVC: sender's last normal view */
+    uint64_t anchor_op;    /* entries start at anchor_op + 1 */
+    uint64_t anchor_view;  /* view of the sender's entry at anchor_op (0 if anchor_op is 0) */
+    uint64_t ts;           /* PREPARE/COMMIT: primary's clock; echoed in PREPARE_OK (leases) */
+    const pl_log_entry *entries; /* borrowed for the duration of the call */
+    uint32_t n_entries;
+} pl_vr_msg;
+
+typedef struct pl_vr_io {
+    void *ud;
+    /* Durable log (the store). append/truncate are durable on return. */
+    int (*append)(void *ud, const pl_log_entry *e, size_t n);
+    int (*truncate)(void *ud, uint64_t after);
+    int (*read)(void *ud, uint64_t from, uint64_t to, pl_log_cb cb, void *cbud);
+    /* Durable replica metadata: "view", "lnv". */
+    int (*save_meta)(void *ud, const char *key, uint64_t val);
+    /* Send to replica `to` (best effort; may be dropped). */
+    void (*send)(void *ud, uint32_t to, const pl_vr_msg *m);
+    /* Every entry <= commit is committed: apply them in order. */
+    void (*committed)(void *ud, uint64_t commit);
+    /* Role, view or status changed (the server fails waiting requests whose
+     * outcome it can no longer know, and logs the change). */
+    void (*changed)(void *ud);
+} pl_vr_io;
+
+typedef struct pl_vr_config {
+    uint32_t n;                    /* replicas, config order = priority */
+    uint32_t self;
+    uint32_t election_timeout_ms;  /* backup: silence before a view change */
+    uint32_t heartbeat_ms;         /* primary: COMMIT when idle this long */
+    uint32_t lease_ms;             /* 0 = election_timeout_ms / 2 */
+    bool failback;                 /* hand the primary back to higher priority */
+    uint32_t max_batch;            /* entries per PREPARE / NEW_STATE message */
+    uint32_t window;               /* max uncommitted ops the primary holds */
+} pl_vr_config;
+
+/* Durable state found at start-up. */
+typedef struct pl_vr_durable {
+    uint64_t view;
+    uint64_t lnv;
+    uint64_t op;                   /* last op in the log */
+    uint64_t op_view;              /* view of that entry */
+    uint64_t commit;               /* known committed (the store's applied op) */
+} pl_vr_durable;
+
+enum pl_vr_status { PL_VR_NORMAL = 0, PL_VR_VIEW_CHANGE = 1, PL_VR_RECOVERING = 2 };
+
+typedef struct pl_vr pl_vr;
+
+pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
+                 const pl_vr_durable *d, uint64_t now_ms);
+void pl_vr_free(pl_vr *vr);
+
+/* Time passes. Call every few ms (heartbeat_ms / 4 or finer). */
+void pl_vr_tick(pl_vr *vr, uint64_t now_ms);
+/* A message from a peer. */
+void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now_ms);
+
+/* Primary only: append entries (their op/view fields are filled in here:
+ * pl_vr_op() + 1, + 2, ...) durably and send PREPARE. io->committed may be
+ * called before this returns (a single server commits at once), so register
+ * whatever waits for these op-numbers before calling. Returns PL_OK and the first op-number assigned,
+ * PL_ERR_NOT_PRIMARY, PL_ERR_UNAVAILABLE (view change, no lease, window
+ * full), or a store error. */
+int pl_vr_propose(pl_vr *vr, pl_log_entry *entries, size_t n, uint64_t *first_op,
+                  uint64_t now_ms);
+
+/* May this replica answer clients now? True only for a primary in normal
+ * status whose lease holds (a majority heard within lease_ms, and one lease
+ * passed since it became primary). */
+bool pl_vr_can_serve(const pl_vr *vr, uint64_t now_ms);
+
+bool pl_vr_is_primary(const pl_vr *vr);
+uint32_t pl_vr_primary(const pl_vr *vr);  /* primary of the current view */
+uint64_t pl_vr_view(const pl_vr *vr);
+uint64_t pl_vr_op(const pl_vr *vr);
+uint64_t pl_vr_commit(const pl_vr *vr);
+int pl_vr_status(const pl_vr *vr);        /* enum pl_vr_status */
+const char *pl_vr_role(const pl_vr *vr, uint64_t now_ms); /* "primary", "backup", "view-change", "recovering" */
+/* Primary: highest op known durable on replica i (0 if unknown). */
+uint64_t pl_vr_acked(const pl_vr *vr, uint32_t i);
+
+#endif
