@@ -58,6 +58,15 @@ int pl_op_encode(const pl_op *op, uint8_t **out, size_t *len);
  * never crashes on any input. */
 int pl_op_decode(const uint8_t *buf, size_t len, pl_op *op, uint64_t **ids_owner);
 
+/* The reply recorded in the client table for exactly-once requests: method,
+ * status, error, id, time_ms, unread, read, more and msgs (the other
+ * pl_response fields are never recorded). Encode into a malloc'd buffer;
+ * caller frees *out. Decode: strings point into buf, msgs into *msgs_owner
+ * (malloc'd, caller frees; NULL when none). PL_ERR_CORRUPT on bad input. */
+int pl_op_reply_encode(const pl_response *resp, uint8_t **out, size_t *len);
+int pl_op_reply_decode(const uint8_t *buf, size_t len, pl_response *resp,
+                       pl_message **msgs_owner);
+
 /* Glob over whole names: '*' any run, '?' one byte. Linear time
  * (O(len(pattern) * len(name)) worst case, no backtracking explosion). */
 bool pl_glob_match(pl_str pattern, pl_str name);
