@@ -1,1 +1,1535 @@
-/* placeholder: being written */
+/*
+ * store_sqlite.c — the "sqlite" store plugin: everything durable on one
+ * server in one SQLite database, <dir>/parley.db (WAL mode).
+ *
+ * Durability (the contract in parley/store.h)
+ *   log_append, log_truncate and meta_set outside a transaction run with
+ *   PRAGMA synchronous=FULL: their COMMIT fsyncs the WAL before returning.
+ *   State transactions (begin .. commit(applied_op)) run with
+ *   synchronous=NORMAL: the commit is atomic but not synced, because the core
+ *   replays the durable log from applied_op() + 1 after a crash. WAL frames
+ *   are synced in order, so the next FULL commit also makes every earlier
+ *   state commit durable; a state commit is never half-visible because
+ *   recovery keeps only a checksummed prefix of the WAL. The applied
+ *   op-number lives in meta key "applied" and is written inside the same
+ *   transaction as the state it describes. When the store is opened with
+ *   sync off everything runs with synchronous=OFF.
+ *
+ * Schema (PRAGMA user_version = SQ_SCHEMA_VERSION)
+ *   meta(key, val)                  replica metadata and "applied"
+ *   log(op, view, data)             the replicated log, op is the rowid
+ *   accounts(uid, name, pwhash, created)
+ *   sessions(token_hash, uid, created)
+ *   messages(id, from_uid, to_uid, from_name, to_name, body, time, flags)
+ *   clients(client_id, request_no, op, reply)
+ *   Names, bodies and opaque bytes are BLOBs, so ORDER BY is memcmp-then-
+ *   length exactly as store.h requires, and no text encoding is applied.
+ *
+ *   Every message query is an index range scan over one user's messages,
+ *   never a scan of the whole table (EXPLAIN QUERY PLAN, see sq_sql):
+ *     msg_unread (to_uid) WHERE (flags & 5) = 0   PL_Q_UNREAD, unread count
+ *     msg_read   (to_uid) WHERE (flags & 5) = 1   PL_Q_READ, read count
+ *     msg_recv   (to_uid) WHERE (flags & 4) = 0   PL_Q_RECEIVED
+ *     msg_sent   (from_uid) WHERE (flags & 2) = 0 PL_Q_SENT
+ *     msg_pair   (from_uid, to_uid)               PL_Q_CONVO (merge of both directions)
+ *   The rowid (message id) is the implicit last column of every index, so
+ *   each scan comes out in id order without a sort. The partial indexes only
+ *   help when a query repeats the index's WHERE expression verbatim, which
+ *   is why the flag tests are written exactly the same way in both places.
+ *
+ * uint64 values are stored as sqlite3_int64 (two's complement bit pattern),
+ * so every value round-trips. Ordering is numeric only below 2^63: message
+ * ids, uids and op-numbers are sequential counters and stay far below that.
+ * Client ids are random 64-bit numbers, so client_scan reads the two halves
+ * of the signed range in unsigned order.
+ *
+ * Threading: the connection is opened with SQLITE_OPEN_NOMUTEX; a store
+ * instance is used by one thread at a time (store.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+#include <sqlite3.h>
+
+#include <parley/store.h>
+
+#define SQ_SCHEMA_VERSION 1
+#define SQ_DB_FILE "parley.db"
+#define SQ_BUSY_TIMEOUT_MS 5000
+#define SQ_CACHE_KB_MAX (16u * 1024u * 1024u) /* 16 GiB of page cache */
+#define SQ_APPLIED_KEY "applied"
+
+enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
+
+/* Every statement the store runs, prepared once at open. */
+enum sq_stmt {
+    ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
+    ST_META_GET, ST_META_SET,
+    ST_LOG_BOUNDS, ST_LOG_APPEND, ST_LOG_READ, ST_LOG_TRUNCATE, ST_LOG_COMPACT,
+    ST_ACC_PUT, ST_ACC_GET_NAME, ST_ACC_GET_UID, ST_ACC_DELETE, ST_ACC_SCAN,
+    ST_ACC_COUNT,
+    ST_SES_PUT, ST_SES_GET, ST_SES_DELETE, ST_SES_DELETE_UID, ST_SES_SCAN,
+    ST_MSG_PUT, ST_MSG_GET, ST_MSG_SET_FLAGS, ST_MSG_DELETE, ST_MSG_COUNTS,
+    ST_Q_UNREAD, ST_Q_READ, ST_Q_CONVO, ST_Q_CONVO_SELF, ST_Q_RECEIVED,
+    ST_Q_SENT, ST_Q_ALL,
+    ST_CLI_GET, ST_CLI_PUT, ST_CLI_SCAN_LO, ST_CLI_SCAN_HI,
+    ST__COUNT
+};
+
+#define SQ_MSG_COLS "id, from_uid, to_uid, from_name, to_name, body, time, flags"
+
+/* Message queries bind ?1 uid, ?2 peer_uid or after_id, ?3 limit, ?4 offset
+ * (unused numbers are simply left unbound). */
+static const char *const sq_sql[ST__COUNT] = {
+    /* IMMEDIATE takes the write lock up front, so a transaction never fails
+     * half-way with SQLITE_BUSY when another process reads the file. */
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+
+    [ST_META_GET] = "SELECT val FROM meta WHERE key = ?1",
+    [ST_META_SET] = "INSERT OR REPLACE INTO meta(key, val) VALUES (?1, ?2)",
+
+    /* Two single-row index probes; min() and max() together would scan. */
+    [ST_LOG_BOUNDS] = "SELECT (SELECT op FROM log ORDER BY op LIMIT 1),"
+                      " (SELECT op FROM log ORDER BY op DESC LIMIT 1)",
+    [ST_LOG_APPEND] = "INSERT INTO log(op, view, data) VALUES (?1, ?2, ?3)",
+    [ST_LOG_READ] = "SELECT op, view, data FROM log WHERE op BETWEEN ?1 AND ?2 ORDER BY op",
+    [ST_LOG_TRUNCATE] = "DELETE FROM log WHERE op > ?1",
+    [ST_LOG_COMPACT] = "DELETE FROM log WHERE op < ?1",
+
+    /* An upsert on uid only: a name held by another uid is a UNIQUE
+     * violation instead of REPLACE silently deleting that other account. */
+    [ST_ACC_PUT] = "INSERT INTO accounts(uid, name, pwhash, created) VALUES (?1, ?2, ?3, ?4)"
+                   " ON CONFLICT(uid) DO UPDATE SET name = excluded.name,"
+                   " pwhash = excluded.pwhash, created = excluded.created",
+    [ST_ACC_GET_NAME] = "SELECT uid, name, pwhash, created FROM accounts WHERE name = ?1",
+    [ST_ACC_GET_UID] = "SELECT uid, name, pwhash, created FROM accounts WHERE uid = ?1",
+    [ST_ACC_DELETE] = "DELETE FROM accounts WHERE uid = ?1",
+    [ST_ACC_SCAN] = "SELECT uid, name, pwhash, created FROM accounts WHERE name >= ?1 ORDER BY name",
+    [ST_ACC_COUNT] = "SELECT count(*) FROM accounts",
+
+    [ST_SES_PUT] = "INSERT OR REPLACE INTO sessions(token_hash, uid, created) VALUES (?1, ?2, ?3)",
+    [ST_SES_GET] = "SELECT token_hash, uid, created FROM sessions WHERE token_hash = ?1",
+    [ST_SES_DELETE] = "DELETE FROM sessions WHERE token_hash = ?1",
+    [ST_SES_DELETE_UID] = "DELETE FROM sessions WHERE uid = ?1",
+    [ST_SES_SCAN] = "SELECT token_hash, uid, created FROM sessions ORDER BY token_hash",
+
+    [ST_MSG_PUT] = "INSERT INTO messages(" SQ_MSG_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_MSG_GET] = "SELECT " SQ_MSG_COLS " FROM messages WHERE id = ?1",
+    [ST_MSG_SET_FLAGS] = "UPDATE messages SET flags = ?2 WHERE id = ?1",
+    [ST_MSG_DELETE] = "DELETE FROM messages WHERE id = ?1",
+    /* Each count walks only this user's entries of a partial index. */
+    [ST_MSG_COUNTS] = "SELECT (SELECT count(*) FROM messages WHERE to_uid = ?1 AND (flags & 5) = 0),"
+                      " (SELECT count(*) FROM messages WHERE to_uid = ?1 AND (flags & 5) = 1)",
+
+    [ST_Q_UNREAD] = "SELECT " SQ_MSG_COLS " FROM messages"
+                    " WHERE to_uid = ?1 AND (flags & 5) = 0 AND id > ?2"
+                    " ORDER BY id LIMIT ?3 OFFSET ?4",
+    [ST_Q_READ] = "SELECT " SQ_MSG_COLS " FROM messages"
+                  " WHERE to_uid = ?1 AND (flags & 5) = 1"
+                  " ORDER BY id DESC LIMIT ?3 OFFSET ?4",
+    /* Both directions, each an ordered msg_pair range, merged by SQLite
+     * (MERGE (UNION ALL)) without a temporary sort. */
+    [ST_Q_CONVO] = "SELECT " SQ_MSG_COLS " FROM messages"
+                   " WHERE from_uid = ?1 AND to_uid = ?2 AND (flags & 2) = 0"
+                   " UNION ALL"
+                   " SELECT " SQ_MSG_COLS " FROM messages"
+                   " WHERE from_uid = ?2 AND to_uid = ?1 AND (flags & 4) = 0"
+                   " ORDER BY id DESC LIMIT ?3 OFFSET ?4",
+    /* A note to self is both sent and received by uid: it stays in the
+     * conversation while either side still shows it (not both delete flags),
+     * matching PL_Q_SENT and PL_Q_RECEIVED, each of which would still list
+     * it. The UNION above would return it twice. */
+    [ST_Q_CONVO_SELF] = "SELECT " SQ_MSG_COLS " FROM messages"
+                        " WHERE from_uid = ?1 AND to_uid = ?1 AND (flags & 6) <> 6"
+                        " ORDER BY id DESC LIMIT ?3 OFFSET ?4",
+    [ST_Q_RECEIVED] = "SELECT " SQ_MSG_COLS " FROM messages"
+                      " WHERE to_uid = ?1 AND (flags & 4) = 0"
+                      " ORDER BY id LIMIT ?3 OFFSET ?4",
+    [ST_Q_SENT] = "SELECT " SQ_MSG_COLS " FROM messages"
+                  " WHERE from_uid = ?1 AND (flags & 2) = 0"
+                  " ORDER BY id LIMIT ?3 OFFSET ?4",
+    [ST_Q_ALL] = "SELECT " SQ_MSG_COLS " FROM messages"
+                 " WHERE id > ?2 ORDER BY id LIMIT ?3 OFFSET ?4",
+
+    [ST_CLI_GET] = "SELECT client_id, request_no, op, reply FROM clients WHERE client_id = ?1",
+    [ST_CLI_PUT] = "INSERT OR REPLACE INTO clients(client_id, request_no, op, reply) VALUES (?1, ?2, ?3, ?4)",
+    /* uint64 order: ids below 2^63 are the non-negative int64s, the rest
+     * are the negative ones, each half ascending. */
+    [ST_CLI_SCAN_LO] = "SELECT client_id, request_no, op, reply FROM clients"
+                       " WHERE client_id >= 0 ORDER BY client_id",
+    [ST_CLI_SCAN_HI] = "SELECT client_id, request_no, op, reply FROM clients"
+                       " WHERE client_id < 0 ORDER BY client_id",
+};
+
+static const char sq_schema[] =
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, val INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL, data BLOB NOT NULL);"
+    "CREATE TABLE accounts(uid INTEGER PRIMARY KEY, name BLOB UNIQUE NOT NULL,"
+    " pwhash TEXT NOT NULL, created INTEGER NOT NULL);"
+    "CREATE TABLE sessions(token_hash BLOB PRIMARY KEY, uid INTEGER NOT NULL,"
+    " created INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX sessions_uid ON sessions(uid);"
+    "CREATE TABLE messages(id INTEGER PRIMARY KEY, from_uid INTEGER NOT NULL,"
+    " to_uid INTEGER NOT NULL, from_name BLOB NOT NULL, to_name BLOB NOT NULL,"
+    " body BLOB NOT NULL, time INTEGER NOT NULL, flags INTEGER NOT NULL);"
+    "CREATE INDEX msg_unread ON messages(to_uid) WHERE (flags & 5) = 0;"
+    "CREATE INDEX msg_read ON messages(to_uid) WHERE (flags & 5) = 1;"
+    "CREATE INDEX msg_recv ON messages(to_uid) WHERE (flags & 4) = 0;"
+    "CREATE INDEX msg_sent ON messages(from_uid) WHERE (flags & 2) = 0;"
+    "CREATE INDEX msg_pair ON messages(from_uid, to_uid);"
+    "CREATE TABLE clients(client_id INTEGER PRIMARY KEY, request_no INTEGER NOT NULL,"
+    " op INTEGER NOT NULL, reply BLOB NOT NULL);";
+
+struct pl_store {
+    pl_store_host host;       /* copied: the caller's struct may be on its stack */
+    sqlite3 *db;
+    sqlite3_stmt *st[ST__COUNT];
+    char *path;               /* <dir>/parley.db, for messages */
+    int sync_on;              /* opt->sync */
+    int cur_sync;             /* enum sq_sync currently set on the connection */
+    int in_txn;               /* between begin() and commit()/abort() */
+    uint64_t applied;         /* cached meta "applied", updated on commit */
+    uint8_t *buf;             /* getter results live here until the next call */
+    size_t cap;
+};
+
+/* ---- small helpers ---- */
+
+static void sq_log(pl_store *s, int level, const char *fmt, ...) PL_PRINTF(3, 4);
+
+static void sq_log(pl_store *s, int level, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    if (!s->host.log)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    s->host.log(s->host.ud, level, "store sqlite: %s", line);
+}
+
+static int sq_map(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_ROW:
+    case SQLITE_DONE:
+        return PL_OK;
+    case SQLITE_NOMEM:
+        return PL_ERR_NOMEM;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_FORMAT:
+        return PL_ERR_CORRUPT;
+    case SQLITE_CONSTRAINT:
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+    case SQLITE_MISMATCH:
+        return PL_ERR_INVALID;
+    case SQLITE_MISUSE:
+    case SQLITE_INTERNAL:
+        return PL_ERR_INTERNAL;
+    default:
+        /* IOERR, FULL, BUSY, LOCKED, CANTOPEN, READONLY, PERM, ... */
+        return PL_ERR_IO;
+    }
+}
+
+/* Log the connection's last error for `what` and return it as a pl_err. */
+static int sq_fail(pl_store *s, const char *what)
+{
+    int rc = sqlite3_extended_errcode(s->db);
+    int err = sq_map(rc);
+
+    if (err == PL_OK) /* an error path with nothing recorded is still one */
+        err = PL_ERR_INTERNAL;
+    sq_log(s, PL_LOG_ERROR, "%s: %s (%s, code %d)", what, sqlite3_errmsg(s->db),
+           pl_strerror(err), rc);
+    return err;
+}
+
+/* The statement for `id`, ready to bind. A statement still mid-step means a
+ * scan callback called back into the store, which store.h forbids: resetting
+ * it would silently cut the outer scan short. */
+static sqlite3_stmt *sq_stmt(pl_store *s, enum sq_stmt id)
+{
+    sqlite3_stmt *st = s->st[id];
+
+    if (sqlite3_stmt_busy(st)) {
+        sq_log(s, PL_LOG_ERROR, "store called from inside a scan callback (%s)",
+               sq_sql[id]);
+        return NULL;
+    }
+    return st;
+}
+
+/* Release the statement (and its read snapshot) right after use. */
+static void sq_done(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+static int sq_bind_u64(sqlite3_stmt *st, int i, uint64_t v)
+{
+    return sqlite3_bind_int64(st, i, (sqlite3_int64)v);
+}
+
+/* uint64 bounds for range queries, kept in the non-negative int64 range so
+ * that a huge value means "everything" or "nothing" instead of wrapping. */
+static sqlite3_int64 sq_clamp(uint64_t v)
+{
+    return v > (uint64_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)v;
+}
+
+/* Bytes are always bound as BLOB: SQLite sorts TEXT before every BLOB, and
+ * a NULL pointer would bind SQL NULL instead of an empty value. */
+static int sq_bind_blob(sqlite3_stmt *st, int i, const void *p, uint32_t len)
+{
+    if (len == 0)
+        return sqlite3_bind_zeroblob(st, i, 0);
+    return sqlite3_bind_blob64(st, i, p, len, SQLITE_STATIC);
+}
+
+static int sq_bind_str(sqlite3_stmt *st, int i, pl_str v)
+{
+    return sq_bind_blob(st, i, v.ptr, v.len);
+}
+
+static int sq_bind_text(sqlite3_stmt *st, int i, pl_str v)
+{
+    return sqlite3_bind_text64(st, i, v.len ? v.ptr : "", v.len, SQLITE_STATIC, SQLITE_UTF8);
+}
+
+/* A pl_str view of a column: valid until the statement steps or resets. */
+static pl_str sq_col_blob(sqlite3_stmt *st, int i)
+{
+    const void *p = sqlite3_column_blob(st, i);
+    int n = sqlite3_column_bytes(st, i);
+    pl_str r = { NULL, 0 };
+
+    if (p && n > 0) {
+        r.ptr = p;
+        r.len = (uint32_t)n;
+    }
+    return r;
+}
+
+static pl_str sq_col_text(sqlite3_stmt *st, int i)
+{
+    const unsigned char *p = sqlite3_column_text(st, i);
+    int n = sqlite3_column_bytes(st, i);
+    pl_str r = { NULL, 0 };
+
+    if (p && n > 0) {
+        r.ptr = (const char *)p;
+        r.len = (uint32_t)n;
+    }
+    return r;
+}
+
+static uint64_t sq_col_u64(sqlite3_stmt *st, int i)
+{
+    return (uint64_t)sqlite3_column_int64(st, i);
+}
+
+/* Copy the views in f[0..n) into the store's buffer and repoint them there:
+ * getters return records that must outlive sqlite3_reset. */
+static int sq_keep(pl_store *s, pl_str *f[], int n)
+{
+    size_t total = 0, off = 0;
+    int i;
+
+    for (i = 0; i < n; i++)
+        total += f[i]->len;
+    if (total > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        uint8_t *nb;
+
+        while (cap < total)
+            cap *= 2;
+        nb = realloc(s->buf, cap);
+        if (!nb)
+            return PL_ERR_NOMEM;
+        s->buf = nb;
+        s->cap = cap;
+    }
+    for (i = 0; i < n; i++) {
+        if (f[i]->len == 0) {
+            f[i]->ptr = NULL;
+            continue;
+        }
+        memcpy(s->buf + off, f[i]->ptr, f[i]->len);
+        f[i]->ptr = (const char *)s->buf + off;
+        off += f[i]->len;
+    }
+    return PL_OK;
+}
+
+/* SQLite rolls a transaction back by itself after some errors (disk full,
+ * I/O error, out of memory). Statements after that would autocommit one by
+ * one, making part of an operation visible, so refuse them until abort(). */
+static int sq_txn_ok(pl_store *s)
+{
+    if (s->in_txn && sqlite3_get_autocommit(s->db)) {
+        sq_log(s, PL_LOG_ERROR, "the transaction was rolled back after an earlier error;"
+               " call abort() before new changes");
+        return PL_ERR_IO;
+    }
+    return PL_OK;
+}
+
+/* Set PRAGMA synchronous. It is run with sqlite3_exec rather than a prepared
+ * statement because SQLite applies this pragma when it compiles it, so a
+ * reused prepared copy would not switch the level again. Only valid outside
+ * a transaction. */
+static int sq_set_sync(pl_store *s, int level)
+{
+    static const char *const sql[] = {
+        [SQ_SYNC_OFF] = "PRAGMA synchronous=OFF",
+        [SQ_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
+        [SQ_SYNC_FULL] = "PRAGMA synchronous=FULL",
+    };
+
+    if (!s->sync_on || s->cur_sync == level)
+        return PL_OK;
+    if (sqlite3_exec(s->db, sql[level], NULL, NULL, NULL) != SQLITE_OK)
+        return sq_fail(s, sql[level]);
+    s->cur_sync = level;
+    return PL_OK;
+}
+
+/* Run a statement that returns no rows; used for single-statement writes. */
+static int sq_exec_stmt(pl_store *s, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    int err = PL_OK;
+
+    if (rc != SQLITE_DONE)
+        err = sq_fail(s, what);
+    sq_done(st);
+    return err;
+}
+
+/* Like sq_exec_stmt, but PL_ERR_NOT_FOUND when no row changed. */
+static int sq_exec_change(pl_store *s, sqlite3_stmt *st, const char *what)
+{
+    int err = sq_exec_stmt(s, st, what);
+
+    if (err == PL_OK && sqlite3_changes(s->db) == 0)
+        err = PL_ERR_NOT_FOUND;
+    return err;
+}
+
+static int sq_simple(pl_store *s, enum sq_stmt id)
+{
+    sqlite3_stmt *st = sq_stmt(s, id);
+
+    if (!st)
+        return PL_ERR_INTERNAL;
+    return sq_exec_stmt(s, st, sq_sql[id]);
+}
+
+static void sq_rollback(pl_store *s)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        sq_simple(s, ST_ROLLBACK);
+}
+
+/* ---- lifecycle ---- */
+
+static void sq_free(pl_store *s)
+{
+    int i;
+
+    if (!s)
+        return;
+    for (i = 0; i < ST__COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    /* The last connection to close checkpoints the WAL into the database
+     * and removes the -wal and -shm files. */
+    if (s->db && sqlite3_close(s->db) != SQLITE_OK)
+        sq_log(s, PL_LOG_WARN, "closing %s: %s", s->path, sqlite3_errmsg(s->db));
+    free(s->path);
+    free(s->buf);
+    free(s);
+}
+
+/* mkdir -p with mode 0700 for the directories it creates. */
+static int sq_mkdirs(const char *dir, char *err, size_t errlen)
+{
+    char *p = strdup(dir), *c;
+    struct stat sb;
+    int rc = -1;
+
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (c = p + 1; ; c++) {
+        if (*c != '/' && *c != '\0')
+            continue;
+        char saved = *c;
+        *c = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "cannot create directory %s: %s", p, strerror(errno));
+            goto out;
+        }
+        *c = saved;
+        if (saved == '\0')
+            break;
+    }
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        snprintf(err, errlen, "data directory %s is not a directory", dir);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(p);
+    return rc;
+}
+
+/* Create the database file ourselves so it is 0600 (SQLite would use 0644
+ * and the -wal/-shm files copy the database's mode), and make a new file's
+ * directory entry durable. */
+static int sq_precreate(const char *dir, const char *path, int sync_on,
+                        char *err, size_t errlen)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+    if (fd < 0 && errno == EEXIST)
+        return 0;
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    if (sync_on) {
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+        if (dfd >= 0) {
+            if (fsync(dfd) != 0) {
+                snprintf(err, errlen, "cannot sync directory %s: %s", dir, strerror(errno));
+                close(dfd);
+                return -1;
+            }
+            close(dfd);
+        }
+    }
+    return 0;
+}
+
+/* {"name": "sqlite", "cache_kb": N}; other keys belong to the config loader
+ * (name, sync) or are checked there, so they are ignored here. */
+static int sq_parse_options(const char *json, long *cache_kb, char *err, size_t errlen)
+{
+    cJSON *root, *v;
+    int rc = -1;
+
+    *cache_kb = -1;
+    if (!json || !*json)
+        return 0;
+    root = cJSON_Parse(json);
+    if (!root || !cJSON_IsObject(root)) {
+        snprintf(err, errlen, "store options are not a JSON object");
+        goto out;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(root, "cache_kb");
+    if (v) {
+        double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+
+        if (d < 0 || d > SQ_CACHE_KB_MAX || d != (double)(long)d) {
+            snprintf(err, errlen, "store option cache_kb: must be an integer 0-%u",
+                     SQ_CACHE_KB_MAX);
+            goto out;
+        }
+        *cache_kb = (long)d;
+    }
+    rc = 0;
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* Read one integer from a pragma or query. */
+static int sq_query_int(sqlite3 *db, const char *sql, sqlite3_int64 *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *out = sqlite3_column_int64(st, 0);
+            rc = SQLITE_OK;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_open(const pl_store_host *host, const pl_store_options *opt,
+                   pl_store **out, char *err, size_t errlen)
+{
+    pl_store *s = NULL;
+    sqlite3_int64 version = 0, applied = 0;
+    sqlite3_stmt *st = NULL;
+    long cache_kb;
+    size_t plen;
+    int rc, i;
+
+    if (errlen)
+        err[0] = '\0';
+    if (!out || !opt || !opt->dir || !opt->dir[0]) {
+        snprintf(err, errlen, "no data directory given");
+        return PL_ERR_INVALID;
+    }
+    *out = NULL;
+    if (sq_parse_options(opt->options_json, &cache_kb, err, errlen) != 0)
+        return PL_ERR_CONFIG;
+
+    s = calloc(1, sizeof *s);
+    if (!s)
+        goto nomem;
+    if (host)
+        s->host = *host;
+    s->sync_on = opt->sync != 0;
+    plen = strlen(opt->dir) + sizeof "/" SQ_DB_FILE;
+    s->path = malloc(plen);
+    if (!s->path)
+        goto nomem;
+    snprintf(s->path, plen, "%s/%s", opt->dir, SQ_DB_FILE);
+
+    if (sq_mkdirs(opt->dir, err, errlen) != 0 ||
+        sq_precreate(opt->dir, s->path, s->sync_on, err, errlen) != 0) {
+        sq_free(s);
+        return PL_ERR_IO;
+    }
+
+    rc = sqlite3_open_v2(s->path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                         NULL);
+    if (rc != SQLITE_OK) {
+        int sys = s->db ? sqlite3_system_errno(s->db) : 0;
+
+        snprintf(err, errlen, "cannot open %s: %s", s->path,
+                 sys ? strerror(sys) : s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        goto fail_rc;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, SQ_BUSY_TIMEOUT_MS);
+    /* Refuse writes that would corrupt the file through odd SQL; costs nothing. */
+    sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+
+    /* The first read also tells a foreign or damaged file apart. */
+    rc = sq_query_int(s->db, "PRAGMA user_version", &version);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open %s: %s", s->path, sqlite3_errmsg(s->db));
+        goto fail_rc;
+    }
+    if (version > SQ_SCHEMA_VERSION || version < 0) {
+        snprintf(err, errlen, "%s has schema version %lld, this plugin understands up to %d"
+                 " (written by a newer parley?)", s->path, (long long)version,
+                 SQ_SCHEMA_VERSION);
+        sq_free(s);
+        return PL_ERR_CORRUPT;
+    }
+
+    rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *mode = sqlite3_column_text(st, 0);
+
+        if (!mode || strcmp((const char *)mode, "wal") != 0) {
+            snprintf(err, errlen, "cannot switch %s to WAL mode (journal mode stays %s)",
+                     s->path, mode ? (const char *)mode : "unknown");
+            sqlite3_finalize(st);
+            sq_free(s);
+            return PL_ERR_IO;
+        }
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "cannot set WAL mode on %s: %s", s->path, sqlite3_errmsg(s->db));
+        goto fail_rc;
+    }
+
+    s->cur_sync = s->sync_on ? SQ_SYNC_FULL : SQ_SYNC_OFF;
+    rc = sqlite3_exec(s->db, s->sync_on ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=OFF",
+                      NULL, NULL, NULL);
+    if (rc == SQLITE_OK && cache_kb >= 0) {
+        char sql[64];
+
+        /* A negative cache_size is in KiB rather than pages. */
+        snprintf(sql, sizeof sql, "PRAGMA cache_size=-%ld", cache_kb);
+        rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "cannot configure %s: %s", s->path, sqlite3_errmsg(s->db));
+        goto fail_rc;
+    }
+
+    if (version == 0) {
+        /* Schema and version in one transaction: a crash leaves either an
+         * empty file or the whole schema. */
+        char *msg = NULL;
+
+        rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_exec(s->db, sq_schema, NULL, NULL, &msg);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_exec(s->db, "PRAGMA user_version=1", NULL, NULL, &msg);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, &msg);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errlen, "cannot create the schema in %s: %s", s->path,
+                     msg ? msg : sqlite3_errmsg(s->db));
+            sqlite3_free(msg);
+            if (!sqlite3_get_autocommit(s->db))
+                sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            goto fail_rc;
+        }
+    }
+
+    for (i = 0; i < ST__COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, sq_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                &s->st[i], NULL);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errlen, "%s does not have the expected schema: %s", s->path,
+                     sqlite3_errmsg(s->db));
+            goto fail_rc;
+        }
+    }
+
+    st = s->st[ST_META_GET];
+    sqlite3_bind_text(st, 1, SQ_APPLIED_KEY, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        applied = sqlite3_column_int64(st, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    } else {
+        snprintf(err, errlen, "cannot read %s: %s", s->path, sqlite3_errmsg(s->db));
+    }
+    sq_done(st);
+    if (rc != SQLITE_OK)
+        goto fail_rc;
+    s->applied = (uint64_t)applied;
+
+    *out = s;
+    return PL_OK;
+
+nomem:
+    snprintf(err, errlen, "out of memory");
+    sq_free(s);
+    return PL_ERR_NOMEM;
+fail_rc:
+    {
+        int e = sq_map(rc);
+
+        sq_free(s);
+        return e == PL_OK ? PL_ERR_IO : e;
+    }
+}
+
+static void sq_close(pl_store *s)
+{
+    if (!s)
+        return;
+    if (s->in_txn) {
+        sq_log(s, PL_LOG_WARN, "closed inside a transaction; its changes are discarded");
+        sq_rollback(s);
+    }
+    sq_free(s);
+}
+
+/* ---- replica metadata ---- */
+
+static int sq_meta_get(pl_store *s, const char *key, uint64_t *val)
+{
+    sqlite3_stmt *st;
+    int rc, err = PL_OK;
+
+    if (!key || !val)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_META_GET)))
+        return PL_ERR_INTERNAL;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *val = sq_col_u64(st, 0);
+    else if (rc == SQLITE_DONE)
+        err = PL_ERR_NOT_FOUND;
+    else
+        err = sq_fail(s, "meta_get");
+    sq_done(st);
+    return err;
+}
+
+static int sq_meta_set(pl_store *s, const char *key, uint64_t val)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!key || !*key)
+        return PL_ERR_INVALID;
+    /* "applied" moves only with the state it describes (commit). */
+    if (strcmp(key, SQ_APPLIED_KEY) == 0) {
+        sq_log(s, PL_LOG_ERROR, "meta key \"%s\" is reserved for the applied op-number;"
+               " it is set by commit()", SQ_APPLIED_KEY);
+        return PL_ERR_INVALID;
+    }
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    /* Outside a transaction this autocommits and must be durable on return. */
+    if (!s->in_txn && (err = sq_set_sync(s, SQ_SYNC_FULL)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_META_SET)))
+        return PL_ERR_INTERNAL;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sq_bind_u64(st, 2, val);
+    return sq_exec_stmt(s, st, "meta_set");
+}
+
+/* ---- replicated log ---- */
+
+static int sq_log_last(pl_store *s, uint64_t *first, uint64_t *last)
+{
+    sqlite3_stmt *st = sq_stmt(s, ST_LOG_BOUNDS);
+    int rc, err = PL_OK;
+
+    if (!st)
+        return PL_ERR_INTERNAL;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        /* NULL (empty log) reads as 0. */
+        if (first)
+            *first = sq_col_u64(st, 0);
+        if (last)
+            *last = sq_col_u64(st, 1);
+    } else {
+        err = sq_fail(s, "log_bounds");
+    }
+    sq_done(st);
+    return err;
+}
+
+/* Durable operations run in their own transaction with a FULL sync; they
+ * cannot join a state transaction, whose commit does not sync. */
+static int sq_outside_txn(pl_store *s, const char *what)
+{
+    if (s->in_txn) {
+        sq_log(s, PL_LOG_ERROR, "%s inside a state transaction: it must be durable on"
+               " return, so call it before begin() or after commit()", what);
+        return PL_ERR_INVALID;
+    }
+    return sq_set_sync(s, SQ_SYNC_FULL);
+}
+
+static int sq_log_append(pl_store *s, const pl_log_entry *e, size_t n)
+{
+    sqlite3_stmt *st;
+    uint64_t last = 0;
+    size_t i;
+    int err;
+
+    if (n == 0)
+        return PL_OK;
+    if (!e)
+        return PL_ERR_INVALID;
+    for (i = 0; i < n; i++) {
+        /* op 0 would read back as "empty log" from log_bounds */
+        if (e[i].op != e[0].op + i || e[i].op == 0 || e[i].op > (uint64_t)INT64_MAX ||
+            (e[i].len && !e[i].data)) {
+            sq_log(s, PL_LOG_ERROR, "log_append: entry %zu has op %" PRIu64
+                   ": ops must be consecutive, 1 to 2^63-1, with data", i, e[i].op);
+            return PL_ERR_INVALID;
+        }
+    }
+    if ((err = sq_outside_txn(s, "log_append")) != PL_OK)
+        return err;
+    if ((err = sq_simple(s, ST_BEGIN)) != PL_OK)
+        return err;
+    if ((err = sq_log_last(s, NULL, &last)) != PL_OK)
+        goto fail;
+    if (last != 0 && e[0].op != last + 1) {
+        sq_log(s, PL_LOG_ERROR, "log_append: first op %" PRIu64 " does not continue the log"
+               " (last op %" PRIu64 ")", e[0].op, last);
+        err = PL_ERR_INVALID;
+        goto fail;
+    }
+    if (!(st = sq_stmt(s, ST_LOG_APPEND))) {
+        err = PL_ERR_INTERNAL;
+        goto fail;
+    }
+    for (i = 0; i < n; i++) {
+        sq_bind_u64(st, 1, e[i].op);
+        sq_bind_u64(st, 2, e[i].view);
+        sq_bind_blob(st, 3, e[i].data, e[i].len);
+        if ((err = sq_exec_stmt(s, st, "log_append")) != PL_OK)
+            goto fail;
+    }
+    /* One COMMIT: one WAL sync for the whole batch. */
+    if ((err = sq_simple(s, ST_COMMIT)) != PL_OK)
+        goto fail;
+    return PL_OK;
+fail:
+    sq_rollback(s);
+    return err;
+}
+
+static int sq_log_bounds(pl_store *s, uint64_t *first, uint64_t *last)
+{
+    if (!first || !last)
+        return PL_ERR_INVALID;
+    return sq_log_last(s, first, last);
+}
+
+static int sq_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, void *ud)
+{
+    sqlite3_stmt *st;
+    int rc, err = PL_OK;
+
+    if (!cb)
+        return PL_ERR_INVALID;
+    if (from > to || from > (uint64_t)INT64_MAX)
+        return PL_OK;
+    if (!(st = sq_stmt(s, ST_LOG_READ)))
+        return PL_ERR_INTERNAL;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
+    sqlite3_bind_int64(st, 2, sq_clamp(to));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        pl_str data = sq_col_blob(st, 2);
+        pl_log_entry le = {
+            .op = sq_col_u64(st, 0),
+            .view = sq_col_u64(st, 1),
+            .data = (const uint8_t *)data.ptr,
+            .len = data.len,
+        };
+
+        if (cb(ud, &le) != 0)
+            break;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = sq_fail(s, "log_read");
+    sq_done(st);
+    return err;
+}
+
+static int sq_log_truncate(pl_store *s, uint64_t after)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = sq_outside_txn(s, "log_truncate")) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_LOG_TRUNCATE)))
+        return PL_ERR_INTERNAL;
+    sqlite3_bind_int64(st, 1, sq_clamp(after));
+    return sq_exec_stmt(s, st, "log_truncate");
+}
+
+/* Compaction need not be durable: entries that come back after a crash are
+ * still valid log entries and are compacted again later. */
+static int sq_log_compact(pl_store *s, uint64_t before)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_LOG_COMPACT)))
+        return PL_ERR_INTERNAL;
+    sqlite3_bind_int64(st, 1, sq_clamp(before));
+    return sq_exec_stmt(s, st, "log_compact");
+}
+
+/* ---- state transactions ---- */
+
+static int sq_begin(pl_store *s)
+{
+    int err;
+
+    if (s->in_txn) {
+        sq_log(s, PL_LOG_ERROR, "begin: a transaction is already open");
+        return PL_ERR_INVALID;
+    }
+    /* State commits need not sync: the durable log replays them. */
+    if ((err = sq_set_sync(s, SQ_SYNC_NORMAL)) != PL_OK)
+        return err;
+    if ((err = sq_simple(s, ST_BEGIN)) != PL_OK)
+        return err;
+    s->in_txn = 1;
+    return PL_OK;
+}
+
+static int sq_commit(pl_store *s, uint64_t applied_op)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!s->in_txn) {
+        sq_log(s, PL_LOG_ERROR, "commit without begin");
+        return PL_ERR_INVALID;
+    }
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        goto fail;
+    if (!(st = sq_stmt(s, ST_META_SET))) {
+        err = PL_ERR_INTERNAL;
+        goto fail;
+    }
+    sqlite3_bind_text(st, 1, SQ_APPLIED_KEY, -1, SQLITE_STATIC);
+    sq_bind_u64(st, 2, applied_op);
+    if ((err = sq_exec_stmt(s, st, "commit: applied op")) != PL_OK)
+        goto fail;
+    if ((err = sq_simple(s, ST_COMMIT)) != PL_OK)
+        goto fail;
+    s->in_txn = 0;
+    s->applied = applied_op;
+    return PL_OK;
+fail:
+    /* Nothing of a failed commit may become visible later. */
+    sq_rollback(s);
+    s->in_txn = 0;
+    return err;
+}
+
+static void sq_abort(pl_store *s)
+{
+    if (!s->in_txn)
+        return;
+    sq_rollback(s);
+    s->in_txn = 0;
+}
+
+static uint64_t sq_applied_op(pl_store *s)
+{
+    return s->applied;
+}
+
+/* ---- accounts ---- */
+
+static void sq_row_account(sqlite3_stmt *st, pl_account_rec *a)
+{
+    a->uid = sq_col_u64(st, 0);
+    a->name = sq_col_blob(st, 1);
+    a->pwhash = sq_col_text(st, 2);
+    a->created_ms = sq_col_u64(st, 3);
+}
+
+/* Run a single-row account query and copy the row into the store buffer. */
+static int sq_account_get(pl_store *s, sqlite3_stmt *st, pl_account_rec *out, const char *what)
+{
+    int rc = sqlite3_step(st), err = PL_OK;
+
+    if (rc == SQLITE_ROW) {
+        pl_str *f[] = { &out->name, &out->pwhash };
+
+        sq_row_account(st, out);
+        err = sq_keep(s, f, 2);
+    } else if (rc == SQLITE_DONE) {
+        err = PL_ERR_NOT_FOUND;
+    } else {
+        err = sq_fail(s, what);
+    }
+    sq_done(st);
+    return err;
+}
+
+static int sq_account_put(pl_store *s, const pl_account_rec *a)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!a)
+        return PL_ERR_INVALID;
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_ACC_PUT)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, a->uid);
+    sq_bind_str(st, 2, a->name);
+    sq_bind_text(st, 3, a->pwhash);
+    sq_bind_u64(st, 4, a->created_ms);
+    if (sqlite3_step(st) == SQLITE_DONE) {
+        err = PL_OK;
+    } else if (sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_UNIQUE) {
+        /* The UNIQUE index backs invariant 4: one live account per name. */
+        sq_log(s, PL_LOG_ERROR, "account_put: uid %" PRIu64 ": the name belongs to"
+               " another account", a->uid);
+        err = PL_ERR_USER_EXISTS;
+    } else {
+        err = sq_fail(s, "account_put");
+    }
+    sq_done(st);
+    return err;
+}
+
+static int sq_account_get_name(pl_store *s, pl_str name, pl_account_rec *out)
+{
+    sqlite3_stmt *st;
+
+    if (!out)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_ACC_GET_NAME)))
+        return PL_ERR_INTERNAL;
+    sq_bind_str(st, 1, name);
+    return sq_account_get(s, st, out, "account_get_name");
+}
+
+static int sq_account_get_uid(pl_store *s, uint64_t uid, pl_account_rec *out)
+{
+    sqlite3_stmt *st;
+
+    if (!out)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_ACC_GET_UID)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, uid);
+    return sq_account_get(s, st, out, "account_get_uid");
+}
+
+static int sq_account_delete(pl_store *s, uint64_t uid)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_ACC_DELETE)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, uid);
+    return sq_exec_change(s, st, "account_delete");
+}
+
+static int sq_account_scan(pl_store *s, pl_str start, pl_account_cb cb, void *ud)
+{
+    sqlite3_stmt *st;
+    int rc, err = PL_OK;
+
+    if (!cb)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_ACC_SCAN)))
+        return PL_ERR_INTERNAL;
+    sq_bind_str(st, 1, start);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        pl_account_rec a;
+
+        sq_row_account(st, &a);
+        if (cb(ud, &a) != 0)
+            break;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = sq_fail(s, "account_scan");
+    sq_done(st);
+    return err;
+}
+
+static int sq_account_count(pl_store *s, uint64_t *n)
+{
+    sqlite3_stmt *st;
+    int err = PL_OK;
+
+    if (!n)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_ACC_COUNT)))
+        return PL_ERR_INTERNAL;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *n = sq_col_u64(st, 0);
+    else
+        err = sq_fail(s, "account_count");
+    sq_done(st);
+    return err;
+}
+
+/* ---- sessions ---- */
+
+static void sq_row_session(sqlite3_stmt *st, pl_session_rec *r)
+{
+    r->token_hash = sq_col_blob(st, 0);
+    r->uid = sq_col_u64(st, 1);
+    r->created_ms = sq_col_u64(st, 2);
+}
+
+static int sq_session_put(pl_store *s, const pl_session_rec *r)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!r)
+        return PL_ERR_INVALID;
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_SES_PUT)))
+        return PL_ERR_INTERNAL;
+    sq_bind_str(st, 1, r->token_hash);
+    sq_bind_u64(st, 2, r->uid);
+    sq_bind_u64(st, 3, r->created_ms);
+    return sq_exec_stmt(s, st, "session_put");
+}
+
+static int sq_session_get(pl_store *s, pl_str token_hash, pl_session_rec *out)
+{
+    sqlite3_stmt *st;
+    int rc, err = PL_OK;
+
+    if (!out)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_SES_GET)))
+        return PL_ERR_INTERNAL;
+    sq_bind_str(st, 1, token_hash);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        pl_str *f[] = { &out->token_hash };
+
+        sq_row_session(st, out);
+        err = sq_keep(s, f, 1);
+    } else if (rc == SQLITE_DONE) {
+        err = PL_ERR_NOT_FOUND;
+    } else {
+        err = sq_fail(s, "session_get");
+    }
+    sq_done(st);
+    return err;
+}
+
+static int sq_session_delete(pl_store *s, pl_str token_hash)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_SES_DELETE)))
+        return PL_ERR_INTERNAL;
+    sq_bind_str(st, 1, token_hash);
+    return sq_exec_change(s, st, "session_delete");
+}
+
+/* Deleting the sessions of a uid that has none is not an error. */
+static int sq_session_delete_uid(pl_store *s, uint64_t uid)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_SES_DELETE_UID)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, uid);
+    return sq_exec_stmt(s, st, "session_delete_uid");
+}
+
+static int sq_session_scan(pl_store *s, pl_session_cb cb, void *ud)
+{
+    sqlite3_stmt *st;
+    int rc, err = PL_OK;
+
+    if (!cb)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_SES_SCAN)))
+        return PL_ERR_INTERNAL;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        pl_session_rec r;
+
+        sq_row_session(st, &r);
+        if (cb(ud, &r) != 0)
+            break;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = sq_fail(s, "session_scan");
+    sq_done(st);
+    return err;
+}
+
+/* ---- messages ---- */
+
+static void sq_row_message(sqlite3_stmt *st, pl_message_rec *m)
+{
+    m->id = sq_col_u64(st, 0);
+    m->from_uid = sq_col_u64(st, 1);
+    m->to_uid = sq_col_u64(st, 2);
+    m->from_name = sq_col_blob(st, 3);
+    m->to_name = sq_col_blob(st, 4);
+    m->body = sq_col_blob(st, 5);
+    m->time_ms = sq_col_u64(st, 6);
+    m->flags = (uint32_t)sqlite3_column_int64(st, 7);
+}
+
+static int sq_message_put(pl_store *s, const pl_message_rec *m)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!m)
+        return PL_ERR_INVALID;
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_MSG_PUT)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, m->id);
+    sq_bind_u64(st, 2, m->from_uid);
+    sq_bind_u64(st, 3, m->to_uid);
+    sq_bind_str(st, 4, m->from_name);
+    sq_bind_str(st, 5, m->to_name);
+    sq_bind_str(st, 6, m->body);
+    sq_bind_u64(st, 7, m->time_ms);
+    sqlite3_bind_int64(st, 8, m->flags);
+    /* A duplicate id fails the primary key: PL_ERR_INVALID. */
+    return sq_exec_stmt(s, st, "message_put");
+}
+
+static int sq_message_get(pl_store *s, uint64_t id, pl_message_rec *out)
+{
+    sqlite3_stmt *st;
+    int rc, err = PL_OK;
+
+    if (!out)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_MSG_GET)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        pl_str *f[] = { &out->from_name, &out->to_name, &out->body };
+
+        sq_row_message(st, out);
+        err = sq_keep(s, f, 3);
+    } else if (rc == SQLITE_DONE) {
+        err = PL_ERR_NOT_FOUND;
+    } else {
+        err = sq_fail(s, "message_get");
+    }
+    sq_done(st);
+    return err;
+}
+
+static int sq_message_set_flags(pl_store *s, uint64_t id, uint32_t flags)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_MSG_SET_FLAGS)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, id);
+    sqlite3_bind_int64(st, 2, flags);
+    return sq_exec_change(s, st, "message_set_flags");
+}
+
+static int sq_message_delete(pl_store *s, uint64_t id)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_MSG_DELETE)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, id);
+    return sq_exec_change(s, st, "message_delete");
+}
+
+static int sq_message_scan(pl_store *s, const pl_msg_query *q, pl_message_cb cb, void *ud)
+{
+    sqlite3_stmt *st;
+    enum sq_stmt id;
+    int rc, err = PL_OK;
+
+    if (!q || !cb)
+        return PL_ERR_INVALID;
+    switch (q->kind) {
+    case PL_Q_UNREAD: id = ST_Q_UNREAD; break;
+    case PL_Q_READ: id = ST_Q_READ; break;
+    case PL_Q_CONVO: id = q->uid == q->peer_uid ? ST_Q_CONVO_SELF : ST_Q_CONVO; break;
+    case PL_Q_RECEIVED: id = ST_Q_RECEIVED; break;
+    case PL_Q_SENT: id = ST_Q_SENT; break;
+    case PL_Q_ALL: id = ST_Q_ALL; break;
+    default:
+        sq_log(s, PL_LOG_ERROR, "message_scan: unknown query kind %" PRIu32, q->kind);
+        return PL_ERR_INVALID;
+    }
+    if (!(st = sq_stmt(s, id)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, q->uid);
+    if (q->kind == PL_Q_CONVO)
+        sq_bind_u64(st, 2, q->peer_uid);
+    else
+        sqlite3_bind_int64(st, 2, sq_clamp(q->after_id));
+    /* LIMIT -1 is "no limit" in SQLite. */
+    sqlite3_bind_int64(st, 3, q->limit == 0 ? -1 : sq_clamp(q->limit));
+    sqlite3_bind_int64(st, 4, sq_clamp(q->offset));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        pl_message_rec m;
+
+        sq_row_message(st, &m);
+        if (cb(ud, &m) != 0)
+            break;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = sq_fail(s, "message_scan");
+    sq_done(st);
+    return err;
+}
+
+static int sq_message_counts(pl_store *s, uint64_t uid, uint64_t *unread, uint64_t *read)
+{
+    sqlite3_stmt *st;
+    int err = PL_OK;
+
+    if (!unread || !read)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_MSG_COUNTS)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, uid);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        *unread = sq_col_u64(st, 0);
+        *read = sq_col_u64(st, 1);
+    } else {
+        err = sq_fail(s, "message_counts");
+    }
+    sq_done(st);
+    return err;
+}
+
+/* ---- client table ---- */
+
+static void sq_row_client(sqlite3_stmt *st, pl_client_rec *c)
+{
+    c->client_id = sq_col_u64(st, 0);
+    c->request_no = sq_col_u64(st, 1);
+    c->op = sq_col_u64(st, 2);
+    c->reply = sq_col_blob(st, 3);
+}
+
+static int sq_client_get(pl_store *s, uint64_t client_id, pl_client_rec *out)
+{
+    sqlite3_stmt *st;
+    int rc, err = PL_OK;
+
+    if (!out)
+        return PL_ERR_INVALID;
+    if (!(st = sq_stmt(s, ST_CLI_GET)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, client_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        pl_str *f[] = { &out->reply };
+
+        sq_row_client(st, out);
+        err = sq_keep(s, f, 1);
+    } else if (rc == SQLITE_DONE) {
+        err = PL_ERR_NOT_FOUND;
+    } else {
+        err = sq_fail(s, "client_get");
+    }
+    sq_done(st);
+    return err;
+}
+
+static int sq_client_put(pl_store *s, const pl_client_rec *c)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!c)
+        return PL_ERR_INVALID;
+    if ((err = sq_txn_ok(s)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_CLI_PUT)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, c->client_id);
+    sq_bind_u64(st, 2, c->request_no);
+    sq_bind_u64(st, 3, c->op);
+    sq_bind_str(st, 4, c->reply);
+    return sq_exec_stmt(s, st, "client_put");
+}
+
+static int sq_client_scan(pl_store *s, pl_client_cb cb, void *ud)
+{
+    static const enum sq_stmt halves[] = { ST_CLI_SCAN_LO, ST_CLI_SCAN_HI };
+    int h, rc, err = PL_OK, stop = 0;
+
+    if (!cb)
+        return PL_ERR_INVALID;
+    for (h = 0; h < 2 && !stop && err == PL_OK; h++) {
+        sqlite3_stmt *st = sq_stmt(s, halves[h]);
+
+        if (!st)
+            return PL_ERR_INTERNAL;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            pl_client_rec c;
+
+            sq_row_client(st, &c);
+            if (cb(ud, &c) != 0) {
+                stop = 1;
+                break;
+            }
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            err = sq_fail(s, "client_scan");
+        sq_done(st);
+    }
+    return err;
+}
+
+/* ---- the descriptor ---- */
+
+static const pl_store_plugin sq_plugin = {
+    .abi_version = PL_STORE_ABI_VERSION,
+    .name = "sqlite",
+    .description = "one SQLite database per server (<dir>/parley.db, WAL mode)",
+    .open = sq_open,
+    .close = sq_close,
+    .meta_get = sq_meta_get,
+    .meta_set = sq_meta_set,
+    .log_append = sq_log_append,
+    .log_bounds = sq_log_bounds,
+    .log_read = sq_log_read,
+    .log_truncate = sq_log_truncate,
+    .log_compact = sq_log_compact,
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .abort = sq_abort,
+    .applied_op = sq_applied_op,
+    .account_put = sq_account_put,
+    .account_get_name = sq_account_get_name,
+    .account_get_uid = sq_account_get_uid,
+    .account_delete = sq_account_delete,
+    .account_scan = sq_account_scan,
+    .account_count = sq_account_count,
+    .session_put = sq_session_put,
+    .session_get = sq_session_get,
+    .session_delete = sq_session_delete,
+    .session_delete_uid = sq_session_delete_uid,
+    .session_scan = sq_session_scan,
+    .message_put = sq_message_put,
+    .message_get = sq_message_get,
+    .message_set_flags = sq_message_set_flags,
+    .message_delete = sq_message_delete,
+    .message_scan = sq_message_scan,
+    .message_counts = sq_message_counts,
+    .client_get = sq_client_get,
+    .client_put = sq_client_put,
+    .client_scan = sq_client_scan,
+};
+
+PL_EXPORT const pl_store_plugin *parley_store_plugin(void)
+{
+    return &sq_plugin;
+}
