@@ -628,6 +628,13 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
                  sys ? strerror(sys) : s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         goto fail_rc;
     }
+    /* SQLite quietly falls back to read-only on a write-protected file;
+     * say so now rather than fail on the first write. */
+    if (sqlite3_db_readonly(s->db, "main") == 1) {
+        snprintf(err, errlen, "cannot open %s: the file is read-only", s->path);
+        sq_free(s);
+        return PL_ERR_IO;
+    }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, SQ_BUSY_TIMEOUT_MS);
     /* Refuse writes that would corrupt the file through odd SQL; costs nothing. */
@@ -670,6 +677,10 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
     s->cur_sync = s->sync_on ? SQ_SYNC_FULL : SQ_SYNC_OFF;
     rc = sqlite3_exec(s->db, s->sync_on ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=OFF",
                       NULL, NULL, NULL);
+    /* The WAL file is reused, not shrunk, after a checkpoint; cap what a
+     * large transaction (a snapshot import) leaves behind on disk. */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(s->db, "PRAGMA journal_size_limit=67108864", NULL, NULL, NULL);
     if (rc == SQLITE_OK && cache_kb >= 0) {
         char sql[64];
 
