@@ -1,1 +1,579 @@
-/* placeholder: being written */
+/*
+ * core/config.c — loading and validating the configuration file (config.h).
+ *
+ * Every value is checked here, once, so the rest of the core can trust a
+ * pl_config. Unknown keys are errors rather than warnings: in a config file
+ * they are nearly always typos ("stroe", "peer-port"), and a silently
+ * ignored typo means a server running with a default the operator did not
+ * want. Each error is one line "FILE: KEY: REASON".
+ */
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+/* Only the compile-time Argon2id limits are used, so no link dependency. */
+#include <sodium/crypto_pwhash.h>
+
+#include "log.h"
+#include "vr.h"
+
+#define PL_CONFIG_FILE_MAX (1024u * 1024u)
+#define PL_HOST_MAX 253u
+#define PL_FRAME_MIN 1024u
+#define PL_FRAME_LIMIT (1024u * 1024u * 1024u)
+#define PL_HASH_WORKERS_MAX 64u
+
+/* Error context: the file name for every message. */
+typedef struct cfg_ctx {
+    const char *file;
+    char *err;
+    size_t errlen;
+} cfg_ctx;
+
+static void cfg_err(cfg_ctx *x, const char *key, const char *fmt, ...) PL_PRINTF(3, 4);
+
+static void cfg_err(cfg_ctx *x, const char *key, const char *fmt, ...)
+{
+    if (!x->err || x->errlen == 0)
+        return;
+    int n = snprintf(x->err, x->errlen, "%s: %s: ", x->file, key);
+    if (n < 0 || (size_t)n >= x->errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->err + n, x->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+static char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *r = malloc(n);
+    if (r)
+        memcpy(r, s, n);
+    return r;
+}
+
+/* A JSON number that is an integer within [lo, hi]. Doubles represent every
+ * integer up to 2^53 exactly, far above any limit checked here. */
+static int get_uint(cfg_ctx *x, const cJSON *v, const char *key, uint64_t lo,
+                    uint64_t hi, const char *what, uint64_t *out)
+{
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
+        v->valuedouble < (double)lo || v->valuedouble > (double)hi) {
+        cfg_err(x, key, "must be an integer %llu-%llu%s", (unsigned long long)lo,
+                (unsigned long long)hi, what ? what : "");
+        return PL_ERR_CONFIG;
+    }
+    *out = (uint64_t)v->valuedouble;
+    return PL_OK;
+}
+
+static int get_str(cfg_ctx *x, const cJSON *v, const char *key, size_t max, char **out)
+{
+    if (!cJSON_IsString(v) || !v->valuestring || !v->valuestring[0]) {
+        cfg_err(x, key, "must be a non-empty string");
+        return PL_ERR_CONFIG;
+    }
+    if (strlen(v->valuestring) > max) {
+        cfg_err(x, key, "longer than %zu characters", max);
+        return PL_ERR_CONFIG;
+    }
+    char *s = xstrdup(v->valuestring);
+    if (!s) {
+        cfg_err(x, key, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    free(*out);
+    *out = s;
+    return PL_OK;
+}
+
+/* cJSON keeps every member of an object, duplicates included; a duplicate
+ * key would make the file mean whichever copy we happened to read. */
+static int check_keys(cfg_ctx *x, const cJSON *obj, const char *prefix,
+                      const char *const *known)
+{
+    char key[128];
+    for (const cJSON *m = obj->child; m; m = m->next) {
+        snprintf(key, sizeof key, "%s%s", prefix, m->string ? m->string : "");
+        int ok = 0;
+        for (size_t i = 0; known[i]; i++)
+            if (m->string && strcmp(m->string, known[i]) == 0)
+                ok = 1;
+        if (!ok) {
+            cfg_err(x, key, "unknown key");
+            return PL_ERR_CONFIG;
+        }
+        for (const cJSON *o = obj->child; o != m; o = o->next)
+            if (strcmp(o->string, m->string) == 0) {
+                cfg_err(x, key, "duplicate key");
+                return PL_ERR_CONFIG;
+            }
+    }
+    return PL_OK;
+}
+
+static int set_plugin(pl_plugin_conf *p, const char *name, const char *json)
+{
+    char *n = xstrdup(name), *j = xstrdup(json);
+    if (!n || !j) {
+        free(n);
+        free(j);
+        return PL_ERR_NOMEM;
+    }
+    free(p->name);
+    free(p->options_json);
+    p->name = n;
+    p->options_json = j;
+    return PL_OK;
+}
+
+/* A plugin is named by a string ("tcp", "/opt/x.so") or by an object with a
+ * string "name" and the plugin's own options, which only the plugin checks. */
+static int parse_plugin(cfg_ctx *x, const cJSON *v, const char *key, pl_plugin_conf *p)
+{
+    char k[64];
+    int rc = PL_ERR_CONFIG;
+    char *text = NULL;
+    cJSON *obj = NULL;
+
+    if (cJSON_IsString(v)) {
+        if (!v->valuestring || !v->valuestring[0]) {
+            cfg_err(x, key, "must be a plugin name or an object with a \"name\"");
+            return PL_ERR_CONFIG;
+        }
+        /* Built with cJSON so a path with quotes or backslashes stays valid JSON. */
+        obj = cJSON_CreateObject();
+        if (!obj || !cJSON_AddStringToObject(obj, "name", v->valuestring))
+            goto nomem;
+        text = cJSON_PrintUnformatted(obj);
+        if (!text)
+            goto nomem;
+        rc = set_plugin(p, v->valuestring, text);
+        if (rc != PL_OK)
+            goto nomem;
+        goto done;
+    }
+    if (!cJSON_IsObject(v)) {
+        cfg_err(x, key, "must be a plugin name or an object with a \"name\"");
+        return PL_ERR_CONFIG;
+    }
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");
+    snprintf(k, sizeof k, "%s.name", key);
+    if (!name) {
+        cfg_err(x, k, "missing (the plugin's short name or path)");
+        return PL_ERR_CONFIG;
+    }
+    if (!cJSON_IsString(name) || !name->valuestring || !name->valuestring[0]) {
+        cfg_err(x, k, "must be a non-empty string");
+        return PL_ERR_CONFIG;
+    }
+    for (const cJSON *m = v->child; m; m = m->next)
+        for (const cJSON *o = v->child; o != m; o = o->next)
+            if (strcmp(o->string, m->string) == 0) {
+                snprintf(k, sizeof k, "%s.%s", key, m->string);
+                cfg_err(x, k, "duplicate key");
+                return PL_ERR_CONFIG;
+            }
+    text = cJSON_PrintUnformatted(v);
+    if (!text)
+        goto nomem;
+    rc = set_plugin(p, name->valuestring, text);
+    if (rc != PL_OK)
+        goto nomem;
+    goto done;
+nomem:
+    cfg_err(x, key, "out of memory");
+    rc = PL_ERR_NOMEM;
+done:
+    cJSON_free(text);
+    cJSON_Delete(obj);
+    return rc;
+}
+
+static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
+{
+    static const char *const known[] = { "host", "port", "peer_port", NULL };
+    char key[64];
+
+    if (!cJSON_IsArray(v)) {
+        cfg_err(x, "servers", "must be an array of {\"host\", \"port\"} objects");
+        return PL_ERR_CONFIG;
+    }
+    int n = cJSON_GetArraySize(v);
+    if (n < 1) {
+        cfg_err(x, "servers", "must list at least one server");
+        return PL_ERR_CONFIG;
+    }
+    if (n > PL_VR_MAX_REPLICAS) {
+        cfg_err(x, "servers", "at most %d servers are supported", PL_VR_MAX_REPLICAS);
+        return PL_ERR_CONFIG;
+    }
+    pl_server_conf *s = calloc((size_t)n, sizeof *s);
+    if (!s) {
+        cfg_err(x, "servers", "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < c->n_servers; i++)
+        free(c->servers[i].host);
+    free(c->servers);
+    c->servers = s;
+    c->n_servers = (size_t)n;
+
+    int i = 0;
+    for (const cJSON *e = v->child; e; e = e->next, i++) {
+        snprintf(key, sizeof key, "servers[%d]", i);
+        if (!cJSON_IsObject(e)) {
+            cfg_err(x, key, "must be an object with \"host\" and \"port\"");
+            return PL_ERR_CONFIG;
+        }
+        snprintf(key, sizeof key, "servers[%d].", i);
+        int rc = check_keys(x, e, key, known);
+        if (rc != PL_OK)
+            return rc;
+
+        const cJSON *host = cJSON_GetObjectItemCaseSensitive(e, "host");
+        snprintf(key, sizeof key, "servers[%d].host", i);
+        if (!host) {
+            cfg_err(x, key, "missing");
+            return PL_ERR_CONFIG;
+        }
+        if ((rc = get_str(x, host, key, PL_HOST_MAX, &s[i].host)) != PL_OK)
+            return rc;
+
+        const cJSON *port = cJSON_GetObjectItemCaseSensitive(e, "port");
+        snprintf(key, sizeof key, "servers[%d].port", i);
+        if (!port) {
+            cfg_err(x, key, "missing");
+            return PL_ERR_CONFIG;
+        }
+        uint64_t u;
+        if ((rc = get_uint(x, port, key, 1, 65535, NULL, &u)) != PL_OK)
+            return rc;
+        s[i].port = (uint16_t)u;
+
+        const cJSON *pp = cJSON_GetObjectItemCaseSensitive(e, "peer_port");
+        snprintf(key, sizeof key, "servers[%d].peer_port", i);
+        if (pp) {
+            if ((rc = get_uint(x, pp, key, 1, 65535, NULL, &u)) != PL_OK)
+                return rc;
+            s[i].peer_port = (uint16_t)u;
+        } else if (s[i].port + PL_PEER_PORT_OFFSET > 65535) {
+            cfg_err(x, key, "default port+%d = %d is above 65535; set peer_port",
+                    PL_PEER_PORT_OFFSET, s[i].port + PL_PEER_PORT_OFFSET);
+            return PL_ERR_CONFIG;
+        } else {
+            s[i].peer_port = (uint16_t)(s[i].port + PL_PEER_PORT_OFFSET);
+        }
+        if (s[i].peer_port == s[i].port) {
+            cfg_err(x, key, "must differ from port %u", (unsigned)s[i].port);
+            return PL_ERR_CONFIG;
+        }
+    }
+
+    /* Every client and peer endpoint must be distinct, or two servers (or a
+     * server's two listeners) would fight over one socket. */
+    for (i = 0; i < n; i++) {
+        for (int j = 0; j < i; j++) {
+            if (strcmp(s[i].host, s[j].host) != 0)
+                continue;
+            uint16_t mine[2] = { s[i].port, s[i].peer_port };
+            uint16_t theirs[2] = { s[j].port, s[j].peer_port };
+            static const char *const names[2] = { "port", "peer_port" };
+            for (int a = 0; a < 2; a++)
+                for (int b = 0; b < 2; b++)
+                    if (mine[a] == theirs[b]) {
+                        snprintf(key, sizeof key, "servers[%d].%s", i, names[a]);
+                        cfg_err(x, key, "%s:%u is already used by servers[%d].%s",
+                                s[i].host, (unsigned)mine[a], j, names[b]);
+                        return PL_ERR_CONFIG;
+                    }
+        }
+    }
+    return PL_OK;
+}
+
+static int parse_pwhash(cfg_ctx *x, const cJSON *v, pl_config *c)
+{
+    static const char *const known[] = { "opslimit", "memlimit", NULL };
+    if (!cJSON_IsObject(v)) {
+        cfg_err(x, "password_hash", "must be an object {\"opslimit\": N, \"memlimit\": BYTES}");
+        return PL_ERR_CONFIG;
+    }
+    int rc = check_keys(x, v, "password_hash.", known);
+    if (rc != PL_OK)
+        return rc;
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(v, "opslimit");
+    if (o && (rc = get_uint(x, o, "password_hash.opslimit", crypto_pwhash_OPSLIMIT_MIN,
+                            crypto_pwhash_OPSLIMIT_MAX, NULL, &c->pwhash_opslimit)) != PL_OK)
+        return rc;
+    /* memlimit is capped at 4 GiB: beyond that one login would hold more
+     * memory than any sane server has per worker. */
+    uint64_t memmax = (uint64_t)4 * 1024 * 1024 * 1024;
+    if ((uint64_t)crypto_pwhash_MEMLIMIT_MAX < memmax)
+        memmax = crypto_pwhash_MEMLIMIT_MAX;
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(v, "memlimit");
+    if (m && (rc = get_uint(x, m, "password_hash.memlimit", crypto_pwhash_MEMLIMIT_MIN,
+                            memmax, " (bytes)", &c->pwhash_memlimit)) != PL_OK)
+        return rc;
+    return PL_OK;
+}
+
+static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
+{
+    static const char *const known[] = {
+        "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
+        "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
+        "hash_workers", NULL
+    };
+    int rc;
+    uint64_t u;
+    const cJSON *v;
+
+    if (!cJSON_IsObject(root)) {
+        cfg_err(x, "(top level)", "must be a JSON object");
+        return PL_ERR_CONFIG;
+    }
+    if ((rc = check_keys(x, root, "", known)) != PL_OK)
+        return rc;
+
+    v = cJSON_GetObjectItemCaseSensitive(root, "servers");
+    if (!v) {
+        cfg_err(x, "servers", "missing (a list of {\"host\", \"port\"}, in priority order)");
+        return PL_ERR_CONFIG;
+    }
+    if ((rc = parse_servers(x, v, c)) != PL_OK)
+        return rc;
+
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "transport")) &&
+        (rc = parse_plugin(x, v, "transport", &c->transport)) != PL_OK)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "store")) &&
+        (rc = parse_plugin(x, v, "store", &c->store)) != PL_OK)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "data_dir")) &&
+        (rc = get_str(x, v, "data_dir", 4096, &c->data_dir)) != PL_OK)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "plugin_dir")) &&
+        (rc = get_str(x, v, "plugin_dir", 4096, &c->plugin_dir)) != PL_OK)
+        return rc;
+
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "log_level"))) {
+        int lvl = cJSON_IsString(v) ? pl_log_level_parse(v->valuestring) : -1;
+        if (lvl < 0) {
+            cfg_err(x, "log_level", "must be one of \"error\", \"warn\", \"info\", \"debug\"");
+            return PL_ERR_CONFIG;
+        }
+        c->log_level = lvl;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "max_frame"))) {
+        if ((rc = get_uint(x, v, "max_frame", PL_FRAME_MIN, PL_FRAME_LIMIT, " (bytes)", &u)) != PL_OK)
+            return rc;
+        c->max_frame = (uint32_t)u;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "election_timeout_ms"))) {
+        if ((rc = get_uint(x, v, "election_timeout_ms", 10, 600000, NULL, &u)) != PL_OK)
+            return rc;
+        c->election_timeout_ms = (uint32_t)u;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "heartbeat_ms"))) {
+        if ((rc = get_uint(x, v, "heartbeat_ms", 1, 600000, NULL, &u)) != PL_OK)
+            return rc;
+        c->heartbeat_ms = (uint32_t)u;
+    }
+    /* A backup must hear several heartbeats per election timeout, or an idle
+     * but healthy primary would be deposed. */
+    if (c->heartbeat_ms >= c->election_timeout_ms) {
+        cfg_err(x, "heartbeat_ms", "%u must be less than election_timeout_ms (%u)",
+                c->heartbeat_ms, c->election_timeout_ms);
+        return PL_ERR_CONFIG;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "password_hash")) &&
+        (rc = parse_pwhash(x, v, c)) != PL_OK)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "hash_workers"))) {
+        if ((rc = get_uint(x, v, "hash_workers", 1, PL_HASH_WORKERS_MAX, NULL, &u)) != PL_OK)
+            return rc;
+        c->hash_workers = (uint32_t)u;
+    }
+    return PL_OK;
+}
+
+pl_config *pl_config_default(void)
+{
+    pl_config *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->servers = calloc(1, sizeof *c->servers);
+    if (!c->servers)
+        goto fail;
+    c->n_servers = 1;
+    c->servers[0].host = xstrdup(PL_DEFAULT_HOST);
+    if (!c->servers[0].host)
+        goto fail;
+    c->servers[0].port = PL_DEFAULT_PORT;
+    c->servers[0].peer_port = PL_DEFAULT_PORT + PL_PEER_PORT_OFFSET;
+    if (set_plugin(&c->transport, "tcp", "{\"name\":\"tcp\"}") != PL_OK ||
+        set_plugin(&c->store, "sqlite", "{\"name\":\"sqlite\"}") != PL_OK)
+        goto fail;
+    c->log_level = PL_LOG_INFO;
+    c->max_frame = PL_FRAME_DEFAULT;
+    c->election_timeout_ms = 1000;
+    c->heartbeat_ms = 100;
+    c->pwhash_opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
+    c->pwhash_memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
+    c->hash_workers = 2;
+    return c;
+fail:
+    pl_config_free(c);
+    return NULL;
+}
+
+/* "line L, column C" of a byte offset, for parse errors. */
+static void position(const char *text, size_t off, unsigned *line, unsigned *col)
+{
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < off; i++) {
+        if (text[i] == '\n') {
+            (*line)++;
+            *col = 1;
+        } else {
+            (*col)++;
+        }
+    }
+}
+
+pl_config *pl_config_parse(const char *name, const char *text, size_t len,
+                           char *err, size_t errlen)
+{
+    cfg_ctx x = { name ? name : "(config)", err, errlen };
+    cJSON *root = NULL;
+    pl_config *c = NULL;
+
+    if (err && errlen)
+        err[0] = '\0';
+    if (!text || len == 0) {
+        cfg_err(&x, "(top level)", "empty file, expected a JSON object");
+        return NULL;
+    }
+    if (memchr(text, '\0', len)) {
+        size_t off = (size_t)((const char *)memchr(text, '\0', len) - text);
+        unsigned line, col;
+        position(text, off, &line, &col);
+        char key[64];
+        snprintf(key, sizeof key, "line %u, column %u", line, col);
+        cfg_err(&x, key, "not valid JSON (NUL byte)");
+        return NULL;
+    }
+    const char *end = NULL;
+    root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root) {
+        size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
+        unsigned line, col;
+        position(text, off, &line, &col);
+        char key[64];
+        snprintf(key, sizeof key, "line %u, column %u", line, col);
+        cfg_err(&x, key, "not valid JSON");
+        return NULL;
+    }
+    /* Trailing garbage after the object ("{...} x") is a broken file too. */
+    for (size_t off = end ? (size_t)(end - text) : len; off < len; off++) {
+        char ch = text[off];
+        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r')
+            continue;
+        unsigned line, col;
+        position(text, off, &line, &col);
+        char key[64];
+        snprintf(key, sizeof key, "line %u, column %u", line, col);
+        cfg_err(&x, key, "not valid JSON (text after the top-level value)");
+        goto fail;
+    }
+
+    c = pl_config_default();
+    if (!c) {
+        cfg_err(&x, "(top level)", "out of memory");
+        goto fail;
+    }
+    if (parse_root(&x, root, c) != PL_OK)
+        goto fail;
+    if (name) {
+        c->path = xstrdup(name);
+        if (!c->path) {
+            cfg_err(&x, "(top level)", "out of memory");
+            goto fail;
+        }
+    }
+    cJSON_Delete(root);
+    return c;
+fail:
+    cJSON_Delete(root);
+    pl_config_free(c);
+    return NULL;
+}
+
+pl_config *pl_config_load(const char *path, char *err, size_t errlen)
+{
+    cfg_ctx x = { path ? path : "(null)", err, errlen };
+    char *buf = NULL;
+    FILE *f = NULL;
+
+    if (err && errlen)
+        err[0] = '\0';
+    if (!path) {
+        cfg_err(&x, "(file)", "no path given");
+        return NULL;
+    }
+    f = fopen(path, "rb");
+    if (!f) {
+        cfg_err(&x, "(file)", "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    buf = malloc(PL_CONFIG_FILE_MAX + 1);
+    if (!buf) {
+        cfg_err(&x, "(file)", "out of memory");
+        goto fail;
+    }
+    size_t n = fread(buf, 1, PL_CONFIG_FILE_MAX + 1, f);
+    if (ferror(f)) {
+        cfg_err(&x, "(file)", "cannot read: %s", strerror(errno));
+        goto fail;
+    }
+    if (n > PL_CONFIG_FILE_MAX) {
+        cfg_err(&x, "(file)", "larger than %u bytes", PL_CONFIG_FILE_MAX);
+        goto fail;
+    }
+    fclose(f);
+    f = NULL;
+    pl_config *c = pl_config_parse(path, buf, n, err, errlen);
+    free(buf);
+    return c;
+fail:
+    if (f)
+        fclose(f);
+    free(buf);
+    return NULL;
+}
+
+void pl_config_free(pl_config *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_servers; i++)
+        free(c->servers[i].host);
+    free(c->servers);
+    free(c->transport.name);
+    free(c->transport.options_json);
+    free(c->store.name);
+    free(c->store.options_json);
+    free(c->data_dir);
+    free(c->plugin_dir);
+    free(c->path);
+    free(c);
+}

@@ -1,1 +1,303 @@
-/* placeholder: being written */
+/*
+ * tests/unit/test_config.c — loading and validating parley.json
+ * (core/config.c): the seed's file, the defaults, every key, and one
+ * "FILE: KEY: REASON" line for each kind of mistake.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <parley/common.h>
+
+#include "config.h"
+
+static char err[512];
+
+static pl_config *parse(const char *text)
+{
+    err[0] = '\0';
+    return pl_config_parse("parley.json", text, strlen(text), err, sizeof err);
+}
+
+/* The text must fail to load, and its one-line error must hold the file
+ * name, the key and the reason. */
+static void expect_error(const char *text, const char *key, const char *reason)
+{
+    pl_config *c = parse(text);
+    ck_assert_msg(c == NULL, "config should be refused: %s", text);
+    ck_assert_msg(strncmp(err, "parley.json: ", 13) == 0,
+                  "error should start with the file name: \"%s\"", err);
+    char want[256];
+    snprintf(want, sizeof want, "parley.json: %s: ", key);
+    ck_assert_msg(strstr(err, want) != NULL, "error should name key \"%s\": \"%s\"", key, err);
+    ck_assert_msg(strstr(err, reason) != NULL, "error should say \"%s\": \"%s\"", reason, err);
+    ck_assert_msg(strchr(err, '\n') == NULL, "error should be one line: \"%s\"", err);
+}
+
+START_TEST(seed_file)
+{
+    pl_config *c = parse("{\"servers\": [{\"host\": \"127.0.0.1\", \"port\": 8100},"
+                         " {\"host\": \"127.0.0.1\", \"port\": 8101},"
+                         " {\"host\": \"127.0.0.1\", \"port\": 8102}]}");
+    ck_assert_msg(c != NULL, "the seed's file must load: %s", err);
+    ck_assert_uint_eq(c->n_servers, 3);
+    for (unsigned i = 0; i < 3; i++) {
+        ck_assert_str_eq(c->servers[i].host, "127.0.0.1");
+        ck_assert_uint_eq(c->servers[i].port, 8100 + i);
+        ck_assert_msg(c->servers[i].peer_port == 9100 + i, "peer_port defaults to port+1000");
+    }
+    ck_assert_str_eq(c->path, "parley.json");
+    pl_config_free(c);
+}
+END_TEST
+
+static void check_defaults(const pl_config *c)
+{
+    ck_assert_str_eq(c->transport.name, "tcp");
+    ck_assert_str_eq(c->transport.options_json, "{\"name\":\"tcp\"}");
+    ck_assert_str_eq(c->store.name, "sqlite");
+    ck_assert_str_eq(c->store.options_json, "{\"name\":\"sqlite\"}");
+    ck_assert_ptr_null(c->data_dir);
+    ck_assert_ptr_null(c->plugin_dir);
+    ck_assert_int_eq(c->log_level, PL_LOG_INFO);
+    ck_assert_uint_eq(c->max_frame, PL_FRAME_DEFAULT);
+    ck_assert_uint_eq(c->election_timeout_ms, 1000);
+    ck_assert_uint_eq(c->heartbeat_ms, 100);
+    ck_assert_msg(c->pwhash_opslimit == 2, "default opslimit is libsodium INTERACTIVE (2)");
+    ck_assert_msg(c->pwhash_memlimit == 64u * 1024 * 1024,
+                  "default memlimit is libsodium INTERACTIVE (64 MiB)");
+    ck_assert_uint_eq(c->hash_workers, 2);
+}
+
+START_TEST(defaults)
+{
+    pl_config *c = pl_config_default();
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(c->n_servers, 1);
+    ck_assert_str_eq(c->servers[0].host, PL_DEFAULT_HOST);
+    ck_assert_uint_eq(c->servers[0].port, PL_DEFAULT_PORT);
+    ck_assert_uint_eq(c->servers[0].peer_port, PL_DEFAULT_PORT + PL_PEER_PORT_OFFSET);
+    ck_assert_ptr_null(c->path);
+    check_defaults(c);
+    pl_config_free(c);
+
+    c = parse("{\"servers\": [{\"host\": \"::1\", \"port\": 7000}]}");
+    ck_assert_msg(c != NULL, "a minimal file loads: %s", err);
+    check_defaults(c);
+    pl_config_free(c);
+}
+END_TEST
+
+START_TEST(every_key)
+{
+    pl_config *c = parse(
+        "{\n"
+        "  \"servers\": [{\"host\": \"10.0.0.1\", \"port\": 8100, \"peer_port\": 7100},\n"
+        "              {\"host\": \"10.0.0.2\", \"port\": 8100}],\n"
+        "  \"transport\": {\"name\": \"tcp\", \"codec\": \"json\"},\n"
+        "  \"store\": \"json\",\n"
+        "  \"data_dir\": \"/var/lib/parley\",\n"
+        "  \"plugin_dir\": \"/opt/parley/plugins\",\n"
+        "  \"log_level\": \"debug\",\n"
+        "  \"max_frame\": 65536,\n"
+        "  \"election_timeout_ms\": 2500,\n"
+        "  \"heartbeat_ms\": 250,\n"
+        "  \"password_hash\": {\"opslimit\": 3, \"memlimit\": 16777216},\n"
+        "  \"hash_workers\": 4\n"
+        "}\n");
+    ck_assert_msg(c != NULL, "a file with every key loads: %s", err);
+    ck_assert_uint_eq(c->n_servers, 2);
+    ck_assert_str_eq(c->servers[0].host, "10.0.0.1");
+    ck_assert_uint_eq(c->servers[0].peer_port, 7100);
+    ck_assert_str_eq(c->servers[1].host, "10.0.0.2");
+    ck_assert_msg(c->servers[1].port == 8100,
+                  "the same port on another host is not a duplicate");
+    ck_assert_uint_eq(c->servers[1].peer_port, 9100);
+    ck_assert_str_eq(c->transport.name, "tcp");
+    ck_assert_str_eq(c->store.name, "json");
+    ck_assert_str_eq(c->store.options_json, "{\"name\":\"json\"}");
+    ck_assert_str_eq(c->data_dir, "/var/lib/parley");
+    ck_assert_str_eq(c->plugin_dir, "/opt/parley/plugins");
+    ck_assert_int_eq(c->log_level, PL_LOG_DEBUG);
+    ck_assert_uint_eq(c->max_frame, 65536);
+    ck_assert_uint_eq(c->election_timeout_ms, 2500);
+    ck_assert_uint_eq(c->heartbeat_ms, 250);
+    ck_assert_uint_eq(c->pwhash_opslimit, 3);
+    ck_assert_uint_eq(c->pwhash_memlimit, 16777216);
+    ck_assert_uint_eq(c->hash_workers, 4);
+    pl_config_free(c);
+}
+END_TEST
+
+START_TEST(plugin_forms)
+{
+    pl_config *c = parse("{\"servers\": [{\"host\": \"h\", \"port\": 1}],"
+                         " \"transport\": {\"name\": \"tcp\", \"codec\": \"json\"},"
+                         " \"store\": {\"name\": \"sqlite\", \"sync\": false}}");
+    ck_assert_msg(c != NULL, "plugin objects load: %s", err);
+    ck_assert_str_eq(c->transport.name, "tcp");
+    ck_assert_msg(strcmp(c->transport.options_json, "{\"name\":\"tcp\",\"codec\":\"json\"}") == 0,
+                  "options_json is the whole object: %s", c->transport.options_json);
+    ck_assert_str_eq(c->store.name, "sqlite");
+    ck_assert_msg(strcmp(c->store.options_json, "{\"name\":\"sqlite\",\"sync\":false}") == 0,
+                  "options_json is the whole object: %s", c->store.options_json);
+    pl_config_free(c);
+
+    c = parse("{\"servers\": [{\"host\": \"h\", \"port\": 1}],"
+              " \"transport\": \"/opt/my \\\"odd\\\" transport.so\","
+              " \"store\": \"./build/parley-store-json.so\"}");
+    ck_assert_msg(c != NULL, "plugin paths load: %s", err);
+    ck_assert_str_eq(c->transport.name, "/opt/my \"odd\" transport.so");
+    ck_assert_msg(strcmp(c->transport.options_json,
+                         "{\"name\":\"/opt/my \\\"odd\\\" transport.so\"}") == 0,
+                  "a plain string becomes {\"name\":...} with JSON escaping: %s",
+                  c->transport.options_json);
+    ck_assert_str_eq(c->store.name, "./build/parley-store-json.so");
+    ck_assert_str_eq(c->store.options_json, "{\"name\":\"./build/parley-store-json.so\"}");
+    pl_config_free(c);
+}
+END_TEST
+
+START_TEST(load_file)
+{
+    char path[] = "/tmp/parley-test-config-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    const char *text = "{\"servers\": [{\"host\": \"127.0.0.1\", \"port\": 8200}]}";
+    ck_assert_int_eq(write(fd, text, strlen(text)), (int)strlen(text));
+    close(fd);
+    pl_config *c = pl_config_load(path, err, sizeof err);
+    ck_assert_msg(c != NULL, "pl_config_load reads a file: %s", err);
+    ck_assert_str_eq(c->path, path);
+    ck_assert_uint_eq(c->servers[0].port, 8200);
+    pl_config_free(c);
+    unlink(path);
+
+    c = pl_config_load("/nonexistent/parley.json", err, sizeof err);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(strstr(err, "/nonexistent/parley.json: ") == err &&
+                  strstr(err, "No such file") != NULL,
+                  "a missing file names the file and the reason: %s", err);
+}
+END_TEST
+
+START_TEST(not_json)
+{
+    expect_error("{\"servers\": [\n  {\"host\": \"a\" \"port\": 1}]}",
+                 "line 2, column 16", "not valid JSON");
+    expect_error("", "(top level)", "empty");
+    expect_error("{\"servers\": []} trailing", "line 1, column 17", "not valid JSON");
+    expect_error("[1, 2]", "(top level)", "must be a JSON object");
+}
+END_TEST
+
+START_TEST(unknown_keys)
+{
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 1}], \"stroe\": \"json\"}",
+                 "stroe", "unknown key");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 1},"
+                 " {\"host\": \"h\", \"port\": 2, \"peer-port\": 3}]}",
+                 "servers[1].peer-port", "unknown key");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 1}],"
+                 " \"password_hash\": {\"opslimt\": 2}}",
+                 "password_hash.opslimt", "unknown key");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 1}], \"log_level\": \"info\","
+                 " \"log_level\": \"debug\"}",
+                 "log_level", "duplicate key");
+}
+END_TEST
+
+START_TEST(server_errors)
+{
+    expect_error("{}", "servers", "missing");
+    expect_error("{\"servers\": {}}", "servers", "must be an array");
+    expect_error("{\"servers\": []}", "servers", "at least one server");
+    expect_error("{\"servers\": [8100]}", "servers[0]", "must be an object");
+    expect_error("{\"servers\": [{\"port\": 1}]}", "servers[0].host", "missing");
+    expect_error("{\"servers\": [{\"host\": \"\", \"port\": 1}]}", "servers[0].host",
+                 "non-empty string");
+    expect_error("{\"servers\": [{\"host\": \"h\"}]}", "servers[0].port", "missing");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 1}, {\"host\": \"h\", \"port\": 0}]}",
+                 "servers[1].port", "must be an integer 1-65535");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 65536}]}",
+                 "servers[0].port", "must be an integer 1-65535");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 80.5}]}",
+                 "servers[0].port", "must be an integer 1-65535");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": \"8100\"}]}",
+                 "servers[0].port", "must be an integer 1-65535");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 1, \"peer_port\": -1}]}",
+                 "servers[0].peer_port", "must be an integer 1-65535");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 65000}]}",
+                 "servers[0].peer_port", "above 65535");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 5, \"peer_port\": 5}]}",
+                 "servers[0].peer_port", "must differ from port");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 8100},"
+                 " {\"host\": \"h\", \"port\": 8100}]}",
+                 "servers[1].port", "h:8100 is already used by servers[0].port");
+    expect_error("{\"servers\": [{\"host\": \"h\", \"port\": 8100},"
+                 " {\"host\": \"h\", \"port\": 9100}]}",
+                 "servers[1].port", "h:9100 is already used by servers[0].peer_port");
+}
+END_TEST
+
+#define ONE "{\"servers\": [{\"host\": \"h\", \"port\": 1}], "
+
+START_TEST(value_errors)
+{
+    expect_error(ONE "\"transport\": 5}", "transport", "plugin name or an object");
+    expect_error(ONE "\"transport\": \"\"}", "transport", "plugin name or an object");
+    expect_error(ONE "\"store\": {\"sync\": true}}", "store.name", "missing");
+    expect_error(ONE "\"store\": {\"name\": 1}}", "store.name", "non-empty string");
+    expect_error(ONE "\"data_dir\": \"\"}", "data_dir", "non-empty string");
+    expect_error(ONE "\"plugin_dir\": 3}", "plugin_dir", "non-empty string");
+    expect_error(ONE "\"log_level\": \"loud\"}", "log_level",
+                 "\"error\", \"warn\", \"info\", \"debug\"");
+    expect_error(ONE "\"max_frame\": 0}", "max_frame", "must be an integer 1024-");
+    expect_error(ONE "\"election_timeout_ms\": 0}", "election_timeout_ms", "must be an integer");
+    expect_error(ONE "\"heartbeat_ms\": 0}", "heartbeat_ms", "must be an integer");
+    expect_error(ONE "\"heartbeat_ms\": 1000}", "heartbeat_ms",
+                 "less than election_timeout_ms (1000)");
+    expect_error(ONE "\"password_hash\": 2}", "password_hash", "must be an object");
+    expect_error(ONE "\"password_hash\": {\"opslimit\": 0}}", "password_hash.opslimit",
+                 "must be an integer 1-");
+    expect_error(ONE "\"password_hash\": {\"memlimit\": 100}}", "password_hash.memlimit",
+                 "must be an integer 8192-");
+    expect_error(ONE "\"hash_workers\": 0}", "hash_workers", "must be an integer 1-64");
+    expect_error(ONE "\"hash_workers\": 1e9}", "hash_workers", "must be an integer 1-64");
+}
+END_TEST
+
+START_TEST(error_truncation)
+{
+    /* A tiny buffer gets a truncated but terminated message, never overflow. */
+    char small[16];
+    memset(small, 'x', sizeof small);
+    pl_config *c = pl_config_parse("parley.json", "{}", 2, small, sizeof small);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(memchr(small, '\0', sizeof small) != NULL, "error is NUL-terminated");
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("config");
+    tcase_add_test(tc, seed_file);
+    tcase_add_test(tc, defaults);
+    tcase_add_test(tc, every_key);
+    tcase_add_test(tc, plugin_forms);
+    tcase_add_test(tc, load_file);
+    tcase_add_test(tc, not_json);
+    tcase_add_test(tc, unknown_keys);
+    tcase_add_test(tc, server_errors);
+    tcase_add_test(tc, value_errors);
+    tcase_add_test(tc, error_truncation);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
