@@ -1,1 +1,1205 @@
-/* placeholder: being written */
+/*
+ * core/chat.c — the chat rules (DESIGN.md §1) as a deterministic state
+ * machine over the store ABI.
+ *
+ * Determinism is the whole point: every replica applies the same ops in the
+ * same order through possibly different store plugins and must reach the
+ * same logical state (invariant 3, equal digests). So nothing here reads a
+ * clock, a random source or any state outside the store: the op carries the
+ * primary's time, the password hash and the token hash.
+ *
+ * Each op is validated completely before its first mutation, so a rule
+ * violation changes nothing (beyond the client-table record that makes a
+ * retry see the same error). A store failure aborts the whole batch's
+ * transaction, so a batch is applied entirely or not at all.
+ *
+ * Memory: records the store returns are only valid until the next store
+ * call, so anything kept is copied into a per-call arena owned by the
+ * pl_chat; results and query responses point into it and stay valid until
+ * the next pl_chat_apply_batch or pl_chat_query.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <sodium.h>
+
+#include "chat.h"
+
+#define ARENA_BLOCK (64u * 1024u)
+#define LIST_DEFAULT 100u     /* list_users limit when the request says 0 */
+#define HISTORY_DEFAULT 50u   /* history/conversation limit when 0 */
+#define META_NEXT_UID "next_uid"
+#define META_NEXT_MSG "next_msg_id"
+
+typedef struct ablock {
+    struct ablock *next;
+    size_t used, cap;
+    max_align_t align_;       /* makes sizeof(ablock) a multiple of the max alignment */
+} ablock;
+
+/* A message to mutate after a scan: scans may not call back into the store. */
+typedef struct mref {
+    uint64_t id, from_uid, to_uid;
+    uint32_t flags;
+} mref;
+
+struct pl_chat {
+    const pl_store_plugin *sp;
+    pl_store *st;
+    ablock *arena;            /* reset by every apply_batch / query */
+
+    /* Counters for the batch in progress (loaded at begin, written before commit). */
+    uint64_t next_uid, next_msg_id;
+    int counters_dirty;
+
+    mref *refs;               /* scratch for delete_account */
+    size_t n_refs, cap_refs;
+
+    /* Lookup helpers keep their answers here, apart from the arena, so a
+     * session name survives a following query (valid until the same helper
+     * is called again). */
+    char sess_name[PL_USERNAME_MAX + 1];
+    char acct_name[PL_USERNAME_MAX + 1];
+    char *acct_pwhash;
+    size_t acct_pwhash_cap;
+};
+
+/* ------------------------------------------------------------------ arena */
+
+static void *arena_alloc(pl_chat *c, size_t n)
+{
+    const size_t a = _Alignof(max_align_t);
+    if (n > SIZE_MAX - a - sizeof(ablock))
+        return NULL;
+    n = (n + a - 1) & ~(a - 1);
+    ablock *b = c->arena;
+    if (!b || b->cap - b->used < n) {
+        size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
+        b = malloc(sizeof *b + cap);
+        if (!b)
+            return NULL;
+        b->cap = cap;
+        b->used = 0;
+        b->next = c->arena;
+        c->arena = b;
+    }
+    void *p = (unsigned char *)(b + 1) + b->used;
+    b->used += n;
+    return p;
+}
+
+/* Free everything but one standard block, which is kept for the next call. */
+static void arena_reset(pl_chat *c)
+{
+    ablock *keep = NULL, *b = c->arena;
+    while (b) {
+        ablock *next = b->next;
+        if (!keep && b->cap == ARENA_BLOCK)
+            keep = b;
+        else
+            free(b);
+        b = next;
+    }
+    if (keep) {
+        keep->next = NULL;
+        keep->used = 0;
+    }
+    c->arena = keep;
+}
+
+static int arena_dup(pl_chat *c, pl_str s, pl_str *out)
+{
+    out->len = s.len;
+    out->ptr = NULL;
+    if (!s.len)
+        return PL_OK;
+    char *p = arena_alloc(c, s.len);
+    if (!p)
+        return PL_ERR_NOMEM;
+    memcpy(p, s.ptr, s.len);
+    out->ptr = p;
+    return PL_OK;
+}
+
+/* A rule violation: a normal result, so it returns PL_OK unless the message
+ * itself cannot be stored. */
+static int reject(pl_chat *c, pl_response *r, int code, const char *fmt, ...)
+    PL_PRINTF(4, 5);
+
+static int reject(pl_chat *c, pl_response *r, int code, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof buf)
+        n = sizeof buf - 1;
+    r->status = (uint32_t)code;
+    return arena_dup(c, (pl_str){ buf, (uint32_t)n }, &r->error);
+}
+
+/* ------------------------------------------------------------- validation */
+
+static int name_char_ok(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+           (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-';
+}
+
+/* Printable form of one byte for an error message. */
+static const char *show_byte(unsigned char ch, char buf[8])
+{
+    if (ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\')
+        snprintf(buf, 8, "'%c'", ch);
+    else
+        snprintf(buf, 8, "0x%02x", ch);
+    return buf;
+}
+
+static int username_problem(pl_str name, char *msg, size_t msglen)
+{
+    char b[8];
+    if (name.len == 0) {
+        if (msg)
+            snprintf(msg, msglen, "username is empty; it must be 1-%u characters",
+                     PL_USERNAME_MAX);
+        return PL_ERR_USERNAME;
+    }
+    if (name.len > PL_USERNAME_MAX) {
+        if (msg)
+            snprintf(msg, msglen, "username is %" PRIu32 " characters; the limit is %u",
+                     name.len, PL_USERNAME_MAX);
+        return PL_ERR_USERNAME;
+    }
+    for (uint32_t i = 0; i < name.len; i++) {
+        unsigned char ch = (unsigned char)name.ptr[i];
+        if (!name_char_ok(ch)) {
+            if (msg)
+                snprintf(msg, msglen,
+                         "username has %s at position %" PRIu32
+                         "; allowed are A-Z a-z 0-9 _ . -",
+                         show_byte(ch, b), i + 1);
+            return PL_ERR_USERNAME;
+        }
+    }
+    return PL_OK;
+}
+
+int pl_chat_check_username(pl_str name)
+{
+    return username_problem(name, NULL, 0);
+}
+
+int pl_chat_check_password(pl_str pw)
+{
+    return pw.len < PL_PASSWORD_MIN || pw.len > PL_PASSWORD_MAX ? PL_ERR_PASSWORD : PL_OK;
+}
+
+/* Offset of the first byte that breaks UTF-8 (or is NUL), or len when the
+ * whole text is valid. Rejects overlong forms, UTF-16 surrogates
+ * (U+D800-U+DFFF) and code points above U+10FFFF, per RFC 3629. */
+static size_t utf8_bad_offset(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c0 = s[i];
+        size_t need;
+        unsigned char lo = 0x80, hi = 0xbf;  /* allowed range of the 2nd byte */
+        if (c0 == 0)
+            return i;
+        if (c0 < 0x80) {
+            i++;
+            continue;
+        } else if (c0 >= 0xc2 && c0 <= 0xdf) {
+            need = 1;
+        } else if (c0 >= 0xe0 && c0 <= 0xef) {
+            need = 2;
+            if (c0 == 0xe0)
+                lo = 0xa0;        /* overlong below U+0800 */
+            else if (c0 == 0xed)
+                hi = 0x9f;        /* surrogates */
+        } else if (c0 >= 0xf0 && c0 <= 0xf4) {
+            need = 3;
+            if (c0 == 0xf0)
+                lo = 0x90;        /* overlong below U+10000 */
+            else if (c0 == 0xf4)
+                hi = 0x8f;        /* above U+10FFFF */
+        } else {
+            return i;             /* 0x80-0xc1 (continuation, overlong lead) or 0xf5-0xff */
+        }
+        if (len - i - 1 < need)
+            return i;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return i;
+        for (size_t k = 2; k <= need; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xbf)
+                return i;
+        i += need + 1;
+    }
+    return len;
+}
+
+static int body_problem(pl_str body, char *msg, size_t msglen)
+{
+    if (body.len == 0) {
+        if (msg)
+            snprintf(msg, msglen, "body is empty; it must be 1-%u bytes", PL_BODY_MAX);
+        return PL_ERR_BODY;
+    }
+    if (body.len > PL_BODY_MAX) {
+        if (msg)
+            snprintf(msg, msglen, "body is %" PRIu32 " bytes; the limit is %u",
+                     body.len, PL_BODY_MAX);
+        return PL_ERR_BODY;
+    }
+    size_t bad = utf8_bad_offset((const unsigned char *)body.ptr, body.len);
+    if (bad != body.len) {
+        if (msg) {
+            if (body.ptr[bad] == 0)
+                snprintf(msg, msglen, "body has a NUL byte at offset %zu", bad);
+            else
+                snprintf(msg, msglen, "body is not valid UTF-8 at byte offset %zu", bad);
+        }
+        return PL_ERR_BODY;
+    }
+    return PL_OK;
+}
+
+int pl_chat_check_body(pl_str body)
+{
+    return body_problem(body, NULL, 0);
+}
+
+static int pattern_problem(pl_str pat, char *msg, size_t msglen)
+{
+    char b[8];
+    if (pat.len > PL_PATTERN_MAX) {
+        if (msg)
+            snprintf(msg, msglen, "pattern is %" PRIu32 " characters; the limit is %u",
+                     pat.len, PL_PATTERN_MAX);
+        return PL_ERR_PATTERN;
+    }
+    for (uint32_t i = 0; i < pat.len; i++) {
+        unsigned char ch = (unsigned char)pat.ptr[i];
+        if (!name_char_ok(ch) && ch != '*' && ch != '?') {
+            if (msg)
+                snprintf(msg, msglen,
+                         "pattern has %s at position %" PRIu32
+                         "; allowed are A-Z a-z 0-9 _ . - * ?",
+                         show_byte(ch, b), i + 1);
+            return PL_ERR_PATTERN;
+        }
+    }
+    return PL_OK;
+}
+
+int pl_chat_check_pattern(pl_str pattern)
+{
+    return pattern_problem(pattern, NULL, 0);
+}
+
+/* -------------------------------------------------------------- lifecycle */
+
+pl_chat *pl_chat_new(const pl_store_plugin *sp, pl_store *st)
+{
+    if (!sp || !st || sodium_init() < 0)
+        return NULL;
+    pl_chat *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->sp = sp;
+    c->st = st;
+    return c;
+}
+
+void pl_chat_free(pl_chat *c)
+{
+    if (!c)
+        return;
+    arena_reset(c);
+    free(c->arena);
+    free(c->refs);
+    free(c->acct_pwhash);
+    free(c);
+}
+
+void pl_chat_token_hash(pl_str token, uint8_t out[32])
+{
+    crypto_generichash(out, 32, (const unsigned char *)token.ptr, token.len, NULL, 0);
+}
+
+/* ------------------------------------------------------- message helpers */
+
+static int msg_from_rec(pl_chat *c, const pl_message_rec *m, pl_message *out)
+{
+    int rc;
+    out->id = m->id;
+    out->time_ms = m->time_ms;
+    out->state = (m->flags & PL_MSGF_READ) ? PL_MSG_READ : 0;
+    if ((rc = arena_dup(c, m->from_name, &out->from)) ||
+        (rc = arena_dup(c, m->to_name, &out->to)) ||
+        (rc = arena_dup(c, m->body, &out->body)))
+        return rc;
+    return PL_OK;
+}
+
+/* Collects one reply page of messages from a scan: at most `max`, and no
+ * more body bytes than PL_REPLY_BUDGET (but always at least one message). */
+typedef struct page {
+    pl_chat *c;
+    pl_message *msgs;
+    uint32_t *flags;          /* the stored flags of each, for read marking */
+    uint32_t n, max;
+    size_t bytes;
+    int over;                 /* a further match exists past this page */
+    int err;
+} page;
+
+static int page_cb(void *ud, const pl_message_rec *m)
+{
+    page *p = ud;
+    if (p->n == p->max ||
+        (p->n > 0 && p->bytes + m->body.len > PL_REPLY_BUDGET)) {
+        p->over = 1;
+        return 1;
+    }
+    p->err = msg_from_rec(p->c, m, &p->msgs[p->n]);
+    if (p->err)
+        return 1;
+    p->flags[p->n] = m->flags;
+    p->bytes += m->body.len;
+    p->n++;
+    return 0;
+}
+
+/* Run query q (whose limit is set here) into a page of at most max messages.
+ * The scan asks for one more so the page knows whether more remain. */
+static int page_scan(pl_chat *c, pl_msg_query q, uint32_t max, page *p)
+{
+    memset(p, 0, sizeof *p);
+    p->c = c;
+    p->max = max;
+    p->msgs = arena_alloc(c, (size_t)max * sizeof *p->msgs + 1);
+    p->flags = arena_alloc(c, (size_t)max * sizeof *p->flags + 1);
+    if (!p->msgs || !p->flags)
+        return PL_ERR_NOMEM;
+    q.limit = (uint64_t)max + 1;
+    int rc = c->sp->message_scan(c->st, &q, page_cb, p);
+    if (rc)
+        return rc;
+    return p->err;
+}
+
+/* ------------------------------------------------------------------- ops */
+
+static uint32_t op_method(uint32_t kind)
+{
+    switch (kind) {
+    case PL_OP_REGISTER: return PL_M_REGISTER;
+    case PL_OP_LOGIN: return PL_M_LOGIN;
+    case PL_OP_LOGOUT: return PL_M_LOGOUT;
+    case PL_OP_SEND: return PL_M_SEND;
+    case PL_OP_READ: return PL_M_READ;
+    case PL_OP_ACK: return PL_M_ACK;
+    case PL_OP_DELETE: return PL_M_DELETE;
+    case PL_OP_DELETE_ACCOUNT: return PL_M_DELETE_ACCOUNT;
+    default: return PL_M_NONE;
+    }
+}
+
+/* The acting account must still exist: it may have been deleted by an
+ * earlier op sequenced after the request was authenticated. On success the
+ * account's name is copied into the arena. */
+static int acting_account(pl_chat *c, uint64_t uid, pl_str *name, int *gone)
+{
+    pl_account_rec a;
+    *gone = 0;
+    int rc = c->sp->account_get_uid(c->st, uid, &a);
+    if (rc == PL_ERR_NOT_FOUND || (rc == PL_OK && uid == 0)) {
+        *gone = 1;
+        return PL_OK;
+    }
+    if (rc)
+        return rc;
+    return name ? arena_dup(c, a.name, name) : PL_OK;
+}
+
+#define NOT_LOGGED_IN_MSG "account %" PRIu64 " no longer exists; log in again"
+
+static int op_register(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    char msg[200];
+    int rc = username_problem(op->name, msg, sizeof msg);
+    if (rc)
+        return reject(c, r, rc, "%s", msg);
+    /* The server hashes before sequencing; an empty hash would make an
+     * account nobody can log into, so it is a malformed op. */
+    if (op->pwhash.len == 0 || op->pwhash.len > 1024)
+        return reject(c, r, PL_ERR_INVALID, "password hash is %" PRIu32
+                      " bytes; it must be 1-1024", op->pwhash.len);
+    pl_account_rec a;
+    rc = c->sp->account_get_name(c->st, op->name, &a);
+    if (rc == PL_OK)
+        return reject(c, r, PL_ERR_USER_EXISTS, "username \"%.*s\" is already taken",
+                      (int)op->name.len, op->name.ptr);
+    if (rc != PL_ERR_NOT_FOUND)
+        return rc;
+    pl_account_rec na = { c->next_uid, op->name, op->pwhash, op->time_ms };
+    if ((rc = c->sp->account_put(c->st, &na)))
+        return rc;
+    c->next_uid++;
+    c->counters_dirty = 1;
+    return PL_OK;
+}
+
+static int op_login(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    pl_account_rec a;
+    int rc = c->sp->account_get_uid(c->st, op->uid, &a);
+    if (rc == PL_ERR_NOT_FOUND || (rc == PL_OK && !pl_str_eq(a.name, op->name)))
+        return reject(c, r, PL_ERR_AUTH, "%s", pl_strerror(PL_ERR_AUTH));
+    if (rc)
+        return rc;
+    if (op->token_hash.len != 32)
+        return reject(c, r, PL_ERR_INVALID, "token hash is %" PRIu32
+                      " bytes; it must be 32", op->token_hash.len);
+    pl_session_rec s = { op->token_hash, op->uid, op->time_ms };
+    if ((rc = c->sp->session_put(c->st, &s)))
+        return rc;
+    uint64_t unread = 0, read = 0;
+    if ((rc = c->sp->message_counts(c->st, op->uid, &unread, &read)))
+        return rc;
+    r->unread = unread;
+    return PL_OK;
+}
+
+static int op_logout(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    if (op->token_hash.len != 32)
+        return reject(c, r, PL_ERR_INVALID, "token hash is %" PRIu32
+                      " bytes; it must be 32", op->token_hash.len);
+    pl_session_rec s;
+    int rc = c->sp->session_get(c->st, op->token_hash, &s);
+    if (rc == PL_OK && s.uid != op->uid)
+        return reject(c, r, PL_ERR_NOT_LOGGED_IN, "that session belongs to another account");
+    /* Already gone (a retried logout, or the account was deleted): the goal
+     * of logout holds, so it succeeds. */
+    if (rc == PL_OK && (rc = c->sp->session_delete(c->st, op->token_hash)))
+        return rc;
+    if (rc && rc != PL_ERR_NOT_FOUND)
+        return rc;
+    return arena_dup(c, op->token_hash, &res->revoked_token_hash);
+}
+
+static int op_send(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    char msg[200];
+    pl_str from_name;
+    int gone, rc;
+    if ((rc = acting_account(c, op->uid, &from_name, &gone)))
+        return rc;
+    if (gone)
+        return reject(c, r, PL_ERR_NOT_LOGGED_IN, NOT_LOGGED_IN_MSG, op->uid);
+    if ((rc = body_problem(op->body, msg, sizeof msg)))
+        return reject(c, r, rc, "%s", msg);
+    pl_account_rec to;
+    rc = c->sp->account_get_name(c->st, op->name, &to);
+    if (rc == PL_ERR_NOT_FOUND) {
+        if (username_problem(op->name, NULL, 0))
+            return reject(c, r, PL_ERR_NO_SUCH_USER, "no such user (not a valid username)");
+        return reject(c, r, PL_ERR_NO_SUCH_USER, "no such user \"%.*s\"",
+                      (int)op->name.len, op->name.ptr);
+    }
+    if (rc)
+        return rc;
+    pl_message_rec m = {
+        .id = c->next_msg_id, .from_uid = op->uid, .to_uid = to.uid,
+        .from_name = from_name, .to_name = op->name, .body = op->body,
+        .time_ms = op->time_ms, .flags = 0
+    };
+    pl_str to_name;
+    if ((rc = arena_dup(c, op->name, &to_name)))
+        return rc;
+    uint64_t to_uid = to.uid;
+    if ((rc = c->sp->message_put(c->st, &m)))
+        return rc;
+    c->next_msg_id++;
+    c->counters_dirty = 1;
+    r->id = m.id;
+    r->time_ms = m.time_ms;
+    res->has_push = 1;
+    res->push_uid = to_uid;
+    res->push.id = m.id;
+    res->push.from = from_name;
+    res->push.to = to_name;
+    res->push.time_ms = m.time_ms;
+    res->push.state = 0;
+    return arena_dup(c, op->body, &res->push.body);
+}
+
+static int op_read(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    int gone, rc;
+    if ((rc = acting_account(c, op->uid, NULL, &gone)))
+        return rc;
+    if (gone)
+        return reject(c, r, PL_ERR_NOT_LOGGED_IN, NOT_LOGGED_IN_MSG, op->uid);
+    uint32_t max = (op->n == 0 || op->n > PL_PAGE_MAX) ? PL_PAGE_MAX : (uint32_t)op->n;
+    pl_msg_query q = { .kind = PL_Q_UNREAD, .uid = op->uid };
+    page p;
+    if ((rc = page_scan(c, q, max, &p)))
+        return rc;
+    for (uint32_t i = 0; i < p.n; i++) {
+        if ((rc = c->sp->message_set_flags(c->st, p.msgs[i].id, p.flags[i] | PL_MSGF_READ)))
+            return rc;
+        /* The reply shows the state this op leaves behind. */
+        p.msgs[i].state = PL_MSG_READ;
+    }
+    r->msgs = p.msgs;
+    r->n_msgs = p.n;
+    r->more = p.over ? 1 : 0;
+    return PL_OK;
+}
+
+static int check_ids(pl_chat *c, const pl_op *op, pl_response *r, int *bad)
+{
+    *bad = 1;
+    if (op->n_ids > PL_IDS_MAX)
+        return reject(c, r, PL_ERR_TOO_MANY_IDS, "%" PRIu32 " message ids; the limit is %u",
+                      op->n_ids, PL_IDS_MAX);
+    if (op->n_ids && !op->ids)
+        return reject(c, r, PL_ERR_INVALID, "message ids missing");
+    *bad = 0;
+    return PL_OK;
+}
+
+/* Is message m visible to uid as recipient (and, when as_sender, also as
+ * sender)? */
+static int visible(const pl_message_rec *m, uint64_t uid, int as_sender)
+{
+    if (m->to_uid == uid && !(m->flags & PL_MSGF_DEL_RECIPIENT))
+        return 1;
+    return as_sender && m->from_uid == uid && !(m->flags & PL_MSGF_DEL_SENDER);
+}
+
+/* Validate every id before touching any: nothing changes unless all are
+ * good. */
+static int ids_visible(pl_chat *c, const pl_op *op, int as_sender, pl_response *r, int *bad)
+{
+    *bad = 0;
+    for (uint32_t i = 0; i < op->n_ids; i++) {
+        pl_message_rec m;
+        int rc = c->sp->message_get(c->st, op->ids[i], &m);
+        if (rc && rc != PL_ERR_NOT_FOUND)
+            return rc;
+        if (rc == PL_ERR_NOT_FOUND || !visible(&m, op->uid, as_sender)) {
+            *bad = 1;
+            return reject(c, r, PL_ERR_NO_SUCH_MESSAGE,
+                          "no message %" PRIu64 " in your %s; nothing was changed",
+                          op->ids[i], as_sender ? "messages" : "mailbox");
+        }
+    }
+    return PL_OK;
+}
+
+static int op_ack(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    int gone, bad, rc;
+    if ((rc = acting_account(c, op->uid, NULL, &gone)))
+        return rc;
+    if (gone)
+        return reject(c, r, PL_ERR_NOT_LOGGED_IN, NOT_LOGGED_IN_MSG, op->uid);
+    if ((rc = check_ids(c, op, r, &bad)) || bad)
+        return rc;
+    if ((rc = ids_visible(c, op, 0, r, &bad)) || bad)
+        return rc;
+    for (uint32_t i = 0; i < op->n_ids; i++) {
+        pl_message_rec m;
+        if ((rc = c->sp->message_get(c->st, op->ids[i], &m)))
+            return rc;
+        if (!(m.flags & PL_MSGF_READ) &&
+            (rc = c->sp->message_set_flags(c->st, m.id, m.flags | PL_MSGF_READ)))
+            return rc;
+    }
+    return PL_OK;
+}
+
+/* Hide message m from uid's side(s); remove it from the store once neither
+ * side can see it. A party whose account is gone never needs a check here:
+ * delete_account removes the messages it received and marks the ones it
+ * sent deleted by their sender, so the flags alone tell. */
+static int hide_message(pl_chat *c, uint64_t uid, const mref *m)
+{
+    uint32_t f = m->flags;
+    if (m->from_uid == uid)
+        f |= PL_MSGF_DEL_SENDER;
+    if (m->to_uid == uid)
+        f |= PL_MSGF_DEL_RECIPIENT;
+    if ((f & PL_MSGF_DEL_SENDER) && (f & PL_MSGF_DEL_RECIPIENT))
+        return c->sp->message_delete(c->st, m->id);
+    if (f == m->flags)
+        return PL_OK;
+    return c->sp->message_set_flags(c->st, m->id, f);
+}
+
+static int op_delete(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    int gone, bad, rc;
+    if ((rc = acting_account(c, op->uid, NULL, &gone)))
+        return rc;
+    if (gone)
+        return reject(c, r, PL_ERR_NOT_LOGGED_IN, NOT_LOGGED_IN_MSG, op->uid);
+    if ((rc = check_ids(c, op, r, &bad)) || bad)
+        return rc;
+    if ((rc = ids_visible(c, op, 1, r, &bad)) || bad)
+        return rc;
+    for (uint32_t i = 0; i < op->n_ids; i++) {
+        pl_message_rec m;
+        rc = c->sp->message_get(c->st, op->ids[i], &m);
+        if (rc == PL_ERR_NOT_FOUND)
+            continue;         /* a duplicate id whose message is already removed */
+        if (rc)
+            return rc;
+        mref ref = { m.id, m.from_uid, m.to_uid, m.flags };
+        if ((rc = hide_message(c, op->uid, &ref)))
+            return rc;
+    }
+    return PL_OK;
+}
+
+typedef struct refs_ctx {
+    pl_chat *c;
+    uint64_t uid;
+    int err;
+} refs_ctx;
+
+static int refs_cb(void *ud, const pl_message_rec *m)
+{
+    refs_ctx *x = ud;
+    pl_chat *c = x->c;
+    if (m->from_uid != x->uid && m->to_uid != x->uid)
+        return 0;
+    if (c->n_refs == c->cap_refs) {
+        size_t cap = c->cap_refs ? c->cap_refs * 2 : 64;
+        mref *nr = realloc(c->refs, cap * sizeof *nr);
+        if (!nr) {
+            x->err = PL_ERR_NOMEM;
+            return 1;
+        }
+        c->refs = nr;
+        c->cap_refs = cap;
+    }
+    c->refs[c->n_refs++] = (mref){ m->id, m->from_uid, m->to_uid, m->flags };
+    return 0;
+}
+
+static int op_delete_account(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    int gone, rc;
+    if ((rc = acting_account(c, op->uid, NULL, &gone)))
+        return rc;
+    if (gone)
+        return reject(c, r, PL_ERR_NOT_LOGGED_IN, NOT_LOGGED_IN_MSG, op->uid);
+    /* Every message the account sent or received, hidden ones included: a
+     * received message the account had deleted may still be kept for its
+     * sender, and with the account gone nobody could ever see it again (a
+     * new account of the same name has a new uid). This walks all messages;
+     * deleting an account is rare enough for that. */
+    refs_ctx x = { c, op->uid, 0 };
+    pl_msg_query q = { .kind = PL_Q_ALL };
+    c->n_refs = 0;
+    rc = c->sp->message_scan(c->st, &q, refs_cb, &x);
+    if (rc || (rc = x.err))
+        return rc;
+    if ((rc = c->sp->session_delete_uid(c->st, op->uid)) ||
+        (rc = c->sp->account_delete(c->st, op->uid)))
+        return rc;
+    for (size_t i = 0; i < c->n_refs; i++) {
+        const mref *m = &c->refs[i];
+        /* Its mailbox goes entirely. Sent ones stay for their recipients
+         * until they delete them too. */
+        if (m->to_uid == op->uid)
+            rc = c->sp->message_delete(c->st, m->id);
+        else
+            rc = hide_message(c, op->uid, m);
+        if (rc)
+            return rc;
+    }
+    res->revoked_uid = op->uid;
+    return PL_OK;
+}
+
+static int execute(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    switch (op->kind) {
+    case PL_OP_NOOP: return PL_OK;
+    case PL_OP_REGISTER: return op_register(c, op, res);
+    case PL_OP_LOGIN: return op_login(c, op, res);
+    case PL_OP_LOGOUT: return op_logout(c, op, res);
+    case PL_OP_SEND: return op_send(c, op, res);
+    case PL_OP_READ: return op_read(c, op, res);
+    case PL_OP_ACK: return op_ack(c, op, res);
+    case PL_OP_DELETE: return op_delete(c, op, res);
+    case PL_OP_DELETE_ACCOUNT: return op_delete_account(c, op, res);
+    default:
+        return reject(c, &res->reply, PL_ERR_UNSUPPORTED, "unknown op kind %" PRIu32, op->kind);
+    }
+}
+
+/* Answer a retried request from the client table: the recorded reply is
+ * copied into the arena so it outlives the next store call. */
+static int replay_recorded(pl_chat *c, const pl_client_rec *rec, pl_apply_result *res)
+{
+    pl_str bytes;
+    pl_message *owner = NULL;
+    pl_response rr;
+    int rc = arena_dup(c, rec->reply, &bytes);
+    if (rc)
+        return rc;
+    if ((rc = pl_op_reply_decode((const uint8_t *)bytes.ptr, bytes.len, &rr, &owner)))
+        return rc == PL_ERR_NOMEM ? rc : PL_ERR_CORRUPT;
+    if (rr.n_msgs) {
+        pl_message *m = arena_alloc(c, (size_t)rr.n_msgs * sizeof *m);
+        if (!m) {
+            free(owner);
+            return PL_ERR_NOMEM;
+        }
+        memcpy(m, owner, (size_t)rr.n_msgs * sizeof *m);
+        rr.msgs = m;
+    }
+    free(owner);
+    res->reply = rr;
+    return PL_OK;
+}
+
+/* One op with exactly-once handling (VR §4: the client table). */
+static int apply_one(pl_chat *c, uint64_t opno, const pl_op *op, pl_apply_result *res)
+{
+    int rc;
+    int recorded = op->client_id != 0 && op->kind != PL_OP_LOGIN;
+    if (recorded) {
+        pl_client_rec rec;
+        rc = c->sp->client_get(c->st, op->client_id, &rec);
+        if (rc && rc != PL_ERR_NOT_FOUND)
+            return rc;
+        if (rc == PL_OK && rec.request_no == op->request_no)
+            return replay_recorded(c, &rec, res);
+        if (rc == PL_OK && rec.request_no > op->request_no)
+            return reject(c, &res->reply, PL_ERR_STALE_REQUEST,
+                          "request %" PRIu64 " is older than this client's last request %" PRIu64,
+                          op->request_no, rec.request_no);
+    }
+    if ((rc = execute(c, op, res)))
+        return rc;
+    if (!recorded)
+        return PL_OK;
+    uint8_t *enc;
+    size_t len;
+    if ((rc = pl_op_reply_encode(&res->reply, &enc, &len)))
+        return rc;
+    if (len > UINT32_MAX) {
+        free(enc);
+        return PL_ERR_INTERNAL;
+    }
+    pl_client_rec nrec = { op->client_id, op->request_no, opno,
+                           { (const char *)enc, (uint32_t)len } };
+    rc = c->sp->client_put(c->st, &nrec);
+    free(enc);
+    return rc;
+}
+
+static int load_counter(pl_chat *c, const char *key, uint64_t *v)
+{
+    int rc = c->sp->meta_get(c->st, key, v);
+    if (rc == PL_ERR_NOT_FOUND) {
+        *v = 1;
+        return PL_OK;
+    }
+    return rc;
+}
+
+int pl_chat_apply_batch(pl_chat *c, uint64_t first_op, const pl_op *ops,
+                        size_t n, pl_apply_result *results)
+{
+    int rc;
+    arena_reset(c);
+    if (n == 0)
+        return PL_OK;
+    if (!ops || !results || first_op == 0 || n > UINT64_MAX - first_op)
+        return PL_ERR_INVALID;
+    for (size_t i = 0; i < n; i++) {
+        memset(&results[i], 0, sizeof results[i]);
+        results[i].reply.method = op_method(ops[i].kind);
+    }
+    uint64_t applied = c->sp->applied_op(c->st);
+    uint64_t last = first_op + n - 1;
+    /* A gap would silently lose ops and fork this replica's state. */
+    if (first_op > applied + 1)
+        return PL_ERR_INVALID;
+    if (last <= applied) {
+        for (size_t i = 0; i < n; i++)
+            if ((rc = reject(c, &results[i].reply, PL_ERR_STALE_REQUEST,
+                             "op %" PRIu64 " is already applied", first_op + i)))
+                return rc;
+        return PL_OK;
+    }
+    if ((rc = c->sp->begin(c->st)))
+        return rc;
+    c->counters_dirty = 0;
+    if ((rc = load_counter(c, META_NEXT_UID, &c->next_uid)) ||
+        (rc = load_counter(c, META_NEXT_MSG, &c->next_msg_id)))
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t opno = first_op + i;
+        if (opno <= applied)
+            rc = reject(c, &results[i].reply, PL_ERR_STALE_REQUEST,
+                        "op %" PRIu64 " is already applied", opno);
+        else
+            rc = apply_one(c, opno, &ops[i], &results[i]);
+        if (rc)
+            goto fail;
+    }
+    if (c->counters_dirty &&
+        ((rc = c->sp->meta_set(c->st, META_NEXT_UID, c->next_uid)) ||
+         (rc = c->sp->meta_set(c->st, META_NEXT_MSG, c->next_msg_id))))
+        goto fail;
+    if ((rc = c->sp->commit(c->st, last)))
+        goto fail;
+    return PL_OK;
+fail:
+    c->sp->abort(c->st);
+    for (size_t i = 0; i < n; i++) {
+        memset(&results[i], 0, sizeof results[i]);
+        results[i].reply.method = op_method(ops[i].kind);
+        results[i].reply.status = (uint32_t)rc;
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+typedef struct list_ctx {
+    pl_chat *c;
+    pl_str pattern, prefix;
+    uint64_t skip;
+    pl_str *users;
+    uint32_t n, limit;
+    int more;
+    int err;
+} list_ctx;
+
+static int list_cb(void *ud, const pl_account_rec *a)
+{
+    list_ctx *x = ud;
+    if (a->name.len < x->prefix.len ||
+        (x->prefix.len && memcmp(a->name.ptr, x->prefix.ptr, x->prefix.len) != 0))
+        return 1;     /* names are in order: past the prefix, nothing can match */
+    if (x->pattern.len && !pl_glob_match(x->pattern, a->name))
+        return 0;
+    if (x->skip) {
+        x->skip--;
+        return 0;
+    }
+    if (x->n == x->limit) {
+        x->more = 1;
+        return 1;
+    }
+    x->err = arena_dup(x->c, a->name, &x->users[x->n]);
+    if (x->err)
+        return 1;
+    x->n++;
+    return 0;
+}
+
+static int q_list_users(pl_chat *c, const pl_request *req, pl_response *r)
+{
+    char msg[200];
+    int rc = pattern_problem(req->pattern, msg, sizeof msg);
+    if (rc)
+        return reject(c, r, rc, "%s", msg);
+    uint64_t limit = req->limit ? req->limit : LIST_DEFAULT;
+    if (limit > PL_PAGE_MAX)
+        return reject(c, r, PL_ERR_PAGE, "limit is %" PRIu64 "; the maximum is %u",
+                      limit, PL_PAGE_MAX);
+    list_ctx x = { .c = c, .pattern = req->pattern, .prefix = pl_glob_prefix(req->pattern),
+                   .skip = req->offset, .limit = (uint32_t)limit };
+    x.users = arena_alloc(c, (size_t)limit * sizeof *x.users);
+    if (!x.users)
+        return PL_ERR_NOMEM;
+    if ((rc = c->sp->account_scan(c->st, x.prefix, list_cb, &x)))
+        return rc;
+    if (x.err)
+        return x.err;
+    r->users = x.users;
+    r->n_users = x.n;
+    r->more = (uint32_t)x.more;
+    return PL_OK;
+}
+
+static int q_page(pl_chat *c, pl_msg_query q, uint64_t limit, pl_response *r)
+{
+    if (limit == 0)
+        limit = HISTORY_DEFAULT;
+    if (limit > PL_PAGE_MAX)
+        return reject(c, r, PL_ERR_PAGE, "limit is %" PRIu64 "; the maximum is %u",
+                      limit, PL_PAGE_MAX);
+    page p;
+    int rc = page_scan(c, q, (uint32_t)limit, &p);
+    if (rc)
+        return rc;
+    r->msgs = p.msgs;
+    r->n_msgs = p.n;
+    r->more = p.over ? 1 : 0;
+    return PL_OK;
+}
+
+int pl_chat_query(pl_chat *c, uint64_t uid, const pl_request *req, pl_response *resp)
+{
+    int rc;
+    arena_reset(c);
+    memset(resp, 0, sizeof *resp);
+    resp->method = req->method;
+    resp->request_id = req->request_id;
+    switch (req->method) {
+    case PL_M_LIST_USERS:
+        return q_list_users(c, req, resp);
+    case PL_M_COUNTS:
+        return c->sp->message_counts(c->st, uid, &resp->unread, &resp->read);
+    case PL_M_HISTORY: {
+        pl_msg_query q = { .kind = PL_Q_READ, .uid = uid, .offset = req->offset };
+        return q_page(c, q, req->limit, resp);
+    }
+    case PL_M_CONVERSATION: {
+        pl_account_rec peer;
+        rc = c->sp->account_get_name(c->st, req->peer, &peer);
+        if (rc == PL_ERR_NOT_FOUND) {
+            if (username_problem(req->peer, NULL, 0))
+                return reject(c, resp, PL_ERR_NO_SUCH_USER, "no such user (not a valid username)");
+            return reject(c, resp, PL_ERR_NO_SUCH_USER, "no such user \"%.*s\"",
+                          (int)req->peer.len, req->peer.ptr);
+        }
+        if (rc)
+            return rc;
+        pl_msg_query q = { .kind = PL_Q_CONVO, .uid = uid, .peer_uid = peer.uid,
+                           .offset = req->offset };
+        return q_page(c, q, req->limit, resp);
+    }
+    case PL_M_SUBSCRIBE: {
+        pl_msg_query q = { .kind = PL_Q_UNREAD, .uid = uid, .after_id = req->after_id };
+        page p;
+        if ((rc = page_scan(c, q, PL_PAGE_MAX, &p)))
+            return rc;
+        resp->msgs = p.msgs;
+        resp->n_msgs = p.n;
+        resp->more = p.over ? 1 : 0;
+        return PL_OK;
+    }
+    default:
+        return reject(c, resp, PL_ERR_UNSUPPORTED, "method %s is not a query",
+                      pl_method_name(req->method));
+    }
+}
+
+/* --------------------------------------------------------------- lookups */
+
+int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name)
+{
+    uint8_t h[32];
+    pl_session_rec s;
+    pl_account_rec a;
+    if (token.len == 0 || token.len > PL_TOKEN_MAX)
+        return PL_ERR_NOT_LOGGED_IN;
+    pl_chat_token_hash(token, h);
+    int rc = c->sp->session_get(c->st, (pl_str){ (const char *)h, 32 }, &s);
+    if (rc == PL_ERR_NOT_FOUND)
+        return PL_ERR_NOT_LOGGED_IN;
+    if (rc)
+        return rc;
+    uint64_t su = s.uid;
+    rc = c->sp->account_get_uid(c->st, su, &a);
+    if (rc == PL_ERR_NOT_FOUND)
+        return PL_ERR_NOT_LOGGED_IN;
+    if (rc)
+        return rc;
+    if (a.name.len > PL_USERNAME_MAX)
+        return PL_ERR_CORRUPT;
+    if (a.name.len)
+        memcpy(c->sess_name, a.name.ptr, a.name.len);
+    c->sess_name[a.name.len] = 0;
+    *uid = su;
+    if (name)
+        *name = (pl_str){ c->sess_name, a.name.len };
+    return PL_OK;
+}
+
+/* Copy an account's name and hash into the lookup buffers. */
+static int keep_account(pl_chat *c, const pl_account_rec *a, pl_str *name, pl_str *pwhash)
+{
+    if (a->name.len > PL_USERNAME_MAX)
+        return PL_ERR_CORRUPT;
+    if (a->pwhash.len + 1u > c->acct_pwhash_cap) {
+        char *p = realloc(c->acct_pwhash, a->pwhash.len + 1u);
+        if (!p)
+            return PL_ERR_NOMEM;
+        c->acct_pwhash = p;
+        c->acct_pwhash_cap = a->pwhash.len + 1u;
+    }
+    if (a->pwhash.len)
+        memcpy(c->acct_pwhash, a->pwhash.ptr, a->pwhash.len);
+    c->acct_pwhash[a->pwhash.len] = 0;
+    if (a->name.len)
+        memcpy(c->acct_name, a->name.ptr, a->name.len);
+    c->acct_name[a->name.len] = 0;
+    if (name)
+        *name = (pl_str){ c->acct_name, a->name.len };
+    if (pwhash)
+        *pwhash = (pl_str){ c->acct_pwhash, a->pwhash.len };
+    return PL_OK;
+}
+
+int pl_chat_account(pl_chat *c, pl_str name, uint64_t *uid, pl_str *pwhash)
+{
+    pl_account_rec a;
+    int rc = c->sp->account_get_name(c->st, name, &a);
+    if (rc)
+        return rc;
+    if (uid)
+        *uid = a.uid;
+    return keep_account(c, &a, NULL, pwhash);
+}
+
+int pl_chat_account_by_uid(pl_chat *c, uint64_t uid, pl_str *name, pl_str *pwhash)
+{
+    pl_account_rec a;
+    int rc = c->sp->account_get_uid(c->st, uid, &a);
+    if (rc)
+        return rc;
+    return keep_account(c, &a, name, pwhash);
+}
+
+/* ---------------------------------------------------------------- digest */
+
+/* The canonical encoding hashed for the digest: a tag byte per record, then
+ * its fields as fixed-width little-endian integers and u32-length-prefixed
+ * strings. Only logical content is hashed, in the order the store ABI
+ * defines, so the digest does not depend on how a plugin lays out data. */
+typedef struct dg {
+    crypto_generichash_state st;
+} dg;
+
+static void dg_u64(dg *d, uint64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    crypto_generichash_update(&d->st, b, 8);
+}
+
+static void dg_tag(dg *d, unsigned char t)
+{
+    crypto_generichash_update(&d->st, &t, 1);
+}
+
+static void dg_str(dg *d, pl_str s)
+{
+    unsigned char b[4];
+    for (int i = 0; i < 4; i++)
+        b[i] = (unsigned char)(s.len >> (8 * i));
+    crypto_generichash_update(&d->st, b, 4);
+    if (s.len)
+        crypto_generichash_update(&d->st, (const unsigned char *)s.ptr, s.len);
+}
+
+static int dg_account(void *ud, const pl_account_rec *a)
+{
+    dg *d = ud;
+    dg_tag(d, 'A');
+    dg_u64(d, a->uid);
+    dg_str(d, a->name);
+    dg_str(d, a->pwhash);
+    dg_u64(d, a->created_ms);
+    return 0;
+}
+
+static int dg_session(void *ud, const pl_session_rec *s)
+{
+    dg *d = ud;
+    dg_tag(d, 'S');
+    dg_str(d, s->token_hash);
+    dg_u64(d, s->uid);
+    dg_u64(d, s->created_ms);
+    return 0;
+}
+
+static int dg_message(void *ud, const pl_message_rec *m)
+{
+    dg *d = ud;
+    dg_tag(d, 'M');
+    dg_u64(d, m->id);
+    dg_u64(d, m->from_uid);
+    dg_u64(d, m->to_uid);
+    dg_str(d, m->from_name);
+    dg_str(d, m->to_name);
+    dg_str(d, m->body);
+    dg_u64(d, m->time_ms);
+    dg_u64(d, m->flags);
+    return 0;
+}
+
+static int dg_client(void *ud, const pl_client_rec *cr)
+{
+    dg *d = ud;
+    dg_tag(d, 'C');
+    dg_u64(d, cr->client_id);
+    dg_u64(d, cr->request_no);
+    dg_u64(d, cr->op);
+    dg_str(d, cr->reply);
+    return 0;
+}
+
+int pl_chat_digest(pl_chat *c, char out[65])
+{
+    dg d;
+    uint64_t next_uid, next_msg;
+    unsigned char h[32];
+    int rc;
+    out[0] = 0;
+    if ((rc = load_counter(c, META_NEXT_UID, &next_uid)) ||
+        (rc = load_counter(c, META_NEXT_MSG, &next_msg)))
+        return rc;
+    crypto_generichash_init(&d.st, NULL, 0, sizeof h);
+    dg_tag(&d, 'V');               /* encoding version, bumped if this changes */
+    dg_u64(&d, 1);
+    dg_u64(&d, next_uid);
+    dg_u64(&d, next_msg);
+    pl_msg_query q = { .kind = PL_Q_ALL };
+    if ((rc = c->sp->account_scan(c->st, (pl_str){ NULL, 0 }, dg_account, &d)))
+        return rc;
+    dg_tag(&d, 'a');               /* section ends keep sections unambiguous */
+    if ((rc = c->sp->session_scan(c->st, dg_session, &d)))
+        return rc;
+    dg_tag(&d, 's');
+    if ((rc = c->sp->message_scan(c->st, &q, dg_message, &d)))
+        return rc;
+    dg_tag(&d, 'm');
+    if ((rc = c->sp->client_scan(c->st, dg_client, &d)))
+        return rc;
+    dg_tag(&d, 'c');
+    crypto_generichash_final(&d.st, h, sizeof h);
+    sodium_bin2hex(out, 65, h, sizeof h);
+    return PL_OK;
+}

@@ -1,1 +1,1203 @@
-/* placeholder: being written */
+/*
+ * tests/unit/test_chat.c — the chat rules (core/chat.c) against a real store
+ * plugin, loaded through the core's loader exactly as parleyd loads it.
+ *
+ * Usage: test-chat STORE_PLUGIN.so
+ * meson runs it once per store plugin, so every rule is checked on every
+ * store. Each test gets a fresh store in its own temp directory.
+ *
+ * Password hashes are fake strings: the chat core never hashes, the server
+ * does before sequencing.
+ */
+#include <check.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "loader.h"
+
+#define ERRLEN 1024
+#define FAKE_HASH "$argon2id$v=19$m=65536,t=2,p=1$ZmFrZXNhbHQ$ZmFrZWhhc2g"
+
+static const char *plugin_path;
+
+/* One store + chat state machine in a temp dir. */
+typedef struct fx {
+    char dir[256];
+    pl_plugin *plugin;
+    const pl_store_plugin *sp;
+    pl_store *st;
+    pl_chat *chat;
+    uint64_t next_op;
+} fx;
+
+static fx F;                     /* the test's main fixture */
+static pl_apply_result R;        /* the last single-op result */
+
+static void host_log(void *ud, int level, const char *fmt, ...)
+{
+    (void)ud;
+    if (level > PL_LOG_WARN)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void fx_open(fx *f)
+{
+    char err[ERRLEN];
+    const char *t = getenv("TMPDIR");
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "%s/pl-chat-XXXXXX", t && *t ? t : "/tmp");
+    ck_assert_msg(mkdtemp(f->dir) != NULL, "mkdtemp failed");
+    f->plugin = pl_plugin_load("store", plugin_path, NULL, err, sizeof err);
+    ck_assert_msg(f->plugin != NULL, "load %s: %s", plugin_path, err);
+    f->sp = pl_plugin_store(f->plugin);
+    ck_assert_ptr_nonnull(f->sp);
+    pl_store_host host = { PL_STORE_ABI_VERSION, NULL, host_log };
+    pl_store_options opt = { f->dir, 0, NULL };
+    int rc = pl_plugin_store_open(f->plugin, &host, &opt, &f->st, err, sizeof err);
+    ck_assert_msg(rc == PL_OK, "open store: %s", err);
+    f->chat = pl_chat_new(f->sp, f->st);
+    ck_assert_ptr_nonnull(f->chat);
+    f->next_op = f->sp->applied_op(f->st) + 1;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void fx_close(fx *f)
+{
+    pl_chat_free(f->chat);
+    if (f->st)
+        f->sp->close(f->st);
+    pl_plugin_unload(f->plugin);
+    if (f->dir[0])
+        nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    memset(f, 0, sizeof *f);
+}
+
+static void setup(void)
+{
+    fx_open(&F);
+}
+
+static void teardown(void)
+{
+    fx_close(&F);
+}
+
+/* ---- op helpers: each applies one op as the next op-number ---- */
+
+static uint32_t apply_on(fx *f, pl_op op)
+{
+    int rc = pl_chat_apply_batch(f->chat, f->next_op, &op, 1, &R);
+    ck_assert_msg(rc == PL_OK, "apply op %" PRIu64 " (kind %u): %s", f->next_op, op.kind,
+                  pl_strerror(rc));
+    f->next_op++;
+    return R.reply.status;
+}
+
+static uint32_t apply(pl_op op)
+{
+    return apply_on(&F, op);
+}
+
+static const char *err_text(void)
+{
+    static char buf[512];
+    snprintf(buf, sizeof buf, "%.*s", (int)R.reply.error.len,
+             R.reply.error.ptr ? R.reply.error.ptr : "");
+    return buf;
+}
+
+static uint32_t do_register(const char *name)
+{
+    pl_op op = { .kind = PL_OP_REGISTER, .time_ms = 1000, .name = pl_str_c(name),
+                 .pwhash = pl_str_c(FAKE_HASH) };
+    return apply(op);
+}
+
+static uint64_t uid_of(const char *name)
+{
+    uint64_t uid = 0;
+    pl_str h;
+    ck_assert_msg(pl_chat_account(F.chat, pl_str_c(name), &uid, &h) == PL_OK,
+                  "account %s missing", name);
+    return uid;
+}
+
+static uint64_t reg(const char *name)
+{
+    uint32_t st = do_register(name);
+    ck_assert_msg(st == PL_OK, "register %s: %s", name, err_text());
+    return uid_of(name);
+}
+
+static uint8_t tok_hash[32];
+
+static pl_str hash_of(const char *token)
+{
+    pl_chat_token_hash(pl_str_c(token), tok_hash);
+    return (pl_str){ (const char *)tok_hash, 32 };
+}
+
+static uint32_t login(uint64_t uid, const char *name, const char *token)
+{
+    pl_op op = { .kind = PL_OP_LOGIN, .time_ms = 2000, .uid = uid, .name = pl_str_c(name),
+                 .token_hash = hash_of(token) };
+    return apply(op);
+}
+
+static uint32_t send_body(uint64_t from, const char *to, pl_str body)
+{
+    pl_op op = { .kind = PL_OP_SEND, .time_ms = 3000 + F.next_op, .uid = from,
+                 .name = pl_str_c(to), .body = body };
+    return apply(op);
+}
+
+/* Send and return the new message id. */
+static uint64_t sendm(uint64_t from, const char *to, const char *body)
+{
+    uint32_t st = send_body(from, to, pl_str_c(body));
+    ck_assert_msg(st == PL_OK, "send to %s: %s", to, err_text());
+    return R.reply.id;
+}
+
+static uint32_t read_n(uint64_t uid, uint64_t n)
+{
+    pl_op op = { .kind = PL_OP_READ, .time_ms = 4000, .uid = uid, .n = n };
+    return apply(op);
+}
+
+static uint32_t ids_op(uint32_t kind, uint64_t uid, const uint64_t *ids, uint32_t n)
+{
+    pl_op op = { .kind = kind, .time_ms = 5000, .uid = uid, .ids = ids, .n_ids = n };
+    return apply(op);
+}
+
+static uint32_t delete_account(uint64_t uid)
+{
+    pl_op op = { .kind = PL_OP_DELETE_ACCOUNT, .time_ms = 6000, .uid = uid };
+    return apply(op);
+}
+
+static pl_response Q;
+
+static uint32_t query(uint64_t uid, pl_request req)
+{
+    int rc = pl_chat_query(F.chat, uid, &req, &Q);
+    ck_assert_msg(rc == PL_OK, "query %s: %s", pl_method_name(req.method), pl_strerror(rc));
+    return Q.status;
+}
+
+static void counts(uint64_t uid, uint64_t unread, uint64_t read)
+{
+    pl_request req = { .method = PL_M_COUNTS };
+    ck_assert_uint_eq(query(uid, req), PL_OK);
+    ck_assert_msg(Q.unread == unread && Q.read == read,
+                  "uid %" PRIu64 ": counts %" PRIu64 "/%" PRIu64 ", want %" PRIu64 "/%" PRIu64,
+                  uid, Q.unread, Q.read, unread, read);
+}
+
+static void digest(fx *f, char out[65])
+{
+    ck_assert_int_eq(pl_chat_digest(f->chat, out), PL_OK);
+    ck_assert_uint_eq(strlen(out), 64);
+}
+
+static int msg_exists(uint64_t id)
+{
+    pl_message_rec m;
+    int rc = F.sp->message_get(F.st, id, &m);
+    ck_assert_msg(rc == PL_OK || rc == PL_ERR_NOT_FOUND, "message_get: %s", pl_strerror(rc));
+    return rc == PL_OK;
+}
+
+static char *filled(size_t n, char ch)
+{
+    char *s = malloc(n + 1);
+    ck_assert_ptr_nonnull(s);
+    memset(s, ch, n);
+    s[n] = 0;
+    return s;
+}
+
+/* ================================================================ tests */
+
+START_TEST(username_limits)
+{
+    char *n32 = filled(32, 'a'), *n33 = filled(33, 'b');
+    ck_assert_uint_eq(do_register(n32), PL_OK);
+    ck_assert_uint_eq(do_register(n33), PL_ERR_USERNAME);
+    ck_assert_msg(strstr(err_text(), "33") && strstr(err_text(), "32"),
+                  "error names length and limit: %s", err_text());
+    ck_assert_uint_eq(do_register(""), PL_ERR_USERNAME);
+    ck_assert_uint_eq(do_register("a b"), PL_ERR_USERNAME);
+    ck_assert_uint_eq(do_register("caf\xc3\xa9"), PL_ERR_USERNAME);
+    ck_assert_uint_eq(do_register("a*"), PL_ERR_USERNAME);
+    ck_assert_uint_eq(do_register("A.b_c-9"), PL_OK);
+    ck_assert_uint_eq(do_register("x"), PL_OK);
+    ck_assert_int_eq(pl_chat_check_username(pl_str_c(n32)), PL_OK);
+    ck_assert_int_eq(pl_chat_check_username(pl_str_c(n33)), PL_ERR_USERNAME);
+    free(n32);
+    free(n33);
+}
+END_TEST
+
+START_TEST(password_limits)
+{
+    char *p7 = filled(7, 'p'), *p8 = filled(8, 'p'), *p1024 = filled(1024, 'p'),
+         *p1025 = filled(1025, 'p');
+    ck_assert_int_eq(pl_chat_check_password(pl_str_c(p7)), PL_ERR_PASSWORD);
+    ck_assert_int_eq(pl_chat_check_password(pl_str_c(p8)), PL_OK);
+    ck_assert_int_eq(pl_chat_check_password(pl_str_c(p1024)), PL_OK);
+    ck_assert_int_eq(pl_chat_check_password(pl_str_c(p1025)), PL_ERR_PASSWORD);
+    ck_assert_int_eq(pl_chat_check_password(pl_str_c("")), PL_ERR_PASSWORD);
+    free(p7);
+    free(p8);
+    free(p1024);
+    free(p1025);
+}
+END_TEST
+
+START_TEST(duplicate_register)
+{
+    char d1[65], d2[65];
+    uint64_t a = reg("alice");
+    digest(&F, d1);
+    ck_assert_uint_eq(do_register("alice"), PL_ERR_USER_EXISTS);
+    ck_assert_msg(strstr(err_text(), "alice"), "error names the user: %s", err_text());
+    digest(&F, d2);
+    ck_assert_msg(strcmp(d1, d2) == 0, "a failed register changed the state");
+    ck_assert_uint_eq(uid_of("alice"), a);
+    ck_assert_uint_ne(reg("Alice"), a); /* names are case-sensitive */
+    /* uids are consecutive from 1 */
+    ck_assert_uint_eq(a, 1);
+    ck_assert_uint_eq(uid_of("Alice"), 2);
+}
+END_TEST
+
+START_TEST(body_limits)
+{
+    uint64_t a = reg("alice");
+    reg("bob");
+    char *b64k = filled(PL_BODY_MAX, 'x'), *b64k1 = filled(PL_BODY_MAX + 1, 'x');
+    ck_assert_uint_eq(send_body(a, "bob", pl_str_c(b64k)), PL_OK);
+    ck_assert_uint_eq(send_body(a, "bob", pl_str_c(b64k1)), PL_ERR_BODY);
+    ck_assert_msg(strstr(err_text(), "65537") && strstr(err_text(), "65536"),
+                  "error names size and limit: %s", err_text());
+    free(b64k);
+    free(b64k1);
+    ck_assert_uint_eq(send_body(a, "bob", pl_str_c("")), PL_ERR_BODY);
+
+    static const char *const bad[] = {
+        "\xc0\xaf",          /* overlong '/' */
+        "\xc1\xbf",          /* overlong */
+        "\xe0\x80\xaf",      /* overlong 3-byte */
+        "\xf0\x80\x80\xaf",  /* overlong 4-byte */
+        "\xed\xa0\x80",      /* surrogate U+D800 */
+        "\xed\xbf\xbf",      /* surrogate U+DFFF */
+        "\xf4\x90\x80\x80",  /* U+110000 */
+        "\xf5\x80\x80\x80",  /* lead byte beyond range */
+        "\xff",
+        "\x80",              /* stray continuation */
+        "ok\xe2\x82",        /* truncated sequence at the end */
+        "\xe2\x28\xa1",      /* bad continuation */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_msg(send_body(a, "bob", pl_str_c(bad[i])) == PL_ERR_BODY,
+                      "bad UTF-8 #%zu accepted", i);
+        ck_assert_int_eq(pl_chat_check_body(pl_str_c(bad[i])), PL_ERR_BODY);
+    }
+    ck_assert_uint_eq(send_body(a, "bob", (pl_str){ "a\0b", 3 }), PL_ERR_BODY);
+    ck_assert_msg(strstr(err_text(), "NUL"), "NUL named: %s", err_text());
+
+    static const char *const good[] = {
+        "caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9d\x84\x9e", "\xf4\x8f\xbf\xbf",
+        "\xed\x9f\xbf", "\xee\x80\x80", "\xc2\x80", "\xef\xbf\xbf",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        ck_assert_msg(send_body(a, "bob", pl_str_c(good[i])) == PL_OK,
+                      "good UTF-8 #%zu rejected: %s", i, err_text());
+    counts(uid_of("bob"), 1 + sizeof good / sizeof good[0], 0);
+}
+END_TEST
+
+START_TEST(login_logout)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    sendm(b, "alice", "one");
+    sendm(b, "alice", "two");
+    ck_assert_uint_eq(login(a, "alice", "tok-a"), PL_OK);
+    ck_assert_uint_eq(R.reply.unread, 2);
+    ck_assert_uint_eq(R.reply.method, PL_M_LOGIN);
+
+    uint64_t uid = 0;
+    pl_str name;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, &name), PL_OK);
+    ck_assert_uint_eq(uid, a);
+    ck_assert(pl_str_eq(name, pl_str_c("alice")));
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-x"), &uid, &name),
+                     PL_ERR_NOT_LOGGED_IN);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c(""), &uid, &name), PL_ERR_NOT_LOGGED_IN);
+
+    /* A second session for the same account is independent. */
+    ck_assert_uint_eq(login(a, "alice", "tok-a2"), PL_OK);
+
+    /* Wrong name for the uid: generic auth error. */
+    ck_assert_uint_eq(login(a, "bob", "tok-z"), PL_ERR_AUTH);
+    ck_assert_uint_eq(login(999, "nobody", "tok-z"), PL_ERR_AUTH);
+
+    pl_op lo = { .kind = PL_OP_LOGOUT, .uid = a, .token_hash = hash_of("tok-a") };
+    ck_assert_uint_eq(apply(lo), PL_OK);
+    ck_assert_uint_eq(R.revoked_token_hash.len, 32);
+    ck_assert(memcmp(R.revoked_token_hash.ptr, hash_of("tok-a").ptr, 32) == 0);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, &name),
+                     PL_ERR_NOT_LOGGED_IN);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a2"), &uid, &name), PL_OK);
+    /* Logging out twice is fine: the session is gone either way. */
+    lo.token_hash = hash_of("tok-a");
+    ck_assert_uint_eq(apply(lo), PL_OK);
+}
+END_TEST
+
+START_TEST(login_deleted_account)
+{
+    uint64_t a = reg("alice");
+    ck_assert_uint_eq(login(a, "alice", "tok-1"), PL_OK);
+    /* Password verified, then the account is deleted before the login op
+     * is sequenced. */
+    ck_assert_uint_eq(delete_account(a), PL_OK);
+    ck_assert_uint_eq(R.revoked_uid, a);
+    ck_assert_uint_eq(login(a, "alice", "tok-2"), PL_ERR_AUTH);
+    uint64_t uid;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-1"), &uid, NULL), PL_ERR_NOT_LOGGED_IN);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-2"), &uid, NULL), PL_ERR_NOT_LOGGED_IN);
+    /* Same name re-registered: the old uid still does not log in. */
+    uint64_t a2 = reg("alice");
+    ck_assert_uint_ne(a2, a);
+    ck_assert_uint_eq(login(a, "alice", "tok-3"), PL_ERR_AUTH);
+    ck_assert_uint_eq(login(a2, "alice", "tok-3"), PL_OK);
+}
+END_TEST
+
+START_TEST(send_rules)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    ck_assert_uint_eq(send_body(a, "carol", pl_str_c("hi")), PL_ERR_NO_SUCH_USER);
+    ck_assert_msg(strstr(err_text(), "carol"), "error names the user: %s", err_text());
+    ck_assert_uint_eq(send_body(a, "no such!", pl_str_c("hi")), PL_ERR_NO_SUCH_USER);
+    ck_assert_uint_eq(send_body(77, "bob", pl_str_c("hi")), PL_ERR_NOT_LOGGED_IN);
+    counts(b, 0, 0);
+
+    ck_assert_uint_eq(send_body(a, "bob", pl_str_c("hello")), PL_OK);
+    uint64_t id1 = R.reply.id;
+    ck_assert_uint_eq(R.reply.method, PL_M_SEND);
+    ck_assert_uint_ne(R.reply.time_ms, 0);
+    ck_assert_int_eq(R.has_push, 1);
+    ck_assert_uint_eq(R.push_uid, b);
+    ck_assert_uint_eq(R.push.id, id1);
+    ck_assert(pl_str_eq(R.push.from, pl_str_c("alice")));
+    ck_assert(pl_str_eq(R.push.to, pl_str_c("bob")));
+    ck_assert(pl_str_eq(R.push.body, pl_str_c("hello")));
+    ck_assert_uint_eq(R.push.time_ms, R.reply.time_ms);
+    ck_assert_uint_eq(R.push.state, 0);
+    uint64_t id2 = sendm(b, "alice", "back");
+    ck_assert_msg(id2 > id1, "ids increase");
+    uint64_t id3 = sendm(a, "alice", "note to self");
+    ck_assert_msg(id3 > id2, "ids increase");
+    counts(b, 1, 0);
+    counts(a, 2, 0);
+    /* A rejected send does not consume an id. */
+    ck_assert_uint_eq(send_body(a, "carol", pl_str_c("x")), PL_ERR_NO_SUCH_USER);
+    ck_assert_uint_eq(sendm(a, "bob", "next"), id3 + 1);
+}
+END_TEST
+
+START_TEST(read_semantics)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    uint64_t ids[5];
+    for (int i = 0; i < 5; i++) {
+        char body[16];
+        snprintf(body, sizeof body, "m%d", i);
+        ids[i] = sendm(a, "bob", body);
+    }
+    ck_assert_uint_eq(read_n(b, 2), PL_OK);
+    ck_assert_uint_eq(R.reply.method, PL_M_READ);
+    ck_assert_uint_eq(R.reply.n_msgs, 2);
+    ck_assert_uint_eq(R.reply.msgs[0].id, ids[0]);
+    ck_assert_uint_eq(R.reply.msgs[1].id, ids[1]);
+    ck_assert(pl_str_eq(R.reply.msgs[0].body, pl_str_c("m0")));
+    ck_assert(pl_str_eq(R.reply.msgs[0].from, pl_str_c("alice")));
+    ck_assert(pl_str_eq(R.reply.msgs[0].to, pl_str_c("bob")));
+    ck_assert_uint_eq(R.reply.more, 1);
+    counts(b, 3, 2);
+
+    ck_assert_uint_eq(read_n(b, 100), PL_OK); /* n larger than the queue */
+    ck_assert_uint_eq(R.reply.n_msgs, 3);
+    ck_assert_uint_eq(R.reply.msgs[0].id, ids[2]);
+    ck_assert_uint_eq(R.reply.msgs[2].id, ids[4]);
+    ck_assert_uint_eq(R.reply.more, 0);
+    counts(b, 0, 5);
+
+    ck_assert_uint_eq(read_n(b, 0), PL_OK); /* empty queue */
+    ck_assert_uint_eq(R.reply.n_msgs, 0);
+    ck_assert_uint_eq(R.reply.more, 0);
+
+    sendm(a, "bob", "x");
+    sendm(a, "bob", "y");
+    ck_assert_uint_eq(read_n(b, 0), PL_OK); /* 0 = all */
+    ck_assert_uint_eq(R.reply.n_msgs, 2);
+    ck_assert_uint_eq(R.reply.more, 0);
+    counts(b, 0, 7);
+    counts(a, 0, 0);
+    ck_assert_uint_eq(read_n(999, 0), PL_ERR_NOT_LOGGED_IN);
+}
+END_TEST
+
+/* Send many messages in one batch (one transaction) to keep the test quick. */
+static void send_many(uint64_t from, const char *to, size_t n, pl_str body)
+{
+    pl_op *ops = calloc(n, sizeof *ops);
+    pl_apply_result *res = calloc(n, sizeof *res);
+    ck_assert(ops && res);
+    for (size_t i = 0; i < n; i++)
+        ops[i] = (pl_op){ .kind = PL_OP_SEND, .time_ms = 7000 + i, .uid = from,
+                          .name = pl_str_c(to), .body = body };
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, F.next_op, ops, n, res), PL_OK);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_uint_eq(res[i].reply.status, PL_OK);
+    F.next_op += n;
+    free(ops);
+    free(res);
+}
+
+START_TEST(read_caps)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    send_many(a, "bob", PL_PAGE_MAX + 5, pl_str_c("m"));
+    ck_assert_uint_eq(read_n(b, PL_PAGE_MAX * 10), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, PL_PAGE_MAX);
+    ck_assert_uint_eq(R.reply.more, 1);
+    ck_assert_uint_eq(read_n(b, 0), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, 5);
+    ck_assert_uint_eq(R.reply.more, 0);
+
+    /* Byte budget: 12 full bodies fit PL_REPLY_BUDGET exactly, the 13th not. */
+    char *big = filled(PL_BODY_MAX, 'z');
+    send_many(a, "bob", 13, pl_str_c(big));
+    ck_assert_uint_eq(read_n(b, 0), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, PL_REPLY_BUDGET / PL_BODY_MAX);
+    ck_assert_uint_eq(R.reply.more, 1);
+    ck_assert_uint_eq(read_n(b, 0), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, 1);
+    ck_assert_uint_eq(R.reply.more, 0);
+    free(big);
+    counts(b, 0, PL_PAGE_MAX + 5 + 13);
+}
+END_TEST
+
+START_TEST(ack_rules)
+{
+    uint64_t a = reg("alice"), b = reg("bob"), c = reg("carol");
+    uint64_t m1 = sendm(a, "bob", "1"), m2 = sendm(a, "bob", "2");
+    uint64_t mc = sendm(a, "carol", "for carol");
+    char d1[65], d2[65];
+
+    /* Another user's message, a sent (not received) one, a missing id:
+     * error naming the id, nothing changes, even for the good ids before it. */
+    digest(&F, d1);
+    uint64_t bad1[] = { m1, mc };
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, bad1, 2), PL_ERR_NO_SUCH_MESSAGE);
+    char want[32];
+    snprintf(want, sizeof want, "%" PRIu64, mc);
+    ck_assert_msg(strstr(err_text(), want), "error names id %s: %s", want, err_text());
+    uint64_t bad2[] = { m1 };
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, a, bad2, 1), PL_ERR_NO_SUCH_MESSAGE);
+    uint64_t bad3[] = { 424242 };
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, bad3, 1), PL_ERR_NO_SUCH_MESSAGE);
+    digest(&F, d2);
+    ck_assert_msg(strcmp(d1, d2) == 0, "a failed ack changed the state");
+    counts(b, 2, 0);
+
+    uint64_t good[] = { m2, m2 };
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, good, 2), PL_OK);
+    counts(b, 1, 1);
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, good, 1), PL_OK); /* already read: fine */
+    counts(b, 1, 1);
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, NULL, 0), PL_OK);
+    counts(c, 1, 0);
+
+    uint64_t *many = calloc(PL_IDS_MAX + 1, sizeof *many);
+    for (uint32_t i = 0; i <= PL_IDS_MAX; i++)
+        many[i] = m1;
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, many, PL_IDS_MAX + 1), PL_ERR_TOO_MANY_IDS);
+    ck_assert_msg(strstr(err_text(), "1001") && strstr(err_text(), "1000"),
+                  "error names count and limit: %s", err_text());
+    counts(b, 1, 1);
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, many, PL_IDS_MAX), PL_OK);
+    counts(b, 0, 2);
+    free(many);
+
+    /* A message the recipient deleted is no longer ackable. */
+    uint64_t m3 = sendm(a, "bob", "3");
+    uint64_t one[] = { m3 };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, b, one, 1), PL_OK);
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, one, 1), PL_ERR_NO_SUCH_MESSAGE);
+}
+END_TEST
+
+static void convo(uint64_t uid, const char *peer, uint64_t offset, uint64_t limit)
+{
+    pl_request req = { .method = PL_M_CONVERSATION, .peer = pl_str_c(peer),
+                       .offset = offset, .limit = limit };
+    ck_assert_uint_eq(query(uid, req), PL_OK);
+}
+
+START_TEST(delete_rules)
+{
+    uint64_t a = reg("alice"), b = reg("bob"), c = reg("carol");
+    uint64_t m1 = sendm(a, "bob", "1"), m2 = sendm(a, "bob", "2");
+    uint64_t mc = sendm(a, "carol", "c");
+    char d1[65], d2[65];
+
+    digest(&F, d1);
+    uint64_t bad[] = { m1, mc };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, b, bad, 2), PL_ERR_NO_SUCH_MESSAGE);
+    uint64_t bad2[] = { m1, 99999 };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, b, bad2, 2), PL_ERR_NO_SUCH_MESSAGE);
+    digest(&F, d2);
+    ck_assert_msg(strcmp(d1, d2) == 0, "a failed delete changed the state");
+    counts(b, 2, 0);
+
+    /* The recipient deletes: gone from its view, the sender keeps it. */
+    uint64_t one[] = { m1, m1 }; /* duplicates are harmless */
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, b, one, 2), PL_OK);
+    counts(b, 1, 0);
+    convo(b, "alice", 0, 0);
+    ck_assert_uint_eq(Q.n_msgs, 1);
+    ck_assert_uint_eq(Q.msgs[0].id, m2);
+    convo(a, "bob", 0, 0);
+    ck_assert_uint_eq(Q.n_msgs, 2);
+    ck_assert(msg_exists(m1));
+    /* Deleting again is an error now: it is not visible. */
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, b, one, 1), PL_ERR_NO_SUCH_MESSAGE);
+
+    /* The sender deletes too: removed from the store. */
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, a, one, 1), PL_OK);
+    ck_assert(!msg_exists(m1));
+    convo(a, "bob", 0, 0);
+    ck_assert_uint_eq(Q.n_msgs, 1);
+
+    /* The sender deletes first: the recipient still has it, unread. */
+    uint64_t two[] = { m2 };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, a, two, 1), PL_OK);
+    convo(a, "bob", 0, 0);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+    counts(b, 1, 0);
+    ck_assert_uint_eq(read_n(b, 0), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, 1);
+    ck_assert_uint_eq(R.reply.msgs[0].id, m2);
+
+    /* A message to oneself is removed by one delete. */
+    uint64_t ms = sendm(c, "carol", "self");
+    uint64_t self[] = { ms };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, c, self, 1), PL_OK);
+    ck_assert(!msg_exists(ms));
+    counts(c, 1, 0);
+
+    uint64_t *many = calloc(PL_IDS_MAX + 1, sizeof *many);
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, c, many, PL_IDS_MAX + 1), PL_ERR_TOO_MANY_IDS);
+    free(many);
+}
+END_TEST
+
+START_TEST(delete_account_rules)
+{
+    uint64_t a = reg("alice"), b = reg("bob"), c = reg("carol");
+    uint64_t to_b = sendm(a, "bob", "from old alice");
+    uint64_t to_c = sendm(a, "carol", "to carol");
+    uint64_t from_b = sendm(b, "alice", "to old alice");
+    uint64_t hidden = sendm(c, "alice", "alice deleted this one");
+    uint64_t gone_sent = sendm(a, "carol", "carol deleted this one");
+    uint64_t h1[] = { hidden };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, a, h1, 1), PL_OK);
+    uint64_t h2[] = { gone_sent };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, c, h2, 1), PL_OK);
+    ck_assert_uint_eq(login(a, "alice", "tok-a"), PL_OK);
+
+    ck_assert_uint_eq(delete_account(a), PL_OK);
+    ck_assert_uint_eq(R.revoked_uid, a);
+    ck_assert_uint_eq(R.reply.method, PL_M_DELETE_ACCOUNT);
+    pl_str nm, ph;
+    ck_assert_int_eq(pl_chat_account_by_uid(F.chat, a, &nm, &ph), PL_ERR_NOT_FOUND);
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("alice"), NULL, &ph), PL_ERR_NOT_FOUND);
+    uint64_t uid;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, NULL),
+                     PL_ERR_NOT_LOGGED_IN);
+
+    /* Its mailbox is gone, hidden messages included. */
+    ck_assert(!msg_exists(from_b));
+    ck_assert(!msg_exists(hidden));
+    /* What it sent stays for the recipients... */
+    ck_assert(msg_exists(to_b));
+    ck_assert(!msg_exists(gone_sent));
+    counts(b, 1, 0);
+    counts(c, 1, 0);
+    ck_assert_uint_eq(read_n(b, 0), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, 1);
+    ck_assert_uint_eq(R.reply.msgs[0].id, to_b);
+    ck_assert(pl_str_eq(R.reply.msgs[0].from, pl_str_c("alice")));
+    /* ...until they delete it, and then it is removed. */
+    uint64_t d[] = { to_b };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, b, d, 1), PL_OK);
+    ck_assert(!msg_exists(to_b));
+    ck_assert(msg_exists(to_c));
+
+    /* The account can no longer act. */
+    ck_assert_uint_eq(send_body(a, "bob", pl_str_c("x")), PL_ERR_NOT_LOGGED_IN);
+    ck_assert_uint_eq(delete_account(a), PL_ERR_NOT_LOGGED_IN);
+    ck_assert_uint_eq(send_body(b, "alice", pl_str_c("x")), PL_ERR_NO_SUCH_USER);
+}
+END_TEST
+
+START_TEST(reregister_sees_nothing_old)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    sendm(b, "alice", "for the old alice");
+    sendm(b, "alice", "also for the old alice");
+    uint64_t old_sent = sendm(a, "bob", "old alice speaking");
+    ck_assert_uint_eq(read_n(a, 1), PL_OK);
+    ck_assert_uint_eq(delete_account(a), PL_OK);
+
+    uint64_t a2 = reg("alice");
+    ck_assert_uint_ne(a2, a);
+    ck_assert_msg(a2 > b, "uids are never reused");
+    counts(a2, 0, 0);
+    ck_assert_uint_eq(read_n(a2, 0), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, 0);
+    pl_request h = { .method = PL_M_HISTORY };
+    ck_assert_uint_eq(query(a2, h), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+    convo(a2, "bob", 0, 0);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+    /* bob's conversation with the new alice excludes the old one's messages. */
+    convo(b, "alice", 0, 0);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+    /* bob still has the old alice's message in his mailbox. */
+    counts(b, 1, 0);
+    uint64_t d[] = { old_sent };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, a2, d, 1), PL_ERR_NO_SUCH_MESSAGE);
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, a2, d, 1), PL_ERR_NO_SUCH_MESSAGE);
+    /* New messages reach the new account. */
+    sendm(b, "alice", "hello new alice");
+    counts(a2, 1, 0);
+}
+END_TEST
+
+static uint32_t send_req(uint64_t client, uint64_t reqno, uint64_t from, const char *to,
+                         const char *body)
+{
+    pl_op op = { .kind = PL_OP_SEND, .client_id = client, .request_no = reqno,
+                 .time_ms = 9000 + F.next_op, .uid = from, .name = pl_str_c(to),
+                 .body = pl_str_c(body) };
+    return apply(op);
+}
+
+START_TEST(exactly_once)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    ck_assert_uint_eq(send_req(42, 1, a, "bob", "once"), PL_OK);
+    uint64_t id = R.reply.id, t = R.reply.time_ms;
+    ck_assert_int_eq(R.has_push, 1);
+    /* The retry (e.g. after a failover) is answered from the table. */
+    ck_assert_uint_eq(send_req(42, 1, a, "bob", "once"), PL_OK);
+    ck_assert_uint_eq(R.reply.id, id);
+    ck_assert_uint_eq(R.reply.time_ms, t);
+    ck_assert_uint_eq(R.reply.method, PL_M_SEND);
+    ck_assert_int_eq(R.has_push, 0);
+    counts(b, 1, 0);
+    /* An older request number is stale. */
+    ck_assert_uint_eq(send_req(42, 0, a, "bob", "old"), PL_ERR_STALE_REQUEST);
+    counts(b, 1, 0);
+    /* Another client with the same request number is independent. */
+    ck_assert_uint_eq(send_req(43, 1, a, "bob", "other client"), PL_OK);
+    counts(b, 2, 0);
+
+    /* Rule violations are recorded too: the retry gets the same error even
+     * after the condition changed. */
+    ck_assert_uint_eq(send_req(42, 2, a, "carol", "x"), PL_ERR_NO_SUCH_USER);
+    char e1[512];
+    snprintf(e1, sizeof e1, "%s", err_text());
+    reg("carol");
+    ck_assert_uint_eq(send_req(42, 2, a, "carol", "x"), PL_ERR_NO_SUCH_USER);
+    ck_assert_str_eq(err_text(), e1);
+    counts(uid_of("carol"), 0, 0);
+
+    /* A retried read returns the same messages, not an empty page. */
+    pl_op rd = { .kind = PL_OP_READ, .client_id = 50, .request_no = 7, .uid = b };
+    ck_assert_uint_eq(apply(rd), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, 2);
+    ck_assert_uint_eq(apply(rd), PL_OK);
+    ck_assert_uint_eq(R.reply.n_msgs, 2);
+    ck_assert_uint_eq(R.reply.msgs[0].id, id);
+    ck_assert(pl_str_eq(R.reply.msgs[0].body, pl_str_c("once")));
+    ck_assert(pl_str_eq(R.reply.msgs[0].from, pl_str_c("alice")));
+
+    /* Duplicates inside one batch execute once. */
+    pl_op two[2] = {
+        { .kind = PL_OP_SEND, .client_id = 60, .request_no = 1, .uid = a,
+          .name = pl_str_c("bob"), .body = pl_str_c("batched") },
+        { .kind = PL_OP_SEND, .client_id = 60, .request_no = 1, .uid = a,
+          .name = pl_str_c("bob"), .body = pl_str_c("batched") },
+    };
+    pl_apply_result res[2];
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, F.next_op, two, 2, res), PL_OK);
+    F.next_op += 2;
+    ck_assert_uint_eq(res[0].reply.status, PL_OK);
+    ck_assert_uint_eq(res[1].reply.status, PL_OK);
+    ck_assert_uint_eq(res[0].reply.id, res[1].reply.id);
+    counts(b, 1, 2);
+
+    /* Logins are never recorded: the same request number logs in again. */
+    pl_op li = { .kind = PL_OP_LOGIN, .client_id = 70, .request_no = 1, .uid = a,
+                 .name = pl_str_c("alice"), .token_hash = hash_of("t1") };
+    ck_assert_uint_eq(apply(li), PL_OK);
+    li.token_hash = hash_of("t2");
+    ck_assert_uint_eq(apply(li), PL_OK);
+    uint64_t uid;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("t1"), &uid, NULL), PL_OK);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("t2"), &uid, NULL), PL_OK);
+    pl_client_rec cr;
+    ck_assert_int_eq(F.sp->client_get(F.st, 70, &cr), PL_ERR_NOT_FOUND);
+}
+END_TEST
+
+START_TEST(replay_idempotent)
+{
+    uint64_t a = reg("alice");
+    reg("bob");
+    char d1[65], d2[65];
+    pl_op op = { .kind = PL_OP_SEND, .time_ms = 1, .uid = a, .name = pl_str_c("bob"),
+                 .body = pl_str_c("hi") };
+    uint64_t k = F.next_op;
+    ck_assert_uint_eq(apply(op), PL_OK);
+    uint64_t applied = F.sp->applied_op(F.st);
+    ck_assert_uint_eq(applied, k);
+    digest(&F, d1);
+
+    /* The same op-number again: skipped. */
+    pl_apply_result res[2];
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, k, &op, 1, res), PL_OK);
+    ck_assert_uint_eq(res[0].reply.status, PL_ERR_STALE_REQUEST);
+    ck_assert_int_eq(res[0].has_push, 0);
+    digest(&F, d2);
+    ck_assert_str_eq(d1, d2);
+    ck_assert_uint_eq(F.sp->applied_op(F.st), k);
+    counts(uid_of("bob"), 1, 0);
+
+    /* A batch overlapping the applied point applies only the new part. */
+    pl_op ops[2] = { op, op };
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, k, ops, 2, res), PL_OK);
+    ck_assert_uint_eq(res[0].reply.status, PL_ERR_STALE_REQUEST);
+    ck_assert_uint_eq(res[1].reply.status, PL_OK);
+    ck_assert_uint_eq(F.sp->applied_op(F.st), k + 1);
+    F.next_op = k + 2;
+    counts(uid_of("bob"), 2, 0);
+
+    /* A gap would lose ops: refused, nothing applied. */
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, k + 5, &op, 1, res), PL_ERR_INVALID);
+    ck_assert_uint_eq(F.sp->applied_op(F.st), k + 1);
+    counts(uid_of("bob"), 2, 0);
+
+    /* NOOP advances the applied point and nothing else. */
+    digest(&F, d1);
+    pl_op noop = { .kind = PL_OP_NOOP };
+    ck_assert_uint_eq(apply(noop), PL_OK);
+    ck_assert_uint_eq(R.reply.method, PL_M_NONE);
+    ck_assert_uint_eq(F.sp->applied_op(F.st), k + 2);
+    digest(&F, d2);
+    ck_assert_str_eq(d1, d2);
+}
+END_TEST
+
+START_TEST(batch_sees_own_writes)
+{
+    pl_op ops[3] = {
+        { .kind = PL_OP_REGISTER, .name = pl_str_c("alice"), .pwhash = pl_str_c(FAKE_HASH) },
+        { .kind = PL_OP_REGISTER, .name = pl_str_c("bob"), .pwhash = pl_str_c(FAKE_HASH) },
+        { .kind = PL_OP_SEND, .uid = 1, .name = pl_str_c("bob"), .body = pl_str_c("hi") },
+    };
+    pl_apply_result res[3];
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, F.next_op, ops, 3, res), PL_OK);
+    F.next_op += 3;
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(res[i].reply.status == PL_OK, "op %d: %.*s", i,
+                      (int)res[i].reply.error.len, res[i].reply.error.ptr);
+    ck_assert_uint_eq(res[2].reply.id, 1);
+    counts(uid_of("bob"), 1, 0);
+    ck_assert_uint_eq(F.sp->applied_op(F.st), F.next_op - 1);
+}
+END_TEST
+
+static void list(const char *pattern, uint64_t offset, uint64_t limit)
+{
+    pl_request req = { .method = PL_M_LIST_USERS, .pattern = pl_str_c(pattern),
+                       .offset = offset, .limit = limit };
+    ck_assert_uint_eq(query(1, req), PL_OK);
+}
+
+static void users_are(const char *want_csv, uint32_t more)
+{
+    char got[1024] = "";
+    for (uint32_t i = 0; i < Q.n_users; i++) {
+        if (i)
+            strcat(got, ",");
+        strncat(got, Q.users[i].ptr, Q.users[i].len);
+    }
+    ck_assert_msg(strcmp(got, want_csv) == 0 && Q.more == more,
+                  "users [%s] more=%u, want [%s] more=%u", got, Q.more, want_csv, more);
+}
+
+START_TEST(list_users)
+{
+    const char *names[] = { "bob", "alice", "al", "alex", "carol", "albert", "zed", "Al" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        reg(names[i]);
+    list("", 0, 0);
+    users_are("Al,al,albert,alex,alice,bob,carol,zed", 0);
+    list("*", 0, 0);
+    users_are("Al,al,albert,alex,alice,bob,carol,zed", 0);
+    list("al*", 0, 0);
+    users_are("al,albert,alex,alice", 0);
+    list("al?x", 0, 0);
+    users_are("alex", 0);
+    list("al??*", 0, 0);
+    users_are("albert,alex,alice", 0);
+    list("a?ex", 0, 0);
+    users_are("alex", 0);
+    list("*o*", 0, 0);
+    users_are("bob,carol", 0);
+    list("alice", 0, 0);
+    users_are("alice", 0);
+    list("ali", 0, 0);
+    users_are("", 0);
+    list("nobody*", 0, 0);
+    users_are("", 0);
+
+    /* Paging: the last page says no more; past the end is empty. */
+    list("al*", 0, 2);
+    users_are("al,albert", 1);
+    list("al*", 2, 2);
+    users_are("alex,alice", 0);
+    list("al*", 3, 2);
+    users_are("alice", 0);
+    list("al*", 4, 2);
+    users_are("", 0);
+    list("", 100, 0);
+    users_are("", 0);
+    list("", 7, 1);
+    users_are("zed", 0);
+    list("", 6, 1);
+    users_are("carol", 1);
+    list("", 0, PL_PAGE_MAX);
+    ck_assert_uint_eq(Q.n_users, 8);
+
+    pl_request req = { .method = PL_M_LIST_USERS, .limit = PL_PAGE_MAX + 1 };
+    ck_assert_uint_eq(query(1, req), PL_ERR_PAGE);
+    char qe[256];
+    snprintf(qe, sizeof qe, "%.*s", (int)Q.error.len, Q.error.ptr);
+    ck_assert_msg(strstr(qe, "1000") != NULL, "error names the limit: %s", qe);
+    req = (pl_request){ .method = PL_M_LIST_USERS, .pattern = pl_str_c("a b") };
+    ck_assert_uint_eq(query(1, req), PL_ERR_PATTERN);
+    req.pattern = pl_str_c("a[b]");
+    ck_assert_uint_eq(query(1, req), PL_ERR_PATTERN);
+    char *p64 = filled(64, '*'), *p65 = filled(65, '*');
+    req.pattern = pl_str_c(p64);
+    ck_assert_uint_eq(query(1, req), PL_OK);
+    ck_assert_uint_eq(Q.n_users, 8);
+    req.pattern = pl_str_c(p65);
+    ck_assert_uint_eq(query(1, req), PL_ERR_PATTERN);
+    ck_assert_int_eq(pl_chat_check_pattern(pl_str_c(p64)), PL_OK);
+    ck_assert_int_eq(pl_chat_check_pattern(pl_str_c(p65)), PL_ERR_PATTERN);
+    free(p64);
+    free(p65);
+}
+END_TEST
+
+START_TEST(list_users_default_limit)
+{
+    pl_op *ops = calloc(105, sizeof *ops);
+    pl_apply_result *res = calloc(105, sizeof *res);
+    char names[105][8];
+    for (int i = 0; i < 105; i++) {
+        snprintf(names[i], sizeof names[i], "u%03d", i);
+        ops[i] = (pl_op){ .kind = PL_OP_REGISTER, .name = pl_str_c(names[i]),
+                          .pwhash = pl_str_c(FAKE_HASH) };
+    }
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, F.next_op, ops, 105, res), PL_OK);
+    F.next_op += 105;
+    list("u*", 0, 0);
+    ck_assert_uint_eq(Q.n_users, 100);
+    ck_assert_uint_eq(Q.more, 1);
+    list("u*", 100, 0);
+    ck_assert_uint_eq(Q.n_users, 5);
+    ck_assert_uint_eq(Q.more, 0);
+    ck_assert(pl_str_eq(Q.users[4], pl_str_c("u104")));
+    list("u?9?", 0, 0);
+    ck_assert_uint_eq(Q.n_users, 10);
+    free(ops);
+    free(res);
+}
+END_TEST
+
+START_TEST(history_and_conversation)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    reg("carol");
+    uint64_t m[6];
+    m[0] = sendm(a, "bob", "a->b 0");
+    m[1] = sendm(b, "alice", "b->a 1");
+    m[2] = sendm(uid_of("carol"), "bob", "c->b 2");
+    m[3] = sendm(a, "bob", "a->b 3");
+    m[4] = sendm(b, "alice", "b->a 4");
+    m[5] = sendm(a, "bob", "a->b 5 unread");
+
+    /* History: read messages only, newest first. */
+    pl_request h = { .method = PL_M_HISTORY };
+    ck_assert_uint_eq(query(b, h), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+    ck_assert_uint_eq(read_n(b, 3), PL_OK); /* m0, m2, m3 */
+    ck_assert_uint_eq(query(b, h), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 3);
+    ck_assert_uint_eq(Q.msgs[0].id, m[3]);
+    ck_assert_uint_eq(Q.msgs[1].id, m[2]);
+    ck_assert_uint_eq(Q.msgs[2].id, m[0]);
+    ck_assert_uint_eq(Q.msgs[0].state, PL_MSG_READ);
+    ck_assert_uint_eq(Q.more, 0);
+    h.limit = 2;
+    ck_assert_uint_eq(query(b, h), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 2);
+    ck_assert_uint_eq(Q.more, 1);
+    h.offset = 2;
+    ck_assert_uint_eq(query(b, h), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 1);
+    ck_assert_uint_eq(Q.msgs[0].id, m[0]);
+    ck_assert_uint_eq(Q.more, 0);
+    h.offset = 3;
+    ck_assert_uint_eq(query(b, h), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+    ck_assert_uint_eq(Q.more, 0);
+    h.offset = 0;
+    h.limit = PL_PAGE_MAX + 1;
+    ck_assert_uint_eq(query(b, h), PL_ERR_PAGE);
+
+    /* Conversation: both directions, sent included, newest first, no third party. */
+    convo(a, "bob", 0, 0);
+    ck_assert_uint_eq(Q.n_msgs, 5);
+    uint64_t want[] = { m[5], m[4], m[3], m[1], m[0] };
+    for (int i = 0; i < 5; i++)
+        ck_assert_uint_eq(Q.msgs[i].id, want[i]);
+    ck_assert(pl_str_eq(Q.msgs[1].from, pl_str_c("bob")));
+    ck_assert(pl_str_eq(Q.msgs[1].to, pl_str_c("alice")));
+    ck_assert_uint_eq(Q.msgs[0].state, 0);      /* m5 unread by bob */
+    ck_assert_uint_eq(Q.msgs[2].state, PL_MSG_READ);
+    ck_assert_uint_eq(Q.more, 0);
+    convo(b, "alice", 1, 2);
+    ck_assert_uint_eq(Q.n_msgs, 2);
+    ck_assert_uint_eq(Q.msgs[0].id, m[4]);
+    ck_assert_uint_eq(Q.msgs[1].id, m[3]);
+    ck_assert_uint_eq(Q.more, 1);
+    convo(b, "alice", 3, 2);
+    ck_assert_uint_eq(Q.n_msgs, 2);
+    ck_assert_uint_eq(Q.more, 0);
+    convo(b, "alice", 10, 2);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+    ck_assert_uint_eq(Q.more, 0);
+    pl_request cq = { .method = PL_M_CONVERSATION, .peer = pl_str_c("dave") };
+    ck_assert_uint_eq(query(a, cq), PL_ERR_NO_SUCH_USER);
+    cq.peer = pl_str_c("bob");
+    cq.limit = PL_PAGE_MAX + 1;
+    ck_assert_uint_eq(query(a, cq), PL_ERR_PAGE);
+}
+END_TEST
+
+START_TEST(history_default_limit)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    send_many(a, "bob", 60, pl_str_c("m"));
+    ck_assert_uint_eq(read_n(b, 0), PL_OK);
+    pl_request h = { .method = PL_M_HISTORY };
+    ck_assert_uint_eq(query(b, h), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 50);
+    ck_assert_uint_eq(Q.more, 1);
+    ck_assert_msg(Q.msgs[0].id > Q.msgs[49].id, "newest first");
+}
+END_TEST
+
+START_TEST(subscribe_backlog)
+{
+    uint64_t a = reg("alice"), b = reg("bob");
+    uint64_t m1 = sendm(a, "bob", "1"), m2 = sendm(a, "bob", "2"), m3 = sendm(a, "bob", "3");
+    uint64_t ack[] = { m2 };
+    ck_assert_uint_eq(ids_op(PL_OP_ACK, b, ack, 1), PL_OK);
+    pl_request s = { .method = PL_M_SUBSCRIBE };
+    ck_assert_uint_eq(query(b, s), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 2);
+    ck_assert_uint_eq(Q.msgs[0].id, m1);
+    ck_assert_uint_eq(Q.msgs[1].id, m3);
+    ck_assert_uint_eq(Q.more, 0);
+    s.after_id = m1;
+    ck_assert_uint_eq(query(b, s), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 1);
+    ck_assert_uint_eq(Q.msgs[0].id, m3);
+    s.after_id = m3;
+    ck_assert_uint_eq(query(b, s), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 0);
+
+    send_many(a, "bob", PL_PAGE_MAX + 1, pl_str_c("x"));
+    s.after_id = m3;
+    ck_assert_uint_eq(query(b, s), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, PL_PAGE_MAX);
+    ck_assert_uint_eq(Q.more, 1);
+}
+END_TEST
+
+START_TEST(query_misc)
+{
+    uint64_t a = reg("alice");
+    pl_request r = { .method = PL_M_SEND, .request_id = 77 };
+    ck_assert_uint_eq(query(a, r), PL_ERR_UNSUPPORTED);
+    ck_assert_uint_eq(Q.request_id, 77);
+    ck_assert_uint_eq(Q.method, PL_M_SEND);
+    counts(a, 0, 0);
+    pl_str nm, ph;
+    ck_assert_int_eq(pl_chat_account_by_uid(F.chat, a, &nm, &ph), PL_OK);
+    ck_assert(pl_str_eq(nm, pl_str_c("alice")));
+    ck_assert(pl_str_eq(ph, pl_str_c(FAKE_HASH)));
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("bob"), NULL, &ph), PL_ERR_NOT_FOUND);
+    /* The session name outlives a following query. */
+    ck_assert_uint_eq(login(a, "alice", "tok"), PL_OK);
+    uint64_t uid;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok"), &uid, &nm), PL_OK);
+    list("", 0, 0);
+    ck_assert(pl_str_eq(nm, pl_str_c("alice")));
+    /* A token longer than any issued one is rejected without a lookup. */
+    char *longtok = filled(PL_TOKEN_MAX + 1, 't');
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c(longtok), &uid, &nm),
+                     PL_ERR_NOT_LOGGED_IN);
+    free(longtok);
+}
+END_TEST
+
+/* The same ops on two fresh stores; optionally one extra op on the second. */
+static void run_script(fx *f, int variant)
+{
+    fx saved = F;
+    F = *f;
+    uint64_t a = reg("alice"), b = reg("bob");
+    ck_assert_uint_eq(login(a, "alice", "tok-a"), PL_OK);
+    uint64_t m1 = sendm(a, "bob", "hello");
+    sendm(b, "alice", variant == 2 ? "hey!" : "hey");
+    send_req(5, 1, a, "bob", "exactly once");
+    ck_assert_uint_eq(read_n(b, 1), PL_OK);
+    uint64_t d[] = { m1 };
+    ck_assert_uint_eq(ids_op(PL_OP_DELETE, a, d, 1), PL_OK);
+    if (variant == 1)
+        reg("carol");
+    *f = F;
+    F = saved;
+}
+
+START_TEST(digest_equal_and_different)
+{
+    fx f2, f3;
+    char d1[65], d2[65], d3[65];
+    fx_open(&f2);
+    run_script(&F, 0);
+    run_script(&f2, 0);
+    digest(&F, d1);
+    digest(&f2, d2);
+    ck_assert_msg(strcmp(d1, d2) == 0, "same ops, different digests");
+
+    fx_open(&f3);
+    run_script(&f3, 1);
+    digest(&f3, d3);
+    ck_assert_msg(strcmp(d1, d3) != 0, "an extra account left the digest unchanged");
+    fx_close(&f3);
+    fx_open(&f3);
+    run_script(&f3, 2);
+    digest(&f3, d3);
+    ck_assert_msg(strcmp(d1, d3) != 0, "a different body left the digest unchanged");
+    fx_close(&f3);
+
+    /* Reopening the store (a restart) keeps the digest. */
+    pl_chat_free(f2.chat);
+    f2.sp->close(f2.st);
+    char err[ERRLEN];
+    pl_store_host host = { PL_STORE_ABI_VERSION, NULL, host_log };
+    pl_store_options opt = { f2.dir, 0, NULL };
+    ck_assert_int_eq(pl_plugin_store_open(f2.plugin, &host, &opt, &f2.st, err, sizeof err),
+                     PL_OK);
+    f2.chat = pl_chat_new(f2.sp, f2.st);
+    digest(&f2, d2);
+    ck_assert_msg(strcmp(d1, d2) == 0, "digest changed across a reopen");
+    fx_close(&f2);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s STORE_PLUGIN.so\n", argv[0]);
+        return 2;
+    }
+    plugin_path = argv[1];
+    Suite *s = suite_create("chat");
+    TCase *tc = tcase_create("chat");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, username_limits);
+    tcase_add_test(tc, password_limits);
+    tcase_add_test(tc, duplicate_register);
+    tcase_add_test(tc, body_limits);
+    tcase_add_test(tc, login_logout);
+    tcase_add_test(tc, login_deleted_account);
+    tcase_add_test(tc, send_rules);
+    tcase_add_test(tc, read_semantics);
+    tcase_add_test(tc, read_caps);
+    tcase_add_test(tc, ack_rules);
+    tcase_add_test(tc, delete_rules);
+    tcase_add_test(tc, delete_account_rules);
+    tcase_add_test(tc, reregister_sees_nothing_old);
+    tcase_add_test(tc, exactly_once);
+    tcase_add_test(tc, replay_idempotent);
+    tcase_add_test(tc, batch_sees_own_writes);
+    tcase_add_test(tc, list_users);
+    tcase_add_test(tc, list_users_default_limit);
+    tcase_add_test(tc, history_and_conversation);
+    tcase_add_test(tc, history_default_limit);
+    tcase_add_test(tc, subscribe_backlog);
+    tcase_add_test(tc, query_misc);
+    tcase_add_test(tc, digest_equal_and_different);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
