@@ -1,1 +1,870 @@
-/* placeholder: being written */
+/*
+ * plugins/common/framed.c — libevent bufferevent I/O for transports whose
+ * wire format is a stream of self-delimiting frames over TCP.
+ *
+ * Server half
+ * -----------
+ * One evconnlistener; one bufferevent per accepted connection. The read
+ * callback decodes every whole frame buffered and hands each to
+ * host->request. Memory per connection is bounded on both sides:
+ *
+ *  - input: a read high-watermark of max_frame + FRAMED_SLACK bytes. A codec
+ *    reports PL_ERR_FRAME_TOO_LARGE as soon as a length prefix says so; and
+ *    if it still asks for more bytes once the watermark is full, the frame
+ *    cannot complete within max_frame, so framed.c says it instead. Either
+ *    way a 100 MB length prefix costs at most max_frame + slack of buffer.
+ *  - output: when a slow reader lets its output pass out_pause bytes we stop
+ *    reading its requests (they would only produce more output) until the
+ *    output has drained; a frame queued while the output is past out_limit
+ *    (pushes keep coming even when requests stop) closes the connection with
+ *    a log line instead of buffering without bound.
+ *
+ * Bad input (malformed or oversized frame) is answered with one error frame
+ * (method PL_M_NONE) and the connection closes once that frame has left.
+ * Closing is a small state machine:
+ *
+ *   OPEN --(bad frame / conn_close)--> DRAINING --(output empty)-->
+ *   LINGER --(peer EOF / error / LINGER_MS / LINGER_MAX bytes)--> reaped
+ *
+ * LINGER exists because closing a socket that still has unread input makes
+ * the kernel send a RST, and a RST can destroy the error frame in flight
+ * before the peer reads it: we half-close (shutdown SHUT_WR) and discard the
+ * peer's remaining input until it closes too, for a bounded time.
+ *
+ * Every connection is torn down by conn_reap(), which activates a per-
+ * connection event; the event's callback frees the bufferevent and calls
+ * host->conn_closed. Deferring it to the top of the loop means no host
+ * callback ever runs inside another one, and conn_close / conn_send may be
+ * called from anywhere (including host->request) without a connection
+ * disappearing under the caller's feet. server_free tears down synchronously.
+ *
+ * Client half
+ * -----------
+ * One bufferevent; requests written before the connect completes are queued
+ * by libevent and sent on connect. Every decoded frame is one cb->frame call,
+ * the end of the connection one cb->closed call. client_free from inside a
+ * callback only marks the client; it is freed when that callback returns.
+ *
+ * Ownership of codec_ctx: on success the server / client owns it and calls
+ * free_ctx from its _free; when _start / _connect fails the caller keeps it.
+ */
+#include "framed.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+/* Bytes of input allowed past max_frame: room for a length prefix or frame
+ * header on top of a max_frame payload, and for a JSON line's newline. */
+#define FRAMED_SLACK 4096u
+/* Output back-pressure bounds (see the top comment); both grow with
+ * max_frame so that one legal frame never trips them. */
+#define FRAMED_OUT_PAUSE_MIN (4u * 1024u * 1024u)
+/* How long a closing connection may take to drain its output. */
+#define FRAMED_DRAIN_SECS 10
+/* Lingering close: wait this long, and discard at most this much input. */
+#define FRAMED_LINGER_MS 2000
+#define FRAMED_LINGER_MAX (1024u * 1024u)
+/* Pause before accepting again after EMFILE and friends. */
+#define FRAMED_ACCEPT_RETRY_MS 500
+#define FRAMED_BACKLOG 511
+
+enum conn_state { CONN_OPEN, CONN_DRAINING, CONN_LINGER, CONN_DEAD };
+
+struct pl_transport_server {
+    pl_transport_host host;           /* copied: the core's struct may be temporary */
+    const pl_framed_codec *codec;
+    const void *codec_ctx;
+    void (*free_ctx)(void *codec_ctx);
+    uint32_t max_frame;
+    size_t out_pause;                 /* stop reading requests above this output */
+    size_t out_limit;                 /* close the connection above this output */
+    struct evconnlistener *lis;
+    struct event *accept_retry;       /* re-enables lis after EMFILE */
+    char addr[80];                    /* "host:port" for log lines */
+    pl_transport_conn *conns;         /* every live connection */
+};
+
+struct pl_transport_conn {
+    pl_transport_server *srv;
+    struct bufferevent *bev;
+    struct event *reap_ev;            /* deferred teardown, see conn_reap */
+    void *ctx;                        /* the core's context from conn_open */
+    pl_transport_conn *prev, *next;
+    int state;                        /* enum conn_state */
+    int paused;                       /* reading stopped for back-pressure */
+    int in_read;                      /* inside conn_process: no re-entry */
+    size_t lingered;                  /* input bytes discarded while lingering */
+    char peer[64];
+};
+
+struct pl_transport_client {
+    struct event_base *base;
+    const pl_framed_codec *codec;
+    const void *codec_ctx;
+    void (*free_ctx)(void *codec_ctx);
+    pl_transport_client_cb cb;
+    void *ud;
+    struct bufferevent *bev;          /* NULL once the connection ended */
+    uint32_t max_frame;
+    int connected;
+    int done;                         /* cb.closed has been called */
+    int in_cb;                        /* depth of user callbacks running */
+    int free_pending;                 /* client_free called inside a callback */
+};
+
+/* ------------------------------------------------------------------ */
+/* helpers shared by both halves                                        */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) PL_PRINTF(3, 4);
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static uint32_t codec_max_frame(const pl_framed_codec *codec, const void *ctx)
+{
+    uint32_t m = codec->max_frame ? codec->max_frame(ctx) : 0;
+
+    return m ? m : PL_FRAME_DEFAULT;
+}
+
+/* Numeric address first (no blocking lookup); a name falls back to
+ * getaddrinfo's resolver, which blocks: acceptable at server start and for a
+ * client's connect, both rare. */
+static int resolve(const char *host, uint16_t port, int passive,
+                   struct sockaddr_storage *ss, socklen_t *sslen,
+                   char *err, size_t errlen)
+{
+    struct addrinfo hints, *res = NULL;
+    char portstr[8];
+    int rc;
+
+    if (!host || !*host)
+        host = "127.0.0.1";
+    snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc == EAI_NONAME) {
+        hints.ai_flags &= ~AI_NUMERICHOST;
+        rc = getaddrinfo(host, portstr, &hints, &res);
+    }
+    if (rc != 0 || !res) {
+        set_err(err, errlen, "cannot resolve address \"%s\": %s", host,
+                rc ? gai_strerror(rc) : "no address");
+        if (res)
+            freeaddrinfo(res);
+        return PL_ERR_CONFIG;
+    }
+    if (res->ai_addrlen > sizeof *ss) {
+        freeaddrinfo(res);
+        set_err(err, errlen, "address \"%s\" is too long", host);
+        return PL_ERR_CONFIG;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *sslen = (socklen_t)res->ai_addrlen;
+    freeaddrinfo(res);
+    return PL_OK;
+}
+
+static void sockaddr_text(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        evutil_inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+        snprintf(out, outlen, "%s:%u", ip, (unsigned)ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        evutil_inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
+        snprintf(out, outlen, "[%s]:%u", ip, (unsigned)ntohs(in6->sin6_port));
+    } else {
+        snprintf(out, outlen, "unknown");
+    }
+}
+
+/* Requests and responses are small and latency-bound: never let Nagle hold
+ * one back waiting for an ACK. */
+static void set_nodelay(evutil_socket_t fd)
+{
+    int one = 1;
+
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* ------------------------------------------------------------------ */
+/* server half                                                          */
+
+static void srv_log(const pl_transport_server *srv, int level, const char *fmt, ...)
+    PL_PRINTF(3, 4);
+
+static void srv_log(const pl_transport_server *srv, int level, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    if (!srv->host.log)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    srv->host.log(srv->host.ud, level, "%s", line);
+}
+
+static void conn_unlink(pl_transport_conn *c)
+{
+    pl_transport_server *srv = c->srv;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (srv->conns == c)
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* Free the socket and tell the core, exactly once. Only called from the reap
+ * event or from server_free, never from inside another host callback. */
+static void conn_destroy(pl_transport_conn *c)
+{
+    pl_transport_server *srv = c->srv;
+    void *ctx = c->ctx;
+
+    conn_unlink(c);
+    c->state = CONN_DEAD;
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    if (c->reap_ev)
+        event_free(c->reap_ev);
+    c->reap_ev = NULL;
+    c->ctx = NULL;
+    if (ctx && srv->host.conn_closed)
+        srv->host.conn_closed(srv->host.ud, ctx);
+    free(c);
+}
+
+static void conn_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_destroy(arg);
+}
+
+/* Schedule teardown at the top of the loop. Idempotent. */
+static void conn_reap(pl_transport_conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    c->state = CONN_DEAD;
+    if (c->bev)
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    event_active(c->reap_ev, EV_TIMEOUT, 1);
+}
+
+/* Output drained while closing: half-close and wait for the peer's EOF so
+ * that our last frame is not destroyed by a RST (see the top comment). */
+static void conn_start_linger(pl_transport_conn *c)
+{
+    struct timeval tv = { FRAMED_LINGER_MS / 1000, (FRAMED_LINGER_MS % 1000) * 1000 };
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+
+    c->state = CONN_LINGER;
+    if (fd < 0 || shutdown(fd, SHUT_WR) != 0) {
+        conn_reap(c);
+        return;
+    }
+    evbuffer_drain(bufferevent_get_input(c->bev),
+                   evbuffer_get_length(bufferevent_get_input(c->bev)));
+    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+/* Stop reading requests and close once the queued output has been sent. */
+static void conn_begin_close(pl_transport_conn *c)
+{
+    struct timeval tv = { FRAMED_DRAIN_SECS, 0 };
+
+    if (c->state != CONN_OPEN)
+        return;
+    c->state = CONN_DRAINING;
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_start_linger(c);
+        return;
+    }
+    /* A peer that never reads must not hold the connection open forever. */
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
+/* Queue one encoded frame, enforcing the output bound. */
+static int conn_queue(pl_transport_conn *c, const pl_response *resp)
+{
+    pl_transport_server *srv = c->srv;
+    struct evbuffer *out;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (c->state != CONN_OPEN && c->state != CONN_DRAINING)
+        return PL_ERR_IO;
+    out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) > srv->out_limit) {
+        srv_log(srv, PL_LOG_WARN,
+                "closing connection %s: it is not reading and %zu bytes of output are "
+                "queued (limit %zu)", c->peer, evbuffer_get_length(out), srv->out_limit);
+        conn_reap(c);
+        return PL_ERR_IO;
+    }
+    rc = srv->codec->encode_response(srv->codec_ctx, resp, &buf, &len);
+    if (rc != PL_OK)
+        return rc;
+    if (bufferevent_write(c->bev, buf, len) != 0)
+        rc = PL_ERR_NOMEM;
+    free(buf);
+    return rc;
+}
+
+/* Answer bad input with one error frame, then close. */
+static void conn_fail(pl_transport_conn *c, int status, size_t buffered)
+{
+    pl_transport_server *srv = c->srv;
+    pl_response resp;
+    char text[200];
+
+    if (status == PL_ERR_FRAME_TOO_LARGE)
+        snprintf(text, sizeof text,
+                 "frame exceeds max_frame of %u bytes; closing the connection",
+                 srv->max_frame);
+    else if (status == PL_ERR_MALFORMED)
+        snprintf(text, sizeof text,
+                 "malformed frame: it does not decode in this wire format "
+                 "(max_frame %u bytes); closing the connection", srv->max_frame);
+    else
+        snprintf(text, sizeof text, "%s; closing the connection", pl_strerror(status));
+    srv_log(srv, PL_LOG_INFO, "connection %s: %s (%zu bytes buffered)", c->peer,
+            text, buffered);
+    memset(&resp, 0, sizeof resp);
+    resp.method = PL_M_NONE;
+    resp.status = (uint32_t)status;
+    resp.error = pl_str_c(text);
+    (void)conn_queue(c, &resp);
+    conn_begin_close(c);
+}
+
+/* Decode and dispatch every whole frame in the input buffer. */
+static void conn_process(pl_transport_conn *c)
+{
+    pl_transport_server *srv = c->srv;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+
+    if (c->in_read)
+        return;
+    c->in_read = 1;
+    while (c->state == CONN_OPEN) {
+        size_t len = evbuffer_get_length(in), used = 0;
+        pl_request req;
+        void *scratch = NULL;
+        const uint8_t *buf;
+        int rc;
+
+        if (len == 0)
+            break;
+        /* Back-pressure: a client that does not read its answers gets no
+         * new ones computed until the output drains (write_cb resumes). */
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) > srv->out_pause) {
+            c->paused = 1;
+            bufferevent_disable(c->bev, EV_READ);
+            break;
+        }
+        /* len <= max_frame + slack thanks to the read watermark, so this
+         * copy is bounded; after the first frame the buffer is contiguous. */
+        buf = evbuffer_pullup(in, (ev_ssize_t)len);
+        if (!buf) {
+            conn_fail(c, PL_ERR_NOMEM, len);
+            break;
+        }
+        memset(&req, 0, sizeof req);
+        rc = srv->codec->decode_request(srv->codec_ctx, buf, len, &used, &req, &scratch);
+        if (rc == PL_OK && (used == 0 || used > len))
+            rc = PL_ERR_INTERNAL; /* a codec bug must not loop or overrun */
+        if (rc == PL_OK) {
+            srv->host.request(srv->host.ud, c->ctx, &req);
+            srv->codec->free_scratch(scratch);
+            evbuffer_drain(in, used);
+            continue;
+        }
+        srv->codec->free_scratch(scratch);
+        if (rc == PL_ERR_AGAIN) {
+            /* The buffer is as full as we allow and the frame is still not
+             * whole: it cannot fit in max_frame. */
+            if (len >= (size_t)srv->max_frame + FRAMED_SLACK)
+                conn_fail(c, PL_ERR_FRAME_TOO_LARGE, len);
+            break;
+        }
+        conn_fail(c, rc, len);
+    }
+    c->in_read = 0;
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    pl_transport_conn *c = arg;
+
+    if (c->state == CONN_LINGER) {
+        size_t n = evbuffer_get_length(bufferevent_get_input(bev));
+
+        evbuffer_drain(bufferevent_get_input(bev), n);
+        c->lingered += n;
+        if (c->lingered > FRAMED_LINGER_MAX)
+            conn_reap(c);
+        return;
+    }
+    conn_process(c);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    pl_transport_conn *c = arg;
+
+    if (evbuffer_get_length(bufferevent_get_output(bev)) != 0)
+        return;
+    if (c->state == CONN_DRAINING) {
+        conn_start_linger(c);
+    } else if (c->state == CONN_OPEN && c->paused) {
+        c->paused = 0;
+        bufferevent_enable(bev, EV_READ);
+        /* Frames may already be buffered; no new bytes may come to wake us. */
+        conn_process(c);
+    }
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    pl_transport_conn *c = arg;
+
+    (void)bev;
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (c->state == CONN_DRAINING)
+            srv_log(c->srv, PL_LOG_INFO,
+                    "connection %s: peer did not read its last %zu bytes in %d s; closing",
+                    c->peer, evbuffer_get_length(bufferevent_get_output(bev)),
+                    FRAMED_DRAIN_SECS);
+        conn_reap(c);
+    } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        conn_reap(c);
+    }
+}
+
+static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
+                      struct sockaddr *sa, int salen, void *arg)
+{
+    pl_transport_server *srv = arg;
+    pl_transport_conn *c;
+
+    (void)lis;
+    (void)salen;
+    set_nodelay(fd);
+    c = calloc(1, sizeof *c);
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->srv = srv;
+    sockaddr_text(sa, c->peer, sizeof c->peer);
+    c->bev = bufferevent_socket_new(srv->host.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->reap_ev = event_new(srv->host.base, -1, 0, conn_reap_cb, c);
+    if (!c->bev || !c->reap_ev) {
+        srv_log(srv, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
+        if (c->bev)
+            bufferevent_free(c->bev);
+        else
+            evutil_closesocket(fd);
+        if (c->reap_ev)
+            event_free(c->reap_ev);
+        free(c);
+        return;
+    }
+    c->state = CONN_OPEN;
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)srv->max_frame + FRAMED_SLACK);
+    c->ctx = srv->host.conn_open(srv->host.ud, c, c->peer);
+    if (!c->ctx) {
+        /* Refused: close without conn_closed, as the ABI says. */
+        bufferevent_free(c->bev);
+        event_free(c->reap_ev);
+        free(c);
+        return;
+    }
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    if (c->state == CONN_OPEN)
+        bufferevent_enable(c->bev, EV_READ);
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    pl_transport_server *srv = arg;
+
+    (void)fd;
+    (void)what;
+    if (srv->lis)
+        evconnlistener_enable(srv->lis);
+}
+
+static void accept_error_cb(struct evconnlistener *lis, void *arg)
+{
+    pl_transport_server *srv = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    struct timeval tv = { 0, FRAMED_ACCEPT_RETRY_MS * 1000 };
+
+    srv_log(srv, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms",
+            srv->addr, evutil_socket_error_to_string(e), FRAMED_ACCEPT_RETRY_MS);
+    /* The listening socket stays readable while we are out of descriptors:
+     * without a pause the loop would spin on it. */
+    evconnlistener_disable(lis);
+    event_add(srv->accept_retry, &tv);
+}
+
+int pl_framed_server_start(const pl_transport_host *host, const pl_transport_options *opt,
+                           const pl_framed_codec *codec, const void *codec_ctx,
+                           void (*free_ctx)(void *codec_ctx),
+                           pl_transport_server **out, char *err, size_t errlen)
+{
+    pl_transport_server *srv = NULL;
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    int rc;
+
+    *out = NULL;
+    if (!host || !host->base || !host->conn_open || !host->request || !host->conn_closed
+        || !opt || !codec) {
+        set_err(err, errlen, "framed server: host callbacks, options and codec are required");
+        return PL_ERR_INVALID;
+    }
+    rc = resolve(opt->host, opt->port, 1, &ss, &sslen, err, errlen);
+    if (rc != PL_OK)
+        return rc;
+    srv = calloc(1, sizeof *srv);
+    if (!srv) {
+        set_err(err, errlen, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    srv->host = *host;
+    srv->codec = codec;
+    srv->codec_ctx = codec_ctx;
+    srv->max_frame = codec_max_frame(codec, codec_ctx);
+    srv->out_pause = FRAMED_OUT_PAUSE_MIN;
+    if (srv->out_pause < 2 * (size_t)srv->max_frame)
+        srv->out_pause = 2 * (size_t)srv->max_frame;
+    srv->out_limit = 2 * srv->out_pause;
+    sockaddr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
+    srv->accept_retry = evtimer_new(host->base, accept_retry_cb, srv);
+    if (!srv->accept_retry) {
+        set_err(err, errlen, "out of memory");
+        rc = PL_ERR_NOMEM;
+        goto fail;
+    }
+    srv->lis = evconnlistener_new_bind(host->base, accept_cb, srv,
+                                       LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE
+                                           | LEV_OPT_CLOSE_ON_EXEC,
+                                       FRAMED_BACKLOG, (struct sockaddr *)&ss, (int)sslen);
+    if (!srv->lis) {
+        int e = EVUTIL_SOCKET_ERROR();
+
+        set_err(err, errlen, "cannot listen on %s: %s", srv->addr,
+                evutil_socket_error_to_string(e));
+        rc = PL_ERR_IO;
+        goto fail;
+    }
+    evconnlistener_set_error_cb(srv->lis, accept_error_cb);
+    srv->free_ctx = free_ctx; /* owned from here on (see the top comment) */
+    *out = srv;
+    return PL_OK;
+fail:
+    if (srv->accept_retry)
+        event_free(srv->accept_retry);
+    free(srv);
+    return rc;
+}
+
+void pl_framed_server_stop_accepting(pl_transport_server *srv)
+{
+    if (!srv)
+        return;
+    if (srv->lis)
+        evconnlistener_free(srv->lis);
+    srv->lis = NULL;
+    event_del(srv->accept_retry);
+}
+
+void pl_framed_server_free(pl_transport_server *srv)
+{
+    if (!srv)
+        return;
+    pl_framed_server_stop_accepting(srv);
+    while (srv->conns)
+        conn_destroy(srv->conns);
+    event_free(srv->accept_retry);
+    if (srv->free_ctx)
+        srv->free_ctx((void *)srv->codec_ctx);
+    free(srv);
+}
+
+int pl_framed_conn_send(pl_transport_conn *conn, const pl_response *resp)
+{
+    if (!conn || !resp)
+        return PL_ERR_INVALID;
+    if (conn->state != CONN_OPEN)
+        return PL_ERR_IO;
+    return conn_queue(conn, resp);
+}
+
+void pl_framed_conn_close(pl_transport_conn *conn)
+{
+    if (conn)
+        conn_begin_close(conn);
+}
+
+/* ------------------------------------------------------------------ */
+/* client half                                                          */
+
+static void client_destroy(pl_transport_client *cli)
+{
+    if (cli->bev)
+        bufferevent_free(cli->bev);
+    if (cli->free_ctx)
+        cli->free_ctx((void *)cli->codec_ctx);
+    free(cli);
+}
+
+/* Report the end once, then drop the socket. Returns 1 if cli was freed
+ * (client_free was called from inside the closed callback). */
+static int client_finish(pl_transport_client *cli, int err, const char *why)
+{
+    if (cli->done)
+        return 0;
+    cli->done = 1;
+    if (cli->bev) {
+        bufferevent_free(cli->bev);
+        cli->bev = NULL;
+    }
+    cli->in_cb++;
+    cli->cb.closed(cli->ud, err, why);
+    cli->in_cb--;
+    if (cli->free_pending && cli->in_cb == 0) {
+        client_destroy(cli);
+        return 1;
+    }
+    return 0;
+}
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    pl_transport_client *cli = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    char why[128];
+
+    while (!cli->done && !cli->free_pending) {
+        size_t len = evbuffer_get_length(in), used = 0;
+        pl_response resp;
+        void *scratch = NULL;
+        const uint8_t *buf;
+        int rc;
+
+        if (len == 0)
+            return;
+        buf = evbuffer_pullup(in, (ev_ssize_t)len);
+        if (!buf) {
+            client_finish(cli, PL_ERR_NOMEM, "out of memory reading a server frame");
+            return;
+        }
+        memset(&resp, 0, sizeof resp);
+        rc = cli->codec->decode_response(cli->codec_ctx, buf, len, &used, &resp, &scratch);
+        if (rc == PL_OK && (used == 0 || used > len))
+            rc = PL_ERR_INTERNAL;
+        if (rc == PL_OK) {
+            cli->in_cb++;
+            cli->cb.frame(cli->ud, &resp);
+            cli->in_cb--;
+            cli->codec->free_scratch(scratch);
+            if (cli->free_pending && cli->in_cb == 0) {
+                client_destroy(cli);
+                return;
+            }
+            if (cli->bev)
+                evbuffer_drain(in, used);
+            continue;
+        }
+        cli->codec->free_scratch(scratch);
+        if (rc == PL_ERR_AGAIN) {
+            if (len < (size_t)cli->max_frame + FRAMED_SLACK)
+                return;
+            rc = PL_ERR_FRAME_TOO_LARGE;
+        }
+        if (rc == PL_ERR_FRAME_TOO_LARGE)
+            snprintf(why, sizeof why, "server sent a frame over max_frame (%u bytes)",
+                     cli->max_frame);
+        else
+            snprintf(why, sizeof why, "server sent a frame that does not decode (%s)",
+                     pl_strerror(rc));
+        client_finish(cli, rc, why);
+        return;
+    }
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    pl_transport_client *cli = arg;
+    char why[160];
+
+    if (what & BEV_EVENT_CONNECTED) {
+        cli->connected = 1;
+        set_nodelay(bufferevent_getfd(bev));
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+            client_finish(cli, PL_ERR_IO, "connection closed by server in the middle of a frame");
+        else
+            client_finish(cli, PL_ERR_IO, "connection closed by server");
+    } else if (what & BEV_EVENT_ERROR) {
+        int e = EVUTIL_SOCKET_ERROR();
+
+        if (!cli->connected && e == ECONNREFUSED)
+            snprintf(why, sizeof why, "connection refused");
+        else if (!cli->connected)
+            snprintf(why, sizeof why, "connect failed: %s", evutil_socket_error_to_string(e));
+        else
+            snprintf(why, sizeof why, "connection lost: %s", evutil_socket_error_to_string(e));
+        client_finish(cli, PL_ERR_IO, why);
+    } else if (what & BEV_EVENT_TIMEOUT) {
+        client_finish(cli, PL_ERR_TIMEOUT, "connection timed out");
+    }
+}
+
+int pl_framed_client_connect(struct event_base *base, const pl_transport_options *opt,
+                             const pl_framed_codec *codec, const void *codec_ctx,
+                             void (*free_ctx)(void *codec_ctx),
+                             const pl_transport_client_cb *cb, void *ud,
+                             pl_transport_client **out, char *err, size_t errlen)
+{
+    pl_transport_client *cli = NULL;
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    char addr[80];
+    int rc;
+
+    *out = NULL;
+    if (!base || !opt || !codec || !cb || !cb->frame || !cb->closed) {
+        set_err(err, errlen, "framed client: event base, options, codec and callbacks are required");
+        return PL_ERR_INVALID;
+    }
+    if (opt->port == 0) {
+        set_err(err, errlen, "framed client: no port to connect to");
+        return PL_ERR_INVALID;
+    }
+    rc = resolve(opt->host, opt->port, 0, &ss, &sslen, err, errlen);
+    if (rc != PL_OK)
+        return rc;
+    cli = calloc(1, sizeof *cli);
+    if (!cli) {
+        set_err(err, errlen, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    cli->base = base;
+    cli->codec = codec;
+    cli->codec_ctx = codec_ctx;
+    cli->cb = *cb;
+    cli->ud = ud;
+    cli->max_frame = codec_max_frame(codec, codec_ctx);
+    cli->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!cli->bev) {
+        set_err(err, errlen, "out of memory");
+        rc = PL_ERR_NOMEM;
+        goto fail;
+    }
+    bufferevent_setcb(cli->bev, client_read_cb, NULL, client_event_cb, cli);
+    /* A hostile server must not make us buffer more than one frame. */
+    bufferevent_setwatermark(cli->bev, EV_READ, 0, (size_t)cli->max_frame + FRAMED_SLACK);
+    bufferevent_enable(cli->bev, EV_READ | EV_WRITE);
+    if (bufferevent_socket_connect(cli->bev, (struct sockaddr *)&ss, (int)sslen) != 0) {
+        int e = EVUTIL_SOCKET_ERROR();
+
+        sockaddr_text((struct sockaddr *)&ss, addr, sizeof addr);
+        set_err(err, errlen, "cannot connect to %s: %s", addr, evutil_socket_error_to_string(e));
+        rc = PL_ERR_IO;
+        goto fail;
+    }
+    set_nodelay(bufferevent_getfd(cli->bev));
+    cli->free_ctx = free_ctx; /* owned from here on */
+    *out = cli;
+    return PL_OK;
+fail:
+    if (cli->bev)
+        bufferevent_free(cli->bev);
+    free(cli);
+    return rc;
+}
+
+int pl_framed_client_send(pl_transport_client *cli, const pl_request *req)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (!cli || !req)
+        return PL_ERR_INVALID;
+    if (cli->done || !cli->bev || cli->free_pending)
+        return PL_ERR_IO;
+    rc = cli->codec->encode_request(cli->codec_ctx, req, &buf, &len);
+    if (rc != PL_OK)
+        return rc;
+    if (bufferevent_write(cli->bev, buf, len) != 0)
+        rc = PL_ERR_NOMEM;
+    free(buf);
+    return rc;
+}
+
+void pl_framed_client_free(pl_transport_client *cli)
+{
+    if (!cli)
+        return;
+    if (cli->in_cb > 0) {
+        /* Inside frame/closed: the dispatcher frees us when it returns. */
+        cli->free_pending = 1;
+        if (cli->bev)
+            bufferevent_disable(cli->bev, EV_READ | EV_WRITE);
+        return;
+    }
+    client_destroy(cli);
+}

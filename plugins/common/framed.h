@@ -36,6 +36,8 @@ typedef struct pl_framed_codec {
 
 /* Server half. codec_ctx is owned by the caller and must outlive the server
  * (free it after pl_framed_server_free). */
+/* On success _start/_connect own codec_ctx and their _free calls free_ctx
+ * (may be NULL); on failure the caller still owns it. */
 int pl_framed_server_start(const pl_transport_host *host, const pl_transport_options *opt,
                            const pl_framed_codec *codec, const void *codec_ctx,
                            void (*free_ctx)(void *codec_ctx),
