@@ -1167,6 +1167,15 @@ int main(int argc, char **argv)
         return 2;
     }
     plugin_path = argv[1];
+    /* Every test's store lives under one parent removed at the end: a failed
+     * test exits before its teardown runs and would leave its dir behind. */
+    char parent[256];
+    const char *t = getenv("TMPDIR");
+    snprintf(parent, sizeof parent, "%s/pl-chat-run-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(parent) || setenv("TMPDIR", parent, 1) != 0) {
+        perror("temp dir");
+        return 2;
+    }
     Suite *s = suite_create("chat");
     TCase *tc = tcase_create("chat");
     tcase_set_timeout(tc, 120);
@@ -1199,5 +1208,6 @@ int main(int argc, char **argv)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    nftw(parent, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
