@@ -1767,7 +1767,7 @@ static int crash_log_cb(void *ud, const pl_log_entry *e)
 
 START_TEST(crash_consistency)
 {
-    enum { RUNS = 6 };
+    enum { RUNS = 12 };
     uint64_t rng = rng_seeded(g_seed ^ 0xc0ffee), durable = 0;
     char dir[PATH_MAX];
     int run;
