@@ -2074,18 +2074,39 @@ static uint64_t uid_of(const char *name)
     return rc[0] == PL_OK ? u[0] : 0;
 }
 
+static int max_uid_acc(void *ud, const pl_account_rec *a)
+{
+    uint64_t *m = ud;
+
+    if (a->uid > *m)
+        *m = a->uid;
+    return 0;
+}
+
+static int max_uid_msg(void *ud, const pl_message_rec *r)
+{
+    uint64_t *m = ud;
+
+    if (r->from_uid > *m)
+        *m = r->from_uid;
+    if (r->to_uid > *m)
+        *m = r->to_uid;
+    return 0;
+}
+
+/* The largest uid either store mentions, plus one that has nothing: the
+ * range a dump shows message counts for. */
 static uint64_t max_uid(void)
 {
-    uint64_t n = 0, m = 0;
-    coll c = { 0 };
+    pl_msg_query all = { PL_Q_ALL, 0, 0, 0, 0, 0 };
+    uint64_t m = 0;
+    int k;
 
-    /* uids are assigned increasingly; counts are dumped up to a bit past
-     * the largest live one, plus the account count as a floor. */
-    X[0].sp->account_count(X[0].st, &n);
-    X[0].sp->account_scan(X[0].st, pl_str_c(""), acc_cb, &c);
-    free(c.b.p);
-    m = n + 4;
-    return m > 40 ? 40 : m;
+    for (k = 0; k < 2; k++) {
+        OK(X[k].sp->account_scan(X[k].st, pl_str_c(""), max_uid_acc, &m));
+        OK(X[k].sp->message_scan(X[k].st, &all, max_uid_msg, &m));
+    }
+    return m + 1;
 }
 
 /* Read-only queries through the chat must answer the same on both. */
@@ -2422,6 +2443,7 @@ START_TEST(cross_random)
     size_t nsent = 0;
     char bodies[8][48], when[64], d_before[65], d_after[65];
     uint64_t idbuf[8][4];
+    unsigned tried[PL_OP__COUNT] = { 0 }, worked[PL_OP__COUNT] = { 0 };
     int b, k;
 
     fprintf(stderr, "cross_random: seed %" PRIu64 "\n", g_seed);
@@ -2453,10 +2475,38 @@ START_TEST(cross_random)
                 ops[i] = mkop(PL_OP_READ, uid);
                 ops[i].n = rng_next(&rng) % 4;
             } else if (r < 83) {
+                /* Mostly ids the actor can see (else almost every ack and
+                 * delete would be refused), sometimes any id at all. */
+                coll vis = { 0 };
+                pl_msg_query q = { r < 74 ? PL_Q_UNREAD : PL_Q_RECEIVED, uid, 0, 0, 0, 0 };
+                uint64_t cand[64];
+                size_t nc = 0;
+                const char *p;
+                OK(X[0].sp->message_scan(X[0].st, &q, msg_id_cb, &vis));
+                if (r >= 74) {
+                    q.kind = PL_Q_SENT;
+                    sb_sep(&vis.b, ",");
+                    OK(X[0].sp->message_scan(X[0].st, &q, msg_id_cb, &vis));
+                }
+                for (p = vis.b.p; p && *p && nc < 64;) {
+                    char *end;
+                    uint64_t id = strtoull(p, &end, 10);
+                    if (end == p)
+                        break;
+                    cand[nc++] = id;
+                    p = *end ? end + 1 : end;
+                }
+                free(vis.b.p);
                 nid = 1 + (uint32_t)(rng_next(&rng) % 4);
-                for (j = 0; j < nid; j++)
-                    idbuf[i][j] = nsent && rng_next(&rng) % 8 ? sent[rng_next(&rng) % nsent]
-                                                              : 1 + rng_next(&rng) % 400;
+                for (j = 0; j < nid; j++) {
+                    uint64_t pick = rng_next(&rng) % 8;
+                    if (nc && pick < 6)
+                        idbuf[i][j] = cand[rng_next(&rng) % nc];
+                    else if (nsent && pick < 7)
+                        idbuf[i][j] = sent[rng_next(&rng) % nsent];
+                    else
+                        idbuf[i][j] = 1 + rng_next(&rng) % 400;
+                }
                 ops[i] = op_ids(r < 74 ? PL_OP_ACK : PL_OP_DELETE, uid, idbuf[i], nid);
             } else if (r < 88) {
                 ops[i] = mkop(PL_OP_LOGOUT, uid);
@@ -2482,6 +2532,11 @@ START_TEST(cross_random)
         }
         snprintf(when, sizeof when, "random batch %d (seed %" PRIu64 ")", b, g_seed);
         apply_both(ops, n, out, when);
+        for (i = 0; i < n; i++) {
+            tried[ops[i].kind]++;
+            if (out[i].status == 0)
+                worked[ops[i].kind]++;
+        }
         for (i = 0; i < n; i++)
             if (ops[i].kind == PL_OP_SEND && out[i].status == 0 && out[i].id &&
                 nsent < sizeof sent / sizeof sent[0])
@@ -2492,6 +2547,10 @@ START_TEST(cross_random)
             cross_queries(some, 4);
         }
     }
+    fprintf(stderr, "cross_random: ops that succeeded/tried by kind:");
+    for (k = 0; k < PL_OP__COUNT; k++)
+        fprintf(stderr, " %d:%u/%u", k, worked[k], tried[k]);
+    fputc('\n', stderr);
     ck_assert_msg(nsent > 10, "only %zu sends succeeded: the script exercised too little", nsent);
     digest_of(&X[0], d_before);
     for (k = 0; k < 2; k++) {
