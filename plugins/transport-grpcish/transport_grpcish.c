@@ -599,8 +599,12 @@ static int gi_server_start(const pl_transport_host *host, const pl_transport_opt
     int rc = gi_ctx_new(opt, &ctx, err, errlen);
     if (rc != PL_OK)
         return rc;
-    return pl_framed_server_start(host, opt, &gi_codec, ctx, gi_ctx_free,
-                                  out, err, errlen);
+    /* On success the server owns ctx; on failure it stays ours. */
+    rc = pl_framed_server_start(host, opt, &gi_codec, ctx, gi_ctx_free,
+                                out, err, errlen);
+    if (rc != PL_OK)
+        gi_ctx_free(ctx);
+    return rc;
 }
 
 static int gi_client_connect(struct event_base *base, const pl_transport_options *opt,
@@ -611,8 +615,11 @@ static int gi_client_connect(struct event_base *base, const pl_transport_options
     int rc = gi_ctx_new(opt, &ctx, err, errlen);
     if (rc != PL_OK)
         return rc;
-    return pl_framed_client_connect(base, opt, &gi_codec, ctx, gi_ctx_free,
-                                    cb, ud, out, err, errlen);
+    rc = pl_framed_client_connect(base, opt, &gi_codec, ctx, gi_ctx_free,
+                                  cb, ud, out, err, errlen);
+    if (rc != PL_OK)
+        gi_ctx_free(ctx);
+    return rc;
 }
 
 static const pl_transport_plugin gi_plugin = {
