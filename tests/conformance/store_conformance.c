@@ -1020,6 +1020,7 @@ START_TEST(txn_abort_discards_everything)
     OK(S->account_put(T, &a3));
     txn_commit();
     STR_EQ(get_name(T, "carol"), "3:carol:hc:300");
+    free(before);
     before = dump(S, T, 4);
     reopen(0);
     STR_EQ(dump(S, T, 4), before);
