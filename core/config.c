@@ -11,7 +11,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,8 +63,10 @@ static char *xstrdup(const char *s)
 static int get_uint(cfg_ctx *x, const cJSON *v, const char *key, uint64_t lo,
                     uint64_t hi, const char *what, uint64_t *out)
 {
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
-        v->valuedouble < (double)lo || v->valuedouble > (double)hi) {
+    /* Range first, so the cast below is defined; then integrality without
+     * pulling in libm for floor(). */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= (double)lo && v->valuedouble <= (double)hi) ||
+        (double)(uint64_t)v->valuedouble != v->valuedouble) {
         cfg_err(x, key, "must be an integer %llu-%llu%s", (unsigned long long)lo,
                 (unsigned long long)hi, what ? what : "");
         return PL_ERR_CONFIG;

@@ -1,1 +1,256 @@
-/* placeholder: being written */
+/*
+ * core/main.c — the parleyd command line.
+ *
+ *   parleyd                                  one server on 127.0.0.1:8100,
+ *                                            tcp/binary, sqlite in ./parley-data
+ *   parleyd CONFIG SERVER_ID DATA_PATH       the seed's form
+ *   parleyd --config FILE --id N --data DIR --log-level LEVEL
+ *   parleyd --check-config FILE              validate, print "FILE: ok" or the error
+ *   parleyd --version | --help
+ *
+ * Exit codes: 0 clean stop, 1 runtime or configuration error, 2 usage.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <parley/store.h>
+#include <parley/transport.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+#define EXIT_USAGE 2
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: parleyd [CONFIG SERVER_ID DATA_PATH]\n"
+            "       parleyd [--config FILE] [--id N] [--data DIR] [--log-level LEVEL]\n"
+            "       parleyd --check-config FILE\n"
+            "       parleyd --version | --help\n"
+            "\n"
+            "With no arguments: one server on %s:%d, transport tcp (binary codec),\n"
+            "SQLite store in %s.\n"
+            "\n"
+            "  -c, --config FILE        configuration file (JSON)\n"
+            "  -i, --id N               this server's index in the config's \"servers\" (default 0)\n"
+            "  -d, --data DIR           data directory (default: the config's data_dir, else %s)\n"
+            "  -l, --log-level LEVEL    error, warn, info or debug (overrides the config)\n"
+            "      --check-config FILE  validate FILE, print \"FILE: ok\" or the error; exit 0/1\n"
+            "  -V, --version            print the version and plugin ABI versions\n"
+            "  -h, --help               this text\n",
+            PL_DEFAULT_HOST, PL_DEFAULT_PORT, PL_DEFAULT_DATA_DIR, PL_DEFAULT_DATA_DIR);
+}
+
+static int parse_id(const char *s, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v > 1000000ul)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+typedef struct sig_ctx {
+    pl_server *srv;
+    struct event_base *base;
+    int count;
+} sig_ctx;
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    sig_ctx *x = arg;
+    x->count++;
+    if (x->count == 1) {
+        pl_server_shutdown(x->srv, sig == SIGINT ? "SIGINT" : "SIGTERM");
+    } else {
+        /* An operator who asks twice wants out now; the store still closes
+         * cleanly and the log replays anything unapplied at next start. */
+        pl_log(PL_LOG_WARN, "second %s: stopping without waiting", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        event_base_loopbreak(x->base);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_CHECK = 1000 };
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "id", required_argument, NULL, 'i' },
+        { "data", required_argument, NULL, 'd' },
+        { "log-level", required_argument, NULL, 'l' },
+        { "check-config", required_argument, NULL, OPT_CHECK },
+        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *config_path = NULL, *data_dir = NULL, *level_name = NULL, *check = NULL;
+    const char *id_text = NULL;
+    uint32_t id = 0;
+    int c;
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+c:i:d:l:Vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config_path = optarg; break;
+        case 'i': id_text = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'l': level_name = optarg; break;
+        case OPT_CHECK: check = optarg; break;
+        case 'V':
+            printf("parleyd %s (store ABI %u, transport ABI %u)\n", PARLEY_VERSION,
+                   PL_STORE_ABI_VERSION, PL_TRANSPORT_ABI_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            if (optopt && optopt < 256 && strchr("cidl", optopt))
+                fprintf(stderr, "parleyd: option -%c needs a value\n", optopt);
+            else if (optind > 0 && optind <= argc)
+                fprintf(stderr, "parleyd: unknown or incomplete option \"%s\"\n", argv[optind - 1]);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+
+    if (check) {
+        if (optind < argc || config_path || id_text || data_dir) {
+            fprintf(stderr, "parleyd: --check-config takes only the file to check\n");
+            return EXIT_USAGE;
+        }
+        char err[1024];
+        pl_config *cfg = pl_config_load(check, err, sizeof err);
+        if (!cfg) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        printf("%s: ok (%zu server%s, transport %s, store %s)\n", check, cfg->n_servers,
+               cfg->n_servers == 1 ? "" : "s", cfg->transport.name, cfg->store.name);
+        pl_config_free(cfg);
+        return 0;
+    }
+
+    /* The seed's positional form: CONFIG [SERVER_ID [DATA_PATH]]. */
+    int npos = argc - optind;
+    if (npos > 3) {
+        fprintf(stderr, "parleyd: too many arguments (expected CONFIG SERVER_ID DATA_PATH)\n");
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (npos >= 1) {
+        if (config_path) {
+            fprintf(stderr, "parleyd: config given twice (--config and \"%s\")\n", argv[optind]);
+            return EXIT_USAGE;
+        }
+        config_path = argv[optind];
+    }
+    if (npos >= 2) {
+        if (id_text) {
+            fprintf(stderr, "parleyd: server id given twice (--id and \"%s\")\n", argv[optind + 1]);
+            return EXIT_USAGE;
+        }
+        id_text = argv[optind + 1];
+    }
+    if (npos >= 3) {
+        if (data_dir) {
+            fprintf(stderr, "parleyd: data directory given twice (--data and \"%s\")\n",
+                    argv[optind + 2]);
+            return EXIT_USAGE;
+        }
+        data_dir = argv[optind + 2];
+    }
+    if (id_text && parse_id(id_text, &id) != 0) {
+        fprintf(stderr, "parleyd: server id \"%s\" is not a non-negative integer\n", id_text);
+        return EXIT_USAGE;
+    }
+    int level = -1;
+    if (level_name && (level = pl_log_level_parse(level_name)) < 0) {
+        fprintf(stderr, "parleyd: log level \"%s\": must be error, warn, info or debug\n",
+                level_name);
+        return EXIT_USAGE;
+    }
+
+    char tag[16];
+    snprintf(tag, sizeof tag, "s%u", id);
+    pl_log_set_tag(tag);
+    if (level >= 0)
+        pl_log_set_level(level);
+
+    char err[1024];
+    pl_config *cfg = config_path ? pl_config_load(config_path, err, sizeof err)
+                                 : pl_config_default();
+    if (!cfg) {
+        pl_log(PL_LOG_ERROR, "%s", config_path ? err : "out of memory");
+        return 1;
+    }
+    if (level < 0)
+        pl_log_set_level(cfg->log_level);
+    if (id >= cfg->n_servers) {
+        pl_log(PL_LOG_ERROR, "server id %u is not in %s (it lists %zu server%s: ids 0-%zu)", id,
+               cfg->path ? cfg->path : "the default configuration", cfg->n_servers,
+               cfg->n_servers == 1 ? "" : "s", cfg->n_servers - 1);
+        pl_config_free(cfg);
+        return 1;
+    }
+    if (cfg->n_servers > 1) {
+        pl_log(PL_LOG_ERROR, "cluster mode with %zu servers needs replication, which this "
+               "build does not have yet", cfg->n_servers);
+        pl_config_free(cfg);
+        return 1;
+    }
+    if (!data_dir)
+        data_dir = cfg->data_dir ? cfg->data_dir : PL_DEFAULT_DATA_DIR;
+
+    /* A client that disconnects mid-write must cost us an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1;
+    sig_ctx sx = { 0 };
+    struct event *sigint = NULL, *sigterm = NULL;
+    pl_server *srv = NULL;
+    struct event_base *base = event_base_new();
+    if (!base) {
+        pl_log(PL_LOG_ERROR, "cannot create the event loop");
+        goto done;
+    }
+    srv = pl_server_new(base, cfg, id, data_dir, err, sizeof err);
+    if (!srv) {
+        pl_log(PL_LOG_ERROR, "cannot start: %s", err);
+        goto done;
+    }
+    sx.srv = srv;
+    sx.base = base;
+    sigint = evsignal_new(base, SIGINT, on_signal, &sx);
+    sigterm = evsignal_new(base, SIGTERM, on_signal, &sx);
+    if (!sigint || !sigterm || evsignal_add(sigint, NULL) != 0 || evsignal_add(sigterm, NULL) != 0) {
+        pl_log(PL_LOG_ERROR, "cannot install the SIGINT/SIGTERM handlers");
+        goto done;
+    }
+    if (event_base_dispatch(base) < 0) {
+        pl_log(PL_LOG_ERROR, "event loop failed");
+        goto done;
+    }
+    rc = 0;
+done:
+    if (sigint)
+        event_free(sigint);
+    if (sigterm)
+        event_free(sigterm);
+    pl_server_free(srv);
+    if (srv)
+        pl_log(rc == 0 ? PL_LOG_INFO : PL_LOG_ERROR, "stopped%s", rc == 0 ? " cleanly" : " after an error");
+    if (base)
+        event_base_free(base);
+    pl_config_free(cfg);
+    return rc;
+}

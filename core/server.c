@@ -1,1 +1,1052 @@
-/* placeholder: being written */
+/*
+ * core/server.c — the parleyd request pipeline (server.h).
+ *
+ * Everything here runs on the event-loop thread. A request is answered in
+ * one of three ways:
+ *   - at once: ping, status, and the read-only queries (list_users, counts,
+ *     history, conversation), straight from the local store;
+ *   - after slow work: register/login/delete_account hash or verify a
+ *     password on the worker pool first (workers.h), then continue below;
+ *   - after commit: every state change is an op handed to the sequencer
+ *     (seq.h); the client is answered when the op is durable and applied,
+ *     and new messages are pushed to the recipient's subscribed connections.
+ *
+ * A connection context is reference-counted: the transport holds one
+ * reference until conn_closed, and every request waiting on a worker or the
+ * sequencer holds one. A reply for a connection that closed meanwhile is
+ * dropped and the context freed with the last reference.
+ *
+ * Secrets: passwords only travel to the workers (which wipe their copies);
+ * a login's token exists here only between its generation and the reply
+ * that carries it, and is wiped after; the chat core and the log only ever
+ * see its BLAKE2b hash. Nothing here logs a password or a token.
+ */
+#include "server.h"
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chat.h"
+#include "loader.h"
+#include "log.h"
+#include "seq.h"
+#include "workers.h"
+
+#define PL_HASH_QUEUE_PER_WORKER 32u  /* waiting hash jobs per thread before "busy" */
+#define PL_SEQ_MAX_BATCH 512u
+#define PL_SUB_BUCKETS 4096u          /* subscription chains, by uid */
+#define PL_TOKEN_BYTES 32u
+#define PL_TOKEN_TEXT_LEN 43u         /* base64url of 32 bytes, no padding */
+#define PL_DRAIN_TIMEOUT_MS 15000u    /* shutdown: wait for hash jobs and batches */
+#define PL_CLOSE_TIMEOUT_MS 3000u     /* shutdown: wait for replies to flush */
+#define PL_DRAIN_TICK_MS 10u
+
+/* Failed-login throttling (DESIGN.md §1: failed attempts are rate-limited).
+ * Keyed by username whether or not the account exists, so the limiter itself
+ * does not reveal which names are registered. */
+#define PL_RL_SLOTS 1024u
+#define PL_RL_FREE_FAILS 5u           /* failures before any delay */
+#define PL_RL_MAX_DELAY_MS 60000u
+
+typedef struct pl_conn pl_conn;
+struct pl_conn {
+    pl_server *srv;
+    pl_transport_conn *tc;    /* NULL once the transport reported it closed */
+    uint32_t refs;
+    char peer[64];
+    pl_conn *prev, *next;     /* all open connections */
+    int subscribed;
+    uint64_t sub_uid;
+    uint8_t sub_token_hash[32]; /* the session it subscribed with */
+    pl_conn *sub_prev, *sub_next; /* chain of bucket sub_uid % PL_SUB_BUCKETS */
+};
+
+typedef struct rl_slot {
+    char name[PL_USERNAME_MAX + 1];
+    uint32_t fails;
+    uint64_t until_ms;        /* no attempt accepted before this time */
+} rl_slot;
+
+struct pl_server {
+    struct event_base *base;
+    const pl_config *cfg;
+    uint32_t self;
+    char *data_dir;
+    char address[300];
+    char transport_desc[96];
+    pl_plugin *store_plugin;
+    pl_plugin *transport_plugin;
+    const pl_store_plugin *sp;
+    const pl_transport_plugin *tp;
+    pl_store *st;
+    pl_chat *chat;
+    pl_workers *workers;
+    pl_seq *seq;
+    pl_transport_host thost;
+    pl_transport_server *tsrv;
+    pl_conn *conns;
+    uint32_t n_conns;
+    pl_conn *subs[PL_SUB_BUCKETS];
+    /* Verified against when a login names no account, so a missing user
+     * costs the same time as a wrong password. */
+    char dummy_hash[crypto_pwhash_STRBYTES];
+    uint64_t last_time_ms;
+    int digest_valid;
+    uint64_t digest_op;
+    char digest[65];
+    rl_slot *rl;
+    int stopping;
+    int closing;
+    uint64_t stop_ms, close_ms;
+    struct event *drain_ev;
+};
+
+/* Everything a request waiting on a worker or the sequencer needs later. */
+typedef struct pl_pending {
+    pl_server *srv;
+    pl_conn *conn;            /* holds a reference */
+    uint32_t method;
+    uint64_t request_id;
+    uint64_t client_id;
+    uint64_t request_no;
+    uint64_t uid;
+    int exists;               /* login: the account was found */
+    char name[PL_USERNAME_MAX + 1];
+    char token[PL_TOKEN_TEXT_LEN + 1];
+} pl_pending;
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The op timestamp: wall clock, but never earlier than the previous op's, so
+ * message times follow message ids even if the clock steps back. */
+static uint64_t op_time(pl_server *s)
+{
+    uint64_t t = wall_ms();
+    if (t < s->last_time_ms)
+        t = s->last_time_ms;
+    s->last_time_ms = t;
+    return t;
+}
+
+/* ------------------------------------------------------------ connections */
+
+static void conn_ref(pl_conn *c)
+{
+    c->refs++;
+}
+
+static void conn_unref(pl_conn *c)
+{
+    if (--c->refs == 0)
+        free(c);
+}
+
+static void sub_unlink(pl_server *s, pl_conn *c)
+{
+    if (!c->subscribed)
+        return;
+    if (c->sub_prev)
+        c->sub_prev->sub_next = c->sub_next;
+    else
+        s->subs[c->sub_uid % PL_SUB_BUCKETS] = c->sub_next;
+    if (c->sub_next)
+        c->sub_next->sub_prev = c->sub_prev;
+    c->sub_prev = c->sub_next = NULL;
+    c->subscribed = 0;
+}
+
+static void sub_link(pl_server *s, pl_conn *c, uint64_t uid, const uint8_t th[32])
+{
+    sub_unlink(s, c);
+    c->subscribed = 1;
+    c->sub_uid = uid;
+    memcpy(c->sub_token_hash, th, 32);
+    pl_conn **head = &s->subs[uid % PL_SUB_BUCKETS];
+    c->sub_prev = NULL;
+    c->sub_next = *head;
+    if (*head)
+        (*head)->sub_prev = c;
+    *head = c;
+}
+
+static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
+{
+    pl_server *s = ud;
+    if (s->stopping)
+        return NULL;
+    pl_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        pl_log(PL_LOG_WARN, "refusing connection from %s: out of memory", peer ? peer : "?");
+        return NULL;
+    }
+    c->srv = s;
+    c->tc = tc;
+    c->refs = 1; /* the transport's */
+    snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    pl_log(PL_LOG_DEBUG, "connection from %s", c->peer);
+    return c;
+}
+
+static void on_conn_closed(void *ud, void *ctx)
+{
+    pl_server *s = ud;
+    pl_conn *c = ctx;
+    pl_log(PL_LOG_DEBUG, "connection from %s closed", c->peer);
+    c->tc = NULL;
+    sub_unlink(s, c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    s->n_conns--;
+    conn_unref(c);
+}
+
+/* Send one frame. A reply that cannot be encoded (larger than max_frame,
+ * say) becomes an error reply naming why; a push that cannot be encoded is
+ * logged and skipped — the message stays unread and the client gets it with
+ * its next read. */
+static void conn_send(pl_conn *c, const pl_response *r)
+{
+    pl_server *s = c->srv;
+    if (!c->tc)
+        return; /* closed while the request was in flight: nobody to tell */
+    conn_ref(c);
+    int rc = s->tp->conn_send(c->tc, r);
+    if (rc != PL_OK) {
+        if (r->method == PL_M_PUSH) {
+            pl_log(PL_LOG_WARN, "push of message %" PRIu64 " to %s failed: %s",
+                   r->n_msgs ? r->msgs[0].id : 0, c->peer, pl_strerror(rc));
+        } else if (r->status == PL_OK && c->tc) {
+            char text[160];
+            snprintf(text, sizeof text, "reply to %s could not be sent: %s (max_frame %u bytes)",
+                     pl_method_name(r->method), pl_strerror(rc), s->cfg->max_frame);
+            pl_response e = { .method = r->method, .request_id = r->request_id,
+                              .status = (uint32_t)rc, .error = pl_str_c(text) };
+            pl_log(PL_LOG_WARN, "%s: %s", c->peer, text);
+            if (s->tp->conn_send(c->tc, &e) != PL_OK && c->tc)
+                s->tp->conn_close(c->tc);
+        } else if (c->tc) {
+            pl_log(PL_LOG_WARN, "%s: error reply could not be sent (%s); closing",
+                   c->peer, pl_strerror(rc));
+            s->tp->conn_close(c->tc);
+        }
+    }
+    conn_unref(c);
+}
+
+static void reply_err(pl_conn *c, uint32_t method, uint64_t request_id, int status,
+                      const char *text)
+{
+    pl_response r = { .method = method, .request_id = request_id, .status = (uint32_t)status,
+                      .error = pl_str_c(text ? text : pl_strerror(status)) };
+    conn_send(c, &r);
+}
+
+static void reply_ok(pl_conn *c, const pl_request *req)
+{
+    pl_response r = { .method = req->method, .request_id = req->request_id };
+    conn_send(c, &r);
+}
+
+/* ---------------------------------------------------------------- pending */
+
+static pl_pending *pending_new(pl_server *s, pl_conn *c, const pl_request *req)
+{
+    pl_pending *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->srv = s;
+    p->conn = c;
+    conn_ref(c);
+    p->method = req->method;
+    p->request_id = req->request_id;
+    p->client_id = req->client_id;
+    p->request_no = req->request_no;
+    return p;
+}
+
+static void pending_free(pl_pending *p)
+{
+    if (!p)
+        return;
+    conn_unref(p->conn);
+    sodium_memzero(p->token, sizeof p->token);
+    free(p);
+}
+
+static void pending_fail(pl_pending *p, int status, const char *text)
+{
+    reply_err(p->conn, p->method, p->request_id, status, text);
+    pending_free(p);
+}
+
+/* The sequencer finished an op this connection asked for. */
+static void on_committed(void *ud, int err, uint64_t op, const pl_apply_result *res)
+{
+    pl_pending *p = ud;
+    if (err != PL_OK) {
+        char text[160];
+        snprintf(text, sizeof text, "%s: the change could not be committed: %s",
+                 pl_method_name(p->method), pl_strerror(err));
+        /* Unavailable, not the store's own code: the client should retry,
+         * and a retry with the same request number is answered exactly once
+         * from the client table if the op did land in the log. */
+        pending_fail(p, PL_ERR_UNAVAILABLE, text);
+        return;
+    }
+    pl_response r = res->reply;
+    r.method = p->method;
+    r.request_id = p->request_id;
+    if (r.status != PL_OK && r.error.len == 0)
+        r.error = pl_str_c(pl_strerror((int)r.status));
+    if (p->method == PL_M_LOGIN && r.status == PL_OK)
+        r.token = (pl_str){ p->token, PL_TOKEN_TEXT_LEN };
+    pl_log(PL_LOG_DEBUG, "op %" PRIu64 " %s: %s", op, pl_method_name(p->method),
+           pl_strerror((int)r.status));
+    conn_send(p->conn, &r);
+    pending_free(p);
+}
+
+static void submit_op(pl_pending *p, const pl_op *op)
+{
+    int rc = pl_seq_submit(p->srv->seq, op, on_committed, p);
+    if (rc != PL_OK) {
+        char text[160];
+        snprintf(text, sizeof text, "%s: could not queue the change: %s",
+                 pl_method_name(p->method), pl_strerror(rc));
+        pending_fail(p, rc, text);
+    }
+}
+
+/* ---------------------------------------------------- login rate limiting */
+
+static rl_slot *rl_find(pl_server *s, pl_str name, int create)
+{
+    uint8_t h[8];
+    crypto_generichash(h, sizeof h, (const unsigned char *)name.ptr, name.len, NULL, 0);
+    uint64_t k;
+    memcpy(&k, h, sizeof k);
+    rl_slot *r = &s->rl[k % PL_RL_SLOTS];
+    int same = strlen(r->name) == name.len && memcmp(r->name, name.ptr, name.len) == 0;
+    if (same)
+        return r;
+    if (!create)
+        return NULL;
+    /* A collision evicts the older name: the table bounds memory, and an
+     * attacker cycling names to evict a victim's slot gains nothing they
+     * could not gain by guessing against fresh names. */
+    memset(r, 0, sizeof *r);
+    memcpy(r->name, name.ptr, name.len);
+    return r;
+}
+
+/* 0 when a login attempt for name may proceed, else ms to wait. */
+static uint64_t rl_wait(pl_server *s, pl_str name)
+{
+    rl_slot *r = rl_find(s, name, 0);
+    uint64_t now = mono_ms();
+    return r && r->until_ms > now ? r->until_ms - now : 0;
+}
+
+static void rl_failed(pl_server *s, pl_str name)
+{
+    rl_slot *r = rl_find(s, name, 1);
+    r->fails++;
+    if (r->fails > PL_RL_FREE_FAILS) {
+        uint32_t shift = r->fails - PL_RL_FREE_FAILS - 1;
+        uint64_t delay = shift >= 16 ? PL_RL_MAX_DELAY_MS : 1000u << shift;
+        if (delay > PL_RL_MAX_DELAY_MS)
+            delay = PL_RL_MAX_DELAY_MS;
+        r->until_ms = mono_ms() + delay;
+    }
+}
+
+static void rl_succeeded(pl_server *s, pl_str name)
+{
+    rl_slot *r = rl_find(s, name, 0);
+    if (r)
+        memset(r, 0, sizeof *r);
+}
+
+/* --------------------------------------------------------------- register */
+
+static void on_register_hashed(void *ud, int err, const char *hash)
+{
+    pl_pending *p = ud;
+    if (err != PL_OK) {
+        char text[200];
+        snprintf(text, sizeof text, "password hashing failed: %s (memlimit %" PRIu64 " bytes)",
+                 pl_strerror(err), p->srv->cfg->pwhash_memlimit);
+        pending_fail(p, err, text);
+        return;
+    }
+    pl_op op = { .kind = PL_OP_REGISTER, .client_id = p->client_id,
+                 .request_no = p->request_no, .time_ms = op_time(p->srv),
+                 .name = pl_str_c(p->name), .pwhash = pl_str_c(hash) };
+    submit_op(p, &op);
+}
+
+static void busy_reply(pl_server *s, pl_conn *c, const pl_request *req, int rc)
+{
+    char text[160];
+    if (rc == PL_ERR_BUSY)
+        snprintf(text, sizeof text, "server busy: %u password checks already queued; retry",
+                 s->cfg->hash_workers * PL_HASH_QUEUE_PER_WORKER);
+    else if (rc == PL_ERR_UNAVAILABLE)
+        snprintf(text, sizeof text, "server is shutting down; retry");
+    else
+        snprintf(text, sizeof text, "%s", pl_strerror(rc));
+    reply_err(c, req->method, req->request_id, rc, text);
+}
+
+static void do_register(pl_server *s, pl_conn *c, const pl_request *req)
+{
+    int rc;
+    if ((rc = pl_chat_check_username(req->username)) != PL_OK ||
+        (rc = pl_chat_check_password(req->password)) != PL_OK) {
+        reply_err(c, req->method, req->request_id, rc, NULL);
+        return;
+    }
+    /* Without a client id there is no retry to answer from the client table,
+     * so a taken name can be refused before paying for a hash. */
+    if (req->client_id == 0 && pl_chat_account(s->chat, req->username, NULL, NULL) == PL_OK) {
+        char text[80];
+        snprintf(text, sizeof text, "username \"%.*s\" is already taken",
+                 (int)req->username.len, req->username.ptr);
+        reply_err(c, req->method, req->request_id, PL_ERR_USER_EXISTS, text);
+        return;
+    }
+    pl_pending *p = pending_new(s, c, req);
+    if (!p) {
+        reply_err(c, req->method, req->request_id, PL_ERR_NOMEM, NULL);
+        return;
+    }
+    memcpy(p->name, req->username.ptr, req->username.len);
+    rc = pl_workers_hash(s->workers, req->password, on_register_hashed, p);
+    if (rc != PL_OK) {
+        busy_reply(s, c, req, rc);
+        pending_free(p);
+    }
+}
+
+/* ------------------------------------------------------------------ login */
+
+static void on_login_verified(void *ud, int err)
+{
+    pl_pending *p = ud;
+    pl_server *s = p->srv;
+    pl_str name = pl_str_c(p->name);
+    if (err != PL_OK || !p->exists) {
+        rl_failed(s, name);
+        pl_log(PL_LOG_INFO, "failed login for \"%s\" from %s", p->name, p->conn->peer);
+        pending_fail(p, PL_ERR_AUTH, NULL);
+        return;
+    }
+    rl_succeeded(s, name);
+    uint8_t raw[PL_TOKEN_BYTES];
+    uint8_t th[32];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(p->token, sizeof p->token, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+    pl_chat_token_hash((pl_str){ p->token, PL_TOKEN_TEXT_LEN }, th);
+    pl_op op = { .kind = PL_OP_LOGIN, .client_id = p->client_id,
+                 .request_no = p->request_no, .time_ms = op_time(s), .uid = p->uid,
+                 .name = name, .token_hash = { (const char *)th, sizeof th } };
+    submit_op(p, &op);
+}
+
+static void do_login(pl_server *s, pl_conn *c, const pl_request *req)
+{
+    int rc;
+    if ((rc = pl_chat_check_username(req->username)) != PL_OK ||
+        (rc = pl_chat_check_password(req->password)) != PL_OK) {
+        reply_err(c, req->method, req->request_id, rc, NULL);
+        return;
+    }
+    uint64_t wait = rl_wait(s, req->username);
+    if (wait) {
+        char text[120];
+        snprintf(text, sizeof text, "too many failed logins for this username; retry in %" PRIu64 " s",
+                 (wait + 999) / 1000);
+        reply_err(c, req->method, req->request_id, PL_ERR_RATE_LIMITED, text);
+        return;
+    }
+    pl_pending *p = pending_new(s, c, req);
+    if (!p) {
+        reply_err(c, req->method, req->request_id, PL_ERR_NOMEM, NULL);
+        return;
+    }
+    memcpy(p->name, req->username.ptr, req->username.len);
+    pl_str pwhash = { 0 };
+    rc = pl_chat_account(s->chat, req->username, &p->uid, &pwhash);
+    if (rc == PL_OK) {
+        p->exists = 1;
+    } else if (rc == PL_ERR_NOT_FOUND) {
+        /* Same work for a missing account as for a wrong password. */
+        pwhash = pl_str_c(s->dummy_hash);
+    } else {
+        pending_fail(p, rc, NULL);
+        return;
+    }
+    rc = pl_workers_verify(s->workers, pwhash, req->password, on_login_verified, p);
+    if (rc != PL_OK) {
+        busy_reply(s, c, req, rc);
+        pending_free(p);
+    }
+}
+
+/* --------------------------------------------------------- delete account */
+
+static void on_delete_verified(void *ud, int err)
+{
+    pl_pending *p = ud;
+    if (err != PL_OK) {
+        pending_fail(p, PL_ERR_AUTH, "wrong password");
+        return;
+    }
+    pl_op op = { .kind = PL_OP_DELETE_ACCOUNT, .client_id = p->client_id,
+                 .request_no = p->request_no, .time_ms = op_time(p->srv), .uid = p->uid };
+    submit_op(p, &op);
+}
+
+static void do_delete_account(pl_server *s, pl_conn *c, const pl_request *req, uint64_t uid)
+{
+    pl_str name, pwhash;
+    int rc = pl_chat_account_by_uid(s->chat, uid, &name, &pwhash);
+    if (rc != PL_OK) {
+        reply_err(c, req->method, req->request_id,
+                  rc == PL_ERR_NOT_FOUND ? PL_ERR_NOT_LOGGED_IN : rc, NULL);
+        return;
+    }
+    if (req->password.len > PL_PASSWORD_MAX) {
+        reply_err(c, req->method, req->request_id, PL_ERR_PASSWORD, NULL);
+        return;
+    }
+    pl_pending *p = pending_new(s, c, req);
+    if (!p) {
+        reply_err(c, req->method, req->request_id, PL_ERR_NOMEM, NULL);
+        return;
+    }
+    p->uid = uid;
+    rc = pl_workers_verify(s->workers, pwhash, req->password, on_delete_verified, p);
+    if (rc != PL_OK) {
+        busy_reply(s, c, req, rc);
+        pending_free(p);
+    }
+}
+
+/* -------------------------------------------------------------- subscribe */
+
+static void do_subscribe(pl_server *s, pl_conn *c, const pl_request *req, uint64_t uid)
+{
+    uint8_t th[32];
+    pl_chat_token_hash(req->token, th);
+    sub_link(s, c, uid, th);
+    reply_ok(c, req);
+
+    /* The backlog, then live pushes. Both happen on this thread, so no op can
+     * commit between the last backlog page and the first live push: no gap,
+     * no duplicate. */
+    pl_request q = *req;
+    q.after_id = req->after_id;
+    for (;;) {
+        pl_response page;
+        int rc = pl_chat_query(s->chat, uid, &q, &page);
+        if (rc != PL_OK || page.status != PL_OK) {
+            pl_log(PL_LOG_WARN, "subscribe backlog for uid %" PRIu64 ": %s", uid,
+                   pl_strerror(rc != PL_OK ? rc : (int)page.status));
+            return;
+        }
+        for (uint32_t i = 0; i < page.n_msgs && c->tc; i++) {
+            pl_response push = { .method = PL_M_PUSH, .msgs = &page.msgs[i], .n_msgs = 1 };
+            conn_send(c, &push);
+        }
+        if (!page.more || page.n_msgs == 0 || !c->tc)
+            return;
+        q.after_id = page.msgs[page.n_msgs - 1].id;
+    }
+}
+
+/* ----------------------------------------------------------------- status */
+
+static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
+{
+    uint64_t applied = s->sp->applied_op(s->st);
+    /* The digest scans all state: compute it once per applied op. */
+    if (!s->digest_valid || s->digest_op != applied) {
+        int rc = pl_chat_digest(s->chat, s->digest);
+        if (rc != PL_OK) {
+            reply_err(c, req->method, req->request_id, rc, "status: computing the state digest failed");
+            return;
+        }
+        s->digest_valid = 1;
+        s->digest_op = applied;
+    }
+    pl_server_status row = {
+        .id = s->self,
+        .address = pl_str_c(s->address),
+        .reachable = 1,
+        .role = pl_str_c("primary"),
+        .view = pl_seq_view(s->seq),
+        .op = pl_seq_last_op(s->seq),
+        .commit = applied,
+        .applied = applied,
+        .store = pl_str_c(s->sp->name),
+        .transport = pl_str_c(s->tp->name),
+        .digest = pl_str_c(s->digest),
+    };
+    pl_response r = { .method = req->method, .request_id = req->request_id,
+                      .servers = &row, .n_servers = 1 };
+    conn_send(c, &r);
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static int mutating(uint32_t m)
+{
+    return m == PL_M_REGISTER || m == PL_M_LOGIN || m == PL_M_LOGOUT || m == PL_M_SEND ||
+           m == PL_M_READ || m == PL_M_ACK || m == PL_M_DELETE || m == PL_M_DELETE_ACCOUNT;
+}
+
+static void on_request(void *ud, void *ctx, const pl_request *req)
+{
+    pl_server *s = ud;
+    pl_conn *c = ctx;
+    uint32_t m = req->method;
+
+    pl_log(PL_LOG_DEBUG, "%s: %s request %" PRIu64, c->peer, pl_method_name(m), req->request_id);
+    if (m == PL_M_PING) {
+        reply_ok(c, req);
+        return;
+    }
+    if (m == PL_M_STATUS) {
+        do_status(s, c, req);
+        return;
+    }
+    if (m == PL_M_NONE || m == PL_M_PUSH || m >= PL_M__COUNT) {
+        char text[80];
+        snprintf(text, sizeof text, "unsupported method %" PRIu32 " (%s)", m, pl_method_name(m));
+        reply_err(c, m, req->request_id, PL_ERR_UNSUPPORTED, text);
+        return;
+    }
+    if (s->stopping && mutating(m)) {
+        reply_err(c, m, req->request_id, PL_ERR_UNAVAILABLE, "server is shutting down; retry");
+        return;
+    }
+    if (m == PL_M_REGISTER) {
+        do_register(s, c, req);
+        return;
+    }
+    if (m == PL_M_LOGIN) {
+        do_login(s, c, req);
+        return;
+    }
+
+    uint64_t uid = 0;
+    int rc = pl_chat_session(s->chat, req->token, &uid, NULL);
+    if (rc != PL_OK) {
+        reply_err(c, m, req->request_id, rc,
+                  rc == PL_ERR_NOT_LOGGED_IN ? "not logged in (missing, expired or revoked session token)"
+                                             : NULL);
+        return;
+    }
+
+    pl_op op = { .client_id = req->client_id, .request_no = req->request_no, .uid = uid };
+    switch (m) {
+    case PL_M_LIST_USERS:
+    case PL_M_COUNTS:
+    case PL_M_HISTORY:
+    case PL_M_CONVERSATION: {
+        pl_response r;
+        rc = pl_chat_query(s->chat, uid, req, &r);
+        if (rc != PL_OK) {
+            reply_err(c, m, req->request_id, rc, NULL);
+            return;
+        }
+        r.method = m;
+        r.request_id = req->request_id;
+        if (r.status != PL_OK && r.error.len == 0)
+            r.error = pl_str_c(pl_strerror((int)r.status));
+        conn_send(c, &r);
+        return;
+    }
+    case PL_M_SUBSCRIBE:
+        do_subscribe(s, c, req, uid);
+        return;
+    case PL_M_DELETE_ACCOUNT:
+        do_delete_account(s, c, req, uid);
+        return;
+    case PL_M_SEND:
+        if ((rc = pl_chat_check_body(req->body)) != PL_OK) {
+            reply_err(c, m, req->request_id, rc, NULL);
+            return;
+        }
+        op.kind = PL_OP_SEND;
+        op.name = req->to;
+        op.body = req->body;
+        break;
+    case PL_M_READ:
+        op.kind = PL_OP_READ;
+        op.n = req->n;
+        break;
+    case PL_M_ACK:
+    case PL_M_DELETE:
+        if (req->n_ids > PL_IDS_MAX) {
+            char text[100];
+            snprintf(text, sizeof text, "%" PRIu32 " message ids; at most %u in one request",
+                     req->n_ids, PL_IDS_MAX);
+            reply_err(c, m, req->request_id, PL_ERR_TOO_MANY_IDS, text);
+            return;
+        }
+        op.kind = m == PL_M_ACK ? PL_OP_ACK : PL_OP_DELETE;
+        op.ids = req->ids;
+        op.n_ids = req->n_ids;
+        break;
+    case PL_M_LOGOUT: {
+        uint8_t th[32];
+        pl_chat_token_hash(req->token, th);
+        op.kind = PL_OP_LOGOUT;
+        op.token_hash = (pl_str){ (const char *)th, sizeof th };
+        pl_pending *p = pending_new(s, c, req);
+        if (!p) {
+            reply_err(c, m, req->request_id, PL_ERR_NOMEM, NULL);
+            return;
+        }
+        op.time_ms = op_time(s);
+        submit_op(p, &op); /* encodes op, so th may go out of scope after */
+        return;
+    }
+    default:
+        reply_err(c, m, req->request_id, PL_ERR_UNSUPPORTED, NULL);
+        return;
+    }
+    pl_pending *p = pending_new(s, c, req);
+    if (!p) {
+        reply_err(c, m, req->request_id, PL_ERR_NOMEM, NULL);
+        return;
+    }
+    op.time_ms = op_time(s);
+    submit_op(p, &op);
+}
+
+/* ---------------------------------------------------- after every commit */
+
+/* Every applied op, whoever submitted it: push new messages to the
+ * recipient's live connections, and stop pushing to sessions that ended. */
+static void on_applied(void *ud, uint64_t op, const pl_apply_result *res)
+{
+    pl_server *s = ud;
+    (void)op;
+    if (res->reply.status != PL_OK)
+        return;
+    if (res->revoked_uid) {
+        pl_conn *c = s->subs[res->revoked_uid % PL_SUB_BUCKETS];
+        while (c) {
+            pl_conn *next = c->sub_next;
+            if (c->sub_uid == res->revoked_uid)
+                sub_unlink(s, c);
+            c = next;
+        }
+    }
+    if (res->revoked_token_hash.len == 32) {
+        for (pl_conn *c = s->conns; c; c = c->next)
+            if (c->subscribed &&
+                memcmp(c->sub_token_hash, res->revoked_token_hash.ptr, 32) == 0)
+                sub_unlink(s, c);
+    }
+    if (res->has_push) {
+        /* Collect first, holding references: a send can end a connection
+         * and unlink it from the chain while we walk it. */
+        size_t n = 0, i = 0;
+        for (pl_conn *c = s->subs[res->push_uid % PL_SUB_BUCKETS]; c; c = c->sub_next)
+            n += c->sub_uid == res->push_uid;
+        if (n == 0)
+            return;
+        pl_conn **targets = malloc(n * sizeof *targets);
+        if (!targets) {
+            pl_log(PL_LOG_WARN, "push of message %" PRIu64 ": out of memory; it stays unread",
+                   res->push.id);
+            return;
+        }
+        for (pl_conn *c = s->subs[res->push_uid % PL_SUB_BUCKETS]; c; c = c->sub_next)
+            if (c->sub_uid == res->push_uid) {
+                conn_ref(c);
+                targets[i++] = c;
+            }
+        pl_response push = { .method = PL_M_PUSH, .msgs = &res->push, .n_msgs = 1 };
+        for (i = 0; i < n; i++) {
+            if (targets[i]->subscribed && targets[i]->sub_uid == res->push_uid)
+                conn_send(targets[i], &push);
+            conn_unref(targets[i]);
+        }
+        free(targets);
+    }
+}
+
+/* --------------------------------------------------------------- lifecycle */
+
+/* "tcp/binary": the transport and its codec, for the start line. */
+static void describe_transport(pl_server *s)
+{
+    const char *codec = NULL;
+    cJSON *o = cJSON_Parse(s->cfg->transport.options_json ? s->cfg->transport.options_json : "");
+    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, "codec") : NULL;
+    if (cJSON_IsString(v))
+        codec = v->valuestring;
+    else if (strcmp(s->tp->name, "tcp") == 0)
+        codec = "binary";
+    if (codec)
+        snprintf(s->transport_desc, sizeof s->transport_desc, "%s/%s", s->tp->name, codec);
+    else
+        snprintf(s->transport_desc, sizeof s->transport_desc, "%s", s->tp->name);
+    cJSON_Delete(o);
+}
+
+/* The store's "sync" option (default on); 0/1, or -1 when it is not a bool. */
+static int store_sync(const pl_config *cfg)
+{
+    int sync = 1;
+    cJSON *o = cJSON_Parse(cfg->store.options_json ? cfg->store.options_json : "");
+    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, "sync") : NULL;
+    if (v)
+        sync = cJSON_IsBool(v) ? cJSON_IsTrue(v) : -1;
+    cJSON_Delete(o);
+    return sync;
+}
+
+pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t self,
+                         const char *data_dir, char *err, size_t errlen)
+{
+    char why[1024];
+    pl_server *s = NULL;
+
+    if (self >= cfg->n_servers) {
+        snprintf(err, errlen, "server id %u is not in the configuration (it lists %zu)",
+                 self, cfg->n_servers);
+        return NULL;
+    }
+    if (sodium_init() < 0) {
+        snprintf(err, errlen, "libsodium failed to initialise");
+        return NULL;
+    }
+    s = calloc(1, sizeof *s);
+    if (!s || !(s->data_dir = strdup(data_dir)) ||
+        !(s->rl = calloc(PL_RL_SLOTS, sizeof *s->rl))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    s->base = base;
+    s->cfg = cfg;
+    s->self = self;
+    const pl_server_conf *me = &cfg->servers[self];
+    snprintf(s->address, sizeof s->address, strchr(me->host, ':') ? "[%s]:%u" : "%s:%u",
+             me->host, (unsigned)me->port);
+
+    int sync = store_sync(cfg);
+    if (sync < 0) {
+        snprintf(err, errlen, "%s: store.sync: must be true or false",
+                 cfg->path ? cfg->path : "(config)");
+        goto fail;
+    }
+
+    /* Plugins, then the store, then the state machine on top of it. */
+    s->store_plugin = pl_plugin_load("store", cfg->store.name, cfg->plugin_dir, why, sizeof why);
+    if (!s->store_plugin) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    s->transport_plugin = pl_plugin_load("transport", cfg->transport.name, cfg->plugin_dir,
+                                         why, sizeof why);
+    if (!s->transport_plugin) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    s->sp = pl_plugin_store(s->store_plugin);
+    s->tp = pl_plugin_transport(s->transport_plugin);
+    if (!s->sp || !s->tp) {
+        snprintf(err, errlen, "plugin kinds do not match (store \"%s\", transport \"%s\")",
+                 cfg->store.name, cfg->transport.name);
+        goto fail;
+    }
+    static const pl_store_host store_host = { PL_STORE_ABI_VERSION, NULL, pl_log_host };
+    pl_store_options sopt = { .dir = data_dir, .sync = sync,
+                              .options_json = cfg->store.options_json };
+    if (pl_plugin_store_open(s->store_plugin, &store_host, &sopt, &s->st, why, sizeof why) != PL_OK) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    s->chat = pl_chat_new(s->sp, s->st);
+    if (!s->chat) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+
+    pl_seq_host seq_host = { s, on_applied };
+    s->seq = pl_seq_new(base, s->sp, s->st, s->chat, PL_SEQ_MAX_BATCH, &seq_host, why, sizeof why);
+    if (!s->seq) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    /* A crash between a log append and the state commit left ops in the
+     * log only: apply them before serving anyone. */
+    if (pl_seq_replay(s->seq, why, sizeof why) != PL_OK) {
+        snprintf(err, errlen, "store in %s: %s", data_dir, why);
+        goto fail;
+    }
+
+    s->workers = pl_workers_new(base, cfg->hash_workers,
+                                cfg->hash_workers * PL_HASH_QUEUE_PER_WORKER,
+                                cfg->pwhash_opslimit, cfg->pwhash_memlimit, why, sizeof why);
+    if (!s->workers) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    {
+        /* One hash at start-up, with the configured cost, of a password
+         * nobody knows. */
+        uint8_t pw[32];
+        randombytes_buf(pw, sizeof pw);
+        int rc = crypto_pwhash_str(s->dummy_hash, (const char *)pw, sizeof pw,
+                                   cfg->pwhash_opslimit, (size_t)cfg->pwhash_memlimit);
+        sodium_memzero(pw, sizeof pw);
+        if (rc != 0) {
+            snprintf(err, errlen, "password_hash: cannot hash with memlimit %" PRIu64
+                     " bytes (out of memory)", cfg->pwhash_memlimit);
+            goto fail;
+        }
+    }
+
+    s->thost = (pl_transport_host){
+        .abi_version = PL_TRANSPORT_ABI_VERSION,
+        .base = base,
+        .ud = s,
+        .log = pl_log_host,
+        .conn_open = on_conn_open,
+        .request = on_request,
+        .conn_closed = on_conn_closed,
+    };
+    pl_transport_options topt = { .host = me->host, .port = me->port,
+                                  .max_frame = cfg->max_frame,
+                                  .options_json = cfg->transport.options_json };
+    why[0] = '\0';
+    int rc = s->tp->server_start(&s->thost, &topt, &s->tsrv, why, sizeof why);
+    if (rc != PL_OK) {
+        snprintf(err, errlen, "transport \"%s\" on %s: %s", s->tp->name, s->address,
+                 why[0] ? why : pl_strerror(rc));
+        s->tsrv = NULL;
+        goto fail;
+    }
+    describe_transport(s);
+    pl_log(PL_LOG_INFO, "parleyd %s serving %s (%s), store %s in %s, op %" PRIu64 ", %u hash workers",
+           PARLEY_VERSION,
+           s->address, s->transport_desc, s->sp->name, data_dir, pl_seq_last_op(s->seq),
+           cfg->hash_workers);
+    return s;
+fail:
+    pl_server_free(s);
+    return NULL;
+}
+
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pl_server *s = arg;
+    uint64_t now = mono_ms();
+    if (!s->closing) {
+        uint32_t jobs = pl_workers_pending(s->workers), ops = pl_seq_pending(s->seq);
+        if ((jobs || ops) && now - s->stop_ms < PL_DRAIN_TIMEOUT_MS)
+            return;
+        if (jobs || ops)
+            pl_log(PL_LOG_WARN, "stopping: gave up waiting for %u hash jobs and %u ops", jobs, ops);
+        /* Everything that could be answered was: flush and close. */
+        s->closing = 1;
+        s->close_ms = now;
+        for (pl_conn *c = s->conns, *next; c; c = next) {
+            next = c->next;
+            if (c->tc)
+                s->tp->conn_close(c->tc);
+        }
+    }
+    if (s->n_conns == 0 || now - s->close_ms >= PL_CLOSE_TIMEOUT_MS) {
+        event_del(s->drain_ev);
+        event_base_loopexit(s->base, NULL);
+    }
+}
+
+void pl_server_shutdown(pl_server *s, const char *why)
+{
+    if (s->stopping)
+        return;
+    s->stopping = 1;
+    s->stop_ms = mono_ms();
+    pl_log(PL_LOG_INFO, "stopping (%s): %u connections, %u hash jobs and %u ops in flight",
+           why ? why : "requested", s->n_conns, pl_workers_pending(s->workers),
+           pl_seq_pending(s->seq));
+    s->tp->server_stop_accepting(s->tsrv);
+    pl_workers_stop(s->workers);
+    s->drain_ev = event_new(s->base, -1, EV_PERSIST, on_drain, s);
+    struct timeval tick = { 0, PL_DRAIN_TICK_MS * 1000 };
+    if (!s->drain_ev || event_add(s->drain_ev, &tick) != 0) {
+        pl_log(PL_LOG_ERROR, "stopping: cannot schedule the drain; exiting now");
+        event_base_loopexit(s->base, NULL);
+        return;
+    }
+    event_active(s->drain_ev, EV_TIMEOUT, 0);
+}
+
+void pl_server_free(pl_server *s)
+{
+    if (!s)
+        return;
+    /* Transport first: conn_closed runs for every connection while the rest
+     * of the server still exists. */
+    if (s->tsrv)
+        s->tp->server_free(s->tsrv);
+    s->tsrv = NULL;
+    /* Running hash jobs finish; their callbacks may still submit ops. */
+    pl_workers_free(s->workers);
+    s->workers = NULL;
+    /* Commits whatever is queued before the store closes. */
+    pl_seq_free(s->seq);
+    s->seq = NULL;
+    if (s->drain_ev)
+        event_free(s->drain_ev);
+    pl_chat_free(s->chat);
+    if (s->st)
+        s->sp->close(s->st);
+    pl_plugin_unload(s->transport_plugin);
+    pl_plugin_unload(s->store_plugin);
+    sodium_memzero(s->dummy_hash, sizeof s->dummy_hash);
+    free(s->rl);
+    free(s->data_dir);
+    free(s);
+}

@@ -1,0 +1,33 @@
+/*
+ * core/server.h — one parleyd server: the plugins, the store, the chat state
+ * machine, the hashing workers, the sequencer and the client request
+ * pipeline, all on one libevent event_base.
+ *
+ * Prefix: pl_server_.
+ */
+#ifndef PL_CORE_SERVER_H
+#define PL_CORE_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "config.h"
+
+struct event_base;
+typedef struct pl_server pl_server;
+
+/* Load the plugins named in cfg, open the store in data_dir, replay the log,
+ * start the workers and listen on cfg->servers[self]. cfg must outlive the
+ * server. On failure returns NULL with a one-line reason in err. */
+pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t self,
+                         const char *data_dir, char *err, size_t errlen);
+
+/* Begin a graceful stop: stop accepting, refuse new work, finish queued hash
+ * jobs and batches, answer what can be answered, close the connections, then
+ * make the event loop return. Safe to call more than once. */
+void pl_server_shutdown(pl_server *s, const char *why);
+
+/* Close every connection, stop the workers, close the store cleanly, unload
+ * the plugins. */
+void pl_server_free(pl_server *s);
+
+#endif
