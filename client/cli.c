@@ -280,9 +280,14 @@ static int fail_call(const cli *k, int err)
     const char *msg = parley_last_error(k->c);
 
     /* An unreachable cluster: name the address that failed and say so. */
-    if (parley_unreachable(err)) {
-        char buf[640];
+    if (err == PL_ERR_IO || err == PL_ERR_TIMEOUT) {
+        char buf[700];
         snprintf(buf, sizeof buf, "no server reachable: %s", msg);
+        return fail_with(k, err, buf);
+    }
+    if (parley_unreachable(err)) {
+        char buf[700];
+        snprintf(buf, sizeof buf, "no server can serve this now: %s", msg);
         return fail_with(k, err, buf);
     }
     return fail_with(k, err, msg);
@@ -1169,7 +1174,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 static int cmd_listen(cli *k, args *a)
 {
-    listener l;
+    /* Static: an ack still pending when the client is freed (a second
+     * Ctrl-C while draining) reports to it after this function returns. */
+    static listener l;
     struct event *sigint = NULL, *sigterm = NULL;
     struct event_base *base = parley_event_base(k->c);
     int e;
@@ -1201,6 +1208,8 @@ out:
     if (sigterm)
         event_free(sigterm);
     free(l.ids);
+    l.ids = NULL;
+    l.n = l.cap = 0;
     return e;
 }
 

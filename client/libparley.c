@@ -112,6 +112,7 @@ struct parley_client {
     int listen_err;
     int stop;
     int in_cb;                 /* depth of user callbacks running */
+    int closing;               /* parley_free runs: no new calls */
 };
 
 static uint64_t now_ms(void)
@@ -685,9 +686,9 @@ static int pending_new(parley_client *c, const pl_request *req, parley_done_fn c
     pl_str *dst[7];
     pl_str token = req->token;
 
-    if (!c->cfg->n_servers && !c->override_host) {
-        last_error_set(c, "no server configured");
-        return PL_ERR_CONFIG;
+    if (c->closing) {
+        last_error_set(c, "the client is being freed");
+        return PL_ERR_UNAVAILABLE;
     }
     if (req->n_ids && !req->ids) {
         last_error_set(c, "%s: ids missing", pl_method_name(req->method));
@@ -966,7 +967,9 @@ void parley_free(parley_client *c)
 {
     if (!c)
         return;
-    /* Cancel what is pending; the callbacks learn the client is going. */
+    /* Cancel what is pending; the callbacks learn the client is going (and
+     * cannot queue more). */
+    c->closing = 1;
     while (c->head) {
         snprintf(c->head->last_text, sizeof c->head->last_text, "client closed");
         pending_complete(c->head, PL_ERR_UNAVAILABLE, NULL);
@@ -1373,6 +1376,8 @@ out:
     if (timer)
         event_free(timer);
     c->listening = 0;
+    /* The listener is done: no re-subscribing after a later reconnect. */
+    c->subscribed = 0;
     return rc;
 }
 
