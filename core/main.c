@@ -223,12 +223,9 @@ int main(int argc, char **argv)
         pl_log(PL_LOG_ERROR, "cannot create the event loop");
         goto done;
     }
-    srv = pl_server_new(base, cfg, id, data_dir, err, sizeof err);
-    if (!srv) {
-        pl_log(PL_LOG_ERROR, "cannot start: %s", err);
-        goto done;
-    }
-    sx.srv = srv;
+    /* Handlers first: a signal that arrives while the server starts (the
+     * store replay, the start-up hash) is held by libevent and handled as
+     * soon as the loop runs, instead of killing the process mid-open. */
     sx.base = base;
     sigint = evsignal_new(base, SIGINT, on_signal, &sx);
     sigterm = evsignal_new(base, SIGTERM, on_signal, &sx);
@@ -236,6 +233,12 @@ int main(int argc, char **argv)
         pl_log(PL_LOG_ERROR, "cannot install the SIGINT/SIGTERM handlers");
         goto done;
     }
+    srv = pl_server_new(base, cfg, id, data_dir, err, sizeof err);
+    if (!srv) {
+        pl_log(PL_LOG_ERROR, "cannot start: %s", err);
+        goto done;
+    }
+    sx.srv = srv;
     if (event_base_dispatch(base) < 0) {
         pl_log(PL_LOG_ERROR, "event loop failed");
         goto done;
