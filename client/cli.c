@@ -12,6 +12,19 @@
  * "parley: MESSAGE"; with --json a {"error", "code"} document also goes to
  * stdout so a script reading stdout always gets one document.
  *
+ * JSON documents (field names are stable):
+ *   register       {"user"}                 login   {"user", "unread"}
+ *   logout, delete-account {"ok": true}     send    {"id", "time"}
+ *   unread         {"unread", "read"}       users   {"users": [names], "more"}
+ *   read, history, conversation  {"messages": [MESSAGE...], "more"}
+ *   ack / delete   {"acked": [ids]} / {"deleted": [ids]}
+ *   status         {"servers": [{"id", "address", "reachable", "role", "view",
+ *                   "op", "commit", "applied", "store", "transport", "digest"}]}
+ *   listen         one MESSAGE per line
+ *   MESSAGE        {"id", "from", "to", "body", "time" (Unix ms), "state":
+ *                   "unread" | "read"}
+ *   any error      {"error": TEXT, "code": pl_err number}
+ *
  * The session token lives in a file ($PARLEY_SESSION, default
  * $XDG_STATE_HOME/parley/session or ~/.local/state/parley/session), mode
  * 0600 in a 0700 directory, because it is a bearer credential.

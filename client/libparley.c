@@ -1142,9 +1142,8 @@ static int call_simple(parley_client *c, const pl_request *req, parley_result **
     int rc = parley_call(c, req, out ? &r : NULL);
 
     if (out) {
-        if (rc == PL_OK)
-            *out = r;
-        else
+        *out = rc == PL_OK ? r : NULL;
+        if (rc != PL_OK)
             parley_result_free(r);
     }
     return rc;

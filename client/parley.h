@@ -139,7 +139,9 @@ int parley_call(parley_client *c, const pl_request *req, parley_result **out);
 int parley_wait(parley_client *c);
 
 /* ---- one wrapper per method (types.h); strings are NUL-terminated and only
- * read during the call; out-parameters may be NULL ---- */
+ * read during the call; out-parameters may be NULL. A parley_result **out
+ * receives a result owned by the caller on PL_OK and NULL otherwise (the
+ * server's text is in parley_last_error). ---- */
 
 int parley_register(parley_client *c, const char *user, const char *password);
 /* On success keeps the session token in the client. */
