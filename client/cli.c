@@ -225,8 +225,21 @@ static void print_message_line(const pl_message *m)
     fputc('\n', stdout);
 }
 
-/* cJSON wants NUL-terminated strings: libparley results are, and other
- * pl_str come from the same results. */
+/* cJSON wants NUL-terminated strings, and a pushed message's pl_str points
+ * into the transport's buffer without one: copy with the length. */
+static void json_add_str(cJSON *o, const char *key, pl_str s)
+{
+    char *t = malloc((size_t)s.len + 1);
+
+    if (!t)
+        return;
+    if (s.len)
+        memcpy(t, s.ptr, s.len);
+    t[s.len] = '\0';
+    cJSON_AddStringToObject(o, key, t);
+    free(t);
+}
+
 static cJSON *json_message(const pl_message *m)
 {
     cJSON *o = cJSON_CreateObject();
@@ -234,9 +247,9 @@ static cJSON *json_message(const pl_message *m)
     if (!o)
         return NULL;
     cJSON_AddNumberToObject(o, "id", (double)m->id);
-    cJSON_AddStringToObject(o, "from", m->from.ptr ? m->from.ptr : "");
-    cJSON_AddStringToObject(o, "to", m->to.ptr ? m->to.ptr : "");
-    cJSON_AddStringToObject(o, "body", m->body.ptr ? m->body.ptr : "");
+    json_add_str(o, "from", m->from);
+    json_add_str(o, "to", m->to);
+    json_add_str(o, "body", m->body);
     cJSON_AddNumberToObject(o, "time", (double)m->time_ms);
     cJSON_AddStringToObject(o, "state", (m->state & PL_MSG_READ) ? "read" : "unread");
     return o;
@@ -845,6 +858,7 @@ static int cmd_users(cli *k, args *a)
     if (k->json) {
         cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
         if (o && arr) {
+            /* Result strings are NUL-terminated (parley_result_copy). */
             for (uint32_t i = 0; i < r->resp.n_users; i++)
                 cJSON_AddItemToArray(arr, cJSON_CreateString(r->resp.users[i].ptr));
             cJSON_AddItemToObject(o, "users", arr);
@@ -1245,16 +1259,16 @@ static int cmd_status(cli *k, args *a)
                 if (!row)
                     continue;
                 cJSON_AddNumberToObject(row, "id", s->id);
-                cJSON_AddStringToObject(row, "address", s->address.ptr);
+                json_add_str(row, "address", s->address);
                 cJSON_AddBoolToObject(row, "reachable", s->reachable != 0);
-                cJSON_AddStringToObject(row, "role", s->role.ptr);
+                json_add_str(row, "role", s->role);
                 cJSON_AddNumberToObject(row, "view", (double)s->view);
                 cJSON_AddNumberToObject(row, "op", (double)s->op);
                 cJSON_AddNumberToObject(row, "commit", (double)s->commit);
                 cJSON_AddNumberToObject(row, "applied", (double)s->applied);
-                cJSON_AddStringToObject(row, "store", s->store.ptr);
-                cJSON_AddStringToObject(row, "transport", s->transport.ptr);
-                cJSON_AddStringToObject(row, "digest", s->digest.ptr);
+                json_add_str(row, "store", s->store);
+                json_add_str(row, "transport", s->transport);
+                json_add_str(row, "digest", s->digest);
                 cJSON_AddItemToArray(arr, row);
             }
             cJSON_AddItemToObject(o, "servers", arr);
