@@ -1,0 +1,210 @@
+"""A cluster of real parleyd processes whose peer links run through the fault
+proxy (proxy.py), and the `parley` CLI that drives it.
+
+Server i gets its own config file: its own entry has its real peer_port; the
+entry of every other server j names the proxy port of the directed link i>j.
+The client ports are the real ones in every file, so a backup's redirect to
+the primary and the clients' own config (client.json, real ports throughout)
+agree. Everything started here is stopped by close(), which the harness calls
+from a finally block and from atexit; parleyd and the proxy also carry
+PR_SET_PDEATHSIG=SIGKILL (setpriv) so even a SIGKILLed harness leaves nothing
+behind.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from proxy import ProxyProcess
+
+PWHASH_FAST = {"opslimit": 1, "memlimit": 8192}  # Argon2id at its minimum cost
+
+
+def free_ports(k):
+    """k distinct loopback ports that are free now (bound together, then released)."""
+    socks, ports = [], []
+    try:
+        while len(ports) < k:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+class FaultCluster:
+    def __init__(self, server_cmd, cli_cmd, n, workdir, seed, extra=None):
+        self.server_cmd = list(server_cmd)   # [parleyd], or the fake for self-tests
+        self.cli_cmd = list(cli_cmd)         # [parley]
+        self.n = n
+        self.dir = workdir
+        os.makedirs(self.dir, exist_ok=True)
+        ports = free_ports(2 * n)
+        self.ports = ports[:n]
+        self.peer_ports = ports[n:]
+        links = {"%d>%d" % (i, j): ["127.0.0.1", self.peer_ports[j]]
+                 for i in range(n) for j in range(n) if i != j}
+        self.proxy = ProxyProcess(links, seed)
+        base = {"store": "sqlite", "password_hash": PWHASH_FAST,
+                "election_timeout_ms": 1000, "heartbeat_ms": 100}
+        base.update(extra or {})
+        self.configs = []
+        for i in range(n):
+            servers = []
+            for j in range(n):
+                pp = self.peer_ports[j] if j == i else self.proxy.ports["%d>%d" % (i, j)]
+                servers.append({"host": "127.0.0.1", "port": self.ports[j], "peer_port": pp})
+            path = os.path.join(self.dir, "server%d.json" % i)
+            with open(path, "w") as f:
+                json.dump(dict(base, servers=servers), f, indent=1)
+            self.configs.append(path)
+        self.client_config = os.path.join(self.dir, "client.json")
+        with open(self.client_config, "w") as f:
+            json.dump(dict(base, servers=[{"host": "127.0.0.1", "port": self.ports[j],
+                                           "peer_port": self.peer_ports[j]}
+                                          for j in range(n)]), f, indent=1)
+        self.procs = [None] * n
+        self.paused = set()
+        self.logs = [os.path.join(self.dir, "server%d.log" % i) for i in range(n)]
+        self.t0 = time.monotonic()
+
+    def data_dir(self, i):
+        return os.path.join(self.dir, "data%d" % i)
+
+    # ---- processes ----
+    def _note(self, i, what):
+        with open(self.logs[i], "a") as f:
+            f.write("=== fault harness t=%.3f: %s ===\n" % (time.monotonic() - self.t0, what))
+
+    def start(self, i):
+        self._note(i, "start server %d" % i)
+        log = open(self.logs[i], "ab")
+        cmd = self.server_cmd + [self.configs[i], str(i), self.data_dir(i)]
+        if os.path.exists("/usr/bin/setpriv"):
+            cmd = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] + cmd
+        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        self.paused.discard(i)
+
+    def alive(self, i):
+        p = self.procs[i]
+        return p is not None and p.poll() is None
+
+    def running(self, i):
+        """Alive and not paused."""
+        return self.alive(i) and i not in self.paused
+
+    def kill(self, i):
+        p = self.procs[i]
+        if p is not None and p.poll() is None:
+            self._note(i, "kill -9")
+            p.kill()
+            p.wait(timeout=20)
+        self.paused.discard(i)
+
+    def pause(self, i):
+        if self.alive(i):
+            self._note(i, "SIGSTOP")
+            self.procs[i].send_signal(signal.SIGSTOP)
+            self.paused.add(i)
+
+    def resume(self, i):
+        if self.alive(i):
+            self.procs[i].send_signal(signal.SIGCONT)
+            self._note(i, "SIGCONT")
+        self.paused.discard(i)
+
+    def crashed(self):
+        """Servers that exited without being killed by the nemesis."""
+        return [i for i, p in enumerate(self.procs)
+                if p is not None and p.poll() is not None and p.returncode != -signal.SIGKILL]
+
+    def listening(self, i):
+        try:
+            with socket.create_connection(("127.0.0.1", self.ports[i]), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def log_tail(self, i, lines=40):
+        try:
+            with open(self.logs[i], "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def close(self):
+        for i, p in enumerate(self.procs):
+            if p is not None and p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+                    p.wait(timeout=20)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+        self.proxy.close()
+
+    def remove_data(self):
+        for i in range(self.n):
+            shutil.rmtree(self.data_dir(i), ignore_errors=True)
+
+    # ---- the CLI ----
+    def cli(self, session, args, stdin=None, timeout=10.0, server=None):
+        """Run `parley --json ARGS`; returns (exit code or None on timeout,
+        stdout, stderr)."""
+        env = dict(os.environ)
+        env["PARLEY_SESSION"] = session
+        env.pop("PARLEY_CONFIG", None)
+        cmd = self.cli_cmd + ["-c", self.client_config]
+        if server is not None:
+            cmd += ["--server", "127.0.0.1:%d" % self.ports[server]]
+        cmd += ["--json"] + list(args)
+        try:
+            r = subprocess.run(cmd, input=stdin, capture_output=True, text=True,
+                               timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            return None, out, "timed out after %.1fs" % timeout
+        return r.returncode, r.stdout, r.stderr
+
+    def status_row(self, i, timeout=5.0):
+        """Server i's own status row, asked of server i itself (not through
+        its peers, whose links may be cut), or None."""
+        rc, out, _ = self.cli(os.path.join(self.dir, "admin.session"), ["status"],
+                              timeout=timeout, server=i)
+        if rc != 0:
+            return None
+        try:
+            rows = json.loads(out)["servers"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        for row in rows:
+            if isinstance(row, dict) and row.get("id") == i:
+                return row
+        return None
+
+    def primary(self):
+        """The server a running server believes is primary in the highest view
+        it knows, or None."""
+        best = None
+        for i in range(self.n):
+            if not self.running(i):
+                continue
+            row = self.status_row(i, timeout=3.0)
+            if row is None:
+                continue
+            view = row.get("view", 0)
+            if row.get("role") == "primary" and (best is None or view > best[0]):
+                best = (view, i)
+            elif best is None or view > best[0]:
+                # a backup in view v knows the primary is v mod n
+                if row.get("role") in ("backup", "primary"):
+                    best = (view, view % self.n)
+        return None if best is None else best[1]

@@ -1,0 +1,186 @@
+"""The nemesis: a seeded schedule of faults, and the code that applies and
+heals them.
+
+The schedule is a pure function of (seed, servers, duration): the same seed
+gives the same kinds, times, hold times and parameters. Which server is "the
+primary" is looked up when a fault starts (the cluster decides that, not the
+seed); everything else random at that moment comes from a generator seeded
+from the seed too, so a replay differs only where the cluster itself did.
+
+Faults (one episode at a time; each is healed before the next begins):
+  kill           kill -9 one server (the primary half the time), or up to f
+                 servers; restarted when healed
+  pause          SIGSTOP the same way; SIGCONT when healed
+  isolate        cut every link to and from the primary
+  split          a random majority/minority split (the primary in the
+                 minority half the time)
+  bridge         two halves that cannot talk, and one server that talks to both
+  ring           (5 servers) each server talks only to its two ring neighbours:
+                 everyone sees a majority, no two see the same one
+  oneway         the primary can hear but not speak: its outgoing links cut
+  slow           a random third or more of the links delay bytes 20-250 ms
+  lossy          a random third or more of the links reset connections and
+                 stall directions at random
+Cut links are reset-style or blackhole-style at random (see proxy.py).
+"""
+import random
+import time
+
+KINDS = ["kill", "pause", "isolate", "split", "bridge", "ring", "oneway", "slow", "lossy"]
+
+
+def make_schedule(seed, n, duration, quiet=3.0):
+    """[(at_seconds, kind, hold_seconds, params)] for a run of `duration` s."""
+    rng = random.Random("%d/schedule/%d" % (seed, n))
+    kinds = [k for k in KINDS if not (k == "ring" and n < 5)]
+    out = []
+    t = quiet
+    while True:
+        hold = round(rng.uniform(2.5, 7.0), 2)
+        if t + hold > duration:
+            break
+        kind = rng.choice(kinds)
+        params = {"style": rng.choice(["reset", "blackhole"]),
+                  "on_primary": rng.random() < 0.5,
+                  "count": rng.randint(1, max(1, (n - 1) // 2)),
+                  "rand": rng.randrange(1 << 30)}
+        out.append((round(t, 2), kind, hold, params))
+        t += hold + rng.uniform(1.5, 4.0)
+    return out
+
+
+class Nemesis:
+    def __init__(self, cluster, history, seed):
+        self.c = cluster
+        self.h = history
+        self.seed = seed
+        self.n = cluster.n
+        self.counts = {}
+        self.cut = set()        # directed links not "up"
+        self.killed = set()
+        self.paused = set()
+
+    def links(self):
+        return ["%d>%d" % (i, j) for i in range(self.n) for j in range(self.n) if i != j]
+
+    def record(self, kind, what, start, **extra):
+        rec = {"client": "nemesis", "kind": kind, "user": "-", "args": extra,
+               "start": round(start, 4), "end": round(self.h.now(), 4), "outcome": "ok",
+               "result": None, "exit": None, "err": what}
+        self.h.add(rec)
+
+    def primary_or_random(self, rng, on_primary):
+        p = self.c.primary() if on_primary else None
+        return p if p is not None else rng.randrange(self.n)
+
+    def cut_between(self, groups):
+        """Links between servers of different groups (both directions)."""
+        where = {s: g for g, members in enumerate(groups) for s in members}
+        return {"%d>%d" % (i, j) for i in range(self.n) for j in range(self.n)
+                if i != j and i in where and j in where and where[i] != where[j]}
+
+    def apply(self, kind, params):
+        """Start one fault; returns a description."""
+        rng = random.Random("%d/%s/%d" % (self.seed, kind, params["rand"]))
+        n, f = self.n, (self.n - 1) // 2
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if kind in ("kill", "pause"):
+            first = self.primary_or_random(rng, params["on_primary"])
+            others = [s for s in range(n) if s != first]
+            rng.shuffle(others)
+            victims = [first] + others[:min(params["count"], f) - 1]
+            for v in victims:
+                if kind == "kill":
+                    self.c.kill(v)
+                    self.killed.add(v)
+                else:
+                    self.c.pause(v)
+                    self.paused.add(v)
+            return "%s servers %s" % (kind, victims)
+        if kind in ("slow", "lossy"):
+            links = self.links()
+            rng.shuffle(links)
+            chosen = links[:max(1, rng.randint(len(links) // 3, len(links)))]
+            if kind == "slow":
+                mode = {"state": "slow", "delay_ms": rng.randint(20, 250),
+                        "jitter_ms": rng.randint(0, 50)}
+            else:
+                mode = {"state": "lossy", "reset_p": rng.uniform(0.01, 0.08),
+                        "stall_p": rng.uniform(0.02, 0.1), "stall_ms": rng.randint(100, 900)}
+            self.c.proxy.set(chosen, **mode)
+            self.cut |= set(chosen)
+            return "%s links %s %s" % (kind, sorted(chosen), mode)
+        if kind == "isolate":
+            p = self.primary_or_random(rng, True)
+            cut = self.cut_between([[p], [s for s in range(n) if s != p]])
+            what = "isolate server %d" % p
+        elif kind == "split":
+            order = list(range(n))
+            rng.shuffle(order)
+            if params["on_primary"]:
+                p = self.primary_or_random(rng, True)
+                order.remove(p)
+                order.insert(0, p)
+            minority, majority = order[:f], order[f:]
+            cut = self.cut_between([minority, majority])
+            what = "split %s | %s" % (sorted(minority), sorted(majority))
+        elif kind == "bridge":
+            order = list(range(n))
+            rng.shuffle(order)
+            half = (n - 1) // 2
+            a, bridge, b = order[:half], order[half], order[half + 1:]
+            cut = self.cut_between([a, b])
+            what = "bridge %s <-%d-> %s" % (sorted(a), bridge, sorted(b))
+        elif kind == "ring":
+            order = list(range(n))
+            rng.shuffle(order)
+            pos = {s: k for k, s in enumerate(order)}
+            cut = {"%d>%d" % (i, j) for i in range(n) for j in range(n)
+                   if i != j and (pos[i] - pos[j]) % n not in (1, n - 1)}
+            what = "ring %s" % order
+        elif kind == "oneway":
+            p = self.primary_or_random(rng, True)
+            cut = {"%d>%d" % (p, j) for j in range(n) if j != p}
+            what = "server %d cannot speak (its outgoing links cut)" % p
+        else:
+            raise ValueError("unknown fault " + kind)
+        self.c.proxy.set(cut, state="down", style=params["style"])
+        self.cut |= cut
+        return "%s (%s links %s)" % (what, params["style"], sorted(cut))
+
+    def heal(self):
+        """Undo every fault: links up, paused servers continued, killed ones restarted."""
+        if self.cut:
+            self.c.proxy.set(self.cut, state="up")
+            self.cut = set()
+        for s in sorted(self.paused):
+            self.c.resume(s)
+        self.paused = set()
+        for s in sorted(self.killed):
+            self.c.start(s)
+        self.killed = set()
+
+    def run(self, schedule, t_end, stop=None):
+        """Apply the schedule against the history clock; returns at t_end
+        (run-relative seconds) with everything healed."""
+        try:
+            for at, kind, hold, params in schedule:
+                if not self.sleep_until(at, stop) or at >= t_end:
+                    break
+                start = self.h.now()
+                what = self.apply(kind, params)
+                self.record("fault", what, start, fault=kind)
+                self.sleep_until(min(self.h.now() + hold, t_end), stop)
+                start = self.h.now()
+                self.heal()
+                self.record("heal", "heal after " + kind, start, fault=kind)
+            self.sleep_until(t_end, stop)
+        finally:
+            self.heal()
+
+    def sleep_until(self, t, stop=None):
+        while self.h.now() < t:
+            if stop is not None and stop():
+                return False
+            time.sleep(min(0.1, max(0.0, t - self.h.now())))
+        return True
