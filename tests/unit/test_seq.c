@@ -1,0 +1,269 @@
+/*
+ * tests/unit/test_seq.c — the single-server sequencer (core/seq.c) against
+ * a real store plugin loaded through the loader: group commit (one log
+ * append per batch), batch limits, in-order answers, crash replay, and the
+ * flush on free.
+ *
+ * Usage: test-seq STORE_PLUGIN.so
+ */
+#include <check.h>
+#include <event2/event.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "loader.h"
+#include "seq.h"
+
+#define FAKE_HASH "$argon2id$v=19$m=65536,t=2,p=1$ZmFrZXNhbHQ$ZmFrZWhhc2g"
+
+static const char *plugin_path;
+
+/* The store's table, with log_append counted: group commit means one call
+ * per batch, whatever the batch size. */
+static pl_store_plugin counting;
+static const pl_store_plugin *real;
+static int appends;
+static size_t appended;
+
+static int count_append(pl_store *s, const pl_log_entry *e, size_t n)
+{
+    appends++;
+    appended += n;
+    return real->log_append(s, e, n);
+}
+
+typedef struct fx {
+    char dir[256];
+    pl_plugin *plugin;
+    pl_store *st;
+    pl_chat *chat;
+    struct event_base *base;
+    pl_seq *seq;
+} fx;
+
+static fx F;
+
+/* What the done and applied callbacks saw, in order. */
+#define MAXSEEN 64
+static struct {
+    int err;
+    uint64_t op;
+    uint32_t status;
+} done_seen[MAXSEEN];
+static int n_done;
+static uint64_t applied_seen[MAXSEEN];
+static int n_applied;
+
+static void on_done(void *ud, int err, uint64_t op, const pl_apply_result *res)
+{
+    (void)ud;
+    ck_assert_int_lt(n_done, MAXSEEN);
+    ck_assert_msg((err == PL_OK) == (res != NULL), "res is given exactly when err is PL_OK");
+    done_seen[n_done].err = err;
+    done_seen[n_done].op = op;
+    done_seen[n_done].status = res ? res->reply.status : 0;
+    n_done++;
+}
+
+static void on_applied(void *ud, uint64_t op, const pl_apply_result *res)
+{
+    (void)ud;
+    (void)res;
+    ck_assert_int_lt(n_applied, MAXSEEN);
+    applied_seen[n_applied++] = op;
+}
+
+static void quiet_log(void *ud, int level, const char *fmt, ...)
+{
+    (void)ud;
+    (void)level;
+    (void)fmt;
+}
+
+static void fx_open(fx *f, uint32_t max_batch, int fresh)
+{
+    char err[1024];
+    if (fresh) {
+        const char *t = getenv("TMPDIR");
+        snprintf(f->dir, sizeof f->dir, "%s/pl-seq-XXXXXX", t && *t ? t : "/tmp");
+        ck_assert_msg(mkdtemp(f->dir) != NULL, "mkdtemp failed");
+    }
+    f->plugin = pl_plugin_load("store", plugin_path, NULL, err, sizeof err);
+    ck_assert_msg(f->plugin != NULL, "load %s: %s", plugin_path, err);
+    real = pl_plugin_store(f->plugin);
+    counting = *real;
+    counting.log_append = count_append;
+    pl_store_host host = { PL_STORE_ABI_VERSION, NULL, quiet_log };
+    pl_store_options opt = { f->dir, 0, NULL };
+    ck_assert_msg(pl_plugin_store_open(f->plugin, &host, &opt, &f->st, err, sizeof err) == PL_OK,
+                  "open store: %s", err);
+    f->chat = pl_chat_new(&counting, f->st);
+    ck_assert_ptr_nonnull(f->chat);
+    f->base = event_base_new();
+    ck_assert_ptr_nonnull(f->base);
+    pl_seq_host h = { NULL, on_applied };
+    f->seq = pl_seq_new(f->base, &counting, f->st, f->chat, max_batch, &h, err, sizeof err);
+    ck_assert_msg(f->seq != NULL, "pl_seq_new: %s", err);
+    ck_assert_msg(pl_seq_replay(f->seq, err, sizeof err) == PL_OK, "replay: %s", err);
+    appends = 0;
+    appended = 0;
+    n_done = n_applied = 0;
+}
+
+static void fx_close(fx *f)
+{
+    pl_seq_free(f->seq);
+    f->seq = NULL;
+    event_base_free(f->base);
+    pl_chat_free(f->chat);
+    real->close(f->st);
+    pl_plugin_unload(f->plugin);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void fx_remove(fx *f)
+{
+    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void submit_register(pl_seq *q, const char *name)
+{
+    pl_op op = { .kind = PL_OP_REGISTER, .time_ms = 1000, .name = pl_str_c(name),
+                 .pwhash = pl_str_c(FAKE_HASH) };
+    ck_assert_int_eq(pl_seq_submit(q, &op, on_done, NULL), PL_OK);
+}
+
+/* Run the loop until every submitted op is answered (bounded). */
+static void run_until_idle(fx *f)
+{
+    for (int i = 0; i < 1000 && pl_seq_pending(f->seq) > 0; i++)
+        event_base_loop(f->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    ck_assert_msg(pl_seq_pending(f->seq) == 0, "the sequencer left %u ops unanswered",
+                  pl_seq_pending(f->seq));
+}
+
+START_TEST(group_commit)
+{
+    fx_open(&F, 0, 1);
+    submit_register(F.seq, "ann");
+    submit_register(F.seq, "ben");
+    submit_register(F.seq, "ann"); /* a rule violation is a normal result */
+    ck_assert_msg(n_done == 0, "done never runs inside pl_seq_submit");
+    run_until_idle(&F);
+    ck_assert_msg(appends == 1, "3 ops submitted together share one log append (got %d)", appends);
+    ck_assert_int_eq(n_done, 3);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(done_seen[i].err, PL_OK);
+        ck_assert_msg(done_seen[i].op == (uint64_t)i + 1, "answers in op order");
+        ck_assert_msg(applied_seen[i] == (uint64_t)i + 1, "applied hook per op, in order");
+    }
+    ck_assert_uint_eq(done_seen[0].status, PL_OK);
+    ck_assert_uint_eq(done_seen[1].status, PL_OK);
+    ck_assert_msg(done_seen[2].status == PL_ERR_USER_EXISTS, "duplicate name refused by the rules");
+    ck_assert_uint_eq(real->applied_op(F.st), 3);
+    ck_assert_uint_eq(pl_seq_last_op(F.seq), 3);
+    fx_close(&F);
+    fx_remove(&F);
+}
+END_TEST
+
+START_TEST(batch_limit)
+{
+    fx_open(&F, 2, 1);
+    const char *names[] = { "u1", "u2", "u3", "u4", "u5" };
+    for (int i = 0; i < 5; i++)
+        submit_register(F.seq, names[i]);
+    run_until_idle(&F);
+    ck_assert_msg(appends == 3, "5 ops with max_batch 2 take 3 appends (got %d)", appends);
+    ck_assert_uint_eq(appended, 5);
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(done_seen[i].op == (uint64_t)i + 1 && done_seen[i].status == PL_OK,
+                      "op %d answered in order", i + 1);
+    fx_close(&F);
+    fx_remove(&F);
+}
+END_TEST
+
+/* A crash after the log append but before the state commit: the ops are in
+ * the log only. Replay must apply them, and numbering must continue. */
+START_TEST(replay_after_crash)
+{
+    fx_open(&F, 0, 1);
+    const char *names[] = { "r1", "r2", "r3" };
+    uint8_t *bufs[3];
+    pl_log_entry e[3];
+    for (int i = 0; i < 3; i++) {
+        size_t len;
+        pl_op op = { .kind = PL_OP_REGISTER, .time_ms = 5, .name = pl_str_c(names[i]),
+                     .pwhash = pl_str_c(FAKE_HASH) };
+        ck_assert_int_eq(pl_op_encode(&op, &bufs[i], &len), PL_OK);
+        e[i] = (pl_log_entry){ (uint64_t)i + 1, 0, bufs[i], (uint32_t)len };
+    }
+    ck_assert_int_eq(real->log_append(F.st, e, 3), PL_OK);
+    for (int i = 0; i < 3; i++)
+        free(bufs[i]);
+    ck_assert_uint_eq(real->applied_op(F.st), 0);
+    fx_close(&F);
+
+    fx_open(&F, 0, 0); /* reopens the same directory and replays */
+    ck_assert_msg(real->applied_op(F.st) == 3, "replay applied the logged ops (applied %llu)",
+                  (unsigned long long)real->applied_op(F.st));
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(pl_chat_account(F.chat, pl_str_c(names[i]), NULL, NULL) == PL_OK,
+                      "account %s exists after replay", names[i]);
+    submit_register(F.seq, "r4");
+    run_until_idle(&F);
+    ck_assert_msg(done_seen[0].op == 4, "numbering continues after the replayed ops");
+    fx_close(&F);
+    fx_remove(&F);
+}
+END_TEST
+
+START_TEST(free_flushes)
+{
+    fx_open(&F, 0, 1);
+    submit_register(F.seq, "late1");
+    submit_register(F.seq, "late2");
+    pl_seq_free(F.seq); /* shutdown with ops still queued */
+    F.seq = NULL;
+    ck_assert_int_eq(n_done, 2);
+    ck_assert_msg(done_seen[0].err == PL_OK && done_seen[1].err == PL_OK,
+                  "queued ops are committed, not dropped, when the sequencer is freed");
+    ck_assert_uint_eq(real->applied_op(F.st), 2);
+    fx_close(&F);
+    fx_remove(&F);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: test-seq STORE_PLUGIN.so\n");
+        return 2;
+    }
+    plugin_path = argv[1];
+    Suite *s = suite_create("seq");
+    TCase *tc = tcase_create("seq");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, group_commit);
+    tcase_add_test(tc, batch_limit);
+    tcase_add_test(tc, replay_after_crash);
+    tcase_add_test(tc, free_flushes);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
