@@ -73,6 +73,7 @@ struct pending {
 
 struct parley_client {
     struct event_base *base;
+    int own_base;              /* created by parley_new, freed by parley_free */
     pl_config *cfg;
     pl_plugin *plugin;
     const pl_transport_plugin *tp;
@@ -108,6 +109,8 @@ struct parley_client {
     void *on_msg_ud;
     uint64_t last_delivered;
     int subscribed;
+    parley_done_fn sub_cb;     /* told about every re-subscribe */
+    void *sub_ud;
     int listening;
     int listen_err;
     int stop;
@@ -570,7 +573,7 @@ static void conn_lost(parley_client *c, int err, const char *why, int count_loss
             pending_complete(p, err, NULL);
     }
     if (c->subscribed && !have_sub)
-        pending_issue_subscribe(c, 1, NULL, NULL, NULL);
+        pending_issue_subscribe(c, 1, c->sub_cb, c->sub_ud, NULL);
     if (c->head)
         kick_at(c, backoff_ms(c));
 }
@@ -940,7 +943,8 @@ parley_client *parley_new(const parley_options *o, char *err, size_t errlen)
         set_err(err, errlen, "plugin \"%s\": not a transport plugin", c->cfg->transport.name);
         goto fail;
     }
-    c->base = event_base_new();
+    c->own_base = o->base == NULL;
+    c->base = o->base ? o->base : event_base_new();
     if (!c->base)
         goto nomem;
     c->kick = evtimer_new(c->base, kick_cb, c);
@@ -978,7 +982,7 @@ void parley_free(parley_client *c)
         c->tp->client_free(c->conn);
     if (c->kick)
         event_free(c->kick);
-    if (c->base)
+    if (c->base && c->own_base)
         event_base_free(c->base);
     pl_plugin_unload(c->plugin);
     pl_config_free(c->cfg);
@@ -1092,6 +1096,8 @@ int parley_call(parley_client *c, const pl_request *req, parley_result **out)
     if (req->method == PL_M_SUBSCRIBE) {
         c->subscribed = 1;
         c->last_delivered = req->after_id;
+        c->sub_cb = NULL;
+        c->sub_ud = NULL;
         pending_issue_subscribe(c, 0, sync_done, &slot, &p);
         rc = p ? PL_OK : PL_ERR_NOMEM;
     } else {
@@ -1330,6 +1336,8 @@ int parley_subscribe_async(parley_client *c, uint64_t after_id, parley_done_fn c
 
     c->subscribed = 1;
     c->last_delivered = after_id;
+    c->sub_cb = cb;
+    c->sub_ud = ud;
     pending_issue_subscribe(c, 0, cb, ud, &p);
     return p ? PL_OK : PL_ERR_NOMEM;
 }
@@ -1377,6 +1385,8 @@ out:
     c->listening = 0;
     /* The listener is done: no re-subscribing after a later reconnect. */
     c->subscribed = 0;
+    c->sub_cb = NULL;
+    c->sub_ud = NULL;
     return rc;
 }
 

@@ -73,6 +73,9 @@ typedef struct parley_options {
     uint32_t timeout_ms;     /* per call, retries included; 0 = 5000 */
     const char *plugin_dir;  /* searched first for the transport plugin;
                                 NULL = the config's plugin_dir */
+    struct event_base *base; /* run on this loop (borrowed; must outlive the
+                                client), e.g. many bench clients on one
+                                loop; NULL = the client creates its own */
 } parley_options;
 
 /* A deep copy of one response. Every pointer inside resp (error, leader,
@@ -97,7 +100,8 @@ parley_client *parley_new(const parley_options *o, char *err, size_t errlen);
  * PL_ERR_UNAVAILABLE), unload the plugin and free. NULL is fine. */
 void parley_free(parley_client *c);
 
-/* The event_base the client runs on; owned by the client. */
+/* The event_base the client runs on (its own, or the one given in
+ * parley_options.base). */
 struct event_base *parley_event_base(parley_client *c);
 
 /* Text of the last failure (server's error text, or a local reason), never
@@ -179,7 +183,10 @@ void parley_on_message(parley_client *c, parley_message_fn cb, void *ud);
 
 /* Async subscribe: ask for pushes of messages after after_id. The client
  * stays subscribed: after a reconnect it subscribes again from the last id
- * delivered. cb (may be NULL) reports the subscribe response. */
+ * delivered. cb (may be NULL) reports the subscribe response, and again the
+ * outcome of every re-subscribe after a reconnect (PL_OK: pushes flow again;
+ * an error: the subscription is over — e.g. no server within the timeout —
+ * and the caller may subscribe anew). */
 int parley_subscribe_async(parley_client *c, uint64_t after_id,
                            parley_done_fn cb, void *ud);
 
