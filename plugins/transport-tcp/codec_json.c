@@ -1,1 +1,800 @@
-/* placeholder: being written */
+/*
+ * plugins/transport-tcp/codec_json.c — the JSON codec: one JSON object per
+ * line, so an operator can talk to a server with nc:
+ *
+ *   {"m":"send","rid":7,"token":"...","to":"bob","body":"hi"}
+ *   {"m":"send","rid":7,"status":0,"id":42,"time":1764061200123}
+ *   {"m":"push","msg":{"id":43,"from":"bob","to":"alice","body":"yo","time":...,"state":0}}
+ *
+ * Field names are stable and listed in docs/protocol.md.
+ *
+ * Numbers: every uint64 is written as a JSON number when it is at most 2^53
+ * (exact in any JSON reader's double) and as a decimal string above that
+ * (random client ids, ids near UINT64_MAX); readers accept either form for
+ * every integer field. A number above 2^53, negative or fractional is
+ * malformed rather than silently rounded.
+ *
+ * Strings: JSON text is UTF-8 and cJSON hands strings back NUL-terminated,
+ * so a string can carry neither invalid UTF-8 nor U+0000. Encoding a request
+ * refuses them (PL_ERR_BODY for a body, PL_ERR_INVALID otherwise) instead of
+ * altering what the user typed; encoding a response replaces them with
+ * U+FFFD, because the core's reply must reach the client and its texts are
+ * valid UTF-8 anyway. A \u0000 escape in input is malformed.
+ *
+ * The encoder writes JSON itself (it must choose number vs string per value
+ * and validate UTF-8 as it goes); the decoder uses cJSON on exactly one line
+ * (cJSON_ParseWithLengthOpts, never past the newline).
+ */
+#include "tcp_codec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#define JSON_SAFE_MAX 9007199254740992ull /* 2^53 */
+
+/* ------------------------------------------------------------------ */
+/* UTF-8                                                                */
+
+/* Length of the valid UTF-8 sequence at p (n bytes available), 0 if invalid.
+ * Rejects overlongs, surrogates and code points above U+10FFFF. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+    unsigned char c = p[0];
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        return n >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        return n >= 3 && p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 ? 3 : 0;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        return n >= 4 && p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80
+                       && (p[3] & 0xC0) == 0x80 ? 4 : 0;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* writer                                                               */
+
+typedef struct json_w {
+    char *p;
+    size_t len, cap;
+    int err;        /* first error; later writes are no-ops */
+    int comma;      /* a value was written at this nesting level */
+    int strict;     /* requests: refuse unencodable strings */
+} json_w;
+
+static void jw_raw(json_w *w, const char *s, size_t n)
+{
+    if (w->err || n == 0)
+        return;
+    if (w->len + n + 1 > w->cap) {
+        size_t cap = w->cap ? w->cap : 256;
+        char *p;
+
+        while (cap < w->len + n + 1)
+            cap *= 2;
+        p = realloc(w->p, cap);
+        if (!p) {
+            w->err = PL_ERR_NOMEM;
+            return;
+        }
+        w->p = p;
+        w->cap = cap;
+    }
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+static void jw_lit(json_w *w, const char *s)
+{
+    jw_raw(w, s, strlen(s));
+}
+
+static void jw_open(json_w *w, char c)
+{
+    jw_raw(w, &c, 1);
+    w->comma = 0;
+}
+
+static void jw_close(json_w *w, char c)
+{
+    jw_raw(w, &c, 1);
+    w->comma = 1;
+}
+
+/* Separator before a value in an array, or before a key in an object. */
+static void jw_sep(json_w *w)
+{
+    if (w->comma)
+        jw_raw(w, ",", 1);
+    w->comma = 1;
+}
+
+static void jw_key(json_w *w, const char *key)
+{
+    jw_sep(w);
+    jw_raw(w, "\"", 1);
+    jw_lit(w, key);
+    jw_raw(w, "\":", 2);
+    w->comma = 0; /* the value follows without a separator */
+}
+
+static void jw_u64v(json_w *w, uint64_t v)
+{
+    char num[32];
+    int n = v <= JSON_SAFE_MAX ? snprintf(num, sizeof num, "%llu", (unsigned long long)v)
+                               : snprintf(num, sizeof num, "\"%llu\"", (unsigned long long)v);
+
+    jw_raw(w, num, (size_t)n);
+    w->comma = 1;
+}
+
+static void jw_u64(json_w *w, const char *key, uint64_t v)
+{
+    jw_key(w, key);
+    jw_u64v(w, v);
+}
+
+static void jw_bool(json_w *w, const char *key, uint32_t v)
+{
+    jw_key(w, key);
+    jw_lit(w, v ? "true" : "false");
+    w->comma = 1;
+}
+
+/* A string value. bad_err: what a strict writer returns for a string JSON
+ * cannot carry. */
+static void jw_strv(json_w *w, pl_str s, int bad_err)
+{
+    const unsigned char *p = (const unsigned char *)s.ptr;
+    size_t i = 0, run = 0;
+
+    jw_raw(w, "\"", 1);
+    while (i < s.len && !w->err) {
+        unsigned char c = p[i];
+        size_t n = c >= 0x20 && c != '"' && c != '\\' ? utf8_len(p + i, s.len - i) : 1;
+        char esc[8];
+
+        if (c >= 0x20 && c != '"' && c != '\\' && n > 0) {
+            i += n;
+            run += n;
+            continue;
+        }
+        /* flush the plain run before this byte */
+        jw_raw(w, (const char *)p + i - run, run);
+        run = 0;
+        if (c == 0 || (c >= 0x80 && n == 0)) {
+            if (w->strict) {
+                w->err = bad_err;
+                break;
+            }
+            jw_lit(w, "\xEF\xBF\xBD"); /* U+FFFD */
+        } else if (c == '"') {
+            jw_lit(w, "\\\"");
+        } else if (c == '\\') {
+            jw_lit(w, "\\\\");
+        } else if (c == '\n') {
+            jw_lit(w, "\\n");
+        } else if (c == '\r') {
+            jw_lit(w, "\\r");
+        } else if (c == '\t') {
+            jw_lit(w, "\\t");
+        } else {
+            snprintf(esc, sizeof esc, "\\u%04x", c);
+            jw_lit(w, esc);
+        }
+        i++;
+    }
+    jw_raw(w, (const char *)p + i - run, run);
+    jw_raw(w, "\"", 1);
+    w->comma = 1;
+}
+
+static void jw_str(json_w *w, const char *key, pl_str s)
+{
+    jw_key(w, key);
+    jw_strv(w, s, PL_ERR_INVALID);
+}
+
+static void jw_msg(json_w *w, const pl_message *m)
+{
+    jw_open(w, '{');
+    jw_u64(w, "id", m->id);
+    jw_str(w, "from", m->from);
+    jw_str(w, "to", m->to);
+    jw_key(w, "body");
+    jw_strv(w, m->body, PL_ERR_BODY);
+    jw_u64(w, "time", m->time_ms);
+    jw_u64(w, "state", m->state);
+    jw_close(w, '}');
+}
+
+static void jw_method(json_w *w, uint32_t m)
+{
+    jw_key(w, "m");
+    if (m < PL_M__COUNT) {
+        jw_raw(w, "\"", 1);
+        jw_lit(w, pl_method_name(m));
+        jw_raw(w, "\"", 1);
+        w->comma = 1;
+    } else {
+        jw_u64v(w, m);
+    }
+}
+
+static int jw_finish(json_w *w, uint32_t max_frame, uint8_t **out, size_t *len)
+{
+    if (!w->err && w->len > max_frame)
+        w->err = PL_ERR_FRAME_TOO_LARGE;
+    jw_raw(w, "\n", 1);
+    if (w->err) {
+        free(w->p);
+        *out = NULL;
+        *len = 0;
+        return w->err;
+    }
+    *out = (uint8_t *)w->p;
+    *len = w->len;
+    return PL_OK;
+}
+
+int tcp_json_encode_request(uint32_t max_frame, const pl_request *req,
+                            uint8_t **out, size_t *len)
+{
+    json_w w;
+
+    memset(&w, 0, sizeof w);
+    w.strict = 1;
+    jw_open(&w, '{');
+    jw_method(&w, req->method);
+    jw_u64(&w, "rid", req->request_id);
+    if (req->client_id)
+        jw_u64(&w, "cid", req->client_id);
+    if (req->request_no)
+        jw_u64(&w, "rno", req->request_no);
+    if (req->token.len)
+        jw_str(&w, "token", req->token);
+    switch (req->method) {
+    case PL_M_REGISTER:
+    case PL_M_LOGIN:
+        jw_str(&w, "username", req->username);
+        jw_str(&w, "password", req->password);
+        break;
+    case PL_M_LIST_USERS:
+        jw_str(&w, "pattern", req->pattern);
+        jw_u64(&w, "offset", req->offset);
+        jw_u64(&w, "limit", req->limit);
+        break;
+    case PL_M_SEND:
+        jw_str(&w, "to", req->to);
+        jw_key(&w, "body");
+        jw_strv(&w, req->body, PL_ERR_BODY);
+        break;
+    case PL_M_READ:
+        jw_u64(&w, "n", req->n);
+        break;
+    case PL_M_HISTORY:
+        jw_u64(&w, "offset", req->offset);
+        jw_u64(&w, "limit", req->limit);
+        break;
+    case PL_M_CONVERSATION:
+        jw_str(&w, "peer", req->peer);
+        jw_u64(&w, "offset", req->offset);
+        jw_u64(&w, "limit", req->limit);
+        break;
+    case PL_M_ACK:
+    case PL_M_DELETE:
+        jw_key(&w, "ids");
+        jw_open(&w, '[');
+        for (uint32_t i = 0; i < req->n_ids; i++) {
+            jw_sep(&w);
+            jw_u64v(&w, req->ids[i]);
+        }
+        jw_close(&w, ']');
+        break;
+    case PL_M_DELETE_ACCOUNT:
+        jw_str(&w, "password", req->password);
+        break;
+    case PL_M_SUBSCRIBE:
+        jw_u64(&w, "after", req->after_id);
+        break;
+    default:
+        break;
+    }
+    jw_close(&w, '}');
+    return jw_finish(&w, max_frame, out, len);
+}
+
+int tcp_json_encode_response(uint32_t max_frame, const pl_response *resp,
+                             uint8_t **out, size_t *len)
+{
+    json_w w;
+
+    memset(&w, 0, sizeof w);
+    jw_open(&w, '{');
+    jw_method(&w, resp->method);
+    if (resp->method == PL_M_PUSH && resp->status == PL_OK) {
+        if (resp->n_msgs != 1) {
+            free(w.p);
+            return PL_ERR_INVALID;
+        }
+        jw_key(&w, "msg");
+        jw_msg(&w, &resp->msgs[0]);
+        jw_close(&w, '}');
+        return jw_finish(&w, max_frame, out, len);
+    }
+    jw_u64(&w, "rid", resp->request_id);
+    jw_u64(&w, "status", resp->status);
+    if (resp->status != PL_OK) {
+        jw_str(&w, "error", resp->error);
+        if (resp->leader.len)
+            jw_str(&w, "leader", resp->leader);
+        jw_close(&w, '}');
+        return jw_finish(&w, max_frame, out, len);
+    }
+    switch (resp->method) {
+    case PL_M_LOGIN:
+        jw_str(&w, "token", resp->token);
+        jw_u64(&w, "unread", resp->unread);
+        break;
+    case PL_M_LIST_USERS:
+        jw_key(&w, "users");
+        jw_open(&w, '[');
+        for (uint32_t i = 0; i < resp->n_users; i++) {
+            jw_sep(&w);
+            jw_strv(&w, resp->users[i], PL_ERR_INVALID);
+        }
+        jw_close(&w, ']');
+        jw_bool(&w, "more", resp->more);
+        break;
+    case PL_M_SEND:
+        jw_u64(&w, "id", resp->id);
+        jw_u64(&w, "time", resp->time_ms);
+        break;
+    case PL_M_COUNTS:
+        jw_u64(&w, "unread", resp->unread);
+        jw_u64(&w, "read", resp->read);
+        break;
+    case PL_M_READ:
+    case PL_M_HISTORY:
+    case PL_M_CONVERSATION:
+        jw_key(&w, "msgs");
+        jw_open(&w, '[');
+        for (uint32_t i = 0; i < resp->n_msgs; i++) {
+            jw_sep(&w);
+            jw_msg(&w, &resp->msgs[i]);
+        }
+        jw_close(&w, ']');
+        jw_bool(&w, "more", resp->more);
+        break;
+    case PL_M_STATUS:
+        jw_key(&w, "servers");
+        jw_open(&w, '[');
+        for (uint32_t i = 0; i < resp->n_servers; i++) {
+            const pl_server_status *s = &resp->servers[i];
+
+            jw_sep(&w);
+            jw_open(&w, '{');
+            jw_u64(&w, "id", s->id);
+            jw_str(&w, "address", s->address);
+            jw_bool(&w, "reachable", s->reachable);
+            jw_str(&w, "role", s->role);
+            jw_u64(&w, "view", s->view);
+            jw_u64(&w, "op", s->op);
+            jw_u64(&w, "commit", s->commit);
+            jw_u64(&w, "applied", s->applied);
+            jw_str(&w, "store", s->store);
+            jw_str(&w, "transport", s->transport);
+            jw_str(&w, "digest", s->digest);
+            jw_close(&w, '}');
+        }
+        jw_close(&w, ']');
+        break;
+    default:
+        break;
+    }
+    jw_close(&w, '}');
+    return jw_finish(&w, max_frame, out, len);
+}
+
+/* ------------------------------------------------------------------ */
+/* reader                                                               */
+
+/* Find the next non-blank line. PL_OK with [*start, *start + *n) the line
+ * and *used the bytes through its newline; AGAIN; or FRAME_TOO_LARGE when a
+ * line already holds more than max_frame bytes without its newline. Blank
+ * lines (an operator pressing Enter) are skipped. */
+static int json_line(uint32_t max_frame, const uint8_t *buf, size_t len, size_t *used,
+                     const char **start, size_t *n)
+{
+    size_t at = 0;
+
+    for (;;) {
+        size_t avail = len - at, lim = avail < (size_t)max_frame + 1 ? avail : (size_t)max_frame + 1;
+        const uint8_t *nl = memchr(buf + at, '\n', lim);
+        size_t i;
+
+        if (!nl)
+            return avail > max_frame ? PL_ERR_FRAME_TOO_LARGE : PL_ERR_AGAIN;
+        for (i = at; buf + i < nl; i++)
+            if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r')
+                break;
+        if (buf + i < nl) {
+            *start = (const char *)buf + at;
+            *n = (size_t)(nl - (buf + at));
+            *used = (size_t)(nl - buf) + 1;
+            return PL_OK;
+        }
+        at = (size_t)(nl - buf) + 1;
+    }
+}
+
+/* cJSON stores strings NUL-terminated: a \u0000 escape would silently cut
+ * a string short, so refuse it before parsing. */
+static int json_has_nul_escape(const char *s, size_t n)
+{
+    int in_str = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!in_str) {
+            in_str = s[i] == '"';
+            continue;
+        }
+        if (s[i] == '"') {
+            in_str = 0;
+        } else if (s[i] == '\\' && i + 1 < n) {
+            if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
+                return 1;
+            i++;
+        }
+    }
+    return 0;
+}
+
+static void json_doc_free(void *doc)
+{
+    cJSON_Delete(doc);
+}
+
+/* Parse one line into an object owned by *scratch. */
+static int json_parse(uint32_t max_frame, const uint8_t *buf, size_t len, size_t *used,
+                      void **scratch, cJSON **root)
+{
+    const char *line = NULL, *end = NULL;
+    size_t n = 0, u = 0;
+    cJSON *doc;
+    int rc = json_line(max_frame, buf, len, &u, &line, &n);
+
+    if (rc != PL_OK)
+        return rc;
+    if (json_has_nul_escape(line, n))
+        return PL_ERR_MALFORMED;
+    doc = cJSON_ParseWithLengthOpts(line, n, &end, 0);
+    if (!doc)
+        return PL_ERR_MALFORMED;
+    if (tcp_scratch_adopt(scratch, doc, json_doc_free) != PL_OK) {
+        cJSON_Delete(doc);
+        return PL_ERR_NOMEM;
+    }
+    if (!cJSON_IsObject(doc))
+        return PL_ERR_MALFORMED;
+    for (; end && end < line + n; end++)
+        if (*end != ' ' && *end != '\t' && *end != '\r')
+            return PL_ERR_MALFORMED;
+    *root = doc;
+    *used = u;
+    return PL_OK;
+}
+
+/* Field readers: absent (or null) leaves the zero default; a wrong type
+ * sets *bad. */
+static const cJSON *jr_get(const cJSON *obj, const char *key)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+    return it && !cJSON_IsNull(it) ? it : NULL;
+}
+
+static uint64_t jr_u64v(const cJSON *it, int *bad)
+{
+    if (cJSON_IsNumber(it)) {
+        double d = it->valuedouble;
+        uint64_t v;
+
+        if (!(d >= 0.0 && d <= (double)JSON_SAFE_MAX)) {
+            *bad = 1;
+            return 0;
+        }
+        v = (uint64_t)d;
+        if ((double)v != d)
+            *bad = 1;
+        return v;
+    }
+    if (cJSON_IsString(it)) {
+        const char *s = it->valuestring;
+        uint64_t v = 0;
+
+        if (!*s || strlen(s) > 20)
+            goto fail;
+        for (; *s; s++) {
+            uint64_t d = (uint64_t)(*s - '0');
+
+            if (*s < '0' || *s > '9' || v > (UINT64_MAX - d) / 10)
+                goto fail;
+            v = v * 10 + d;
+        }
+        return v;
+    }
+fail:
+    *bad = 1;
+    return 0;
+}
+
+static uint64_t jr_u64(const cJSON *obj, const char *key, int *bad)
+{
+    const cJSON *it = jr_get(obj, key);
+
+    return it ? jr_u64v(it, bad) : 0;
+}
+
+static uint32_t jr_u32(const cJSON *obj, const char *key, int *bad)
+{
+    uint64_t v = jr_u64(obj, key, bad);
+
+    if (v > UINT32_MAX)
+        *bad = 1;
+    return (uint32_t)v;
+}
+
+static uint32_t jr_bool(const cJSON *obj, const char *key, int *bad)
+{
+    const cJSON *it = jr_get(obj, key);
+
+    if (!it)
+        return 0;
+    if (cJSON_IsBool(it))
+        return cJSON_IsTrue(it) ? 1 : 0;
+    if (cJSON_IsNumber(it) && (it->valuedouble == 0.0 || it->valuedouble == 1.0))
+        return it->valuedouble == 1.0;
+    *bad = 1;
+    return 0;
+}
+
+static pl_str jr_strv(const cJSON *it, int *bad)
+{
+    pl_str s = { NULL, 0 };
+
+    if (!cJSON_IsString(it)) {
+        *bad = 1;
+        return s;
+    }
+    s.ptr = it->valuestring;
+    s.len = (uint32_t)strlen(it->valuestring);
+    return s;
+}
+
+static pl_str jr_str(const cJSON *obj, const char *key, int *bad)
+{
+    const cJSON *it = jr_get(obj, key);
+    pl_str s = { NULL, 0 };
+
+    return it ? jr_strv(it, bad) : s;
+}
+
+static uint32_t jr_method(const cJSON *obj, int *bad)
+{
+    const cJSON *it = jr_get(obj, "m");
+
+    if (!it) {
+        *bad = 1;
+        return 0;
+    }
+    if (cJSON_IsString(it)) {
+        for (uint32_t m = 0; m < PL_M__COUNT; m++)
+            if (strcmp(it->valuestring, pl_method_name(m)) == 0)
+                return m;
+        /* An unknown name still decodes, so the core can answer
+         * "unsupported" to its rid instead of closing the connection. */
+        return PL_M__COUNT;
+    }
+    {
+        uint64_t v = jr_u64v(it, bad);
+
+        if (v > UINT32_MAX)
+            *bad = 1;
+        return (uint32_t)v;
+    }
+}
+
+/* Array of n elements, checked before allocating: the count is bounded by
+ * the line (each element takes bytes), and the array is cJSON's already. */
+static const cJSON *jr_array(const cJSON *obj, const char *key, uint32_t *n, int *bad)
+{
+    const cJSON *it = jr_get(obj, key);
+    int sz;
+
+    *n = 0;
+    if (!it)
+        return NULL;
+    if (!cJSON_IsArray(it)) {
+        *bad = 1;
+        return NULL;
+    }
+    sz = cJSON_GetArraySize(it);
+    *n = sz > 0 ? (uint32_t)sz : 0;
+    return it;
+}
+
+static void jr_msg(const cJSON *o, pl_message *m, int *bad)
+{
+    if (!cJSON_IsObject(o)) {
+        *bad = 1;
+        return;
+    }
+    m->id = jr_u64(o, "id", bad);
+    m->from = jr_str(o, "from", bad);
+    m->to = jr_str(o, "to", bad);
+    m->body = jr_str(o, "body", bad);
+    m->time_ms = jr_u64(o, "time", bad);
+    m->state = jr_u32(o, "state", bad);
+}
+
+int tcp_json_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
+                            size_t *used, pl_request *out, void **scratch)
+{
+    cJSON *root = NULL;
+    const cJSON *ids, *el;
+    size_t u = 0;
+    int bad = 0, rc;
+    uint32_t n;
+
+    *scratch = NULL;
+    memset(out, 0, sizeof *out);
+    rc = json_parse(max_frame, buf, len, &u, scratch, &root);
+    if (rc != PL_OK)
+        return rc;
+    out->method = jr_method(root, &bad);
+    out->request_id = jr_u64(root, "rid", &bad);
+    out->client_id = jr_u64(root, "cid", &bad);
+    out->request_no = jr_u64(root, "rno", &bad);
+    out->token = jr_str(root, "token", &bad);
+    out->username = jr_str(root, "username", &bad);
+    out->password = jr_str(root, "password", &bad);
+    out->pattern = jr_str(root, "pattern", &bad);
+    out->to = jr_str(root, "to", &bad);
+    out->body = jr_str(root, "body", &bad);
+    out->peer = jr_str(root, "peer", &bad);
+    out->offset = jr_u64(root, "offset", &bad);
+    out->limit = jr_u64(root, "limit", &bad);
+    out->n = jr_u64(root, "n", &bad);
+    out->after_id = jr_u64(root, "after", &bad);
+    ids = jr_array(root, "ids", &n, &bad);
+    if (ids && n > 0 && !bad) {
+        uint64_t *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
+        uint32_t i = 0;
+
+        if (!v)
+            return PL_ERR_NOMEM;
+        cJSON_ArrayForEach(el, ids) {
+            if (i < n)
+                v[i++] = jr_u64v(el, &bad);
+        }
+        out->ids = v;
+        out->n_ids = i;
+    }
+    if (bad)
+        return PL_ERR_MALFORMED;
+    *used = u;
+    return PL_OK;
+}
+
+int tcp_json_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
+                             size_t *used, pl_response *out, void **scratch)
+{
+    cJSON *root = NULL;
+    const cJSON *arr, *el, *one;
+    size_t u = 0;
+    int bad = 0, rc;
+    uint32_t n;
+
+    *scratch = NULL;
+    memset(out, 0, sizeof *out);
+    rc = json_parse(max_frame, buf, len, &u, scratch, &root);
+    if (rc != PL_OK)
+        return rc;
+    out->method = jr_method(root, &bad);
+    out->request_id = jr_u64(root, "rid", &bad);
+    out->status = jr_u32(root, "status", &bad);
+    out->error = jr_str(root, "error", &bad);
+    out->leader = jr_str(root, "leader", &bad);
+    out->token = jr_str(root, "token", &bad);
+    out->unread = jr_u64(root, "unread", &bad);
+    out->read = jr_u64(root, "read", &bad);
+    out->id = jr_u64(root, "id", &bad);
+    out->time_ms = jr_u64(root, "time", &bad);
+    out->more = jr_bool(root, "more", &bad);
+
+    arr = jr_array(root, "users", &n, &bad);
+    if (arr && n > 0 && !bad) {
+        pl_str *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
+        uint32_t i = 0;
+
+        if (!v)
+            return PL_ERR_NOMEM;
+        cJSON_ArrayForEach(el, arr) {
+            if (i < n)
+                v[i++] = jr_strv(el, &bad);
+        }
+        out->users = v;
+        out->n_users = i;
+    }
+
+    one = jr_get(root, "msg");
+    arr = jr_array(root, "msgs", &n, &bad);
+    if (one && !arr)
+        n = 1;
+    if ((arr || one) && n > 0 && !bad) {
+        pl_message *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
+        uint32_t i = 0;
+
+        if (!v)
+            return PL_ERR_NOMEM;
+        memset(v, 0, (size_t)n * sizeof *v);
+        if (arr) {
+            cJSON_ArrayForEach(el, arr) {
+                if (i < n)
+                    jr_msg(el, &v[i++], &bad);
+            }
+        } else {
+            jr_msg(one, &v[i++], &bad);
+        }
+        out->msgs = v;
+        out->n_msgs = i;
+    }
+
+    arr = jr_array(root, "servers", &n, &bad);
+    if (arr && n > 0 && !bad) {
+        pl_server_status *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
+        uint32_t i = 0;
+
+        if (!v)
+            return PL_ERR_NOMEM;
+        cJSON_ArrayForEach(el, arr) {
+            pl_server_status *s;
+
+            if (i >= n)
+                break;
+            s = &v[i++];
+            memset(s, 0, sizeof *s);
+            if (!cJSON_IsObject(el)) {
+                bad = 1;
+                break;
+            }
+            s->id = jr_u32(el, "id", &bad);
+            s->address = jr_str(el, "address", &bad);
+            s->reachable = jr_bool(el, "reachable", &bad);
+            s->role = jr_str(el, "role", &bad);
+            s->view = jr_u64(el, "view", &bad);
+            s->op = jr_u64(el, "op", &bad);
+            s->commit = jr_u64(el, "commit", &bad);
+            s->applied = jr_u64(el, "applied", &bad);
+            s->store = jr_str(el, "store", &bad);
+            s->transport = jr_str(el, "transport", &bad);
+            s->digest = jr_str(el, "digest", &bad);
+        }
+        out->servers = v;
+        out->n_servers = i;
+    }
+    if (bad)
+        return PL_ERR_MALFORMED;
+    *used = u;
+    return PL_OK;
+}
