@@ -99,7 +99,7 @@ int main(int argc, char **argv)
     int c;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "+c:i:d:l:Vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:i:d:l:Vh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config_path = optarg; break;
         case 'i': id_text = optarg; break;

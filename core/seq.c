@@ -274,6 +274,9 @@ static void flush_batch(pl_seq *q)
                pl_strerror(rc));
         q->need_replay = 1;
     }
+    if (rc == PL_OK)
+        pl_log(PL_LOG_DEBUG, "committed ops %llu-%llu (%zu in one log write)",
+               (unsigned long long)first, (unsigned long long)(first + n - 1), n);
     for (size_t i = 0; i < n; i++) {
         if (rc == PL_OK) {
             finish(q, q->items[i], PL_OK, first + i, &q->results[i]);
