@@ -569,7 +569,7 @@ static void conn_lost(parley_client *c, int err, const char *why, int count_loss
         /* Requests give up after every candidate server failed twice; a
          * subscription keeps trying until its deadline, so a listener
          * survives a server restart. */
-        if (!p->is_subscribe && p->losses >= max_losses && max_losses >= 2)
+        if (!p->is_subscribe && p->losses >= max_losses)
             pending_complete(p, err, NULL);
     }
     if (c->subscribed && !have_sub)
@@ -666,14 +666,16 @@ static void pending_timer_cb(evutil_socket_t fd, short what, void *arg)
             request_drop(c, 1, 0);
         else
             kick_at(c, 0);
-    } else if (p->attempt_deadline && now >= p->attempt_deadline && p->sent_gen == c->conn_gen) {
-        /* The server took the request and said nothing: it may be paused or
-         * partitioned. Try the next one; the resend is safe (same
-         * client_id/request_no). */
+    } else if (p->attempt_deadline && now >= p->attempt_deadline) {
         p->attempt_deadline = 0;
-        p->last_err = PL_ERR_TIMEOUT;
-        snprintf(p->last_text, sizeof p->last_text, "no answer from %s", c->conn_addr);
-        request_drop(c, 1, 1);
+        if (c->conn && p->sent_gen == c->conn_gen) {
+            /* The server took the request and said nothing: it may be paused
+             * or partitioned. Try the next one; the resend is safe (same
+             * client_id/request_no). */
+            p->last_err = PL_ERR_TIMEOUT;
+            snprintf(p->last_text, sizeof p->last_text, "no answer from %s", c->conn_addr);
+            request_drop(c, 1, 1);
+        }
     }
     pending_arm(p);
 }
