@@ -239,7 +239,12 @@ static void conn_send(pl_conn *c, const pl_response *r)
         return; /* closed while the request was in flight: nobody to tell */
     conn_ref(c);
     int rc = s->tp->conn_send(c->tc, r);
-    if (rc != PL_OK) {
+    if (rc == PL_ERR_IO) {
+        /* The connection is already closing (bad frame, shutdown, output
+         * over its limit); its conn_closed is on the way. */
+        pl_log(PL_LOG_DEBUG, "%s: %s frame dropped: connection closing", c->peer,
+               pl_method_name(r->method));
+    } else if (rc != PL_OK) {
         if (r->method == PL_M_PUSH) {
             pl_log(PL_LOG_WARN, "push of message %" PRIu64 " to %s failed: %s",
                    r->n_msgs ? r->msgs[0].id : 0, c->peer, pl_strerror(rc));
