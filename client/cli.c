@@ -332,6 +332,14 @@ static int refuse_local(const cli *k, int err, const char *detail)
     return fail_with(k, err, buf);
 }
 
+static int page_limit(const cli *k, const char *opt)
+{
+    char buf[128];
+
+    snprintf(buf, sizeof buf, "%s must be at most %u", opt, PL_PAGE_MAX);
+    return fail_with(k, PL_ERR_PAGE, buf);
+}
+
 /* ------------------------------------------------------------------ */
 /* Input validation (friendlier errors; the server enforces anyway)    */
 /* ------------------------------------------------------------------ */
@@ -849,7 +857,7 @@ static int cmd_users(cli *k, args *a)
     if (!valid_pattern(pattern))
         return refuse_local(k, PL_ERR_PATTERN, NULL);
     if (a->limit > PL_PAGE_MAX)
-        return refuse_local(k, PL_ERR_PAGE, "--limit");
+        return page_limit(k, "--limit");
     if ((e = session_load(k, NULL, 0)) != 0)
         return e;
     e = parley_list_users(k->c, pattern, a->offset, a->limit, &r);
@@ -990,7 +998,7 @@ static int cmd_read(cli *k, args *a)
     if (a->npos)
         return usage_error("read", "read takes no arguments besides -n N");
     if (a->n > PL_PAGE_MAX)
-        return refuse_local(k, PL_ERR_PAGE, "-n");
+        return page_limit(k, "-n");
     if ((e = session_load(k, NULL, 0)) != 0)
         return e;
     e = parley_read(k->c, a->n, &r);
@@ -1008,7 +1016,7 @@ static int cmd_pages(cli *k, args *a, const char *cmd, const char *peer)
     int e;
 
     if (a->limit > PL_PAGE_MAX)
-        return refuse_local(k, PL_ERR_PAGE, "--limit");
+        return page_limit(k, "--limit");
     if ((e = session_load(k, NULL, 0)) != 0)
         return e;
     if (peer)
@@ -1048,8 +1056,11 @@ static int cmd_ids(cli *k, args *a, const char *cmd, int del)
 
     if (a->npos == 0)
         return usage_error(cmd, "%s takes at least one message ID", cmd);
-    if ((uint32_t)a->npos > PL_IDS_MAX)
-        return refuse_local(k, PL_ERR_TOO_MANY_IDS, NULL);
+    if ((uint32_t)a->npos > PL_IDS_MAX) {
+        char buf[96];
+        snprintf(buf, sizeof buf, "at most %u message IDs in one %s", PL_IDS_MAX, cmd);
+        return fail_with(k, PL_ERR_TOO_MANY_IDS, buf);
+    }
     ids = calloc((size_t)a->npos, sizeof *ids);
     if (!ids)
         return fail_with(k, PL_ERR_NOMEM, pl_strerror(PL_ERR_NOMEM));
