@@ -90,29 +90,32 @@ int js_b64_decode(uint8_t *out, size_t cap, const char *in, size_t len, size_t *
     return 0;
 }
 
+static uint32_t js_crc_table[256];
+
+/* Filled when the module is loaded, before any instance exists, so no two
+ * threads ever race on it. */
+__attribute__((constructor)) static void js_crc_init(void)
+{
+    uint32_t i;
+
+    for (i = 0; i < 256; i++) {
+        uint32_t v = i;
+        int k;
+
+        for (k = 0; k < 8; k++)
+            v = (v & 1) ? 0xedb88320u ^ (v >> 1) : v >> 1;
+        js_crc_table[i] = v;
+    }
+}
+
 uint32_t js_crc32(const void *p, size_t n)
 {
-    static uint32_t table[256];
-    static int ready;
     const uint8_t *b = p;
     uint32_t c = 0xffffffffu;
     size_t i;
 
-    if (!ready) {
-        /* Single-threaded per instance, and every thread computes the same
-         * table, so a race here writes identical values. */
-        for (i = 0; i < 256; i++) {
-            uint32_t v = (uint32_t)i;
-            int k;
-
-            for (k = 0; k < 8; k++)
-                v = (v & 1) ? 0xedb88320u ^ (v >> 1) : v >> 1;
-            table[i] = v;
-        }
-        ready = 1;
-    }
     for (i = 0; i < n; i++)
-        c = table[(c ^ b[i]) & 0xff] ^ (c >> 8);
+        c = js_crc_table[(c ^ b[i]) & 0xff] ^ (c >> 8);
     return c ^ 0xffffffffu;
 }
 

@@ -132,9 +132,12 @@ static int js_log_cut(pl_store *s, uint64_t off, uint64_t file_size, uint64_t ne
 {
     js_log *l = &s->log;
 
+    char at[48] = "the first entry";
+
+    if (next_op)
+        snprintf(at, sizeof at, "op %" PRIu64, next_op);
     js_log_msg(s, PL_LOG_WARN, "%s: cutting %" PRIu64 " bytes at byte %" PRIu64
-               " (entry for op %" PRIu64 " onward): %s", l->path, file_size - off, off,
-               next_op, why);
+               " (from %s on): %s", l->path, file_size - off, off, at, why);
     if (ftruncate(l->fd, (off_t)off) != 0 || (s->sync_on && fdatasync(l->fd) != 0)) {
         js_log_msg(s, PL_LOG_ERROR, "cannot cut %s: %s", l->path, strerror(errno));
         return PL_ERR_IO;
