@@ -32,8 +32,8 @@
  *   or checkpoint_mb MiB (default 64) were appended to the log since the
  *   last one, and at close.
  *   After a crash, applied_op() is the checkpoint's, and the core replays
- *   the log from there; the log keeps every entry past the checkpoint
- *   (log_compact never drops them; it writes a checkpoint first if needed).
+ *   the log from there; log_compact writes a checkpoint first when it would
+ *   drop entries between the checkpoint and the applied op.
  *   Meta keys carry a store-wide sequence number so that when a key was
  *   written in both files the newer write wins at load.
  *
@@ -423,23 +423,22 @@ static int js_api_log_truncate(pl_store *s, uint64_t after)
     return js_log_truncate(s, after);
 }
 
-/* Entries past the checkpoint are what a restart replays: never drop them.
- * Write a checkpoint first when the core compacts past it; inside a
- * transaction the state is not a committed one, so only clamp. */
+/* The entries between the checkpoint and the applied op are what a restart
+ * replays: before dropping any of them, write a checkpoint of the applied
+ * state. Inside a transaction (uncommitted state) or when that write fails,
+ * keep them instead; keeping entries is always safe. Entries past the
+ * applied op are the core's to drop (e.g. after installing a snapshot). */
 static int js_api_log_compact(pl_store *s, uint64_t before)
 {
-    int err;
-
     if (s->log.n == 0 || before <= s->log.first)
         return PL_OK;
-    if (before > s->ckpt_applied + 1 && !s->in_txn && s->applied > s->ckpt_applied) {
-        if ((err = js_ckpt_write(s)) != PL_OK)
-            return err;
-    }
-    if (before > s->ckpt_applied + 1) {
-        js_log_msg(s, PL_LOG_DEBUG, "log_compact: keeping ops from %" PRIu64 " (asked %" PRIu64
-                   "): they are past the checkpoint", s->ckpt_applied + 1, before);
-        before = s->ckpt_applied + 1;
+    if (before > s->ckpt_applied + 1 && s->applied > s->ckpt_applied) {
+        if (s->in_txn || js_ckpt_write(s) != PL_OK) {
+            js_log_msg(s, PL_LOG_WARN, "log_compact: keeping ops from %" PRIu64 " (asked %"
+                       PRIu64 "): they are needed to replay past the checkpoint",
+                       s->ckpt_applied + 1, before);
+            before = s->ckpt_applied + 1;
+        }
     }
     return js_log_compact(s, before);
 }
