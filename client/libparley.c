@@ -1402,3 +1402,8 @@ uint64_t parley_last_delivered(const parley_client *c)
 {
     return c->last_delivered;
 }
+
+const char *parley_server_address(const parley_client *c)
+{
+    return c->conn && c->conn_live ? c->conn_addr : "";
+}

@@ -201,6 +201,11 @@ void parley_stop(parley_client *c);
 /* Highest message id delivered to the on_message callback so far. */
 uint64_t parley_last_delivered(const parley_client *c);
 
+/* Address ("host:port") of the server the client's connection goes to, ""
+ * while no connection has answered; for status displays (the terminal UI's
+ * status bar). Owned by the client, valid until the next call into it. */
+const char *parley_server_address(const parley_client *c);
+
 #ifdef __cplusplus
 }
 #endif
