@@ -600,9 +600,12 @@ static cJSON *js_parse(js_rd *r, const char *buf, size_t len, const char *format
     const cJSON *v;
 
     if (!root) {
-        char where[48];
+        char where[64];
+        size_t off = end ? (size_t)(end - buf) : 0, line = 1, i;
 
-        snprintf(where, sizeof where, "byte %zu", end ? (size_t)(end - buf) : (size_t)0);
+        for (i = 0; i < off && i < len; i++)
+            line += buf[i] == '\n';
+        snprintf(where, sizeof where, "line %zu (byte %zu)", line, off);
         js_bad(r, where, (size_t)-1, "%s", "not valid JSON (or out of memory)");
         return NULL;
     }

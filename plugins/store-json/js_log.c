@@ -339,6 +339,7 @@ int js_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, void *ud)
     js_log *l = &s->log;
     uint64_t last = js_log_last(l);
     size_t i, end;
+    int stop;
 
     if (l->n == 0 || from > to || from > last || to < l->first)
         return PL_OK;
@@ -389,7 +390,10 @@ int js_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, void *ud)
             le.view = view;
             le.data = data;
             le.len = (uint32_t)dlen;
-            if (cb(ud, &le) != 0)
+            s->scanning = 1;
+            stop = cb(ud, &le) != 0;
+            s->scanning = 0;
+            if (stop)
                 return PL_OK;
         }
         i = j;

@@ -95,6 +95,17 @@ void js_log_msg(pl_store *s, int level, const char *fmt, ...)
 
 static void js_ckpt_schedule(pl_store *s);
 
+/* store.h forbids calling back into the store from a scan callback. A
+ * change made there would move the arrays the scan is walking, so refuse
+ * it instead of reading freed memory. */
+static int js_reentered(pl_store *s, const char *what)
+{
+    if (!s->scanning)
+        return 0;
+    js_log_msg(s, PL_LOG_ERROR, "%s called from inside a scan callback", what);
+    return 1;
+}
+
 /* ---- lifecycle ---- */
 
 static void js_free(pl_store *s)
@@ -320,6 +331,8 @@ static int js_meta_set(pl_store *s, const char *key, uint64_t val)
     js_undo u;
     int err;
 
+    if (js_reentered(s, "meta_set"))
+        return PL_ERR_INTERNAL;
     if (!key || !js_meta_key_ok(key)) {
         js_log_msg(s, PL_LOG_ERROR, "meta_set: keys are 1-%u characters of A-Z a-z 0-9 _ . -",
                    JS_META_KEY_MAX);
@@ -389,6 +402,8 @@ static int js_api_log_append(pl_store *s, const pl_log_entry *e, size_t n)
 {
     int err;
 
+    if (js_reentered(s, "log_append"))
+        return PL_ERR_INTERNAL;
     if (n == 0)
         return PL_OK;
     if (!e)
@@ -409,15 +424,26 @@ static int js_log_bounds(pl_store *s, uint64_t *first, uint64_t *last)
 
 static int js_api_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, void *ud)
 {
+    int err;
+
     if (!cb)
         return PL_ERR_INVALID;
-    return js_log_read(s, from, to, cb, ud);
+    err = js_log_read(s, from, to, cb, ud);
+    /* A read of a huge entry grew the buffer; do not keep that forever. */
+    if (s->log.scratch_cap > (8u << 20)) {
+        free(s->log.scratch);
+        s->log.scratch = NULL;
+        s->log.scratch_cap = 0;
+    }
+    return err;
 }
 
 static int js_api_log_truncate(pl_store *s, uint64_t after)
 {
     int err;
 
+    if (js_reentered(s, "log_truncate"))
+        return PL_ERR_INTERNAL;
     if ((err = js_not_in_txn(s, "log_truncate")) != PL_OK)
         return err;
     return js_log_truncate(s, after);
@@ -430,6 +456,8 @@ static int js_api_log_truncate(pl_store *s, uint64_t after)
  * applied op are the core's to drop (e.g. after installing a snapshot). */
 static int js_api_log_compact(pl_store *s, uint64_t before)
 {
+    if (js_reentered(s, "log_compact"))
+        return PL_ERR_INTERNAL;
     if (s->log.n == 0 || before <= s->log.first)
         return PL_OK;
     if (before > s->ckpt_applied + 1 && s->applied > s->ckpt_applied) {
@@ -460,6 +488,8 @@ static void js_ckpt_schedule(pl_store *s)
 
 static int js_begin(pl_store *s)
 {
+    if (js_reentered(s, "begin"))
+        return PL_ERR_INTERNAL;
     if (s->in_txn) {
         js_log_msg(s, PL_LOG_ERROR, "begin: a transaction is already open");
         return PL_ERR_INVALID;
@@ -471,6 +501,8 @@ static int js_begin(pl_store *s)
 
 static int js_commit(pl_store *s, uint64_t applied_op)
 {
+    if (js_reentered(s, "commit"))
+        return PL_ERR_INTERNAL;
     if (!s->in_txn) {
         js_log_msg(s, PL_LOG_ERROR, "commit without begin");
         return PL_ERR_INVALID;
@@ -499,7 +531,7 @@ static int js_commit(pl_store *s, uint64_t applied_op)
 
 static void js_abort(pl_store *s)
 {
-    if (!s->in_txn)
+    if (!s->in_txn || js_reentered(s, "abort"))
         return;
     js_undo_rollback(&s->undo, &s->st);
     s->in_txn = 0;
@@ -575,6 +607,8 @@ static int js_account_put(pl_store *s, const pl_account_rec *a)
     js_account *old, *other, *n;
     int err;
 
+    if (js_reentered(s, "account_put"))
+        return PL_ERR_INTERNAL;
     if (!a || !js_field_ok(s, "account_put", a->name) || !js_field_ok(s, "account_put", a->pwhash))
         return PL_ERR_INVALID;
     old = js_acc_by_uid(&s->st, a->uid);
@@ -630,6 +664,8 @@ static int js_account_delete(pl_store *s, uint64_t uid)
 {
     js_account *a;
 
+    if (js_reentered(s, "account_delete"))
+        return PL_ERR_INTERNAL;
     if (!js_acc_by_uid(&s->st, uid))
         return PL_ERR_NOT_FOUND;
     if (js_undo_room(s, 1) != PL_OK)
@@ -646,6 +682,7 @@ static int js_account_scan(pl_store *s, pl_str start, pl_account_cb cb, void *ud
     if (!cb)
         return PL_ERR_INVALID;
     js_acc_by_name(&s->st, start.ptr, start.len, &i);
+    s->scanning = 1;
     for (; i < s->st.n_acc; i++) {
         pl_account_rec r;
 
@@ -653,6 +690,7 @@ static int js_account_scan(pl_store *s, pl_str start, pl_account_cb cb, void *ud
         if (cb(ud, &r) != 0)
             break;
     }
+    s->scanning = 0;
     return PL_OK;
 }
 
@@ -679,6 +717,8 @@ static int js_session_put(pl_store *s, const pl_session_rec *r)
     js_session *old, *n;
     int err;
 
+    if (js_reentered(s, "session_put"))
+        return PL_ERR_INTERNAL;
     if (!r || !js_field_ok(s, "session_put", r->token_hash))
         return PL_ERR_INVALID;
     if (js_undo_room(s, 2) != PL_OK ||
@@ -711,6 +751,8 @@ static int js_session_get(pl_store *s, pl_str token_hash, pl_session_rec *out)
 
 static int js_session_delete(pl_store *s, pl_str token_hash)
 {
+    if (js_reentered(s, "session_delete"))
+        return PL_ERR_INTERNAL;
     if (!js_ses_find(&s->st, token_hash.ptr, token_hash.len, NULL))
         return PL_ERR_NOT_FOUND;
     if (js_undo_room(s, 1) != PL_OK)
@@ -726,6 +768,8 @@ static int js_session_delete_uid(pl_store *s, uint64_t uid)
     js_state *st = &s->st;
     size_t i, j = 0, hits = 0;
 
+    if (js_reentered(s, "session_delete_uid"))
+        return PL_ERR_INTERNAL;
     for (i = 0; i < st->n_ses; i++)
         hits += st->ses[i]->uid == uid;
     if (hits == 0)
@@ -748,6 +792,7 @@ static int js_session_scan(pl_store *s, pl_session_cb cb, void *ud)
 
     if (!cb)
         return PL_ERR_INVALID;
+    s->scanning = 1;
     for (i = 0; i < s->st.n_ses; i++) {
         pl_session_rec r;
 
@@ -755,6 +800,7 @@ static int js_session_scan(pl_store *s, pl_session_cb cb, void *ud)
         if (cb(ud, &r) != 0)
             break;
     }
+    s->scanning = 0;
     return PL_OK;
 }
 
@@ -780,6 +826,8 @@ static int js_message_put(pl_store *s, const pl_message_rec *m)
     js_message *n;
     int err;
 
+    if (js_reentered(s, "message_put"))
+        return PL_ERR_INTERNAL;
     if (!m || !js_field_ok(s, "message_put", m->from_name) ||
         !js_field_ok(s, "message_put", m->to_name) || !js_field_ok(s, "message_put", m->body))
         return PL_ERR_INVALID;
@@ -815,6 +863,8 @@ static int js_message_set_flags(pl_store *s, uint64_t id, uint32_t flags)
     uint32_t old;
     int err;
 
+    if (js_reentered(s, "message_set_flags"))
+        return PL_ERR_INTERNAL;
     if (!m)
         return PL_ERR_NOT_FOUND;
     if (js_undo_room(s, 1) != PL_OK)
@@ -837,6 +887,8 @@ static int js_message_set_flags(pl_store *s, uint64_t id, uint32_t flags)
 
 static int js_message_delete(pl_store *s, uint64_t id)
 {
+    if (js_reentered(s, "message_delete"))
+        return PL_ERR_INTERNAL;
     if (!js_msg_find(&s->st, id))
         return PL_ERR_NOT_FOUND;
     if (js_undo_room(s, 1) != PL_OK)
@@ -894,7 +946,12 @@ static int js_message_scan(pl_store *s, const pl_msg_query *pq, pl_message_cb cb
     q.left = pq->limit ? pq->limit : UINT64_MAX;
     q.cb = cb;
     q.ud = ud;
+    if (pq->kind < PL_Q_UNREAD || pq->kind > PL_Q_ALL) {
+        js_log_msg(s, PL_LOG_ERROR, "message_scan: unknown query kind %" PRIu32, pq->kind);
+        return PL_ERR_INVALID;
+    }
     u = js_user_get(st, pq->uid);
+    s->scanning = 1;
     switch (pq->kind) {
     case PL_Q_UNREAD:
         /* the unread index holds exactly the matches: skip by arithmetic */
@@ -954,9 +1011,9 @@ static int js_message_scan(pl_store *s, const pl_msg_query *pq, pl_message_cb cb
         }
         break;
     default:
-        js_log_msg(s, PL_LOG_ERROR, "message_scan: unknown query kind %" PRIu32, pq->kind);
-        return PL_ERR_INVALID;
+        break;
     }
+    s->scanning = 0;
     return PL_OK;
 }
 
@@ -1000,6 +1057,8 @@ static int js_client_put(pl_store *s, const pl_client_rec *c)
     js_client *old, *n;
     int err;
 
+    if (js_reentered(s, "client_put"))
+        return PL_ERR_INTERNAL;
     if (!c || !js_field_ok(s, "client_put", c->reply))
         return PL_ERR_INVALID;
     if (js_undo_room(s, 2) != PL_OK ||
@@ -1024,6 +1083,7 @@ static int js_client_scan(pl_store *s, pl_client_cb cb, void *ud)
 
     if (!cb)
         return PL_ERR_INVALID;
+    s->scanning = 1;
     for (i = 0; i < s->st.n_cli; i++) {
         pl_client_rec r;
 
@@ -1031,6 +1091,7 @@ static int js_client_scan(pl_store *s, pl_client_cb cb, void *ud)
         if (cb(ud, &r) != 0)
             break;
     }
+    s->scanning = 0;
     return PL_OK;
 }
 

@@ -173,6 +173,7 @@ struct pl_store {
     js_undo_log undo;
     js_log log;
     int in_txn;
+    int scanning;             /* inside a scan callback (store.h forbids re-entry) */
     int dirty;                /* state differs from checkpoint.json */
     uint64_t applied;
     uint64_t ckpt_applied;    /* applied op-number in checkpoint.json */
