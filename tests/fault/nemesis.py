@@ -88,7 +88,7 @@ class Nemesis:
             first = self.primary_or_random(rng, params["on_primary"])
             others = [s for s in range(n) if s != first]
             rng.shuffle(others)
-            victims = [first] + others[:min(params["count"], f) - 1]
+            victims = [first] + others[:max(1, min(params["count"], f)) - 1]
             for v in victims:
                 if kind == "kill":
                     self.c.kill(v)
