@@ -331,7 +331,7 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
     static const char *const known[] = {
         "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
         "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
-        "hash_workers", NULL
+        "hash_workers", "failback", NULL
     };
     int rc;
     uint64_t u;
@@ -398,6 +398,13 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "password_hash")) &&
         (rc = parse_pwhash(x, v, c)) != PL_OK)
         return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "failback"))) {
+        if (!cJSON_IsBool(v)) {
+            cfg_err(x, "failback", "must be true or false");
+            return PL_ERR_CONFIG;
+        }
+        c->failback = cJSON_IsTrue(v);
+    }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "hash_workers"))) {
         if ((rc = get_uint(x, v, "hash_workers", 1, PL_HASH_WORKERS_MAX, NULL, &u)) != PL_OK)
             return rc;
@@ -430,6 +437,7 @@ pl_config *pl_config_default(void)
     c->pwhash_opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
     c->pwhash_memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
     c->hash_workers = 2;
+    c->failback = 1;
     return c;
 fail:
     pl_config_free(c);

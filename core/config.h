@@ -20,6 +20,8 @@
  *   password_hash: {"opslimit": N, "memlimit": BYTES} (default: libsodium
  *                  INTERACTIVE limits)
  *   hash_workers: threads hashing passwords (default 2)
+ *   failback: true (default) | false — return the primary to the most
+ *             preferred server once it has caught up
  */
 #ifndef PL_CORE_CONFIG_H
 #define PL_CORE_CONFIG_H
@@ -58,6 +60,7 @@ typedef struct pl_config {
     uint64_t pwhash_opslimit;
     uint64_t pwhash_memlimit;
     uint32_t hash_workers;
+    int failback;                /* hand the primary back to higher priority (default 1) */
 } pl_config;
 
 /* The built-in default: one server on 127.0.0.1:8100, tcp/binary, sqlite. */

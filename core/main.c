@@ -202,12 +202,6 @@ int main(int argc, char **argv)
         pl_config_free(cfg);
         return 1;
     }
-    if (cfg->n_servers > 1) {
-        pl_log(PL_LOG_ERROR, "cluster mode with %zu servers needs replication, which this "
-               "build does not have yet", cfg->n_servers);
-        pl_config_free(cfg);
-        return 1;
-    }
     if (!data_dir)
         data_dir = cfg->data_dir ? cfg->data_dir : PL_DEFAULT_DATA_DIR;
 

@@ -1,15 +1,23 @@
 /*
- * core/seq.c — the single-server sequencer: local durable group commit
- * (seq.h).
+ * core/seq.c — the sequencer (seq.h): group commit through Viewstamped
+ * Replication.
  *
- * Order of a batch, and why:
- *   1. encode and number the ops, append them to the log with one
- *      log_append (one sync): from here on the ops survive a crash;
- *   2. apply them to the chat state in one store transaction: commit() need
- *      not sync, because a lost state commit is redone from the log by
- *      pl_seq_replay at the next start;
- *   3. only then answer the clients and push: an acknowledged op is always
- *      durable (DESIGN.md §6, invariant 1).
+ * Life of a batch on the primary, and why in this order:
+ *   1. ops submitted in one loop iteration are encoded and numbered
+ *      (pl_vr_op() + 1, ...) and parked, in order, on the in-flight list;
+ *   2. pl_vr_propose sends one PREPARE with the whole batch and appends it to
+ *      the local log with one sync; batches are pipelined: the next one does
+ *      not wait for this one's commit;
+ *   3. when f+1 servers hold the batch durably, VR reports the new commit
+ *      number (io.committed) and apply_upto() applies every committed op from
+ *      the store's log in one store transaction per chunk; only then is each
+ *      waiting client answered and each new message pushed. An acknowledged
+ *      op is therefore durable on a majority (DESIGN.md §6, invariant 1).
+ * Backups apply what the primary commits through the same apply_upto().
+ * When the view changes, the ops still in flight are failed with
+ * PL_ERR_UNAVAILABLE: they may or may not commit in the new view, and the
+ * client's retry (same client id and request number) is answered from the
+ * client table if they did.
  */
 #include "seq.h"
 
@@ -17,15 +25,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 
 #define PL_SEQ_BATCH_DEFAULT 512u
+#define PL_SEQ_TICK_MS 10
 
 typedef struct seq_item {
     struct seq_item *next;
     uint8_t *data;            /* pl_op_encode output, owned */
     size_t len;
+    uint64_t op;              /* assigned when proposed */
     pl_seq_done_fn done;
     void *ud;
 } seq_item;
@@ -38,19 +49,36 @@ struct pl_seq {
     pl_seq_host host;
     uint32_t max_batch;
     seq_item *head, *tail;    /* waiting for the next batch */
+    seq_item *fl_head, *fl_tail; /* proposed, waiting for commit; op order */
     uint32_t queued;
     uint32_t pending;         /* submitted, done not yet called */
     struct event *flush_ev;
+    struct event *tick_ev;
     int scheduled;            /* flush_ev is active or its timer pending */
-    uint64_t last_op;         /* highest op-number in the log */
-    int need_replay;          /* a previous apply failed: catch up first */
-    /* per-batch scratch, max_batch entries each */
+    int need_apply;           /* an apply failed: retry on the next tick */
+    int applying;             /* apply_upto is running (re-entrancy guard) */
+    uint64_t applied;         /* the store's applied op */
+    uint64_t seen_view;       /* view when in-flight ops were proposed */
+    int was_primary;
+    uint64_t fail_gen;        /* bumped whenever fail_inflight runs */
+    pl_vr *vr;
+    uint32_t n;               /* servers */
+    /* per-chunk scratch, max_batch entries each */
     seq_item **items;
     pl_log_entry *entries;
     pl_op *ops;
     uint64_t **ids;
     pl_apply_result *results;
+    uint8_t **data;
+    size_t *len;
 };
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 static void item_free(seq_item *it)
 {
@@ -60,21 +88,29 @@ static void item_free(seq_item *it)
     free(it);
 }
 
-/* ---- replay ---- */
+static void finish(pl_seq *q, seq_item *it, int err, uint64_t op, const pl_apply_result *res)
+{
+    q->pending--;
+    it->done(it->ud, err, op, res);
+    item_free(it);
+}
 
-typedef struct replay_chunk {
+static void schedule(pl_seq *q, int now);
+
+/* ---- applying committed ops ---- */
+
+typedef struct read_chunk {
+    pl_seq *q;
     uint64_t expect;          /* next op-number we must see */
     size_t n;
-    uint8_t **data;
-    size_t *len;
     int err;
-} replay_chunk;
+} read_chunk;
 
 /* The store forbids calling back into it from a scan callback, so entries
  * are copied here and applied after log_read returns. */
-static int replay_copy(void *ud, const pl_log_entry *e)
+static int chunk_copy(void *ud, const pl_log_entry *e)
 {
-    replay_chunk *c = ud;
+    read_chunk *c = ud;
     if (e->op != c->expect) {
         c->err = PL_ERR_CORRUPT;
         return 1;
@@ -86,54 +122,27 @@ static int replay_copy(void *ud, const pl_log_entry *e)
     }
     if (e->len)
         memcpy(d, e->data, e->len);
-    c->data[c->n] = d;
-    c->len[c->n] = e->len;
+    c->q->data[c->n] = d;
+    c->q->len[c->n] = e->len;
     c->n++;
     c->expect++;
     return 0;
 }
 
-/* Apply the log from applied_op() + 1 through min(upto, last entry). */
-static int replay_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
+/* Apply the log from applied + 1 through upto, in chunks of one store
+ * transaction each; answer in-flight ops and run host.applied per op. */
+static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
 {
-    uint64_t first = 0, last = 0;
-    int rc = q->sp->log_bounds(q->st, &first, &last);
-    if (rc != PL_OK) {
-        snprintf(err, errlen, "reading the log bounds: %s", pl_strerror(rc));
-        return rc;
-    }
-    uint64_t applied = q->sp->applied_op(q->st);
-    if (last != 0 && last < applied) {
-        snprintf(err, errlen, "the store applied op %llu but its log ends at op %llu",
-                 (unsigned long long)applied, (unsigned long long)last);
-        return PL_ERR_CORRUPT;
-    }
-    if (last > applied && first > applied + 1) {
-        snprintf(err, errlen, "the log starts at op %llu but the store applied only op %llu",
-                 (unsigned long long)first, (unsigned long long)applied);
-        return PL_ERR_CORRUPT;
-    }
-    if (q->last_op < last)
-        q->last_op = last;
-    if (q->last_op < applied)
-        q->last_op = applied;
-    if (last > upto)
-        last = upto;
-
-    uint8_t **data = calloc(q->max_batch, sizeof *data);
-    size_t *len = calloc(q->max_batch, sizeof *len);
-    if (!data || !len) {
-        free(data);
-        free(len);
-        snprintf(err, errlen, "replay: out of memory");
-        return PL_ERR_NOMEM;
-    }
-    uint64_t from = applied + 1, total = 0;
-    rc = PL_OK;
-    while (from <= last) {
-        uint64_t to = last - from + 1 > q->max_batch ? from + q->max_batch - 1 : last;
-        replay_chunk c = { from, 0, data, len, PL_OK };
-        rc = q->sp->log_read(q->st, from, to, replay_copy, &c);
+    if (q->applying)
+        return PL_OK; /* the running call continues to the new commit number */
+    q->applying = 1;
+    int rc = PL_OK;
+    uint64_t total = 0, start = q->applied + 1;
+    while (q->applied < upto) {
+        uint64_t from = q->applied + 1;
+        uint64_t to = upto - from + 1 > q->max_batch ? from + q->max_batch - 1 : upto;
+        read_chunk c = { q, from, 0, PL_OK };
+        rc = q->sp->log_read(q->st, from, to, chunk_copy, &c);
         if (rc == PL_OK && c.err != PL_OK)
             rc = c.err;
         if (rc == PL_OK && c.n != to - from + 1)
@@ -141,39 +150,135 @@ static int replay_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
         size_t decoded = 0;
         for (; rc == PL_OK && decoded < c.n; decoded++) {
             q->ids[decoded] = NULL;
-            rc = pl_op_decode(data[decoded], len[decoded], &q->ops[decoded], &q->ids[decoded]);
+            rc = pl_op_decode(q->data[decoded], q->len[decoded], &q->ops[decoded],
+                              &q->ids[decoded]);
         }
         if (rc == PL_OK)
             rc = pl_chat_apply_batch(q->chat, from, q->ops, c.n, q->results);
+        if (rc != PL_OK) {
+            snprintf(err, errlen, "applying ops %llu-%llu from the log: %s",
+                     (unsigned long long)from, (unsigned long long)to, pl_strerror(rc));
+        } else {
+            q->applied = to;
+            total += c.n;
+            for (size_t i = 0; i < c.n; i++) {
+                uint64_t op = from + i;
+                /* in-flight ops are in op order; anything below op is gone */
+                while (q->fl_head && q->fl_head->op < op) {
+                    seq_item *it = q->fl_head;
+                    q->fl_head = it->next;
+                    finish(q, it, PL_ERR_UNAVAILABLE, 0, NULL);
+                }
+                if (q->fl_head && q->fl_head->op == op) {
+                    seq_item *it = q->fl_head;
+                    q->fl_head = it->next;
+                    finish(q, it, PL_OK, op, &q->results[i]);
+                }
+                if (!q->fl_head)
+                    q->fl_tail = NULL;
+                if (q->host.applied)
+                    q->host.applied(q->host.ud, op, &q->results[i]);
+            }
+        }
         for (size_t i = 0; i < decoded; i++) {
             free(q->ids[i]);
             q->ids[i] = NULL;
         }
         for (size_t i = 0; i < c.n; i++)
-            free(data[i]);
-        if (rc != PL_OK) {
-            snprintf(err, errlen, "replaying ops %llu-%llu from the log: %s",
-                     (unsigned long long)from, (unsigned long long)to, pl_strerror(rc));
+            free(q->data[i]);
+        if (rc != PL_OK)
             break;
-        }
-        total += c.n;
-        from = to + 1;
     }
-    free(data);
-    free(len);
-    if (rc == PL_OK) {
-        q->need_replay = 0;
-        if (total)
-            pl_log(PL_LOG_INFO, "replayed %llu ops (%llu-%llu) from the log",
-                   (unsigned long long)total, (unsigned long long)(applied + 1),
-                   (unsigned long long)last);
-    }
+    q->applying = 0;
+    q->need_apply = rc != PL_OK;
+    if (rc == PL_OK && total)
+        pl_log(PL_LOG_DEBUG, "applied ops %llu-%llu", (unsigned long long)start,
+               (unsigned long long)q->applied);
     return rc;
 }
 
-int pl_seq_replay(pl_seq *q, char *err, size_t errlen)
+/* ---- VR io ---- */
+
+static int io_append(void *ud, const pl_log_entry *e, size_t n)
 {
-    return replay_upto(q, UINT64_MAX, err, errlen);
+    pl_seq *q = ud;
+    return q->sp->log_append(q->st, e, n);
+}
+
+static int io_truncate(void *ud, uint64_t after)
+{
+    pl_seq *q = ud;
+    if (after < q->applied) {
+        /* VR never cuts below its commit number, and we apply only committed
+         * ops: this would be a protocol bug, and must not destroy state. */
+        pl_log(PL_LOG_ERROR, "refusing to cut the log below applied op %llu (after %llu)",
+               (unsigned long long)q->applied, (unsigned long long)after);
+        return PL_ERR_INTERNAL;
+    }
+    return q->sp->log_truncate(q->st, after);
+}
+
+static int io_read(void *ud, uint64_t from, uint64_t to, pl_log_cb cb, void *cbud)
+{
+    pl_seq *q = ud;
+    return q->sp->log_read(q->st, from, to, cb, cbud);
+}
+
+static int io_save(void *ud, const char *key, uint64_t val)
+{
+    pl_seq *q = ud;
+    char k[32];
+    snprintf(k, sizeof k, "vr_%s", key);
+    return q->sp->meta_set(q->st, k, val);
+}
+
+static void io_send(void *ud, uint32_t to, const pl_vr_msg *m)
+{
+    pl_seq *q = ud;
+    if (q->host.send)
+        q->host.send(q->host.ud, to, m);
+}
+
+static void io_committed(void *ud, uint64_t commit)
+{
+    pl_seq *q = ud;
+    char err[256];
+    if (apply_upto(q, commit, err, sizeof err) != PL_OK)
+        pl_log(PL_LOG_ERROR, "%s (retrying)", err);
+    if (q->head)
+        schedule(q, 0); /* the window may have room again */
+}
+
+/* Fail every in-flight op: after a view change nobody here can tell whether
+ * it will commit. */
+static void fail_inflight(pl_seq *q, int err)
+{
+    q->fail_gen++;
+    while (q->fl_head) {
+        seq_item *it = q->fl_head;
+        q->fl_head = it->next;
+        finish(q, it, err, 0, NULL);
+    }
+    q->fl_tail = NULL;
+}
+
+static void io_changed(void *ud)
+{
+    pl_seq *q = ud;
+    int primary = pl_vr_is_primary(q->vr);
+    uint64_t view = pl_vr_view(q->vr);
+    if (view != q->seen_view || !primary)
+        fail_inflight(q, PL_ERR_UNAVAILABLE);
+    if (primary != q->was_primary || view != q->seen_view)
+        pl_log(PL_LOG_INFO, "%s in view %llu (primary: server %u)",
+               primary ? "primary" : pl_vr_role(q->vr, mono_ms()),
+               (unsigned long long)view, pl_vr_primary(q->vr));
+    q->seen_view = view;
+    q->was_primary = primary;
+    if (q->host.changed)
+        q->host.changed(q->host.ud);
+    if (q->head)
+        schedule(q, 0);
 }
 
 /* ---- group commit ---- */
@@ -195,102 +300,101 @@ static void schedule(pl_seq *q, int now)
     }
 }
 
-static void finish(pl_seq *q, seq_item *it, int err, uint64_t op, const pl_apply_result *res)
+static void fail_queued(pl_seq *q, int err)
 {
-    q->pending--;
-    it->done(it->ud, err, op, res);
-}
-
-static void flush_batch(pl_seq *q)
-{
-    size_t n = 0;
-    while (q->head && n < q->max_batch) {
+    while (q->head) {
         seq_item *it = q->head;
         q->head = it->next;
-        it->next = NULL;
-        q->items[n++] = it;
+        q->queued--;
+        finish(q, it, err, 0, NULL);
     }
-    if (!q->head)
-        q->tail = NULL;
-    q->queued -= (uint32_t)n;
-    if (n == 0)
-        return;
+    q->tail = NULL;
+}
 
-    uint64_t first = q->last_op + 1;
+/* Returns 1 when a batch was proposed (more may follow). */
+static int flush_batch(pl_seq *q)
+{
+    if (!q->head)
+        return 0;
+    uint64_t now = mono_ms();
+    if (q->need_apply) {
+        char err[256];
+        if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK) {
+            pl_log(PL_LOG_ERROR, "%s", err);
+            fail_queued(q, PL_ERR_IO);
+            return 0;
+        }
+    }
+    if (!pl_vr_can_serve(q->vr, now)) {
+        /* A backup, a view change, or a primary without its lease: the
+         * request code answered most of these already; whatever slipped
+         * through fails the same way. */
+        int st = pl_vr_status(q->vr);
+        fail_queued(q, st == PL_VR_NORMAL && !pl_vr_is_primary(q->vr) ? PL_ERR_NOT_PRIMARY
+                                                                     : PL_ERR_UNAVAILABLE);
+        return 0;
+    }
+    size_t n = 0;
+    for (seq_item *it = q->head; it && n < q->max_batch; it = it->next)
+        q->items[n++] = it;
+    uint64_t first = pl_vr_op(q->vr) + 1;
     for (size_t i = 0; i < n; i++) {
         q->entries[i].op = first + i;
         q->entries[i].view = 0;
         q->entries[i].data = q->items[i]->data;
         q->entries[i].len = (uint32_t)q->items[i]->len;
     }
-    int rc = q->sp->log_append(q->st, q->entries, n);
-    if (rc != PL_OK) {
-        /* Nothing of this batch is known durable: fail it, and re-read where
-         * the log really ends before numbering the next batch. */
-        pl_log(PL_LOG_ERROR, "log append of ops %llu-%llu failed: %s",
-               (unsigned long long)first, (unsigned long long)(first + n - 1), pl_strerror(rc));
-        uint64_t f = 0, l = 0;
-        if (q->sp->log_bounds(q->st, &f, &l) == PL_OK && l > q->last_op)
-            q->last_op = l;
-        q->need_replay = 1;
-        for (size_t i = 0; i < n; i++) {
-            finish(q, q->items[i], PL_ERR_IO, 0, NULL);
-            item_free(q->items[i]);
-        }
-        return;
-    }
-    q->last_op = first + n - 1;
+    /* Move them to the in-flight list before proposing: a single server
+     * commits (and answers) inside pl_vr_propose. */
+    seq_item *last = q->items[n - 1];
+    q->head = last->next;
+    if (!q->head)
+        q->tail = NULL;
+    last->next = NULL;
+    q->queued -= (uint32_t)n;
+    for (size_t i = 0; i < n; i++)
+        q->items[i]->op = first + i;
+    seq_item *batch = q->items[0];
+    if (q->fl_tail)
+        q->fl_tail->next = batch;
+    else
+        q->fl_head = batch;
+    q->fl_tail = last;
+    q->seen_view = pl_vr_view(q->vr);
 
-    char err[256];
-    if (q->need_replay || q->sp->applied_op(q->st) + 1 < first) {
-        /* An earlier apply failed: those ops are in the log ahead of this
-         * batch, so apply them first, in order. */
-        rc = replay_upto(q, first - 1, err, sizeof err);
-        if (rc != PL_OK) {
-            pl_log(PL_LOG_ERROR, "catching up the state from the log: %s", err);
-            q->need_replay = 1;
-            for (size_t i = 0; i < n; i++) {
-                finish(q, q->items[i], rc, 0, NULL);
-                item_free(q->items[i]);
-            }
-            return;
-        }
-    }
-
-    size_t decoded = 0;
-    for (; decoded < n; decoded++) {
-        q->ids[decoded] = NULL;
-        rc = pl_op_decode(q->entries[decoded].data, q->entries[decoded].len,
-                          &q->ops[decoded], &q->ids[decoded]);
-        if (rc != PL_OK)
-            break;
-    }
+    uint64_t got = 0, gen = q->fail_gen;
+    int rc = pl_vr_propose(q->vr, q->entries, n, &got, now);
     if (rc == PL_OK)
-        rc = pl_chat_apply_batch(q->chat, first, q->ops, n, q->results);
-    if (rc != PL_OK) {
-        pl_log(PL_LOG_ERROR, "applying ops %llu-%llu failed: %s (they are in the log "
-               "and will be applied before the next batch or at restart)",
-               (unsigned long long)first, (unsigned long long)(first + n - 1),
-               pl_strerror(rc));
-        q->need_replay = 1;
+        return 1;
+    if (gen != q->fail_gen)
+        return 0; /* a view change inside propose already failed the batch */
+    /* Not proposed: take the batch back off the in-flight list (it is its
+     * tail; nothing of it can have been answered). */
+    seq_item **pp = &q->fl_head;
+    q->fl_tail = NULL;
+    while (*pp && *pp != batch) {
+        q->fl_tail = *pp;
+        pp = &(*pp)->next;
     }
-    if (rc == PL_OK)
-        pl_log(PL_LOG_DEBUG, "committed ops %llu-%llu (%zu in one log write)",
-               (unsigned long long)first, (unsigned long long)(first + n - 1), n);
-    for (size_t i = 0; i < n; i++) {
-        if (rc == PL_OK) {
-            finish(q, q->items[i], PL_OK, first + i, &q->results[i]);
-            if (q->host.applied)
-                q->host.applied(q->host.ud, first + i, &q->results[i]);
-        } else {
-            finish(q, q->items[i], rc, 0, NULL);
-        }
-        item_free(q->items[i]);
+    *pp = NULL;
+    if (rc == PL_ERR_BUSY) {
+        /* The pipeline window is full: back to the queue, in order; a commit
+         * reschedules us. */
+        last->next = q->head;
+        q->head = batch;
+        if (!q->tail)
+            q->tail = last;
+        q->queued += (uint32_t)n;
+        return 0;
     }
-    for (size_t i = 0; i < decoded; i++) {
-        free(q->ids[i]);
-        q->ids[i] = NULL;
+    pl_log(rc == PL_ERR_NOT_PRIMARY || rc == PL_ERR_UNAVAILABLE ? PL_LOG_DEBUG : PL_LOG_ERROR,
+           "proposing ops %llu-%llu failed: %s", (unsigned long long)first,
+           (unsigned long long)(first + n - 1), pl_strerror(rc));
+    for (seq_item *it = batch, *next; it; it = next) {
+        next = it->next;
+        finish(q, it, rc, 0, NULL);
     }
+    return 0;
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -299,8 +403,43 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     (void)what;
     pl_seq *q = arg;
     q->scheduled = 0;
-    flush_batch(q);
-    schedule(q, 0);
+    if (flush_batch(q))
+        schedule(q, 0);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pl_seq *q = arg;
+    pl_vr_tick(q->vr, mono_ms());
+    if (q->need_apply) {
+        char err[256];
+        if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
+            pl_log(PL_LOG_ERROR, "%s (retrying)", err);
+    }
+    if (q->head)
+        schedule(q, 0);
+}
+
+/* ---- lifecycle ---- */
+
+typedef struct last_entry {
+    uint64_t view;
+} last_entry;
+
+static int last_cb(void *ud, const pl_log_entry *e)
+{
+    ((last_entry *)ud)->view = e->view;
+    return 1;
+}
+
+static uint64_t meta_or_zero(pl_seq *q, const char *key)
+{
+    uint64_t v = 0;
+    if (q->sp->meta_get(q->st, key, &v) != PL_OK)
+        v = 0;
+    return v;
 }
 
 pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store *st,
@@ -322,16 +461,81 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     q->ops = calloc(q->max_batch, sizeof *q->ops);
     q->ids = calloc(q->max_batch, sizeof *q->ids);
     q->results = calloc(q->max_batch, sizeof *q->results);
-    if (!q->items || !q->entries || !q->ops || !q->ids || !q->results)
+    q->data = calloc(q->max_batch, sizeof *q->data);
+    q->len = calloc(q->max_batch, sizeof *q->len);
+    if (!q->items || !q->entries || !q->ops || !q->ids || !q->results || !q->data || !q->len)
         goto nomem;
     q->flush_ev = event_new(base, -1, 0, on_flush, q);
-    if (!q->flush_ev)
+    q->tick_ev = event_new(base, -1, EV_PERSIST, on_tick, q);
+    if (!q->flush_ev || !q->tick_ev)
         goto nomem;
+
+    /* Durable replica state (the store) -> VR. */
+    uint64_t first = 0, last = 0;
+    int rc = sp->log_bounds(st, &first, &last);
+    if (rc != PL_OK) {
+        snprintf(err, errlen, "reading the log bounds: %s", pl_strerror(rc));
+        goto fail;
+    }
+    q->applied = sp->applied_op(st);
+    if (last != 0 && last < q->applied) {
+        snprintf(err, errlen, "the store applied op %llu but its log ends at op %llu",
+                 (unsigned long long)q->applied, (unsigned long long)last);
+        goto fail;
+    }
+    if (last > q->applied && first > q->applied + 1) {
+        snprintf(err, errlen, "the log starts at op %llu but the store applied only op %llu",
+                 (unsigned long long)first, (unsigned long long)q->applied);
+        goto fail;
+    }
+    last_entry le = { 0 };
+    if (last && (rc = sp->log_read(st, last, last, last_cb, &le)) != PL_OK) {
+        snprintf(err, errlen, "reading log entry %llu: %s", (unsigned long long)last,
+                 pl_strerror(rc));
+        goto fail;
+    }
+    pl_vr_config single = { .n = 1, .self = 0 };
+    const pl_vr_config *cfg = q->host.vr ? q->host.vr : &single;
+    q->n = cfg->n;
+    pl_vr_durable d = {
+        .view = meta_or_zero(q, "vr_view"),
+        .lnv = meta_or_zero(q, "vr_lnv"),
+        .op = last ? last : q->applied,
+        .op_view = le.view,
+        /* Alone, every op in the log was committed when it was appended; in
+         * a cluster only what was applied is known committed. */
+        .commit = cfg->n == 1 ? (last ? last : q->applied) : q->applied,
+    };
+    if (d.lnv > d.view)
+        d.view = d.lnv;
+    pl_vr_io io = { q, io_append, io_truncate, io_read, io_save, io_send, io_committed,
+                    io_changed };
+    q->vr = pl_vr_new(cfg, &io, &d, mono_ms());
+    if (!q->vr) {
+        snprintf(err, errlen, "replication: bad configuration (%u servers, self %u)", cfg->n,
+                 cfg->self);
+        goto fail;
+    }
+    q->seen_view = pl_vr_view(q->vr);
+    q->was_primary = pl_vr_is_primary(q->vr);
+    struct timeval tick = { 0, PL_SEQ_TICK_MS * 1000 };
+    event_add(q->tick_ev, &tick);
     return q;
 nomem:
     snprintf(err, errlen, "sequencer: out of memory");
+fail:
     pl_seq_free(q);
     return NULL;
+}
+
+int pl_seq_replay(pl_seq *q, char *err, size_t errlen)
+{
+    uint64_t before = q->applied;
+    int rc = apply_upto(q, pl_vr_commit(q->vr), err, errlen);
+    if (rc == PL_OK && q->applied > before)
+        pl_log(PL_LOG_INFO, "replayed ops %llu-%llu from the log",
+               (unsigned long long)(before + 1), (unsigned long long)q->applied);
+    return rc;
 }
 
 int pl_seq_submit(pl_seq *q, const pl_op *op, pl_seq_done_fn done, void *ud)
@@ -361,6 +565,21 @@ int pl_seq_submit(pl_seq *q, const pl_op *op, pl_seq_done_fn done, void *ud)
     return PL_OK;
 }
 
+void pl_seq_receive(pl_seq *q, const pl_vr_msg *m)
+{
+    pl_vr_receive(q->vr, m, mono_ms());
+}
+
+const pl_vr *pl_seq_vr(const pl_seq *q)
+{
+    return q->vr;
+}
+
+int pl_seq_can_serve(const pl_seq *q)
+{
+    return pl_vr_can_serve(q->vr, mono_ms());
+}
+
 uint32_t pl_seq_pending(const pl_seq *q)
 {
     return q->pending;
@@ -368,38 +587,39 @@ uint32_t pl_seq_pending(const pl_seq *q)
 
 uint64_t pl_seq_last_op(const pl_seq *q)
 {
-    return q->last_op;
+    return pl_vr_op(q->vr);
 }
 
 uint64_t pl_seq_view(const pl_seq *q)
 {
-    (void)q;
-    return 0;
+    return pl_vr_view(q->vr);
 }
 
 void pl_seq_free(pl_seq *q)
 {
     if (!q)
         return;
-    /* Commit what is queued: those clients were promised an answer. */
-    while (q->head && q->items) {
-        uint32_t before = q->queued;
-        flush_batch(q);
-        if (q->queued >= before)
-            break;
+    /* Commit what is queued when that can finish here and now (a single
+     * server): those clients were promised an answer. In a cluster a commit
+     * needs the network, which is going away: fail them, the clients retry
+     * elsewhere with the same request numbers. */
+    if (q->vr && q->n == 1) {
+        while (q->head && flush_batch(q))
+            ;
     }
-    while (q->head) {
-        seq_item *it = q->head;
-        q->head = it->next;
-        finish(q, it, PL_ERR_UNAVAILABLE, 0, NULL);
-        item_free(it);
-    }
+    fail_queued(q, PL_ERR_UNAVAILABLE);
+    fail_inflight(q, PL_ERR_UNAVAILABLE);
     if (q->flush_ev)
         event_free(q->flush_ev);
+    if (q->tick_ev)
+        event_free(q->tick_ev);
+    pl_vr_free(q->vr);
     free(q->items);
     free(q->entries);
     free(q->ops);
     free(q->ids);
     free(q->results);
+    free(q->data);
+    free(q->len);
     free(q);
 }

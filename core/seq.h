@@ -10,10 +10,11 @@
  * in order. Batches are capped (max_batch); a longer queue continues in the
  * next loop iteration so other connections are served between batches.
  *
- * This file's implementation is the single-server "local durable commit".
- * The replication module replaces the commit step ("append locally" becomes
- * "append + PREPARE + wait for a quorum") behind the same submit/done
- * contract, so the request code in server.c does not change.
+ * The commit step is Viewstamped Replication (vr.h): the batch is appended
+ * to the local log and sent in one PREPARE; it is applied and answered once
+ * f+1 servers hold it durably. A single server is the n = 1 case of the same
+ * path (it commits as soon as its own append returns). Backups apply what
+ * the primary commits through the same apply path.
  *
  * Prefix: pl_seq_.
  */
@@ -22,6 +23,7 @@
 
 #include <parley/store.h>
 #include "chat.h"
+#include "vr.h"
 
 struct event_base;
 typedef struct pl_seq pl_seq;
@@ -29,8 +31,10 @@ typedef struct pl_seq pl_seq;
 /* One submitted op is finished. err == PL_OK: committed and applied as
  * op-number op; res is its result (valid during the call only: it points
  * into the pl_chat). Otherwise the op is not known to be applied: res is
- * NULL and err says why (PL_ERR_IO: the log write failed, PL_ERR_UNAVAILABLE:
- * the sequencer shut down before the op was written). */
+ * NULL and err says why (PL_ERR_IO: the log write failed; PL_ERR_NOT_PRIMARY:
+ * this server is a backup; PL_ERR_UNAVAILABLE: no quorum or lease, a view
+ * change, or shutdown — the op may or may not commit later, and a retry with
+ * the same client id and request number is answered exactly once). */
 typedef void (*pl_seq_done_fn)(void *ud, int err, uint64_t op, const pl_apply_result *res);
 
 typedef struct pl_seq_host {
@@ -39,6 +43,13 @@ typedef struct pl_seq_host {
      * submitted it: the server pushes the new message to live subscribers
      * and drops revoked subscriptions here. res is valid during the call. */
     void (*applied)(void *ud, uint64_t op, const pl_apply_result *res);
+    /* Replication. vr NULL: a single server (n = 1). */
+    const pl_vr_config *vr;
+    /* Send a VR message to server `to` (best effort). */
+    void (*send)(void *ud, uint32_t to, const pl_vr_msg *m);
+    /* Role or view changed (after the sequencer failed the ops it can no
+     * longer answer for). */
+    void (*changed)(void *ud);
 } pl_seq_host;
 
 /* The store and chat are borrowed and must outlive the sequencer.
@@ -47,8 +58,10 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
                    pl_chat *chat, uint32_t max_batch, const pl_seq_host *host,
                    char *err, size_t errlen);
 
-/* Crash recovery: apply the durable log from the store's applied_op() + 1 to
- * its last entry, so an op appended before a crash but not yet applied is not
+/* Crash recovery: apply the durable log from the store's applied_op() + 1 up
+ * to the commit number known at start (a single server: its last entry; in
+ * a cluster: what the store had applied, the rest follows from the
+ * primary), so an op appended before a crash but not yet applied is not
  * lost. Called once before serving (and again by the sequencer itself if a
  * previous apply failed). Returns PL_OK or the store/decode error, with a
  * one-line reason in err. */
@@ -58,6 +71,13 @@ int pl_seq_replay(pl_seq *q, char *err, size_t errlen);
  * copied (encoded) before this returns. done is always called exactly once,
  * later, on the loop thread; never from inside pl_seq_submit. */
 int pl_seq_submit(pl_seq *q, const pl_op *op, pl_seq_done_fn done, void *ud);
+
+/* A VR message from a peer. */
+void pl_seq_receive(pl_seq *q, const pl_vr_msg *m);
+/* The replication state (role, view, op, commit, lease). */
+const pl_vr *pl_seq_vr(const pl_seq *q);
+/* May this server answer clients now (primary with a valid lease)? */
+int pl_seq_can_serve(const pl_seq *q);
 
 /* Ops submitted whose done callback has not run yet. */
 uint32_t pl_seq_pending(const pl_seq *q);

@@ -35,6 +35,7 @@
 #include "chat.h"
 #include "loader.h"
 #include "log.h"
+#include "peer.h"
 #include "seq.h"
 #include "workers.h"
 
@@ -88,6 +89,11 @@ struct pl_server {
     pl_chat *chat;
     pl_workers *workers;
     pl_seq *seq;
+    pl_vr_config vrcfg;
+    pl_peer *peer;            /* NULL for a single server */
+    struct status_query *queries; /* status requests waiting for peers */
+    uint64_t next_query_id;
+    int was_serving;
     pl_transport_host thost;
     pl_transport_server *tsrv;
     pl_conn *conns;
@@ -280,6 +286,30 @@ static void reply_ok(pl_conn *c, const pl_request *req)
     conn_send(c, &r);
 }
 
+/* This server cannot answer clients now: a backup names the primary (the
+ * client follows the redirect); during a view change, or while a primary
+ * waits for its lease, the client is told to retry. */
+static void reply_not_serving(pl_server *s, pl_conn *c, uint32_t method, uint64_t request_id)
+{
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    if (pl_vr_status(vr) == PL_VR_NORMAL && !pl_vr_is_primary(vr)) {
+        const pl_server_conf *p = &s->cfg->servers[pl_vr_primary(vr)];
+        char leader[300], text[360];
+        snprintf(leader, sizeof leader, strchr(p->host, ':') ? "[%s]:%u" : "%s:%u", p->host,
+                 (unsigned)p->port);
+        snprintf(text, sizeof text, "not the primary; the primary is server %u at %s",
+                 pl_vr_primary(vr), leader);
+        pl_response r = { .method = method, .request_id = request_id,
+                          .status = PL_ERR_NOT_PRIMARY, .error = pl_str_c(text),
+                          .leader = pl_str_c(leader) };
+        conn_send(c, &r);
+        return;
+    }
+    reply_err(c, method, request_id, PL_ERR_UNAVAILABLE,
+              pl_vr_is_primary(vr) ? "the primary has not heard from a majority yet; retry"
+                                   : "a view change is in progress; retry");
+}
+
 /* ---------------------------------------------------------------- pending */
 
 static pl_pending *pending_new(pl_server *s, pl_conn *c, const pl_request *req)
@@ -316,6 +346,11 @@ static void pending_fail(pl_pending *p, int status, const char *text)
 static void on_committed(void *ud, int err, uint64_t op, const pl_apply_result *res)
 {
     pl_pending *p = ud;
+    if (err == PL_ERR_NOT_PRIMARY) {
+        reply_not_serving(p->srv, p->conn, p->method, p->request_id);
+        pending_free(p);
+        return;
+    }
     if (err != PL_OK) {
         char text[160];
         snprintf(text, sizeof text, "%s: the change could not be committed: %s",
@@ -602,35 +637,202 @@ static void do_subscribe(pl_server *s, pl_conn *c, const pl_request *req, uint64
 
 /* ----------------------------------------------------------------- status */
 
-static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
+/* Our own row. Strings point into s (address, digest) or are static. */
+static int own_status(pl_server *s, pl_server_status *row)
 {
     uint64_t applied = s->sp->applied_op(s->st);
     /* The digest scans all state: compute it once per applied op. */
     if (!s->digest_valid || s->digest_op != applied) {
         int rc = pl_chat_digest(s->chat, s->digest);
-        if (rc != PL_OK) {
-            reply_err(c, req->method, req->request_id, rc, "status: computing the state digest failed");
-            return;
-        }
+        if (rc != PL_OK)
+            return rc;
         s->digest_valid = 1;
         s->digest_op = applied;
     }
-    pl_server_status row = {
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    *row = (pl_server_status){
         .id = s->self,
         .address = pl_str_c(s->address),
         .reachable = 1,
-        .role = pl_str_c("primary"),
-        .view = pl_seq_view(s->seq),
-        .op = pl_seq_last_op(s->seq),
-        .commit = applied,
+        .role = pl_str_c(pl_vr_role(vr, mono_ms())),
+        .view = pl_vr_view(vr),
+        .op = pl_vr_op(vr),
+        .commit = pl_vr_commit(vr),
         .applied = applied,
         .store = pl_str_c(s->sp->name),
         .transport = pl_str_c(s->tp->name),
         .digest = pl_str_c(s->digest),
     };
-    pl_response r = { .method = req->method, .request_id = req->request_id,
-                      .servers = &row, .n_servers = 1 };
-    conn_send(c, &r);
+    return PL_OK;
+}
+
+/* A status request waiting for the other servers' rows. */
+#define PL_STATUS_WAIT_MS 800
+#define PL_STATUS_STR 128
+
+typedef struct status_query {
+    struct status_query *next;
+    pl_server *srv;
+    pl_conn *conn;            /* holds a reference */
+    uint64_t id;
+    uint64_t request_id;
+    uint32_t n, missing;
+    uint32_t have_mask;
+    pl_server_status rows[PL_VR_MAX_REPLICAS];
+    char strs[PL_VR_MAX_REPLICAS][5][PL_STATUS_STR];
+    char own_digest[65];
+    struct event *timer;
+} status_query;
+
+static pl_str keep_str(char *buf, pl_str v)
+{
+    size_t n = v.len < PL_STATUS_STR - 1 ? v.len : PL_STATUS_STR - 1;
+    if (n)
+        memcpy(buf, v.ptr, n);
+    buf[n] = 0;
+    return (pl_str){ buf, (uint32_t)n };
+}
+
+static void status_answer(status_query *q)
+{
+    pl_server *s = q->srv;
+    for (status_query **pp = &s->queries; *pp; pp = &(*pp)->next)
+        if (*pp == q) {
+            *pp = q->next;
+            break;
+        }
+    pl_response r = { .method = PL_M_STATUS, .request_id = q->request_id,
+                      .servers = q->rows, .n_servers = q->n };
+    conn_send(q->conn, &r);
+    conn_unref(q->conn);
+    event_free(q->timer);
+    free(q);
+}
+
+static void status_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    status_answer(arg);
+}
+
+static void on_peer_status_reply(void *ud, uint64_t query_id, const pl_server_status *row)
+{
+    pl_server *s = ud;
+    status_query *q = s->queries;
+    while (q && q->id != query_id)
+        q = q->next;
+    if (!q || row->id >= q->n || (q->have_mask & (1u << row->id)))
+        return;
+    pl_server_status *r = &q->rows[row->id];
+    char (*b)[PL_STATUS_STR] = q->strs[row->id];
+    *r = *row;
+    r->address = keep_str(b[0], row->address);
+    r->role = keep_str(b[1], row->role);
+    r->store = keep_str(b[2], row->store);
+    r->transport = keep_str(b[3], row->transport);
+    r->digest = keep_str(b[4], row->digest);
+    r->reachable = 1;
+    q->have_mask |= 1u << row->id;
+    if (--q->missing == 0)
+        status_answer(q);
+}
+
+static void on_peer_status(void *ud, pl_server_status *row)
+{
+    pl_server *s = ud;
+    if (own_status(s, row) != PL_OK) {
+        memset(row, 0, sizeof *row);
+        row->id = s->self;
+        row->address = pl_str_c(s->address);
+        row->role = pl_str_c("error");
+    }
+}
+
+static void on_peer_vr(void *ud, const pl_vr_msg *m)
+{
+    pl_server *s = ud;
+    pl_seq_receive(s->seq, m);
+}
+
+static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
+{
+    pl_server_status own;
+    int rc = own_status(s, &own);
+    if (rc != PL_OK) {
+        reply_err(c, req->method, req->request_id, rc, "status: computing the state digest failed");
+        return;
+    }
+    if (!s->peer) {
+        pl_response r = { .method = req->method, .request_id = req->request_id,
+                          .servers = &own, .n_servers = 1 };
+        conn_send(c, &r);
+        return;
+    }
+    /* Ask every other server over the peer links; answer when all have
+     * replied or after PL_STATUS_WAIT_MS, listing the silent ones as
+     * unreachable. */
+    status_query *q = calloc(1, sizeof *q);
+    if (!q || !(q->timer = evtimer_new(s->base, status_timeout, q))) {
+        free(q);
+        reply_err(c, req->method, req->request_id, PL_ERR_NOMEM, NULL);
+        return;
+    }
+    q->srv = s;
+    q->conn = c;
+    conn_ref(c);
+    q->id = ++s->next_query_id;
+    q->request_id = req->request_id;
+    q->n = (uint32_t)s->cfg->n_servers;
+    for (uint32_t i = 0; i < q->n; i++) {
+        const pl_server_conf *sc = &s->cfg->servers[i];
+        char addr[300];
+        snprintf(addr, sizeof addr, strchr(sc->host, ':') ? "[%s]:%u" : "%s:%u", sc->host,
+                 (unsigned)sc->port);
+        q->rows[i] = (pl_server_status){ .id = i, .role = pl_str_c("unreachable") };
+        q->rows[i].address = keep_str(q->strs[i][0], pl_str_c(addr));
+    }
+    memcpy(q->own_digest, s->digest, sizeof q->own_digest);
+    q->rows[s->self] = own;
+    q->rows[s->self].digest = pl_str_c(q->own_digest);
+    q->rows[s->self].address = keep_str(q->strs[s->self][0], own.address);
+    q->have_mask = 1u << s->self;
+    q->next = s->queries;
+    s->queries = q;
+    for (uint32_t i = 0; i < q->n; i++)
+        if (i != s->self && pl_peer_status_request(s->peer, i, q->id) == PL_OK)
+            q->missing++;
+    if (q->missing == 0) {
+        status_answer(q);
+        return;
+    }
+    struct timeval tv = { 0, PL_STATUS_WAIT_MS * 1000 };
+    evtimer_add(q->timer, &tv);
+}
+
+/* The replication role changed. A server that stops being the primary
+ * closes its client connections, so clients (and their subscriptions) move
+ * to the new primary at once instead of waiting on a backup. */
+static void on_role_changed(void *ud)
+{
+    pl_server *s = ud;
+    int serving = pl_vr_is_primary(pl_seq_vr(s->seq));
+    if (s->was_serving && !serving) {
+        pl_log(PL_LOG_INFO, "no longer the primary: closing %u client connections", s->n_conns);
+        for (pl_conn *c = s->conns, *next; c; c = next) {
+            next = c->next;
+            if (c->tc)
+                s->tp->conn_close(c->tc);
+        }
+    }
+    s->was_serving = serving;
+}
+
+static void seq_send(void *ud, uint32_t to, const pl_vr_msg *m)
+{
+    pl_server *s = ud;
+    if (s->peer)
+        pl_peer_send(s->peer, to, m);
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -664,6 +866,13 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
     }
     if (s->stopping && mutating(m)) {
         reply_err(c, m, req->request_id, PL_ERR_UNAVAILABLE, "server is shutting down; retry");
+        return;
+    }
+    /* Only a primary holding its lease answers anything that reads or
+     * changes chat state: a backup's or a deposed primary's copy may be
+     * stale (DESIGN.md §4, leases). */
+    if (!pl_seq_can_serve(s->seq)) {
+        reply_not_serving(s, c, m, req->request_id);
         return;
     }
     if (m == PL_M_REGISTER) {
@@ -914,7 +1123,16 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         goto fail;
     }
 
-    pl_seq_host seq_host = { s, on_applied };
+    s->vrcfg = (pl_vr_config){
+        .n = (uint32_t)cfg->n_servers,
+        .self = self,
+        .election_timeout_ms = cfg->election_timeout_ms,
+        .heartbeat_ms = cfg->heartbeat_ms,
+        .failback = cfg->failback,
+        .max_batch = PL_SEQ_MAX_BATCH,
+    };
+    pl_seq_host seq_host = { .ud = s, .applied = on_applied, .vr = &s->vrcfg,
+                             .send = seq_send, .changed = on_role_changed };
     s->seq = pl_seq_new(base, s->sp, s->st, s->chat, PL_SEQ_MAX_BATCH, &seq_host, why, sizeof why);
     if (!s->seq) {
         snprintf(err, errlen, "%s", why);
@@ -926,6 +1144,21 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         snprintf(err, errlen, "store in %s: %s", data_dir, why);
         goto fail;
     }
+
+    if (cfg->n_servers > 1) {
+        pl_peer_cb pcb = { .ud = s, .vr = on_peer_vr, .status = on_peer_status,
+                           .status_reply = on_peer_status_reply };
+        s->peer = pl_peer_new(base, cfg, self, &pcb, why, sizeof why);
+        if (!s->peer) {
+            snprintf(err, errlen, "peer network: %s", why);
+            goto fail;
+        }
+        if (cfg->n_servers % 2 == 0)
+            pl_log(PL_LOG_WARN, "%zu servers: an even number survives no more failures (%zu) "
+                   "than %zu servers would", cfg->n_servers, (cfg->n_servers - 1) / 2,
+                   cfg->n_servers - 1);
+    }
+    s->was_serving = pl_vr_is_primary(pl_seq_vr(s->seq));
 
     s->workers = pl_workers_new(base, cfg->hash_workers,
                                 cfg->hash_workers * PL_HASH_QUEUE_PER_WORKER,
@@ -1040,9 +1273,14 @@ void pl_server_free(pl_server *s)
     /* Running hash jobs finish; their callbacks may still submit ops. */
     pl_workers_free(s->workers);
     s->workers = NULL;
-    /* Commits whatever is queued before the store closes. */
+    while (s->queries)
+        status_answer(s->queries);
+    /* Commits whatever is queued before the store closes (alone), or fails
+     * it for the clients to retry elsewhere (in a cluster). */
     pl_seq_free(s->seq);
     s->seq = NULL;
+    pl_peer_free(s->peer);
+    s->peer = NULL;
     if (s->drain_ev)
         event_free(s->drain_ev);
     pl_chat_free(s->chat);

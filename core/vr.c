@@ -789,8 +789,15 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint
     broadcast(vr, &m);
     vr->last_send_ms = now;
     int rc = vr->io.append(vr->io.ud, e, n);
-    if (rc != PL_OK)
+    if (rc != PL_OK) {
+        /* The backups may hold these op-numbers now while we do not: we
+         * must never assign them again in this view (I2). Give the view up;
+         * the next one decides what the log holds. */
+        pl_log(PL_LOG_ERROR, "vr: local log append failed (%s); leaving view %llu",
+               pl_strerror(rc), (unsigned long long)vr->view);
+        start_view_change(vr, vr->view + 1, now);
         return rc;
+    }
     *first_op = vr->op + 1;
     vr->op += n;
     vr->op_view = vr->view;

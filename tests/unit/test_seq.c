@@ -105,7 +105,7 @@ static void fx_open(fx *f, uint32_t max_batch, int fresh)
     ck_assert_ptr_nonnull(f->chat);
     f->base = event_base_new();
     ck_assert_ptr_nonnull(f->base);
-    pl_seq_host h = { NULL, on_applied };
+    pl_seq_host h = { .ud = NULL, .applied = on_applied };
     f->seq = pl_seq_new(f->base, &counting, f->st, f->chat, max_batch, &h, err, sizeof err);
     ck_assert_msg(f->seq != NULL, "pl_seq_new: %s", err);
     ck_assert_msg(pl_seq_replay(f->seq, err, sizeof err) == PL_OK, "replay: %s", err);
