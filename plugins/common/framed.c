@@ -25,6 +25,14 @@
  *
  *   OPEN --(bad frame / conn_close)--> DRAINING --(output empty)-->
  *   LINGER --(peer EOF / error / LINGER_MS / LINGER_MAX bytes)--> reaped
+ *   OPEN --(peer EOF, answers still owed)--> HALF --(last answer queued)-->
+ *   DRAINING ...
+ *
+ * HALF is for a peer that half-closes after its requests, as
+ * `printf '{"m":"ping"}\n' | nc -N host port` does: the core may answer
+ * after replication, so the answers it owes (one per request handed to
+ * host->request; pushes do not count) are still delivered, for at most
+ * FRAMED_HALF_SECS.
  *
  * LINGER exists because closing a socket that still has unread input makes
  * the kernel send a RST, and a RST can destroy the error frame in flight
@@ -78,11 +86,13 @@
 /* Lingering close: wait this long, and discard at most this much input. */
 #define FRAMED_LINGER_MS 2000
 #define FRAMED_LINGER_MAX (1024u * 1024u)
+/* How long a half-closed peer waits for the answers it is owed. */
+#define FRAMED_HALF_SECS 30
 /* Pause before accepting again after EMFILE and friends. */
 #define FRAMED_ACCEPT_RETRY_MS 500
 #define FRAMED_BACKLOG 511
 
-enum conn_state { CONN_OPEN, CONN_DRAINING, CONN_LINGER, CONN_DEAD };
+enum conn_state { CONN_OPEN, CONN_HALF, CONN_DRAINING, CONN_LINGER, CONN_DEAD };
 
 struct pl_transport_server {
     pl_transport_host host;           /* copied: the core's struct may be temporary */
@@ -101,12 +111,14 @@ struct pl_transport_server {
 struct pl_transport_conn {
     pl_transport_server *srv;
     struct bufferevent *bev;
-    struct event *reap_ev;            /* deferred teardown, see conn_reap */
+    struct event *reap_ev;            /* deferred teardown, see conn_reap; also
+                                         the HALF timeout */
     void *ctx;                        /* the core's context from conn_open */
     pl_transport_conn *prev, *next;
     int state;                        /* enum conn_state */
     int paused;                       /* reading stopped for back-pressure */
     int in_read;                      /* inside conn_process: no re-entry */
+    uint64_t owed;                    /* requests handed to the core, not yet answered */
     size_t lingered;                  /* input bytes discarded while lingering */
     char peer[64];
 };
@@ -273,9 +285,15 @@ static void conn_destroy(pl_transport_conn *c)
 
 static void conn_reap_cb(evutil_socket_t fd, short what, void *arg)
 {
+    pl_transport_conn *c = arg;
+
     (void)fd;
     (void)what;
-    conn_destroy(arg);
+    if (c->state == CONN_HALF)
+        srv_log(c->srv, PL_LOG_INFO,
+                "connection %s: half-closed peer still owed %llu answer(s) after %d s; closing",
+                c->peer, (unsigned long long)c->owed, FRAMED_HALF_SECS);
+    conn_destroy(c);
 }
 
 /* Schedule teardown at the top of the loop. Idempotent. */
@@ -312,7 +330,7 @@ static void conn_begin_close(pl_transport_conn *c)
 {
     struct timeval tv = { FRAMED_DRAIN_SECS, 0 };
 
-    if (c->state != CONN_OPEN)
+    if (c->state != CONN_OPEN && c->state != CONN_HALF)
         return;
     c->state = CONN_DRAINING;
     bufferevent_disable(c->bev, EV_READ);
@@ -333,7 +351,7 @@ static int conn_queue(pl_transport_conn *c, const pl_response *resp)
     size_t len = 0;
     int rc;
 
-    if (c->state != CONN_OPEN && c->state != CONN_DRAINING)
+    if (c->state != CONN_OPEN && c->state != CONN_HALF && c->state != CONN_DRAINING)
         return PL_ERR_IO;
     out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) > srv->out_limit) {
@@ -379,6 +397,14 @@ static void conn_fail(pl_transport_conn *c, int status, size_t buffered)
     conn_begin_close(c);
 }
 
+/* A half-closed peer that has every answer it is owed (and no whole
+ * frame left unread) is done: close once the output drains. */
+static void conn_half_check(pl_transport_conn *c)
+{
+    if (c->state == CONN_HALF && c->owed == 0 && !c->paused && !c->in_read)
+        conn_begin_close(c);
+}
+
 /* Decode and dispatch every whole frame in the input buffer. */
 static void conn_process(pl_transport_conn *c)
 {
@@ -388,7 +414,7 @@ static void conn_process(pl_transport_conn *c)
     if (c->in_read)
         return;
     c->in_read = 1;
-    while (c->state == CONN_OPEN) {
+    while (c->state == CONN_OPEN || c->state == CONN_HALF) {
         size_t len = evbuffer_get_length(in), used = 0;
         pl_request req;
         void *scratch = NULL;
@@ -416,6 +442,7 @@ static void conn_process(pl_transport_conn *c)
         if (rc == PL_OK && (used == 0 || used > len))
             rc = PL_ERR_INTERNAL; /* a codec bug must not loop or overrun */
         if (rc == PL_OK) {
+            c->owed++;
             srv->host.request(srv->host.ud, c->ctx, &req);
             srv->codec->free_scratch(scratch);
             evbuffer_drain(in, used);
@@ -432,6 +459,7 @@ static void conn_process(pl_transport_conn *c)
         conn_fail(c, rc, len);
     }
     c->in_read = 0;
+    conn_half_check(c);
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
@@ -458,9 +486,10 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         return;
     if (c->state == CONN_DRAINING) {
         conn_start_linger(c);
-    } else if (c->state == CONN_OPEN && c->paused) {
+    } else if ((c->state == CONN_OPEN || c->state == CONN_HALF) && c->paused) {
         c->paused = 0;
-        bufferevent_enable(bev, EV_READ);
+        if (c->state == CONN_OPEN)
+            bufferevent_enable(bev, EV_READ);
         /* Frames may already be buffered; no new bytes may come to wake us. */
         conn_process(c);
     }
@@ -478,6 +507,13 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
                     c->peer, evbuffer_get_length(bufferevent_get_output(bev)),
                     FRAMED_DRAIN_SECS);
         conn_reap(c);
+    } else if ((what & BEV_EVENT_EOF) && c->state == CONN_OPEN && (c->owed > 0 || c->paused)) {
+        struct timeval tv = { FRAMED_HALF_SECS, 0 };
+
+        /* The peer finished sending but is owed answers: keep writing. */
+        c->state = CONN_HALF;
+        bufferevent_disable(bev, EV_READ);
+        event_add(c->reap_ev, &tv);
     } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         conn_reap(c);
     }
@@ -642,11 +678,18 @@ void pl_framed_server_free(pl_transport_server *srv)
 
 int pl_framed_conn_send(pl_transport_conn *conn, const pl_response *resp)
 {
+    int rc;
+
     if (!conn || !resp)
         return PL_ERR_INVALID;
-    if (conn->state != CONN_OPEN)
+    if (conn->state != CONN_OPEN && conn->state != CONN_HALF)
         return PL_ERR_IO;
-    return conn_queue(conn, resp);
+    rc = conn_queue(conn, resp);
+    /* One answer per request; pushes and connection errors are extra. */
+    if (resp->method != PL_M_PUSH && resp->method != PL_M_NONE && conn->owed > 0)
+        conn->owed--;
+    conn_half_check(conn);
+    return rc;
 }
 
 void pl_framed_conn_close(pl_transport_conn *conn)

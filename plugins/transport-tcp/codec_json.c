@@ -8,11 +8,13 @@
  *
  * Field names are stable and listed in docs/protocol.md.
  *
- * Numbers: every uint64 is written as a JSON number when it is at most 2^53
- * (exact in any JSON reader's double) and as a decimal string above that
- * (random client ids, ids near UINT64_MAX); readers accept either form for
- * every integer field. A number above 2^53, negative or fractional is
- * malformed rather than silently rounded.
+ * Numbers: every uint64 is written as a JSON number when it is below 2^53
+ * (a "safe integer", exact in any JSON reader's double) and as a decimal
+ * string from 2^53 up (random client ids, ids near UINT64_MAX); readers
+ * accept either form for every integer field. A number token of 2^53 or
+ * more, negative, fractional or with an exponent is malformed rather than
+ * silently rounded: cJSON hands numbers back as doubles, so the token text
+ * is checked before parsing (json_scan), and below 2^53 the double is exact.
  *
  * Strings: JSON text is UTF-8 and cJSON hands strings back NUL-terminated,
  * so a string can carry neither invalid UTF-8 nor U+0000. Encoding a request
@@ -33,7 +35,7 @@
 
 #include <cjson/cJSON.h>
 
-#define JSON_SAFE_MAX 9007199254740992ull /* 2^53 */
+#define JSON_SAFE_LIMIT 9007199254740992ull /* 2^53: numbers must be below */
 
 /* ------------------------------------------------------------------ */
 /* UTF-8                                                                */
@@ -130,7 +132,7 @@ static void jw_key(json_w *w, const char *key)
 static void jw_u64v(json_w *w, uint64_t v)
 {
     char num[32];
-    int n = v <= JSON_SAFE_MAX ? snprintf(num, sizeof num, "%llu", (unsigned long long)v)
+    int n = v < JSON_SAFE_LIMIT ? snprintf(num, sizeof num, "%llu", (unsigned long long)v)
                                : snprintf(num, sizeof num, "\"%llu\"", (unsigned long long)v);
 
     jw_raw(w, num, (size_t)n);
@@ -437,15 +439,32 @@ static int json_line(uint32_t max_frame, const uint8_t *buf, size_t len, size_t 
     }
 }
 
-/* cJSON stores strings NUL-terminated: a \u0000 escape would silently cut
- * a string short, so refuse it before parsing. */
-static int json_has_nul_escape(const char *s, size_t n)
+/* Checks cJSON cannot make after parsing, on the raw line: 1 if it holds
+ *  - a \u0000 escape: cJSON stores strings NUL-terminated, so it would cut
+ *    the string short without a word;
+ *  - a number token that is not a plain non-negative integer (sign,
+ *    fraction, exponent): every number in this protocol is a uint64, and
+ *    cJSON's double would round "4503599627370496.5" to an integer. */
+static int json_scan_bad(const char *s, size_t n)
 {
     int in_str = 0;
 
     for (size_t i = 0; i < n; i++) {
         if (!in_str) {
-            in_str = s[i] == '"';
+            if (s[i] == '"') {
+                in_str = 1;
+            } else if (s[i] == '-') {
+                return 1;
+            } else if (s[i] >= '0' && s[i] <= '9') {
+                for (; i + 1 < n; i++) {
+                    char c = s[i + 1];
+
+                    if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')
+                        return 1;
+                    if (c < '0' || c > '9')
+                        break;
+                }
+            }
             continue;
         }
         if (s[i] == '"') {
@@ -475,7 +494,7 @@ static int json_parse(uint32_t max_frame, const uint8_t *buf, size_t len, size_t
 
     if (rc != PL_OK)
         return rc;
-    if (json_has_nul_escape(line, n))
+    if (json_scan_bad(line, n))
         return PL_ERR_MALFORMED;
     doc = cJSON_ParseWithLengthOpts(line, n, &end, 0);
     if (!doc)
@@ -509,7 +528,7 @@ static uint64_t jr_u64v(const cJSON *it, int *bad)
         double d = it->valuedouble;
         uint64_t v;
 
-        if (!(d >= 0.0 && d <= (double)JSON_SAFE_MAX)) {
+        if (!(d >= 0.0 && d < (double)JSON_SAFE_LIMIT)) {
             *bad = 1;
             return 0;
         }

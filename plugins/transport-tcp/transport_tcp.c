@@ -31,9 +31,9 @@ typedef struct tcp_ctx {
 
 static const char *const tcp_codec_names[] = { "binary", "json" };
 
-/* Parse options into ctx. Unknown keys are left to the core's config
- * checker (it owns the config file and reports them with file and key);
- * a bad "codec" is ours to report. */
+/* Parse options into ctx. The core checks the config file's own keys and
+ * leaves the transport object's keys to the plugin, so a misspelt key
+ * ("codek") is reported here by name rather than silently ignored. */
 static int tcp_parse_options(const pl_transport_options *opt, tcp_ctx *ctx,
                              char *err, size_t errlen)
 {
@@ -49,6 +49,15 @@ static int tcp_parse_options(const pl_transport_options *opt, tcp_ctx *ctx,
         if (err && errlen)
             snprintf(err, errlen, "transport tcp: options are not a JSON object: %.80s",
                      opt->options_json);
+        rc = PL_ERR_CONFIG;
+        goto done;
+    }
+    for (const cJSON *m = root->child; m; m = m->next) {
+        if (m->string && (strcmp(m->string, "name") == 0 || strcmp(m->string, "codec") == 0))
+            continue;
+        if (err && errlen)
+            snprintf(err, errlen, "transport tcp: unknown option \"%.40s\" (known: name, codec)",
+                     m->string ? m->string : "");
         rc = PL_ERR_CONFIG;
         goto done;
     }

@@ -853,6 +853,27 @@ static void fake_conn_closed(void *ud, void *ctx)
 static char g_echo_body[BIG_BODY + 1];
 #define PUSH_FLOOD 1000000u
 
+#define DEFER_RID 1000u
+
+typedef struct deferred { fake_conn *c; uint64_t rid; } deferred;
+
+static void deferred_cb(evutil_socket_t fd, short what, void *arg)
+{
+    deferred *d = arg;
+
+    (void)fd;
+    (void)what;
+    if (!d->c->closed) {
+        pl_response r;
+
+        memset(&r, 0, sizeof r);
+        r.method = PL_M_PING;
+        r.request_id = d->rid;
+        ck_assert_int_eq(T->conn_send(d->c->conn, &r), PL_OK);
+    }
+    free(d);
+}
+
 /* The echo responder: answers derived from the request, so a client can
  * check it got its own answer. */
 static void fake_request(void *ud, void *ctx, const pl_request *q)
@@ -935,6 +956,16 @@ static void fake_request(void *ud, void *ctx, const pl_request *q)
         r.status = PL_ERR_UNSUPPORTED;
         r.error = S("unsupported method");
         break;
+    }
+    if (q->method == PL_M_PING && q->request_id >= DEFER_RID) {
+        /* answered later, as the core does after replication */
+        deferred *d = malloc(sizeof *d);
+        struct timeval tv = { 0, 50000 };
+
+        d->c = c;
+        d->rid = q->request_id;
+        event_base_once(fs->base, -1, EV_TIMEOUT, deferred_cb, d, &tv);
+        return;
     }
     rc = T->conn_send(c->conn, &r);
     ck_assert_msg(rc == PL_OK, "conn_send of the %s answer failed: %s",
@@ -1592,6 +1623,48 @@ START_TEST(live_half_frame_then_close)
 }
 END_TEST
 
+/* A peer that half-closes after its requests (printf ... | nc -N) still
+ * gets every answer, including one the host sends later, then EOF. */
+START_TEST(live_half_close_gets_answers)
+{
+    fake_server fs;
+    pl_request q1 = q_of(PL_M_PING, DEFER_RID + 1), q2 = q_of(PL_M_SEND, 2);
+    size_t l1, l2, used = 0, alen = 0;
+    uint8_t *f1 = enc_req(&OPT, &q1, &l1), *f2 = enc_req(&OPT, &q2, &l2), *acc = NULL;
+    int fd, seen = 0, rc;
+    char b[256];
+
+    fake_start(&fs);
+    fd = raw_connect(fs.port);
+    ck_assert_int_eq(send(fd, f1, l1, MSG_NOSIGNAL), (ssize_t)l1);
+    ck_assert_int_eq(send(fd, f2, l2, MSG_NOSIGNAL), (ssize_t)l2);
+    ck_assert(wait_atomic(&fs.requests, 2, 10));
+    shutdown(fd, SHUT_WR);
+    while (seen < 2) {
+        pl_response r;
+        void *scratch = NULL;
+
+        rc = raw_read_frame(fd, &acc, &alen, &r, &scratch, &used);
+        ck_assert_msg(rc == PL_OK, "answer %d of 2 missing after the half-close (rc %d)",
+                      seen + 1, rc);
+        ck_assert_msg(r.request_id == (seen == 0 ? 2 : DEFER_RID + 1),
+                      "answer %d has request_id %llu", seen + 1,
+                      (unsigned long long)r.request_id);
+        T->free_scratch(scratch);
+        memmove(acc, acc + used, alen - used);
+        alen -= used;
+        seen++;
+    }
+    ck_assert_msg(recv(fd, b, sizeof b, 0) == 0, "no EOF after the last owed answer");
+    close(fd);
+    ck_assert(wait_atomic(&fs.closes, 1, 10));
+    fake_stop(&fs);
+    free(acc);
+    free(f1);
+    free(f2);
+}
+END_TEST
+
 typedef struct many { test_client *c; int n; } many;
 
 static int cond_all_answered(void *a)
@@ -1795,6 +1868,303 @@ START_TEST(live_push_bound)
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* format specifics: tcp's two codecs, checked against docs/protocol.md  */
+
+static int dec_text(const char *text, pl_request *out, void **scratch, size_t *used)
+{
+    *scratch = NULL;
+    return T->decode_request(&OPT, (const uint8_t *)text, strlen(text), used, out, scratch);
+}
+
+/* What an operator types into nc. */
+START_TEST(json_operator_lines)
+{
+    static const struct { const char *line; int rc; uint32_t m; uint64_t rid; } cases[] = {
+        { "{\"m\":\"ping\",\"rid\":7}\n", PL_OK, PL_M_PING, 7 },
+        { "{\"m\":\"ping\",\"rid\":\"7\"}\r\n", PL_OK, PL_M_PING, 7 },
+        { "\n  \r\n{\"m\":\"ping\",\"rid\":8}\n", PL_OK, PL_M_PING, 8 },
+        { "  {\"rid\":9, \"m\":\"counts\"}  \n", PL_OK, PL_M_COUNTS, 9 },
+        { "{\"m\":\"ping\",\"rid\":\"18446744073709551615\"}\n", PL_OK, PL_M_PING, UINT64_MAX },
+        { "{\"m\":\"frobnicate\",\"rid\":3}\n", PL_OK, PL_M__COUNT, 3 },
+        { "{\"m\":16,\"rid\":3}\n", PL_OK, PL_M_PING, 3 },
+        { "{\"m\":\"ping\",\"rid\":7}", PL_ERR_AGAIN, 0, 0 },
+        { "\n\n", PL_ERR_AGAIN, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":9007199254740993}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":9007199254740992}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":9007199254740991}\n", PL_OK, PL_M_PING, 9007199254740991ull },
+        { "{\"m\":\"ping\",\"rid\":4503599627370496.5}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":1e2}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":7,\"x\":[true,false,null]}\n", PL_OK, PL_M_PING, 7 },
+        { "{\"m\":\"ping\",\"rid\":-1}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":1.5}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":\"18446744073709551616\"}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\",\"rid\":\"12x\"}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\"} {\"m\":\"ping\"}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ping\"} x\n", PL_ERR_MALFORMED, 0, 0 },
+        { "[1,2]\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"rid\":1}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"send\",\"to\":5}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ack\",\"ids\":[1,\"x\"]}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"ack\",\"ids\":7}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"send\",\"body\":\"a\\u0000b\"}\n", PL_ERR_MALFORMED, 0, 0 },
+        { "{\"m\":\"send\",\"body\":\"lone \\ud800\"}\n", PL_ERR_MALFORMED, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        pl_request q;
+        void *scratch;
+        size_t used = 0;
+        int rc = dec_text(cases[i].line, &q, &scratch, &used);
+
+        ck_assert_msg(rc == cases[i].rc, "line %zu %s: got %s, want %s", i, cases[i].line,
+                      pl_strerror(rc), pl_strerror(cases[i].rc));
+        if (rc == PL_OK) {
+            ck_assert_msg(q.method == cases[i].m && q.request_id == cases[i].rid,
+                          "line %zu: method %u rid %llu", i, q.method,
+                          (unsigned long long)q.request_id);
+            ck_assert_msg(used == strlen(cases[i].line), "line %zu: used %zu", i, used);
+        }
+        T->free_scratch(scratch);
+    }
+    /* An escaped backslash before u0000 is the text \u0000, not a NUL. */
+    {
+        pl_request q;
+        void *scratch;
+        size_t used;
+        int rc = dec_text("{\"m\":\"send\",\"body\":\"a\\\\u0000b\"}\n", &q, &scratch, &used);
+
+        ck_assert_int_eq(rc, PL_OK);
+        ck_assert_msg(pl_str_eq(q.body, S("a\\u0000b")), "escaped backslash body: %.*s",
+                      (int)q.body.len, q.body.ptr);
+        T->free_scratch(scratch);
+    }
+}
+END_TEST
+
+START_TEST(json_strings_and_numbers)
+{
+    pl_request q = q_of(PL_M_SEND, 1);
+    pl_response r;
+    uint8_t *buf = NULL;
+    size_t len = 0, used = 0;
+    void *scratch = NULL;
+    pl_response out;
+
+    q.body = S("bad \xC3 utf8");
+    ck_assert_int_eq(T->encode_request(&OPT, &q, &buf, &len), PL_ERR_BODY);
+    q.body.ptr = "nul\0inside";
+    q.body.len = 10;
+    ck_assert_int_eq(T->encode_request(&OPT, &q, &buf, &len), PL_ERR_BODY);
+    q.body = S("ok");
+    q.to = S("b\xFFob");
+    ck_assert_int_eq(T->encode_request(&OPT, &q, &buf, &len), PL_ERR_INVALID);
+
+    /* A response always goes out: unencodable bytes become U+FFFD. */
+    memset(&r, 0, sizeof r);
+    r.method = PL_M_NONE;
+    r.status = PL_ERR_INVALID;
+    r.error = S("bad \xFF byte");
+    ck_assert_int_eq(T->encode_response(&OPT, &r, &buf, &len), PL_OK);
+    ck_assert_int_eq(T->decode_response(&OPT, buf, len, &used, &out, &scratch), PL_OK);
+    ck_assert_msg(pl_str_eq(out.error, S("bad \xEF\xBF\xBD byte")), "U+FFFD substitution");
+    T->free_scratch(scratch);
+    free(buf);
+
+    /* uint64 above 2^53 as a string, at or below as a number */
+    memset(&r, 0, sizeof r);
+    r.method = PL_M_SEND;
+    r.request_id = 9007199254740991ull;
+    r.id = 9007199254740992ull;
+    ck_assert_int_eq(T->encode_response(&OPT, &r, &buf, &len), PL_OK);
+    ck_assert_msg(memmem(buf, len, "\"rid\":9007199254740991,", strlen("\"rid\":9007199254740991,")) != NULL, "%.*s", (int)len, buf);
+    ck_assert_msg(memmem(buf, len, "\"id\":\"9007199254740992\"", strlen("\"id\":\"9007199254740992\"")) != NULL, "%.*s", (int)len, buf);
+    ck_assert_msg(buf[len - 1] == '\n' && memchr(buf, '\n', len - 1) == NULL,
+                  "one line per frame");
+    free(buf);
+}
+END_TEST
+
+static const char *const json_examples[] = {
+    "{\"m\":\"send\",\"rid\":7,\"cid\":\"10105895190188169990\",\"rno\":12,\"token\":\"tok1\","
+    "\"to\":\"bob\",\"body\":\"hi \xE2\x9C\x93\"}\n",
+    "{\"m\":\"send\",\"rid\":7,\"status\":0,\"id\":42,\"time\":1764061200123}\n",
+    "{\"m\":\"push\",\"msg\":{\"id\":43,\"from\":\"bob\",\"to\":\"alice\",\"body\":\"yo\","
+    "\"time\":1764061201000,\"state\":0}}\n",
+};
+
+/* The worked examples in docs/protocol.md, byte for byte. */
+static void doc_examples(pl_request *q, pl_response *r, pl_response *push, pl_message *m)
+{
+    memset(q, 0, sizeof *q);
+    q->method = PL_M_SEND;
+    q->request_id = 7;
+    q->client_id = 0x8c3f5a21d47e9b06ull;
+    q->request_no = 12;
+    q->token = S("tok1");
+    q->to = S("bob");
+    q->body = S("hi \xE2\x9C\x93");
+    memset(r, 0, sizeof *r);
+    r->method = PL_M_SEND;
+    r->request_id = 7;
+    r->id = 42;
+    r->time_ms = 1764061200123ull;
+    memset(m, 0, sizeof *m);
+    m->id = 43;
+    m->from = S("bob");
+    m->to = S("alice");
+    m->body = S("yo");
+    m->time_ms = 1764061201000ull;
+    memset(push, 0, sizeof *push);
+    push->method = PL_M_PUSH;
+    push->msgs = m;
+    push->n_msgs = 1;
+}
+
+START_TEST(json_doc_examples)
+{
+    pl_request q;
+    pl_response r, p;
+    pl_message m;
+    uint8_t *buf;
+    size_t len;
+
+    doc_examples(&q, &r, &p, &m);
+    buf = enc_req(&OPT, &q, &len);
+    ck_assert_msg(len == strlen(json_examples[0]) && memcmp(buf, json_examples[0], len) == 0,
+                  "send request is not the documented text: %.*s", (int)len, buf);
+    free(buf);
+    buf = enc_resp(&OPT, &r, &len);
+    ck_assert_msg(len == strlen(json_examples[1]) && memcmp(buf, json_examples[1], len) == 0,
+                  "send response is not the documented text: %.*s", (int)len, buf);
+    free(buf);
+    buf = enc_resp(&OPT, &p, &len);
+    ck_assert_msg(len == strlen(json_examples[2]) && memcmp(buf, json_examples[2], len) == 0,
+                  "push is not the documented text: %.*s", (int)len, buf);
+    free(buf);
+}
+END_TEST
+
+START_TEST(binary_doc_examples)
+{
+    static const uint8_t want_req[] = {
+        0x00, 0x00, 0x00, 0x2f, 0x01, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07,
+        0x8c, 0x3f, 0x5a, 0x21, 0xd4, 0x7e, 0x9b, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x0c, 0x00, 0x04, 't', 'o', 'k', '1', 0x00, 0x03, 'b', 'o', 'b',
+        0x00, 0x00, 0x00, 0x06, 'h', 'i', ' ', 0xe2, 0x9c, 0x93,
+    };
+    static const uint8_t want_resp[] = {
+        0x00, 0x00, 0x00, 0x1c, 0x02, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07,
+        0x00, 0x00, /* status */ 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a,
+        0x00, 0x00, 0x01, 0x9a, 0xba, 0x3d, 0xbe, 0xfb,
+    };
+    pl_request q;
+    pl_response r, p;
+    pl_message m;
+    uint8_t *buf;
+    size_t len;
+
+    doc_examples(&q, &r, &p, &m);
+    buf = enc_req(&OPT, &q, &len);
+    ck_assert_msg(len == sizeof want_req && memcmp(buf, want_req, len) == 0,
+                  "send request is not the documented hex (%zu bytes)", len);
+    free(buf);
+    buf = enc_resp(&OPT, &r, &len);
+    ck_assert_msg(len == sizeof want_resp && memcmp(buf, want_resp, len) == 0,
+                  "send response is not the documented hex (%zu bytes)", len);
+    free(buf);
+}
+END_TEST
+
+/* Decoder rules from docs/protocol.md: one reading per frame. */
+START_TEST(binary_strictness)
+{
+    pl_request q = q_of(PL_M_ACK, 1), out;
+    pl_response r = mk_response(PL_M_SEND, RV_TYPICAL), rout;
+    size_t len, used;
+    uint8_t *buf, *x;
+    void *scratch = NULL;
+
+    /* a response frame is not a request (kind byte) */
+    buf = enc_resp(&OPT, &r, &len);
+    ck_assert_int_eq(T->decode_request(&OPT, buf, len, &used, &out, &scratch), PL_ERR_MALFORMED);
+    T->free_scratch(scratch);
+    scratch = NULL;
+    free(buf);
+    /* a trailing byte inside the frame */
+    buf = enc_req(&OPT, &q, &len);
+    x = malloc(len + 1);
+    memcpy(x, buf, len);
+    x[len] = 0;
+    x[3]++;
+    ck_assert_int_eq(T->decode_request(&OPT, x, len + 1, &used, &out, &scratch),
+                     PL_ERR_MALFORMED);
+    T->free_scratch(scratch);
+    scratch = NULL;
+    /* an id count larger than the frame could hold: refused before allocating */
+    memcpy(x, buf, len);
+    x[len - 3 * 8 - 4] = 0x7f;
+    ck_assert_int_eq(T->decode_request(&OPT, x, len, &used, &out, &scratch), PL_ERR_MALFORMED);
+    T->free_scratch(scratch);
+    scratch = NULL;
+    /* a length prefix under the 2-byte minimum */
+    memcpy(x, "\0\0\0\1\1", 5);
+    ck_assert_int_eq(T->decode_request(&OPT, x, 5, &used, &out, &scratch), PL_ERR_MALFORMED);
+    T->free_scratch(scratch);
+    scratch = NULL;
+    /* a boolean that is neither 0 nor 1 */
+    {
+        pl_response lu = mk_response(PL_M_LIST_USERS, RV_TYPICAL);
+        size_t l2;
+        uint8_t *f = enc_resp(&OPT, &lu, &l2);
+
+        f[4 + 1 + 1 + 8 + 2] = 2; /* the "more" byte after kind, method, rid, status */
+        ck_assert_int_eq(T->decode_response(&OPT, f, l2, &used, &rout, &scratch),
+                         PL_ERR_MALFORMED);
+        T->free_scratch(scratch);
+        free(f);
+    }
+    free(x);
+    free(buf);
+}
+END_TEST
+
+START_TEST(tcp_options)
+{
+    static const char *const bad[] = {
+        "{\"name\":\"tcp\",\"codec\":\"xml\"}", "{\"name\":\"tcp\",\"codek\":\"json\"}",
+        "{\"name\":\"tcp\",\"codec\":5}", "[1]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        pl_transport_options o = OPT;
+        pl_transport_host h;
+        pl_transport_server *srv = NULL;
+        pl_transport_client *cli = NULL;
+        struct event_base *base = event_base_new();
+        char err[256] = "";
+        int rc;
+
+        memset(&h, 0, sizeof h);
+        h.abi_version = PL_TRANSPORT_ABI_VERSION;
+        h.base = base;
+        h.conn_open = fake_conn_open;
+        h.request = fake_request;
+        h.conn_closed = fake_conn_closed;
+        o.options_json = bad[i];
+        o.port = free_port();
+        rc = T->server_start(&h, &o, &srv, err, sizeof err);
+        ck_assert_msg(rc == PL_ERR_CONFIG && srv == NULL, "server_start with %s: %s", bad[i],
+                      pl_strerror(rc));
+        ck_assert_msg(strstr(err, "transport tcp:") != NULL, "message: %s", err);
+        fprintf(stderr, "  %s -> %s\n", bad[i], err);
+        err[0] = 0;
+        rc = T->client_connect(base, &o, &tc_cb, NULL, &cli, err, sizeof err);
+        ck_assert_msg(rc == PL_ERR_CONFIG && cli == NULL, "client_connect with %s", bad[i]);
+        ck_assert_msg(strstr(err, "transport tcp:") != NULL, "message: %s", err);
+        event_base_free(base);
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 
 static Suite *transport_suite(void)
 {
@@ -1822,11 +2192,29 @@ static Suite *transport_suite(void)
     tcase_add_test(live, live_garbage);
     tcase_add_test(live, live_huge_length_prefix);
     tcase_add_test(live, live_half_frame_then_close);
+    tcase_add_test(live, live_half_close_gets_answers);
     tcase_add_test(live, live_200_clients);
     tcase_add_test(live, live_server_free_closes_all);
     tcase_add_test(live, live_slow_reader_backpressure);
     tcase_add_test(live, live_push_bound);
     suite_add_tcase(s, live);
+
+    /* Format specifics: only for the tcp plugin's codecs. */
+    if (strcmp(T->name, "tcp") == 0) {
+        TCase *fmt = tcase_create("format");
+        int json = g_options && strstr(g_options, "\"json\"") != NULL;
+
+        tcase_add_test(fmt, tcp_options);
+        if (json) {
+            tcase_add_test(fmt, json_operator_lines);
+            tcase_add_test(fmt, json_strings_and_numbers);
+            tcase_add_test(fmt, json_doc_examples);
+        } else {
+            tcase_add_test(fmt, binary_doc_examples);
+            tcase_add_test(fmt, binary_strictness);
+        }
+        suite_add_tcase(s, fmt);
+    }
     return s;
 }
 
