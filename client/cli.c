@@ -47,6 +47,7 @@
 #include <sodium.h>
 
 #include "parley.h"
+#include "tui.h"
 
 enum {
     EXIT_REFUSED = 1,
@@ -1383,9 +1384,11 @@ int main(int argc, char **argv)
         }
     }
     if (i >= argc) {
-        /* The terminal UI will open here; until then, say how to use it. */
-        usage(stderr);
-        return EXIT_USAGE;
+        /* No command: the full-screen terminal UI (client/tui.c). */
+        memset(&o, 0, sizeof o);
+        o.config_path = k.config;
+        o.server = k.server;
+        return parley_tui_run(&o);
     }
     for (size_t c = 0; c < sizeof COMMANDS / sizeof COMMANDS[0]; c++)
         if (strcmp(COMMANDS[c].name, argv[i]) == 0)
