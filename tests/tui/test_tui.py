@@ -1,0 +1,420 @@
+"""The terminal UI end to end: the real `parley` binary (no command = the
+full-screen UI) in tmux, against a real parleyd, checked through what tmux
+shows (capture-pane) and through the CLI.
+
+Run by meson (suite tui) as:
+  test_tui.py PARLEYD PARLEY
+
+Each test gets its own parleyd (tests/e2e/harness.py) and its own tmux
+server on a private socket, with fixed 100x30 windows; both are always torn
+down. Every wait is "until this text is on the screen" with a deadline,
+never a sleep.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from harness import Cluster  # noqa: E402
+
+PARLEYD, PARLEY = None, None
+PASSWORD = "correct horse"
+WIDTH, HEIGHT = 100, 30
+DEADLINE = 15.0
+
+
+def messages(doc):
+    """The message list of a read/history/conversation document."""
+    if isinstance(doc, list):
+        return doc
+    return doc["messages"]
+
+
+class Tmux:
+    """A private tmux server; one session per UI, named after its user."""
+
+    def __init__(self, workdir):
+        self.sock = "parley-tui-%d-%s" % (os.getpid(), uuid.uuid4().hex[:8])
+        self.workdir = workdir
+        self.started = False
+
+    def run(self, *args, check=True):
+        r = subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null"] + list(args),
+                           capture_output=True, text=True, timeout=20)
+        if check and r.returncode != 0:
+            raise AssertionError("tmux %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr))
+        return r
+
+    def start(self, name, config):
+        env = ["env", "-u", "PARLEY_CONFIG", "LANG=C.UTF-8", "LC_ALL=C.UTF-8",
+               "TERM=xterm-256color", "HOME=" + self.workdir]
+        cmd = env + [PARLEY, "-c", config]
+        self.run("new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
+                 " ".join("'%s'" % a for a in cmd))
+        self.started = True
+        # Keep a pane whose program exited, so a crash is seen, not hidden.
+        self.run("set-option", "-t", name, "remain-on-exit", "on")
+
+    def keys(self, name, *keys):
+        self.run("send-keys", "-t", name, *keys)
+
+    def text(self, name, s):
+        self.run("send-keys", "-t", name, "-l", s)
+
+    def screen(self, name):
+        return self.run("capture-pane", "-p", "-t", name).stdout
+
+    def pane(self, name, fmt):
+        return self.run("display-message", "-p", "-t", name, fmt).stdout.strip()
+
+    def dead(self, name):
+        return self.pane(name, "#{pane_dead}") == "1"
+
+    def wait(self, name, what, timeout=DEADLINE):
+        """Wait until `what` (a string, or a predicate on the screen text) holds."""
+        pred = what if callable(what) else (lambda s: what in s)
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen(name)
+            if pred(screen):
+                return screen
+            if self.dead(name):
+                raise AssertionError("the UI of %s exited (status %s) while waiting for %r:\n%s"
+                                     % (name, self.pane(name, "#{pane_dead_status}"), what, screen))
+            time.sleep(0.05)
+        raise AssertionError("timed out after %.0fs waiting for %r on %s's screen:\n%s"
+                             % (timeout, what, name, screen))
+
+    def resize(self, name, w, h):
+        self.run("resize-window", "-t", name, "-x", str(w), "-y", str(h))
+
+    def close(self):
+        if self.started:
+            self.run("kill-server", check=False)
+
+
+def status_line(screen):
+    return screen.splitlines()[0] if screen else ""
+
+
+def status_has(user, state):
+    return lambda s: ("│ %s │ %s │" % (user, state)) in status_line(s)
+
+
+class TUI(unittest.TestCase):
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=1)
+        self.t = Tmux(self.c.dir)
+        try:
+            self.c.start(0)
+        except BaseException:
+            self.c.close()
+            raise
+
+    def tearDown(self):
+        failed = self._failed()
+        if failed:
+            sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
+        self.t.close()
+        self.c.close()
+
+    def _failed(self):
+        res = getattr(self, "_outcome", None)
+        if res is None:
+            return False
+        errs = getattr(res, "errors", None) or getattr(getattr(res, "result", None), "errors", [])
+        return any(e for _, e in errs if e) if errs else False
+
+    # ---- helpers ----
+    def open_ui(self, user, register=False, password=PASSWORD):
+        """Start a UI for user and log in (or register) through the form."""
+        self.t.start(user, self.c.config)
+        self.t.wait(user, "Username:")
+        self.t.text(user, user)
+        self.t.keys(user, "Tab")
+        self.t.text(user, password)
+        self.t.keys(user, "C-r" if register else "Enter")
+        return self.t.wait(user, status_has(user, "connected"))
+
+    def cli_login(self, user):
+        self.c.login(user)
+
+    def counts(self, user):
+        return self.c.cli_json(user, "unread")
+
+    def wait_counts(self, user, unread=None, read=None):
+        deadline = time.monotonic() + DEADLINE
+        doc = None
+        while time.monotonic() < deadline:
+            doc = self.counts(user)
+            if (unread is None or doc["unread"] == unread) and (read is None or doc["read"] == read):
+                return doc
+            time.sleep(0.1)
+        raise AssertionError("%s's counts stayed %r (wanted unread=%r read=%r)" % (user, doc, unread, read))
+
+    # ---- tests ----
+    def test_two_users_chat_live_both_ways(self):
+        t = self.t
+        self.open_ui("alice", register=True)
+        self.open_ui("bob", register=True)
+        self.cli_login("bob")
+
+        # alice writes to bob: recipient by completion, UTF-8 and wide
+        # characters, long enough to wrap.
+        t.keys("alice", "c")
+        t.wait("alice", "New message")
+        t.text("alice", "bo")
+        t.keys("alice", "Tab")
+        t.wait("alice", lambda s: re.search(r"To:\s+bob\b", s))
+        long_body = ("héllo bob ✓ 日本語 " + "lorem ipsum dolor sit amet " * 5 + "THE-END")
+        t.text("alice", long_body)
+        t.keys("alice", "Enter")
+        t.wait("alice", "sent to bob")
+
+        # bob sees it without pressing a key, wrapped, and it gets acked.
+        s = t.wait("bob", "héllo bob ✓ 日本語")
+        self.assertIn("THE-END", s)
+        body_lines = [l for l in s.splitlines() if "lorem" in l or "THE-END" in l or "héllo" in l]
+        self.assertGreater(len(body_lines), 1, "a long message should wrap over several lines:\n" + s)
+        for l in s.splitlines():
+            self.assertLessEqual(len(l), WIDTH, "a line is wider than the window")
+        self.wait_counts("bob", unread=0, read=1)
+
+        # bob answers from the conversation; alice, who is in her
+        # conversation with bob since sending, sees it live at the bottom.
+        t.keys("bob", "Enter")
+        t.wait("bob", "Conversation with alice")
+        t.keys("bob", "c")
+        t.wait("bob", "New message")
+        t.text("bob", "hi alice 👋 café")
+        t.keys("bob", "Enter")
+        t.wait("bob", "sent to alice")
+        s = t.wait("alice", "hi alice 👋 café")
+        lines = s.splitlines()
+        mine = max(i for i, l in enumerate(lines) if "héllo bob" in l)
+        theirs = max(i for i, l in enumerate(lines) if "hi alice" in l)
+        self.assertLess(mine, theirs, "the newest message should be at the bottom:\n" + s)
+        self.assertIn("Conversation with bob", s)
+        self.cli_login("alice")
+        self.wait_counts("alice", unread=0, read=1)
+
+        # A live message while bob looks at his inbox shows up there too.
+        t.keys("bob", "Escape")
+        t.wait("bob", "Inbox")
+        self.c.cli("alice", "send", "bob", "third one", check=0)
+        t.wait("bob", "third one")
+        self.wait_counts("bob", unread=0, read=2)
+
+        # q quits cleanly.
+        t.keys("bob", "q")
+        deadline = time.monotonic() + DEADLINE
+        while not t.dead("bob") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(t.dead("bob"), "q did not quit")
+        self.assertEqual(t.pane("bob", "#{pane_dead_status}"), "0")
+
+    def test_read_n_and_delete_selected(self):
+        t = self.t
+        c = self.c
+        for u in ("alice", "bob"):
+            c.register(u)
+        self.cli_login("alice")
+        self.cli_login("bob")
+        for i in (1, 2, 3):
+            c.cli("alice", "send", "bob", "msg-%d" % i, check=0)
+
+        s = self.open_ui("bob")
+        self.assertIn("unread 3", status_line(t.wait("bob", lambda s: "unread 3" in status_line(s))))
+        self.assertNotIn("msg-1", s, "unread backlog must wait for 'read N', not show as live")
+
+        # read 2: the two oldest, then one stays unread.
+        t.keys("bob", "r")
+        t.wait("bob", "Read how many")
+        t.text("bob", "2")
+        t.keys("bob", "Enter")
+        s = t.wait("bob", "Read 2 messages")
+        self.assertIn("msg-1", s)
+        self.assertIn("msg-2", s)
+        self.assertNotIn("msg-3", s)
+        t.wait("bob", lambda s: "unread 1 · read 2" in status_line(s))
+        self.wait_counts("bob", unread=1, read=2)
+
+        # Back to the inbox (newest first: msg-2, msg-1); select msg-1 and
+        # delete it.
+        t.keys("bob", "Escape")
+        s = t.wait("bob", lambda s: "Inbox" in s and "msg-1" in s and "msg-2" in s)
+        t.keys("bob", "Down")
+        t.keys("bob", "Space")
+        t.wait("bob", lambda s: any("[x]" in l for l in s.splitlines()))
+        t.keys("bob", "d")
+        t.wait("bob", "Delete 1 message from your view? y/n")
+        t.keys("bob", "y")
+        t.wait("bob", "deleted 1 message")
+        s = t.wait("bob", lambda s: "msg-1" not in s and "msg-2" in s)
+        hist = [m["body"] for m in messages(c.cli_json("bob", "history"))]
+        self.assertEqual(hist, ["msg-2"])
+
+        # Multi-select: read the rest, select both on the page, delete both.
+        t.keys("bob", "r")
+        t.wait("bob", "Read how many")
+        t.keys("bob", "Enter")
+        t.wait("bob", "Read 1 message")
+        t.keys("bob", "i")
+        t.wait("bob", lambda s: "Inbox" in s and "msg-3" in s and "msg-2" in s)
+        t.keys("bob", "Space")
+        t.keys("bob", "Space")
+        t.wait("bob", lambda s: sum("[x]" in l for l in s.splitlines()) == 2)
+        t.keys("bob", "d")
+        t.wait("bob", "Delete 2 messages from your view? y/n")
+        t.keys("bob", "y")
+        t.wait("bob", "deleted 2 messages")
+        self.assertEqual(messages(c.cli_json("bob", "history")), [])
+        self.wait_counts("bob", unread=0, read=0)
+
+    def test_user_search_with_pattern_and_paging(self):
+        t = self.t
+        c = self.c
+        for i in range(25):
+            c.register("user%02d" % i)
+        c.register("zed")
+        self.open_ui("zed")
+        t.keys("zed", "u")
+        t.wait("zed", "Find users")
+        t.text("zed", "user")
+        s = t.wait("zed", lambda s: "matching user*" in s and "user19" in s)
+        self.assertIn("user00", s)
+        self.assertNotIn("user20", s)
+        self.assertIn("PgDn more", s)
+        t.keys("zed", "NPage")
+        s = t.wait("zed", lambda s: "user24" in s)
+        self.assertNotIn("user00", s)
+        self.assertIn("21–25", s)
+        # A glob: '?' is one character.
+        t.keys("zed", "C-u")
+        t.text("zed", "user1?")
+        s = t.wait("zed", lambda s: "matching user1?" in s and "user19" in s)
+        self.assertIn("user10", s)
+        self.assertNotIn("user20", s)
+        self.assertNotIn("user01", s)
+        # Enter opens the conversation with the highlighted user.
+        t.keys("zed", "Enter")
+        t.wait("zed", "Conversation with user10")
+
+    def test_logout_and_delete_account(self):
+        t = self.t
+        self.open_ui("carol", register=True)
+        t.keys("carol", "L")
+        t.wait("carol", "logged out")
+        t.wait("carol", "Username:")
+        # Log in again (the username is kept, the cursor is on the password).
+        t.text("carol", PASSWORD)
+        t.keys("carol", "Enter")
+        t.wait("carol", status_has("carol", "connected"))
+        # Delete the account: a wrong password is refused, the right one works.
+        t.keys("carol", "X")
+        t.wait("carol", "Delete account")
+        t.text("carol", "not the password")
+        t.keys("carol", "Enter")
+        s = t.wait("carol", "delete account:")
+        self.assertIn("Delete account", s)
+        self.assertNotIn("not the password", s, "the password must not be shown")
+        t.text("carol", PASSWORD)
+        t.keys("carol", "Enter")
+        t.wait("carol", "account carol deleted")
+        t.wait("carol", "Username:")
+        r = self.c.cli("carol", "login", "carol", "--password-stdin", stdin=PASSWORD + "\n")
+        self.assertEqual(r.returncode, 1, "the deleted account could still log in: %s" % r.stdout)
+
+    def test_password_is_hidden_on_the_form(self):
+        t = self.t
+        t.start("dave", self.c.config)
+        t.wait("dave", "Username:")
+        t.text("dave", "dave")
+        t.keys("dave", "Tab")
+        t.text("dave", "secret-pw-123")
+        s = t.wait("dave", "*************")
+        self.assertNotIn("secret-pw-123", s)
+
+    def test_reconnect_after_server_restart(self):
+        t = self.t
+        c = self.c
+        c.register("bob")
+        self.cli_login("bob")
+        self.open_ui("alice", register=True)
+        c.kill(0)
+        t.wait("alice", lambda s: "│ reconnecting │" in status_line(s) or "│ offline │" in status_line(s))
+        c.start(0)
+        t.wait("alice", status_has("alice", "connected"))
+        # Live messages flow again without any key.
+        c.cli("bob", "send", "alice", "after the restart", check=0)
+        t.wait("alice", "after the restart")
+        self.cli_login("alice")
+        self.wait_counts("alice", unread=0, read=1)
+        # Nothing is shown twice.
+        self.assertEqual(t.screen("alice").count("after the restart"), 1)
+
+    def test_slow_server_never_freezes_the_ui(self):
+        t = self.t
+        c = self.c
+        self.open_ui("erin", register=True)
+        c.kill(0, signal.SIGSTOP)
+        try:
+            t.keys("erin", "u")
+            t.wait("erin", "Find users")
+            # The search is stuck on the paused server: busy marker on...
+            t.wait("erin", lambda s: status_line(s).rstrip().endswith("…"))
+            # ...and the UI still answers keys.
+            t.keys("erin", "F1")
+            t.wait("erin", "Keys (any key closes this help)")
+            t.keys("erin", "Escape")
+            t.wait("erin", lambda s: "Keys (any key" not in s)
+            t.text("erin", "er")
+            t.wait("erin", lambda s: re.search(r"Pattern:\s+er", s))
+        finally:
+            c.kill(0, signal.SIGCONT)
+        t.wait("erin", lambda s: "matching er*" in s and "erin" in s)
+        t.wait("erin", lambda s: not status_line(s).rstrip().endswith("…"))
+
+    def test_help_resize_and_tiny_terminal(self):
+        t = self.t
+        self.open_ui("fay", register=True)
+        t.keys("fay", "?")
+        s = t.wait("fay", "Keys (any key closes this help)")
+        for key in ("read N unread messages", "delete selected", "find users", "delete account",
+                    "log out", "register, then log in", "complete the recipient"):
+            self.assertIn(key, s)
+        t.keys("fay", "Space")
+        t.wait("fay", lambda s: "Keys (any key" not in s)
+        t.resize("fay", 30, 8)
+        t.wait("fay", "terminal too small")
+        t.resize("fay", 60, 15)
+        s = t.wait("fay", status_has("fay", "connected"))
+        for l in s.splitlines():
+            self.assertLessEqual(len(l), 60)
+        t.resize("fay", WIDTH, HEIGHT)
+        t.wait("fay", lambda s: "Inbox" in s and len(s.splitlines()[0]) > 60)
+
+
+def main():
+    global PARLEYD, PARLEY
+    if len(sys.argv) < 3:
+        sys.stderr.write("usage: test_tui.py PARLEYD PARLEY [unittest args]\n")
+        return 2
+    PARLEYD, PARLEY = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    if not shutil.which("tmux"):
+        sys.stderr.write("tmux is not installed: the terminal UI tests need it\n")
+        return 77  # meson: skipped
+    argv = [sys.argv[0]] + sys.argv[3:]
+    prog = unittest.main(argv=argv, exit=False, verbosity=2)
+    return 0 if prog.result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
