@@ -151,7 +151,7 @@ class Run:
             cl.start()
         nem = self.nemesis = Nemesis(c, h, a.seed)
         schedule = make_schedule(a.seed, c.n, a.duration)
-        sched = [(at + start, kind, hold, params) for at, kind, hold, params in schedule]
+        sched = [(at + start, kinds, hold, params) for at, kinds, hold, params in schedule]
         nem.run(sched, start + a.duration,
                 stop=lambda: any(not cl.is_alive() for cl in self.clients))
         self.stop.set()
@@ -246,6 +246,10 @@ def main(argv=None):
     try:
         run.execute()
         failed = False
+    except BaseException:
+        print("fault: interrupted; history so far in %s, server logs in %s"
+              % (run.history_path, run.log_dir), file=sys.stderr, flush=True)
+        raise
     finally:
         run.close()
         if failed:

@@ -7,7 +7,8 @@ primary" is looked up when a fault starts (the cluster decides that, not the
 seed); everything else random at that moment comes from a generator seeded
 from the seed too, so a replay differs only where the cluster itself did.
 
-Faults (one episode at a time; each is healed before the next begins):
+Faults (one episode at a time, each healed before the next begins; one
+episode in four combines a process fault with a link fault):
   kill           kill -9 one server (the primary half the time), or up to f
                  servers; restarted when healed
   pause          SIGSTOP the same way; SIGCONT when healed
@@ -29,10 +30,16 @@ import time
 KINDS = ["kill", "pause", "isolate", "split", "bridge", "ring", "oneway", "slow", "lossy"]
 
 
+PROCESS_KINDS = ("kill", "pause")
+
+
 def make_schedule(seed, n, duration, quiet=3.0):
-    """[(at_seconds, kind, hold_seconds, params)] for a run of `duration` s."""
+    """[(at_seconds, [kinds], hold_seconds, params)] for a run of `duration` s.
+    An episode is one fault, or (one time in four) a process fault and a
+    link fault together, such as a crash during a partition."""
     rng = random.Random("%d/schedule/%d" % (seed, n))
     kinds = [k for k in KINDS if not (k == "ring" and n < 5)]
+    links = [k for k in kinds if k not in PROCESS_KINDS]
     out = []
     t = quiet
     while True:
@@ -40,11 +47,15 @@ def make_schedule(seed, n, duration, quiet=3.0):
         if t + hold > duration:
             break
         kind = rng.choice(kinds)
+        if rng.random() < 0.25:
+            ks = [rng.choice(PROCESS_KINDS), rng.choice(links)]
+        else:
+            ks = [kind]
         params = {"style": rng.choice(["reset", "blackhole"]),
                   "on_primary": rng.random() < 0.5,
                   "count": rng.randint(1, max(1, (n - 1) // 2)),
                   "rand": rng.randrange(1 << 30)}
-        out.append((round(t, 2), kind, hold, params))
+        out.append((round(t, 2), ks, hold, params))
         t += hold + rng.uniform(1.5, 4.0)
     return out
 
@@ -164,16 +175,17 @@ class Nemesis:
         """Apply the schedule against the history clock; returns at t_end
         (run-relative seconds) with everything healed."""
         try:
-            for at, kind, hold, params in schedule:
+            for at, kinds, hold, params in schedule:
                 if not self.sleep_until(at, stop) or at >= t_end:
                     break
-                start = self.h.now()
-                what = self.apply(kind, params)
-                self.record("fault", what, start, fault=kind)
+                for kind in kinds:
+                    start = self.h.now()
+                    what = self.apply(kind, params)
+                    self.record("fault", what, start, fault=kind)
                 self.sleep_until(min(self.h.now() + hold, t_end), stop)
                 start = self.h.now()
                 self.heal()
-                self.record("heal", "heal after " + kind, start, fault=kind)
+                self.record("heal", "heal after " + "+".join(kinds), start, fault="+".join(kinds))
             self.sleep_until(t_end, stop)
         finally:
             self.heal()
