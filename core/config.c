@@ -200,7 +200,7 @@ done:
 
 static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
 {
-    static const char *const known[] = { "host", "port", "peer_port", NULL };
+    static const char *const known[] = { "host", "port", "peer_port", "admin_port", NULL };
     char key[64];
 
     if (!cJSON_IsArray(v)) {
@@ -276,6 +276,14 @@ static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
             cfg_err(x, key, "must differ from port %u", (unsigned)s[i].port);
             return PL_ERR_CONFIG;
         }
+
+        const cJSON *ap = cJSON_GetObjectItemCaseSensitive(e, "admin_port");
+        snprintf(key, sizeof key, "servers[%d].admin_port", i);
+        if (ap) {
+            if ((rc = get_uint(x, ap, key, 1, 65535, NULL, &u)) != PL_OK)
+                return rc;
+            s[i].admin_port = (uint16_t)u;
+        }
     }
 
     /* Every client and peer endpoint must be distinct, or two servers (or a
@@ -295,6 +303,66 @@ static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
                                 s[i].host, (unsigned)mine[a], j, names[b]);
                         return PL_ERR_CONFIG;
                     }
+        }
+    }
+    return PL_OK;
+}
+
+/* "admin": {"bind", "port_offset"}; applied after the servers are parsed so
+ * port_offset can fill in the admin_port of every server without one. */
+static int parse_admin(cfg_ctx *x, const cJSON *v, pl_config *c)
+{
+    static const char *const known[] = { "bind", "port_offset", NULL };
+    char key[64];
+    uint64_t off = 0;
+    int rc;
+
+    if (!cJSON_IsObject(v)) {
+        cfg_err(x, "admin", "must be an object {\"bind\": ADDRESS, \"port_offset\": N}");
+        return PL_ERR_CONFIG;
+    }
+    if ((rc = check_keys(x, v, "admin.", known)) != PL_OK)
+        return rc;
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(v, "bind");
+    if (b && (rc = get_str(x, b, "admin.bind", PL_HOST_MAX, &c->admin_bind)) != PL_OK)
+        return rc;
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(v, "port_offset");
+    if (o && (rc = get_uint(x, o, "admin.port_offset", 1, 65534, NULL, &off)) != PL_OK)
+        return rc;
+    for (size_t i = 0; off && i < c->n_servers; i++) {
+        if (c->servers[i].admin_port)
+            continue;
+        if (c->servers[i].port + off > 65535) {
+            snprintf(key, sizeof key, "servers[%zu].admin_port", i);
+            cfg_err(x, key, "default port+%llu = %llu is above 65535; set admin_port",
+                    (unsigned long long)off, (unsigned long long)(c->servers[i].port + off));
+            return PL_ERR_CONFIG;
+        }
+        c->servers[i].admin_port = (uint16_t)(c->servers[i].port + off);
+    }
+    return PL_OK;
+}
+
+/* An admin port must not collide with any listener on the same host. */
+static int check_admin_ports(cfg_ctx *x, const pl_config *c)
+{
+    char key[64];
+    for (size_t i = 0; i < c->n_servers; i++) {
+        uint16_t a = c->servers[i].admin_port;
+        if (!a)
+            continue;
+        for (size_t j = 0; j < c->n_servers; j++) {
+            const pl_server_conf *o = &c->servers[j];
+            if (strcmp(c->servers[i].host, o->host) != 0)
+                continue;
+            const char *what = a == o->port ? "port" : a == o->peer_port ? "peer_port"
+                             : (j < i && a == o->admin_port) ? "admin_port" : NULL;
+            if (what) {
+                snprintf(key, sizeof key, "servers[%zu].admin_port", i);
+                cfg_err(x, key, "%s:%u is already used by servers[%zu].%s",
+                        c->servers[i].host, (unsigned)a, j, what);
+                return PL_ERR_CONFIG;
+            }
         }
     }
     return PL_OK;
@@ -331,7 +399,7 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
     static const char *const known[] = {
         "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
         "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
-        "hash_workers", "failback", NULL
+        "hash_workers", "failback", "admin", NULL
     };
     int rc;
     uint64_t u;
@@ -350,6 +418,11 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
         return PL_ERR_CONFIG;
     }
     if ((rc = parse_servers(x, v, c)) != PL_OK)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "admin")) &&
+        (rc = parse_admin(x, v, c)) != PL_OK)
+        return rc;
+    if ((rc = check_admin_ports(x, c)) != PL_OK)
         return rc;
 
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "transport")) &&
@@ -438,6 +511,9 @@ pl_config *pl_config_default(void)
     c->pwhash_memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
     c->hash_workers = 2;
     c->failback = 1;
+    c->admin_bind = xstrdup(PL_DEFAULT_HOST);
+    if (!c->admin_bind)
+        goto fail;
     return c;
 fail:
     pl_config_free(c);
@@ -583,6 +659,7 @@ void pl_config_free(pl_config *c)
     free(c->store.options_json);
     free(c->data_dir);
     free(c->plugin_dir);
+    free(c->admin_bind);
     free(c->path);
     free(c);
 }

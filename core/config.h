@@ -22,6 +22,10 @@
  *   hash_workers: threads hashing passwords (default 2)
  *   failback: true (default) | false — return the primary to the most
  *             preferred server once it has caught up
+ *   servers[].admin_port: HTTP port serving GET /metrics (Prometheus text);
+ *             default none
+ *   admin: {"bind": "127.0.0.1" (default), "port_offset": N} — port_offset
+ *             gives every server without an admin_port one at port+N
  */
 #ifndef PL_CORE_CONFIG_H
 #define PL_CORE_CONFIG_H
@@ -38,6 +42,7 @@ typedef struct pl_server_conf {
     char *host;
     uint16_t port;
     uint16_t peer_port;
+    uint16_t admin_port;  /* HTTP metrics listener; 0 = none */
 } pl_server_conf;
 
 typedef struct pl_plugin_conf {
@@ -61,6 +66,7 @@ typedef struct pl_config {
     uint64_t pwhash_memlimit;
     uint32_t hash_workers;
     int failback;                /* hand the primary back to higher priority (default 1) */
+    char *admin_bind;            /* address the admin listener binds (default 127.0.0.1) */
 } pl_config;
 
 /* The built-in default: one server on 127.0.0.1:8100, tcp/binary, sqlite. */
