@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -394,12 +395,107 @@ static int parse_pwhash(cfg_ctx *x, const cJSON *v, pl_config *c)
     return PL_OK;
 }
 
+/* Limits whose default follows other keys; 0 in the struct means "not set". */
+static void limits_derive(pl_config *c)
+{
+    pl_limits *l = &c->limits;
+    if (!l->password_checks_queued)
+        l->password_checks_queued = c->hash_workers * PL_LIMITS_DEFAULT_CHECKS_PER_WORKER;
+    if (!l->request_burst)
+        l->request_burst = l->requests_per_second > UINT32_MAX / 2 ? UINT32_MAX
+                           : l->requests_per_second ? 2 * l->requests_per_second : 1;
+}
+
+/* "limits": every client-facing limit, each with a key and a range. A
+ * password_checks_queued or request_burst left out is derived after the
+ * whole file is read (from hash_workers and requests_per_second). */
+static int parse_limits(cfg_ctx *x, const cJSON *v, pl_config *c)
+{
+    static const char *const known[] = {
+        "conns_per_address", "requests_per_second", "request_burst",
+        "password_checks_queued", "login_failures_per_user",
+        "login_failures_per_address", "login_backoff_max_ms", "session_ttl_s", NULL
+    };
+    static const struct {
+        const char *key;
+        uint64_t lo, hi;
+        const char *what;
+        size_t off, size;
+    } f[] = {
+        { "conns_per_address", 0, 1000000, " (0 = unlimited)",
+          offsetof(pl_limits, conns_per_address), 4 },
+        { "requests_per_second", 0, 10000000, " (0 = unlimited)",
+          offsetof(pl_limits, requests_per_second), 4 },
+        { "request_burst", 1, 100000000, NULL, offsetof(pl_limits, request_burst), 4 },
+        { "password_checks_queued", 1, 1000000, NULL,
+          offsetof(pl_limits, password_checks_queued), 4 },
+        { "login_failures_per_user", 1, 1000000, NULL,
+          offsetof(pl_limits, login_failures_per_user), 4 },
+        { "login_failures_per_address", 1, 1000000, NULL,
+          offsetof(pl_limits, login_failures_per_address), 4 },
+        { "login_backoff_max_ms", 1000, 86400000, NULL,
+          offsetof(pl_limits, login_backoff_max_ms), 4 },
+        { "session_ttl_s", 0, (uint64_t)100 * 365 * 86400, " (seconds, 0 = never)",
+          offsetof(pl_limits, session_ttl_s), 8 },
+    };
+    char key[64];
+    int rc;
+
+    if (!cJSON_IsObject(v)) {
+        cfg_err(x, "limits", "must be an object, e.g. {\"conns_per_address\": 256}");
+        return PL_ERR_CONFIG;
+    }
+    if ((rc = check_keys(x, v, "limits.", known)) != PL_OK)
+        return rc;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(v, f[i].key);
+        uint64_t u;
+        if (!m)
+            continue;
+        snprintf(key, sizeof key, "limits.%s", f[i].key);
+        if ((rc = get_uint(x, m, key, f[i].lo, f[i].hi, f[i].what, &u)) != PL_OK)
+            return rc;
+        char *dst = (char *)&c->limits + f[i].off;
+        if (f[i].size == 4) {
+            uint32_t u32 = (uint32_t)u;
+            memcpy(dst, &u32, 4);
+        } else {
+            memcpy(dst, &u, 8);
+        }
+    }
+    return PL_OK;
+}
+
+static int parse_secret(cfg_ctx *x, const cJSON *root, pl_config *c)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "cluster_secret");
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "cluster_secret_file");
+    int rc;
+    if (v && f) {
+        cfg_err(x, "cluster_secret_file", "give cluster_secret or cluster_secret_file, not both");
+        return PL_ERR_CONFIG;
+    }
+    if (v) {
+        if ((rc = get_str(x, v, "cluster_secret", PL_CLUSTER_SECRET_MAX, &c->cluster_secret)) != PL_OK)
+            return rc;
+        if (strlen(c->cluster_secret) < PL_CLUSTER_SECRET_MIN) {
+            cfg_err(x, "cluster_secret", "must be at least %u bytes (e.g. 64 random hex digits)",
+                    PL_CLUSTER_SECRET_MIN);
+            return PL_ERR_CONFIG;
+        }
+    }
+    if (f && (rc = get_str(x, f, "cluster_secret_file", 4096, &c->cluster_secret_file)) != PL_OK)
+        return rc;
+    return PL_OK;
+}
+
 static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
 {
     static const char *const known[] = {
         "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
         "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
-        "hash_workers", "failback", "admin", NULL
+        "hash_workers", "failback", "admin", "limits", "cluster_secret",
+        "cluster_secret_file", NULL
     };
     int rc;
     uint64_t u;
@@ -483,6 +579,12 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
             return rc;
         c->hash_workers = (uint32_t)u;
     }
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "limits")) &&
+        (rc = parse_limits(x, v, c)) != PL_OK)
+        return rc;
+    if ((rc = parse_secret(x, root, c)) != PL_OK)
+        return rc;
+    limits_derive(c);
     return PL_OK;
 }
 
@@ -514,6 +616,15 @@ pl_config *pl_config_default(void)
     c->admin_bind = xstrdup(PL_DEFAULT_HOST);
     if (!c->admin_bind)
         goto fail;
+    c->limits = (pl_limits){
+        .conns_per_address = PL_LIMITS_DEFAULT_CONNS_PER_ADDRESS,
+        .requests_per_second = PL_LIMITS_DEFAULT_RPS,
+        .login_failures_per_user = PL_LIMITS_DEFAULT_FAILS_USER,
+        .login_failures_per_address = PL_LIMITS_DEFAULT_FAILS_ADDRESS,
+        .login_backoff_max_ms = PL_LIMITS_DEFAULT_BACKOFF_MAX_MS,
+        .session_ttl_s = PL_LIMITS_DEFAULT_SESSION_TTL_S,
+    };
+    limits_derive(c);
     return c;
 fail:
     pl_config_free(c);
@@ -586,6 +697,9 @@ pl_config *pl_config_parse(const char *name, const char *text, size_t len,
         cfg_err(&x, "(top level)", "out of memory");
         goto fail;
     }
+    /* Derived again from the file's own hash_workers and rate. */
+    c->limits.password_checks_queued = 0;
+    c->limits.request_burst = 0;
     if (parse_root(&x, root, c) != PL_OK)
         goto fail;
     if (name) {
@@ -660,6 +774,72 @@ void pl_config_free(pl_config *c)
     free(c->data_dir);
     free(c->plugin_dir);
     free(c->admin_bind);
+    if (c->cluster_secret) {
+        /* A secret should not linger in freed memory; no libsodium here
+         * (the client links this file too), so a volatile wipe. */
+        volatile char *v = c->cluster_secret;
+        for (size_t i = 0; v[i]; i++)
+            v[i] = 0;
+        free(c->cluster_secret);
+    }
+    free(c->cluster_secret_file);
     free(c->path);
     free(c);
+}
+
+int pl_config_cluster_secret(const pl_config *c, uint8_t **out, size_t *len,
+                             char *err, size_t errlen)
+{
+    cfg_ctx x = { c->path ? c->path : "(config)", err, errlen };
+    *out = NULL;
+    *len = 0;
+    if (c->cluster_secret) {
+        size_t n = strlen(c->cluster_secret);
+        if (n < PL_CLUSTER_SECRET_MIN) {
+            cfg_err(&x, "cluster_secret", "must be at least %u bytes", PL_CLUSTER_SECRET_MIN);
+            return PL_ERR_CONFIG;
+        }
+        if (!(*out = malloc(n)))
+            return PL_ERR_NOMEM;
+        memcpy(*out, c->cluster_secret, n);
+        *len = n;
+        return PL_OK;
+    }
+    if (!c->cluster_secret_file)
+        return PL_OK;
+    FILE *f = fopen(c->cluster_secret_file, "rb");
+    if (!f) {
+        cfg_err(&x, "cluster_secret_file", "cannot open %s: %s", c->cluster_secret_file,
+                strerror(errno));
+        return PL_ERR_CONFIG;
+    }
+    uint8_t *buf = malloc(PL_CLUSTER_SECRET_MAX + 2);
+    size_t n = buf ? fread(buf, 1, PL_CLUSTER_SECRET_MAX + 2, f) : 0;
+    int failed = !buf || ferror(f);
+    fclose(f);
+    if (failed) {
+        cfg_err(&x, "cluster_secret_file", "cannot read %s", c->cluster_secret_file);
+        goto fail;
+    }
+    /* "echo SECRET > file" leaves a newline that is not part of the secret. */
+    if (n && buf[n - 1] == '\n')
+        n--;
+    if (n && buf[n - 1] == '\r')
+        n--;
+    if (n < PL_CLUSTER_SECRET_MIN || n > PL_CLUSTER_SECRET_MAX) {
+        cfg_err(&x, "cluster_secret_file", "%s holds %zu bytes; the secret must be %u-%u bytes",
+                c->cluster_secret_file, n, PL_CLUSTER_SECRET_MIN, PL_CLUSTER_SECRET_MAX);
+        goto fail;
+    }
+    *out = buf;
+    *len = n;
+    return PL_OK;
+fail:
+    if (buf) {
+        volatile uint8_t *v = buf;
+        for (size_t i = 0; i < PL_CLUSTER_SECRET_MAX + 2; i++)
+            v[i] = 0;
+    }
+    free(buf);
+    return PL_ERR_CONFIG;
 }

@@ -26,6 +26,12 @@
  *             default none
  *   admin: {"bind": "127.0.0.1" (default), "port_offset": N} — port_offset
  *             gives every server without an admin_port one at port+N
+ *   limits: {conns_per_address, requests_per_second, request_burst,
+ *            password_checks_queued, login_failures_per_user,
+ *            login_failures_per_address, login_backoff_max_ms,
+ *            session_ttl_s} — struct pl_limits below; docs/operations.md
+ *   cluster_secret: text of at least 32 bytes, or cluster_secret_file: a
+ *             file holding it — servers prove it to each other (peer.c)
  */
 #ifndef PL_CORE_CONFIG_H
 #define PL_CORE_CONFIG_H
@@ -44,6 +50,30 @@ typedef struct pl_server_conf {
     uint16_t peer_port;
     uint16_t admin_port;  /* HTTP metrics listener; 0 = none */
 } pl_server_conf;
+
+/* The limits a server enforces on its clients (the "limits" object). One
+ * struct so that a reload can swap all of them at once. Where noted, 0
+ * turns a limit off. Defaults: PL_LIMITS_DEFAULT_*. */
+typedef struct pl_limits {
+    uint32_t conns_per_address;          /* open client connections per IP; 0 = off */
+    uint32_t requests_per_second;        /* token refill per connection; 0 = off */
+    uint32_t request_burst;              /* token bucket size */
+    uint32_t password_checks_queued;     /* Argon2id jobs waiting for a worker */
+    uint32_t login_failures_per_user;    /* failures before back-off starts */
+    uint32_t login_failures_per_address; /* same, per client IP */
+    uint32_t login_backoff_max_ms;       /* back-off doubles from 1 s up to this */
+    uint64_t session_ttl_s;              /* session lifetime; 0 = never expires */
+} pl_limits;
+
+#define PL_LIMITS_DEFAULT_CONNS_PER_ADDRESS 256u
+#define PL_LIMITS_DEFAULT_RPS 1000u
+#define PL_LIMITS_DEFAULT_CHECKS_PER_WORKER 32u
+#define PL_LIMITS_DEFAULT_FAILS_USER 5u
+#define PL_LIMITS_DEFAULT_FAILS_ADDRESS 50u
+#define PL_LIMITS_DEFAULT_BACKOFF_MAX_MS 60000u
+#define PL_LIMITS_DEFAULT_SESSION_TTL_S (30u * 24u * 3600u)
+#define PL_CLUSTER_SECRET_MIN 32u
+#define PL_CLUSTER_SECRET_MAX 4096u
 
 typedef struct pl_plugin_conf {
     char *name;          /* short name or path */
@@ -67,6 +97,9 @@ typedef struct pl_config {
     uint32_t hash_workers;
     int failback;                /* hand the primary back to higher priority (default 1) */
     char *admin_bind;            /* address the admin listener binds (default 127.0.0.1) */
+    pl_limits limits;
+    char *cluster_secret;        /* inline secret text, or NULL */
+    char *cluster_secret_file;   /* or a file holding it, or NULL */
 } pl_config;
 
 /* The built-in default: one server on 127.0.0.1:8100, tcp/binary, sqlite. */
@@ -78,5 +111,14 @@ pl_config *pl_config_load(const char *path, char *err, size_t errlen);
 pl_config *pl_config_parse(const char *name, const char *text, size_t len,
                            char *err, size_t errlen);
 void pl_config_free(pl_config *c);
+
+/* The cluster secret (cluster_secret or the contents of cluster_secret_file,
+ * one trailing newline dropped), checked to be PL_CLUSTER_SECRET_MIN..MAX
+ * bytes. *out is malloc'd (caller wipes and frees) or NULL with *len 0 when
+ * none is configured. Read at server start, not at parse time, so a client
+ * that loads the same config need not be able to read the file. On error
+ * returns PL_ERR_CONFIG with "FILE: KEY: REASON" in err. */
+int pl_config_cluster_secret(const pl_config *c, uint8_t **out, size_t *len,
+                             char *err, size_t errlen);
 
 #endif
