@@ -489,13 +489,148 @@ static int parse_secret(cfg_ctx *x, const cJSON *root, pl_config *c)
     return PL_OK;
 }
 
+/* A tls.* path. Relative paths are taken from the config file's directory,
+ * not the working directory: a client config handed to users must find
+ * its CA wherever `parley` is started. */
+static int get_tls_path(cfg_ctx *x, const cJSON *v, const char *key, char **out)
+{
+    char *p = NULL;
+    int rc = get_str(x, v, key, 4096, &p);
+    if (rc != PL_OK)
+        return rc;
+    const char *slash = strrchr(x->file, '/');
+    if (p[0] != '/' && slash) {
+        size_t dirlen = (size_t)(slash - x->file) + 1, n = strlen(p) + 1;
+        char *full = malloc(dirlen + n);
+        if (!full) {
+            free(p);
+            cfg_err(x, key, "out of memory");
+            return PL_ERR_NOMEM;
+        }
+        memcpy(full, x->file, dirlen);
+        memcpy(full + dirlen, p, n);
+        free(p);
+        p = full;
+    }
+    free(*out);
+    *out = p;
+    return PL_OK;
+}
+
+static int get_bool(cfg_ctx *x, const cJSON *v, const char *key, int *out)
+{
+    if (!cJSON_IsBool(v)) {
+        cfg_err(x, key, "must be true or false");
+        return PL_ERR_CONFIG;
+    }
+    *out = cJSON_IsTrue(v);
+    return PL_OK;
+}
+
+static int parse_tls(cfg_ctx *x, const cJSON *v, pl_config *c)
+{
+    static const char *const known[] = { "cert", "key", "ca", "peer", "clients",
+                                         "verify_clients", NULL };
+    pl_tls_conf *t = &c->tls;
+    const cJSON *m;
+    int rc;
+
+    if (!cJSON_IsObject(v)) {
+        cfg_err(x, "tls", "must be an object {\"cert\", \"key\", \"ca\", ...}");
+        return PL_ERR_CONFIG;
+    }
+    if ((rc = check_keys(x, v, "tls.", known)) != PL_OK)
+        return rc;
+    t->enabled = 1;
+    t->peer = 1;
+    t->clients = 1;
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "cert")) &&
+        (rc = get_tls_path(x, m, "tls.cert", &t->cert)) != PL_OK)
+        return rc;
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "key")) &&
+        (rc = get_tls_path(x, m, "tls.key", &t->key)) != PL_OK)
+        return rc;
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "ca")) &&
+        (rc = get_tls_path(x, m, "tls.ca", &t->ca)) != PL_OK)
+        return rc;
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "peer")) &&
+        (rc = get_bool(x, m, "tls.peer", &t->peer)) != PL_OK)
+        return rc;
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "clients")) &&
+        (rc = get_bool(x, m, "tls.clients", &t->clients)) != PL_OK)
+        return rc;
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "verify_clients")) &&
+        (rc = get_bool(x, m, "tls.verify_clients", &t->verify_clients)) != PL_OK)
+        return rc;
+    /* A certificate without its key (or the reverse) is always a mistake. */
+    if (!t->cert != !t->key) {
+        cfg_err(x, t->cert ? "tls.key" : "tls.cert",
+                "missing (\"cert\" and \"key\" are given together)");
+        return PL_ERR_CONFIG;
+    }
+    if (t->verify_clients && !t->clients) {
+        cfg_err(x, "tls.verify_clients", "needs tls.clients to be true");
+        return PL_ERR_CONFIG;
+    }
+    if (t->verify_clients && !t->ca) {
+        cfg_err(x, "tls.verify_clients", "needs tls.ca (the CA that signs client certificates)");
+        return PL_ERR_CONFIG;
+    }
+    return PL_OK;
+}
+
+/* The transport learns about TLS through a "tls" member added to its
+ * options (see pl_transport_options in parley/transport.h), so that server
+ * and client halves get it the same way and a transport that cannot do TLS
+ * refuses the key instead of serving plaintext. The key is the core's: a
+ * transport object that sets it itself is refused. */
+static int tls_into_transport(cfg_ctx *x, pl_config *c)
+{
+    const pl_tls_conf *t = &c->tls;
+    cJSON *o = cJSON_Parse(c->transport.options_json ? c->transport.options_json : "");
+    cJSON *tls = NULL;
+    char *text = NULL;
+    int rc = PL_ERR_NOMEM;
+
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        cfg_err(x, "transport", "options are not a JSON object");
+        return PL_ERR_CONFIG;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(o, "tls")) {
+        cJSON_Delete(o);
+        cfg_err(x, "transport.tls", "TLS is set by the top-level \"tls\" object");
+        return PL_ERR_CONFIG;
+    }
+    if (!t->enabled || !t->clients) {
+        cJSON_Delete(o);
+        return PL_OK;
+    }
+    tls = cJSON_AddObjectToObject(o, "tls");
+    if (!tls || (t->cert && !cJSON_AddStringToObject(tls, "cert", t->cert)) ||
+        (t->key && !cJSON_AddStringToObject(tls, "key", t->key)) ||
+        (t->ca && !cJSON_AddStringToObject(tls, "ca", t->ca)) ||
+        !cJSON_AddBoolToObject(tls, "verify_clients", t->verify_clients))
+        goto done;
+    text = cJSON_PrintUnformatted(o);
+    if (!text)
+        goto done;
+    rc = set_plugin(&c->transport, c->transport.name, text);
+done:
+    if (rc != PL_OK)
+        cfg_err(x, "tls", "out of memory");
+    cJSON_free(text);
+    cJSON_Delete(o);
+    return rc;
+}
+
 static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
 {
     static const char *const known[] = {
         "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
         "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
         "hash_workers", "failback", "admin", "limits", "cluster_secret",
-        "cluster_secret_file", NULL
+        "cluster_secret_file", "tls", NULL
     };
     int rc;
     uint64_t u;
@@ -583,6 +718,11 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
         (rc = parse_limits(x, v, c)) != PL_OK)
         return rc;
     if ((rc = parse_secret(x, root, c)) != PL_OK)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "tls")) &&
+        (rc = parse_tls(x, v, c)) != PL_OK)
+        return rc;
+    if ((rc = tls_into_transport(x, c)) != PL_OK)
         return rc;
     limits_derive(c);
     return PL_OK;
@@ -783,6 +923,9 @@ void pl_config_free(pl_config *c)
         free(c->cluster_secret);
     }
     free(c->cluster_secret_file);
+    free(c->tls.cert);
+    free(c->tls.key);
+    free(c->tls.ca);
     free(c->path);
     free(c);
 }

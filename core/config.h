@@ -32,6 +32,10 @@
  *            session_ttl_s} — struct pl_limits below; docs/operations.md
  *   cluster_secret: text of at least 32 bytes, or cluster_secret_file: a
  *             file holding it — servers prove it to each other (peer.c)
+ *   tls: {"cert", "key", "ca", "peer": true, "clients": true,
+ *         "verify_clients": false} — TLS on peer links (mutual) and client
+ *         connections; off when absent. Relative paths are relative to the
+ *         config file's directory. docs/operations.md "TLS"
  */
 #ifndef PL_CORE_CONFIG_H
 #define PL_CORE_CONFIG_H
@@ -75,6 +79,20 @@ typedef struct pl_limits {
 #define PL_CLUSTER_SECRET_MIN 32u
 #define PL_CLUSTER_SECRET_MAX 4096u
 
+/* The "tls" object. Which keys a process needs depends on its side, so
+ * those checks happen where the side is known: a server needs cert and key
+ * (peer.c, framed.c), peer links need ca too, a client needs only ca (or
+ * the system's trust store). */
+typedef struct pl_tls_conf {
+    int enabled;         /* a "tls" object was given */
+    char *cert;          /* PEM certificate (chain), resolved path, or NULL */
+    char *key;           /* PEM private key, resolved path, or NULL */
+    char *ca;            /* PEM CA bundle that signs the cluster's certificates, or NULL */
+    int peer;            /* mutual TLS between servers (default 1 when enabled) */
+    int clients;         /* TLS for client connections (default 1 when enabled) */
+    int verify_clients;  /* clients must present a certificate signed by ca (default 0) */
+} pl_tls_conf;
+
 typedef struct pl_plugin_conf {
     char *name;          /* short name or path */
     char *options_json;  /* the whole object as JSON text ({"name":...} for a plain string) */
@@ -100,6 +118,7 @@ typedef struct pl_config {
     pl_limits limits;
     char *cluster_secret;        /* inline secret text, or NULL */
     char *cluster_secret_file;   /* or a file holding it, or NULL */
+    pl_tls_conf tls;             /* when tls.clients, also inside transport.options_json */
 } pl_config;
 
 /* The built-in default: one server on 127.0.0.1:8100, tcp/binary, sqlite. */
