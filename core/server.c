@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "admin.h"
 #include "chat.h"
 #include "loader.h"
 #include "log.h"
@@ -111,6 +112,9 @@ struct pl_server {
     int closing;
     uint64_t stop_ms, close_ms;
     struct event *drain_ev;
+    pl_metrics metrics;       /* counters for GET /metrics (admin.h) */
+    pl_admin *admin;          /* NULL without an admin_port */
+    uint64_t metrics_view;    /* the view metrics last saw, to count changes */
 };
 
 /* Everything a request waiting on a worker or the sequencer needs later. */
@@ -125,6 +129,7 @@ typedef struct pl_pending {
     int exists;               /* login: the account was found */
     char name[PL_USERNAME_MAX + 1];
     char token[PL_TOKEN_TEXT_LEN + 1];
+    uint64_t submit_us;       /* monotonic, for the commit latency histogram */
 } pl_pending;
 
 static uint64_t wall_ms(void)
@@ -132,6 +137,13 @@ static uint64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 static uint64_t mono_ms(void)
@@ -212,6 +224,7 @@ static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
         s->conns->prev = c;
     s->conns = c;
     s->n_conns++;
+    s->metrics.conns_accepted++;
     pl_log(PL_LOG_DEBUG, "connection from %s", c->peer);
     return c;
 }
@@ -243,6 +256,10 @@ static void conn_send(pl_conn *c, const pl_response *r)
     pl_server *s = c->srv;
     if (!c->tc)
         return; /* closed while the request was in flight: nobody to tell */
+    if (r->method == PL_M_PUSH)
+        s->metrics.pushes++;
+    else if (r->status != PL_OK && r->method < PL_M__COUNT)
+        s->metrics.errors[r->method]++;
     conn_ref(c);
     int rc = s->tp->conn_send(c->tc, r);
     if (rc == PL_ERR_IO) {
@@ -368,6 +385,7 @@ static void on_committed(void *ud, int err, uint64_t op, const pl_apply_result *
         r.error = pl_str_c(pl_strerror((int)r.status));
     if (p->method == PL_M_LOGIN && r.status == PL_OK)
         r.token = (pl_str){ p->token, PL_TOKEN_TEXT_LEN };
+    pl_hist_add(&p->srv->metrics.commit_latency, mono_us() - p->submit_us);
     pl_log(PL_LOG_DEBUG, "op %" PRIu64 " %s: %s", op, pl_method_name(p->method),
            pl_strerror((int)r.status));
     conn_send(p->conn, &r);
@@ -376,6 +394,7 @@ static void on_committed(void *ud, int err, uint64_t op, const pl_apply_result *
 
 static void submit_op(pl_pending *p, const pl_op *op)
 {
+    p->submit_us = mono_us();
     int rc = pl_seq_submit(p->srv->seq, op, on_committed, p);
     if (rc != PL_OK) {
         char text[160];
@@ -826,6 +845,12 @@ static void on_role_changed(void *ud)
         }
     }
     s->was_serving = serving;
+    uint64_t view = pl_vr_view(pl_seq_vr(s->seq));
+    if (view != s->metrics_view) {
+        s->metrics_view = view;
+        s->metrics.view_changes++;
+        s->metrics.last_view_change_ms = wall_ms();
+    }
 }
 
 static void seq_send(void *ud, uint32_t to, const pl_vr_msg *m)
@@ -850,6 +875,7 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
     uint32_t m = req->method;
 
     pl_log(PL_LOG_DEBUG, "%s: %s request %" PRIu64, c->peer, pl_method_name(m), req->request_id);
+    s->metrics.requests[m < PL_M__COUNT ? m : PL_M_NONE]++;
     if (m == PL_M_PING) {
         reply_ok(c, req);
         return;
@@ -1027,6 +1053,29 @@ static void on_applied(void *ud, uint64_t op, const pl_apply_result *res)
 
 /* --------------------------------------------------------------- lifecycle */
 
+/* The gauges of GET /metrics, read at scrape time on the loop thread. */
+static void admin_fill(void *ud, pl_admin_gauges *g)
+{
+    pl_server *s = ud;
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    g->server_id = s->self;
+    g->role = pl_vr_role(vr, mono_ms());
+    g->view = pl_vr_view(vr);
+    g->op = pl_vr_op(vr);
+    g->commit = pl_vr_commit(vr);
+    g->applied = s->sp->applied_op(s->st);
+    if (s->sp->log_bounds(s->st, &g->log_first, &g->log_last) != PL_OK)
+        g->log_first = g->log_last = 0;
+    g->connections = s->n_conns;
+    for (pl_conn *c = s->conns; c; c = c->next)
+        g->subscribed += c->subscribed != 0;
+    g->hash_pending = pl_workers_pending(s->workers);
+    g->seq_pending = pl_seq_pending(s->seq);
+    g->data_dir = s->data_dir;
+    g->store = s->sp->name;
+    g->transport = s->transport_desc;
+}
+
 /* "tcp/binary": the transport and its codec, for the start line. */
 static void describe_transport(pl_server *s)
 {
@@ -1203,6 +1252,16 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         goto fail;
     }
     describe_transport(s);
+    s->metrics.start_ms = wall_ms();
+    s->metrics_view = pl_vr_view(pl_seq_vr(s->seq));
+    if (me->admin_port) {
+        s->admin = pl_admin_new(base, cfg->admin_bind ? cfg->admin_bind : PL_DEFAULT_HOST,
+                                me->admin_port, &s->metrics, admin_fill, s, why, sizeof why);
+        if (!s->admin) {
+            snprintf(err, errlen, "%s", why);
+            goto fail;
+        }
+    }
     pl_log(PL_LOG_INFO, "parleyd %s serving %s (%s), store %s in %s, op %" PRIu64 ", %u hash workers",
            PARLEY_VERSION,
            s->address, s->transport_desc, s->sp->name, data_dir, pl_seq_last_op(s->seq),
@@ -1267,6 +1326,8 @@ void pl_server_free(pl_server *s)
         return;
     /* Transport first: conn_closed runs for every connection while the rest
      * of the server still exists. */
+    pl_admin_free(s->admin);
+    s->admin = NULL;
     if (s->tsrv)
         s->tp->server_free(s->tsrv);
     s->tsrv = NULL;

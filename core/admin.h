@@ -1,0 +1,84 @@
+/*
+ * core/admin.h — parleyd's counters and its optional admin HTTP listener.
+ *
+ * The server keeps plain integer counters (pl_metrics) on its event-loop
+ * thread: incrementing one costs an add, and nothing is shared with other
+ * threads, so no atomics or locks. When the config gives the server an
+ * admin_port, pl_admin_new() listens there (loopback by default) and
+ * answers GET /metrics with the Prometheus text exposition format (0.0.4),
+ * built at scrape time from the counters plus gauges the server fills in
+ * through a callback. `parley admin stats` reads the same endpoint.
+ *
+ * Why HTTP and not a new request method: a method would change every wire
+ * format and every transport plugin; an HTTP text endpoint is what
+ * monitoring systems already scrape.
+ *
+ * Prefix: pl_admin_, pl_hist_.
+ */
+#ifndef PL_CORE_ADMIN_H
+#define PL_CORE_ADMIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <parley/types.h>
+
+struct event_base;
+
+/* A log-linear latency histogram: PL_HIST_SUB buckets per power of two from
+ * 2^PL_HIST_MIN_LOG2 microseconds up, one overflow bucket past the last.
+ * Bucket i counts samples <= pl_hist_bound_us(i), so percentiles read from
+ * it are accurate to one sub-bucket (25%). */
+#define PL_HIST_MIN_LOG2 5   /* first bound 32 us */
+#define PL_HIST_OCTAVES 20   /* last bound 2^25 us, about 33 s */
+#define PL_HIST_SUB 4
+#define PL_HIST_N (PL_HIST_OCTAVES * PL_HIST_SUB)
+
+typedef struct pl_hist {
+    uint64_t counts[PL_HIST_N + 1]; /* [PL_HIST_N] is everything above the last bound */
+    uint64_t n;
+    uint64_t sum_us;
+} pl_hist;
+
+void pl_hist_add(pl_hist *h, uint64_t us);
+uint64_t pl_hist_bound_us(size_t i); /* upper bound of bucket i < PL_HIST_N */
+
+typedef struct pl_metrics {
+    uint64_t start_ms;                 /* wall clock at start */
+    uint64_t requests[PL_M__COUNT];    /* decoded requests by method (unknown -> [PL_M_NONE]) */
+    uint64_t errors[PL_M__COUNT];      /* replies with a non-zero status, by method */
+    uint64_t pushes;                   /* message pushes sent */
+    uint64_t conns_accepted;
+    uint64_t view_changes;             /* views entered since start */
+    uint64_t last_view_change_ms;      /* wall clock; 0 = none since start */
+    pl_hist commit_latency;            /* submit to durable-and-applied, per op */
+} pl_metrics;
+
+/* What only the server knows at scrape time. Strings are borrowed for the
+ * duration of the fill callback's caller. */
+typedef struct pl_admin_gauges {
+    uint32_t server_id;
+    const char *role;                  /* "primary", "backup", ... */
+    uint64_t view, op, commit, applied;
+    uint64_t log_first, log_last;      /* 0, 0 when the log is empty */
+    uint64_t connections;
+    uint64_t subscribed;               /* connections with a live subscription */
+    uint64_t hash_pending, seq_pending;
+    const char *data_dir;              /* admin.c sums the bytes of its files */
+    const char *store, *transport;
+} pl_admin_gauges;
+
+typedef void (*pl_admin_fill_fn)(void *ud, pl_admin_gauges *g);
+
+typedef struct pl_admin pl_admin;
+
+/* Listen on bind:port. m must outlive the listener. On failure returns NULL
+ * with "admin listener on ADDR:PORT: reason" in err. */
+pl_admin *pl_admin_new(struct event_base *base, const char *bind, uint16_t port,
+                       const pl_metrics *m, pl_admin_fill_fn fill, void *ud,
+                       char *err, size_t errlen);
+void pl_admin_free(pl_admin *a);
+
+/* Bytes of the regular files under dir (recursively); 0 if unreadable. */
+uint64_t pl_admin_dir_bytes(const char *dir);
+
+#endif
