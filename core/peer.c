@@ -78,33 +78,30 @@ static int write_frame(struct bufferevent *bev, const Parley__Peer__PeerFrame *f
     return rc;
 }
 
-/* Take one whole frame off the input, or NULL (need more / error in *bad). */
-static Parley__Peer__PeerFrame *read_frame(struct bufferevent *bev, uint32_t max, int *bad)
+/* Take one whole frame off the input and decode it into *f. Returns PL_OK,
+ * PL_ERR_AGAIN (need more bytes), PL_ERR_INVALID (a well-formed frame that
+ * fails its checks: dropped, the link stays), or PL_ERR_FRAME_TOO_LARGE /
+ * PL_ERR_MALFORMED (close the connection). */
+static int read_frame(struct bufferevent *bev, uint32_t max, pl_peer_frame *f)
 {
     struct evbuffer *in = bufferevent_get_input(bev);
-    *bad = 0;
+    memset(f, 0, sizeof *f);
     if (evbuffer_get_length(in) < 4)
-        return NULL;
+        return PL_ERR_AGAIN;
     uint8_t h[4];
     evbuffer_copyout(in, h, 4);
     uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-    if (len > max) {
-        *bad = 1;
-        return NULL;
-    }
+    if (len > max)
+        return PL_ERR_FRAME_TOO_LARGE;
     if (evbuffer_get_length(in) < (size_t)len + 4)
-        return NULL;
+        return PL_ERR_AGAIN;
     evbuffer_drain(in, 4);
     uint8_t *buf = evbuffer_pullup(in, len);
-    if (!buf && len) {
-        *bad = 1;
-        return NULL;
-    }
-    Parley__Peer__PeerFrame *f = parley__peer__peer_frame__unpack(NULL, len, buf);
+    if (!buf && len)
+        return PL_ERR_NOMEM;
+    int rc = pl_peer_decode_frame(buf, len, f);
     evbuffer_drain(in, len);
-    if (!f)
-        *bad = 1;
-    return f;
+    return rc;
 }
 
 static void send_hello(pl_peer *p, struct bufferevent *bev)
@@ -147,6 +144,82 @@ static char *dupstr(pl_str s)
     return c;
 }
 
+/* ---- decoding: pure, so tests/fuzz drives it without sockets ---- */
+
+void pl_peer_frame_clear(pl_peer_frame *f)
+{
+    if (f->pb)
+        parley__peer__peer_frame__free_unpacked(f->pb, NULL);
+    free(f->entries);
+    memset(f, 0, sizeof *f);
+}
+
+/* A VR message as pl_vr_receive takes it. Entries must be a consecutive run
+ * starting right after the anchor (VR appends them as one run), and each
+ * must fit pl_log_entry's 32-bit length. */
+static int vr_from_pb(const Parley__Peer__Vr *v, pl_peer_frame *f)
+{
+    if (v->n_entries > UINT32_MAX / 2)
+        return PL_ERR_INVALID;
+    if (v->n_entries) {
+        f->entries = calloc(v->n_entries, sizeof *f->entries);
+        if (!f->entries)
+            return PL_ERR_NOMEM;
+        for (size_t i = 0; i < v->n_entries; i++) {
+            const Parley__Peer__Entry *x = v->entries[i];
+            if (x->data.len > UINT32_MAX)
+                return PL_ERR_INVALID;
+            f->entries[i].op = x->op;
+            f->entries[i].view = x->view;
+            f->entries[i].data = x->data.data;
+            f->entries[i].len = (uint32_t)x->data.len;
+            if (i && f->entries[i].op != f->entries[i - 1].op + 1)
+                return PL_ERR_INVALID;
+        }
+        if (f->entries[0].op != v->anchor_op + 1)
+            return PL_ERR_INVALID;
+    }
+    f->vr = (pl_vr_msg){
+        .type = v->type, .view = v->view, .op = v->op, .commit = v->commit,
+        .lnv = v->lnv, .anchor_op = v->anchor_op, .anchor_view = v->anchor_view,
+        .ts = v->ts, .entries = f->entries, .n_entries = (uint32_t)v->n_entries,
+    };
+    return PL_OK;
+}
+
+int pl_peer_decode_frame(const uint8_t *buf, size_t len, pl_peer_frame *f)
+{
+    memset(f, 0, sizeof *f);
+    Parley__Peer__PeerFrame *pb = parley__peer__peer_frame__unpack(NULL, len, buf);
+    if (!pb)
+        return PL_ERR_MALFORMED;
+    f->pb = pb;
+    switch (pb->body_case) {
+    case PARLEY__PEER__PEER_FRAME__BODY_HELLO:
+        f->kind = PL_PEER_F_HELLO;
+        f->version = pb->hello->version;
+        f->from = pb->hello->from;
+        f->n = pb->hello->n;
+        return PL_OK;
+    case PARLEY__PEER__PEER_FRAME__BODY_VR:
+        f->kind = PL_PEER_F_VR;
+        return vr_from_pb(pb->vr, f);
+    case PARLEY__PEER__PEER_FRAME__BODY_STATUS_REQUEST:
+        f->kind = PL_PEER_F_STATUS_REQUEST;
+        f->query_id = pb->status_request->query_id;
+        return PL_OK;
+    case PARLEY__PEER__PEER_FRAME__BODY_STATUS_REPLY:
+        f->kind = PL_PEER_F_STATUS_REPLY;
+        f->query_id = pb->status_reply->query_id;
+        row_from_reply(pb->status_reply, &f->row);
+        return PL_OK;
+    default:
+        /* no body, or a kind from a newer peer: nothing to act on */
+        f->kind = PL_PEER_F_NONE;
+        return PL_OK;
+    }
+}
+
 /* ---- incoming connections ---- */
 
 static void in_free(peer_in *c)
@@ -162,7 +235,7 @@ static void in_free(peer_in *c)
     free(c);
 }
 
-static void in_status_request(peer_in *c, const Parley__Peer__StatusRequest *q)
+static void in_status_request(peer_in *c, uint64_t query_id)
 {
     pl_server_status row;
     memset(&row, 0, sizeof row);
@@ -171,7 +244,7 @@ static void in_status_request(peer_in *c, const Parley__Peer__StatusRequest *q)
     char *s[6] = { dupstr(row.address), dupstr(row.role), dupstr(row.store),
                    dupstr(row.transport), dupstr(row.digest), NULL };
     if (s[0] && s[1] && s[2] && s[3] && s[4]) {
-        r.query_id = q->query_id;
+        r.query_id = query_id;
         r.id = row.id;
         r.address = s[0];
         r.role = s[1];
@@ -191,81 +264,49 @@ static void in_status_request(peer_in *c, const Parley__Peer__StatusRequest *q)
         free(s[i]);
 }
 
-static void in_vr(peer_in *c, const Parley__Peer__Vr *v)
-{
-    pl_peer *p = c->p;
-    if (v->n_entries > UINT32_MAX / 2)
-        return;
-    pl_log_entry *e = NULL;
-    if (v->n_entries) {
-        e = calloc(v->n_entries, sizeof *e);
-        if (!e)
-            return;
-        for (size_t i = 0; i < v->n_entries; i++) {
-            const Parley__Peer__Entry *x = v->entries[i];
-            if (x->data.len > UINT32_MAX) {
-                free(e);
-                return;
-            }
-            e[i].op = x->op;
-            e[i].view = x->view;
-            e[i].data = x->data.data;
-            e[i].len = (uint32_t)x->data.len;
-            /* entries must be consecutive: VR appends them as a run */
-            if (i && e[i].op != e[i - 1].op + 1) {
-                pl_log(PL_LOG_WARN, "peer: server %d sent non-consecutive entries; dropped", c->from);
-                free(e);
-                return;
-            }
-        }
-    }
-    pl_vr_msg m = {
-        .type = v->type, .from = (uint32_t)c->from, .view = v->view, .op = v->op,
-        .commit = v->commit, .lnv = v->lnv, .anchor_op = v->anchor_op,
-        .anchor_view = v->anchor_view, .ts = v->ts, .entries = e,
-        .n_entries = (uint32_t)v->n_entries,
-    };
-    /* a run must start right after its anchor */
-    if (!e || e[0].op == m.anchor_op + 1)
-        p->cb.vr(p->cb.ud, &m);
-    free(e);
-}
-
 static void in_read(struct bufferevent *bev, void *arg)
 {
     peer_in *c = arg;
     for (;;) {
-        int bad;
+        pl_peer_frame f;
         /* nothing big is accepted before the Hello */
-        Parley__Peer__PeerFrame *f = read_frame(bev, c->from < 0 ? 1024 : PL_PEER_MAX_FRAME, &bad);
-        if (!f) {
-            if (bad) {
-                pl_log(PL_LOG_WARN, "peer: malformed or oversized frame from %s; closing",
-                       c->from >= 0 ? "a peer" : "an unidentified connection");
-                in_free(c);
-            }
+        int rc = read_frame(bev, c->from < 0 ? 1024 : PL_PEER_MAX_FRAME, &f);
+        if (rc == PL_ERR_AGAIN)
+            return;
+        if (rc == PL_ERR_INVALID && c->from >= 0) {
+            pl_log(PL_LOG_WARN, "peer: server %d sent a message that fails its checks "
+                   "(entries not a consecutive run after the anchor, or too large); dropped",
+                   c->from);
+            pl_peer_frame_clear(&f);
+            continue;
+        }
+        if (rc != PL_OK) {
+            pl_log(PL_LOG_WARN, "peer: malformed or oversized frame from %s; closing",
+                   c->from >= 0 ? "a peer" : "an unidentified connection");
+            pl_peer_frame_clear(&f);
+            in_free(c);
             return;
         }
         if (c->from < 0) {
-            if (f->body_case != PARLEY__PEER__PEER_FRAME__BODY_HELLO ||
-                f->hello->version != PL_PEER_VERSION || f->hello->from >= c->p->n ||
-                f->hello->from == c->p->self) {
+            if (f.kind != PL_PEER_F_HELLO || f.version != PL_PEER_VERSION ||
+                f.from >= c->p->n || f.from == c->p->self) {
                 pl_log(PL_LOG_WARN, "peer: connection without a valid Hello (version %u wanted); closing",
                        PL_PEER_VERSION);
-                parley__peer__peer_frame__free_unpacked(f, NULL);
+                pl_peer_frame_clear(&f);
                 in_free(c);
                 return;
             }
-            if (f->hello->n != c->p->n)
+            if (f.n != c->p->n)
                 pl_log(PL_LOG_WARN, "peer: server %u lists %u servers, this one %u: check the configs",
-                       f->hello->from, f->hello->n, c->p->n);
-            c->from = (int)f->hello->from;
-        } else if (f->body_case == PARLEY__PEER__PEER_FRAME__BODY_VR) {
-            in_vr(c, f->vr);
-        } else if (f->body_case == PARLEY__PEER__PEER_FRAME__BODY_STATUS_REQUEST) {
-            in_status_request(c, f->status_request);
+                       f.from, f.n, c->p->n);
+            c->from = (int)f.from;
+        } else if (f.kind == PL_PEER_F_VR) {
+            f.vr.from = (uint32_t)c->from; /* the link says who it is */
+            c->p->cb.vr(c->p->cb.ud, &f.vr);
+        } else if (f.kind == PL_PEER_F_STATUS_REQUEST) {
+            in_status_request(c, f.query_id);
         }
-        parley__peer__peer_frame__free_unpacked(f, NULL);
+        pl_peer_frame_clear(&f);
     }
 }
 
@@ -333,20 +374,20 @@ static void out_read(struct bufferevent *bev, void *arg)
 {
     peer_out *o = arg;
     for (;;) {
-        int bad;
-        Parley__Peer__PeerFrame *f = read_frame(bev, PL_PEER_MAX_FRAME, &bad);
-        if (!f) {
-            if (bad)
-                out_down(o);
+        pl_peer_frame f;
+        int rc = read_frame(bev, PL_PEER_MAX_FRAME, &f);
+        if (rc == PL_ERR_AGAIN)
+            return;
+        if (rc != PL_OK && rc != PL_ERR_INVALID) {
+            pl_peer_frame_clear(&f);
+            out_down(o);
             return;
         }
-        if (f->body_case == PARLEY__PEER__PEER_FRAME__BODY_STATUS_REPLY) {
-            pl_server_status row;
-            row_from_reply(f->status_reply, &row);
-            row.id = o->to; /* the link says who it is */
-            o->p->cb.status_reply(o->p->cb.ud, f->status_reply->query_id, &row);
+        if (rc == PL_OK && f.kind == PL_PEER_F_STATUS_REPLY) {
+            f.row.id = o->to; /* the link says who it is */
+            o->p->cb.status_reply(o->p->cb.ud, f.query_id, &f.row);
         }
-        parley__peer__peer_frame__free_unpacked(f, NULL);
+        pl_peer_frame_clear(&f);
     }
 }
 
@@ -512,6 +553,35 @@ void pl_peer_send(pl_peer *p, uint32_t to, const pl_vr_msg *m)
 out:
     free(es);
     free(ep);
+}
+
+#define SNAPSHOT_CHUNK (1024u * 1024u)
+
+int pl_peer_send_snapshot(pl_peer *p, uint32_t to, uint64_t view, const uint8_t *data,
+                          size_t len)
+{
+    if (to >= p->n || to == p->self || !p->out[to].up || !p->out[to].bev)
+        return PL_ERR_UNAVAILABLE;
+    if (evbuffer_get_length(bufferevent_get_output(p->out[to].bev)) > OUT_BUFFER_MAX / 2)
+        return PL_ERR_UNAVAILABLE;
+    size_t off = 0;
+    do {
+        size_t n = len - off > SNAPSHOT_CHUNK ? SNAPSHOT_CHUNK : len - off;
+        Parley__Peer__SnapshotChunk k = PARLEY__PEER__SNAPSHOT_CHUNK__INIT;
+        k.view = view;
+        k.offset = off;
+        k.total = len;
+        k.data.data = (uint8_t *)data + off;
+        k.data.len = n;
+        Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
+        f.body_case = PARLEY__PEER__PEER_FRAME__BODY_SNAPSHOT;
+        f.snapshot = &k;
+        int rc = write_frame(p->out[to].bev, &f);
+        if (rc != PL_OK)
+            return rc;
+        off += n;
+    } while (off < len);
+    return PL_OK;
 }
 
 int pl_peer_status_request(pl_peer *p, uint32_t to, uint64_t query_id)
