@@ -8,12 +8,18 @@
  *   parleyd --check-config FILE              validate, print "FILE: ok" or the error
  *   parleyd --version | --help
  *
+ * SIGHUP re-reads the config file and applies what can change while running
+ * (log_level, the limits object); it logs each value it changed and names
+ * the keys that changed but need a restart. A file that no longer loads is
+ * reported and the running settings stay.
+ *
  * Exit codes: 0 clean stop, 1 runtime or configuration error, 2 usage.
  */
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +28,7 @@
 #include <parley/transport.h>
 
 #include "config.h"
+#include "loader.h"
 #include "log.h"
 #include "server.h"
 
@@ -63,7 +70,126 @@ typedef struct sig_ctx {
     pl_server *srv;
     struct event_base *base;
     int count;
+    pl_config *cfg;          /* owned by main; the server reads it */
+    int level_from_cli;      /* --log-level given: a reload leaves the level alone */
 } sig_ctx;
+
+static int str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+/* Keys a reload cannot apply, comma-separated into out ("" when none). */
+static void restart_keys(const pl_config *a, const pl_config *b, char *out, size_t len)
+{
+    int servers = a->n_servers != b->n_servers;
+    for (size_t i = 0; !servers && i < a->n_servers; i++)
+        servers = strcmp(a->servers[i].host, b->servers[i].host) != 0 ||
+                  a->servers[i].port != b->servers[i].port ||
+                  a->servers[i].peer_port != b->servers[i].peer_port ||
+                  a->servers[i].admin_port != b->servers[i].admin_port;
+    const struct { int changed; const char *key; } keys[] = {
+        { servers, "servers" },
+        { str_differs(a->transport.options_json, b->transport.options_json), "transport" },
+        { str_differs(a->store.options_json, b->store.options_json), "store" },
+        { str_differs(a->data_dir, b->data_dir), "data_dir" },
+        { str_differs(a->plugin_dir, b->plugin_dir), "plugin_dir" },
+        { a->max_frame != b->max_frame, "max_frame" },
+        { a->election_timeout_ms != b->election_timeout_ms, "election_timeout_ms" },
+        { a->heartbeat_ms != b->heartbeat_ms, "heartbeat_ms" },
+        { a->pwhash_opslimit != b->pwhash_opslimit || a->pwhash_memlimit != b->pwhash_memlimit,
+          "password_hash" },
+        { a->hash_workers != b->hash_workers, "hash_workers" },
+        { a->failback != b->failback, "failback" },
+        { str_differs(a->admin_bind, b->admin_bind), "admin" },
+        { str_differs(a->cluster_secret, b->cluster_secret) ||
+          str_differs(a->cluster_secret_file, b->cluster_secret_file), "cluster_secret" },
+    };
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        if (!keys[i].changed || used >= len)
+            continue;
+        int w = snprintf(out + used, len - used, "%s%s", used ? ", " : "", keys[i].key);
+        used += w > 0 ? (size_t)w : 0;
+    }
+}
+
+/* SIGHUP: runs on the loop thread (libevent defers signals), so swapping
+ * values the server reads is safe without locks. */
+static void reload(sig_ctx *x)
+{
+    static const char *const level_names[] = { "error", "warn", "info", "debug" };
+    char err[1024], later[256];
+    pl_config *cfg = x->cfg;
+
+    if (!cfg->path) {
+        pl_log(PL_LOG_WARN, "SIGHUP: running on the built-in default config; nothing to reload");
+        return;
+    }
+    pl_config *fresh = pl_config_load(cfg->path, err, sizeof err);
+    if (!fresh) {
+        pl_log(PL_LOG_ERROR, "SIGHUP: not reloaded, keeping the running settings: %s", err);
+        return;
+    }
+    int changed = 0;
+    if (fresh->log_level != cfg->log_level) {
+        if (x->level_from_cli) {
+            pl_log(PL_LOG_INFO, "SIGHUP: log_level %s in the file ignored: --log-level wins",
+                   level_names[fresh->log_level]);
+        } else {
+            pl_log(PL_LOG_INFO, "SIGHUP: log_level %s -> %s", level_names[cfg->log_level],
+                   level_names[fresh->log_level]);
+            pl_log_set_level(fresh->log_level);
+            changed++;
+        }
+        cfg->log_level = fresh->log_level;
+    }
+    /* The limits are one struct so they swap as a whole (config.h). */
+    const struct { const char *key; size_t off; int wide; } lim[] = {
+#define PL_LIM(f, w) { #f, offsetof(pl_limits, f), w }
+        PL_LIM(conns_per_address, 0), PL_LIM(requests_per_second, 0),
+        PL_LIM(request_burst, 0), PL_LIM(password_checks_queued, 0),
+        PL_LIM(login_failures_per_user, 0), PL_LIM(login_failures_per_address, 0),
+        PL_LIM(login_backoff_max_ms, 0), PL_LIM(session_ttl_s, 1),
+#undef PL_LIM
+    };
+    for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++) {
+        const char *o = (const char *)&cfg->limits + lim[i].off;
+        const char *n = (const char *)&fresh->limits + lim[i].off;
+        uint64_t ov, nv;
+        if (lim[i].wide) {
+            memcpy(&ov, o, sizeof ov);
+            memcpy(&nv, n, sizeof nv);
+        } else {
+            uint32_t o32, n32;
+            memcpy(&o32, o, sizeof o32);
+            memcpy(&n32, n, sizeof n32);
+            ov = o32;
+            nv = n32;
+        }
+        if (ov != nv)
+            pl_log(PL_LOG_INFO, "SIGHUP: limits.%s %llu -> %llu", lim[i].key,
+                   (unsigned long long)ov, (unsigned long long)nv);
+    }
+    if (memcmp(&cfg->limits, &fresh->limits, sizeof cfg->limits) != 0) {
+        cfg->limits = fresh->limits;
+        changed++;
+    }
+    restart_keys(cfg, fresh, later, sizeof later);
+    if (later[0])
+        pl_log(PL_LOG_WARN, "SIGHUP: changed but needs a restart to apply: %s", later);
+    pl_log(PL_LOG_INFO, "SIGHUP: reloaded %s (%s)", cfg->path,
+           changed ? "applied the changes above" : "no run-time setting changed");
+    pl_config_free(fresh);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    reload(arg);
+}
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
@@ -132,6 +258,23 @@ int main(int argc, char **argv)
         pl_config *cfg = pl_config_load(check, err, sizeof err);
         if (!cfg) {
             fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        /* A config that parses but names a plugin that is missing or built
+         * for another ABI would still fail at start: find and check both. */
+        static const char *const kinds[2] = { "store", "transport" };
+        const char *names[2] = { cfg->store.name, cfg->transport.name };
+        int bad = 0;
+        for (int k = 0; k < 2; k++) {
+            pl_plugin *p = pl_plugin_load(kinds[k], names[k], cfg->plugin_dir, err, sizeof err);
+            if (!p) {
+                fprintf(stderr, "%s: %s: %s\n", check, kinds[k], err);
+                bad = 1;
+            }
+            pl_plugin_unload(p);
+        }
+        if (bad) {
+            pl_config_free(cfg);
             return 1;
         }
         printf("%s: ok (%zu server%s, transport %s, store %s)\n", check, cfg->n_servers,
@@ -210,7 +353,7 @@ int main(int argc, char **argv)
 
     int rc = 1;
     sig_ctx sx = { 0 };
-    struct event *sigint = NULL, *sigterm = NULL;
+    struct event *sigint = NULL, *sigterm = NULL, *sighup = NULL;
     pl_server *srv = NULL;
     struct event_base *base = event_base_new();
     if (!base) {
@@ -221,6 +364,13 @@ int main(int argc, char **argv)
      * store replay, the start-up hash) is held by libevent and handled as
      * soon as the loop runs, instead of killing the process mid-open. */
     sx.base = base;
+    sx.cfg = cfg;
+    sx.level_from_cli = level >= 0;
+    sighup = evsignal_new(base, SIGHUP, on_hup, &sx);
+    if (!sighup || evsignal_add(sighup, NULL) != 0) {
+        pl_log(PL_LOG_ERROR, "cannot install the SIGHUP handler");
+        goto done;
+    }
     sigint = evsignal_new(base, SIGINT, on_signal, &sx);
     sigterm = evsignal_new(base, SIGTERM, on_signal, &sx);
     if (!sigint || !sigterm || evsignal_add(sigint, NULL) != 0 || evsignal_add(sigterm, NULL) != 0) {
@@ -243,6 +393,8 @@ done:
         event_free(sigint);
     if (sigterm)
         event_free(sigterm);
+    if (sighup)
+        event_free(sighup);
     pl_server_free(srv);
     if (srv)
         pl_log(rc == 0 ? PL_LOG_INFO : PL_LOG_ERROR, "stopped%s", rc == 0 ? " cleanly" : " after an error");
