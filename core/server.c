@@ -40,7 +40,6 @@
 #include "seq.h"
 #include "workers.h"
 
-#define PL_HASH_QUEUE_PER_WORKER 32u  /* waiting hash jobs per thread before "busy" */
 #define PL_SEQ_MAX_BATCH 512u
 #define PL_SUB_BUCKETS 4096u          /* subscription chains, by uid */
 #define PL_TOKEN_BYTES 32u
@@ -49,12 +48,24 @@
 #define PL_CLOSE_TIMEOUT_MS 3000u     /* shutdown: wait for replies to flush */
 #define PL_DRAIN_TICK_MS 10u
 
-/* Failed-login throttling (DESIGN.md §1: failed attempts are rate-limited).
- * Keyed by username whether or not the account exists, so the limiter itself
- * does not reveal which names are registered. */
+/* Failed-login throttling (DESIGN.md §1: failed attempts are rate-limited),
+ * by username and by client address, with limits from s->limits. Usernames
+ * are keyed whether or not the account exists, so the limiter itself does
+ * not reveal which names are registered. A slot that has seen no failure
+ * for PL_RL_FORGET_MS starts over: old mistakes do not follow a user for
+ * ever, and a shared address (NAT) recovers on its own. */
 #define PL_RL_SLOTS 1024u
-#define PL_RL_FREE_FAILS 5u           /* failures before any delay */
-#define PL_RL_MAX_DELAY_MS 60000u
+#define PL_RL_KEY_MAX 64u
+#define PL_RL_FORGET_MS (15u * 60u * 1000u)
+
+/* Connections per client address: a chained table of counts. */
+#define PL_ADDR_BUCKETS 1024u
+
+typedef struct addr_count {
+    struct addr_count *next;
+    uint32_t conns;
+    char ip[64];
+} addr_count;
 
 typedef struct pl_conn pl_conn;
 struct pl_conn {
@@ -67,12 +78,23 @@ struct pl_conn {
     uint64_t sub_uid;
     uint8_t sub_token_hash[32]; /* the session it subscribed with */
     pl_conn *sub_prev, *sub_next; /* chain of bucket sub_uid % PL_SUB_BUCKETS */
+    uint64_t sub_expires_ms;  /* wall clock when that session expires; 0 = never */
+    char ip[64];              /* peer without the port: the per-address key */
+    addr_count *addr;         /* counted in conns_per_address; NULL if refused */
+    /* Request rate: a token bucket in thousandths of a request, refilled at
+     * limits.requests_per_second; rejections are counted per second to find
+     * a connection that keeps flooding. */
+    uint64_t tokens_milli;
+    uint64_t tokens_ms;
+    uint64_t reject_window_ms;
+    uint32_t rejected;
 };
 
 typedef struct rl_slot {
-    char name[PL_USERNAME_MAX + 1];
+    char name[PL_RL_KEY_MAX + 1];
     uint32_t fails;
     uint64_t until_ms;        /* no attempt accepted before this time */
+    uint64_t last_ms;         /* last failure */
 } rl_slot;
 
 struct pl_server {
@@ -107,7 +129,10 @@ struct pl_server {
     int digest_valid;
     uint64_t digest_op;
     char digest[65];
-    rl_slot *rl;
+    rl_slot *rl;              /* failed logins by username */
+    rl_slot *rl_addr;         /* failed logins by client address */
+    addr_count *addrs[PL_ADDR_BUCKETS];
+    pl_limits limits;         /* swapped whole by pl_server_set_limits */
     int stopping;
     int closing;
     uint64_t stop_ms, close_ms;
@@ -205,6 +230,59 @@ static void sub_link(pl_server *s, pl_conn *c, uint64_t uid, const uint8_t th[32
     *head = c;
 }
 
+/* "1.2.3.4:5678" or "[::1]:5678" -> "1.2.3.4" / "::1". */
+static void peer_ip(const char *peer, char *out, size_t outlen)
+{
+    const char *start = peer, *end = strrchr(peer, ':');
+    if (peer[0] == '[') {
+        start = peer + 1;
+        end = strchr(start, ']');
+    }
+    size_t n = end && end > start ? (size_t)(end - start) : strlen(start);
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, start, n);
+    out[n] = 0;
+}
+
+static uint32_t addr_bucket(const char *ip)
+{
+    uint8_t h[8];
+    uint64_t k;
+    crypto_generichash(h, sizeof h, (const unsigned char *)ip, strlen(ip), NULL, 0);
+    memcpy(&k, h, sizeof k);
+    return (uint32_t)(k % PL_ADDR_BUCKETS);
+}
+
+/* The count entry of ip, created at 0 when missing; NULL when out of memory. */
+static addr_count *addr_get(pl_server *s, const char *ip)
+{
+    addr_count **head = &s->addrs[addr_bucket(ip)];
+    for (addr_count *a = *head; a; a = a->next)
+        if (strcmp(a->ip, ip) == 0)
+            return a;
+    addr_count *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    snprintf(a->ip, sizeof a->ip, "%s", ip);
+    a->next = *head;
+    *head = a;
+    return a;
+}
+
+/* Drop one connection from a's count; a (when 0) is freed. */
+static void addr_put(pl_server *s, addr_count *a)
+{
+    if (!a || --a->conns > 0)
+        return;
+    for (addr_count **pp = &s->addrs[addr_bucket(a->ip)]; *pp; pp = &(*pp)->next)
+        if (*pp == a) {
+            *pp = a->next;
+            free(a);
+            return;
+        }
+}
+
 static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
 {
     pl_server *s = ud;
@@ -219,6 +297,9 @@ static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
     c->tc = tc;
     c->refs = 1; /* the transport's */
     snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
+    peer_ip(c->peer, c->ip, sizeof c->ip);
+    c->tokens_milli = (uint64_t)s->limits.request_burst * 1000u;
+    c->tokens_ms = mono_ms();
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -226,6 +307,27 @@ static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
     s->n_conns++;
     s->metrics.conns_accepted++;
     pl_log(PL_LOG_DEBUG, "connection from %s", c->peer);
+
+    addr_count *a = addr_get(s, c->ip);
+    uint32_t max = s->limits.conns_per_address;
+    if (a && (max == 0 || a->conns < max)) {
+        a->conns++;
+        c->addr = a;
+        return c;
+    }
+    /* Refused, but with a reason: the connection is taken only long enough
+     * to carry one error frame, and is not counted against its address. */
+    char text[200];
+    if (a)
+        snprintf(text, sizeof text, "too many connections from %s: limits.conns_per_address "
+                 "is %u", c->ip, max);
+    else
+        snprintf(text, sizeof text, "cannot track connections from %s: out of memory", c->ip);
+    pl_log(PL_LOG_WARN, "refusing connection %s: %s", c->peer, text);
+    pl_response r = { .method = PL_M_NONE, .status = a ? PL_ERR_RATE_LIMITED : PL_ERR_NOMEM,
+                      .error = pl_str_c(text) };
+    s->tp->conn_send(tc, &r);
+    s->tp->conn_close(tc);
     return c;
 }
 
@@ -244,6 +346,8 @@ static void on_conn_closed(void *ud, void *ctx)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     s->n_conns--;
+    addr_put(s, c->addr);
+    c->addr = NULL;
     conn_unref(c);
 }
 
@@ -406,15 +510,19 @@ static void submit_op(pl_pending *p, const pl_op *op)
 
 /* ---------------------------------------------------- login rate limiting */
 
-static rl_slot *rl_find(pl_server *s, pl_str name, int create)
+static rl_slot *rl_find(rl_slot *table, pl_str name, int create)
 {
     uint8_t h[8];
+    if (name.len > PL_RL_KEY_MAX)
+        name.len = PL_RL_KEY_MAX;
     crypto_generichash(h, sizeof h, (const unsigned char *)name.ptr, name.len, NULL, 0);
     uint64_t k;
     memcpy(&k, h, sizeof k);
-    rl_slot *r = &s->rl[k % PL_RL_SLOTS];
+    rl_slot *r = &table[k % PL_RL_SLOTS];
     int same = strlen(r->name) == name.len && memcmp(r->name, name.ptr, name.len) == 0;
-    if (same)
+    if (same && r->last_ms + PL_RL_FORGET_MS < mono_ms())
+        memset(r, 0, sizeof *r);
+    else if (same)
         return r;
     if (!create)
         return NULL;
@@ -426,30 +534,38 @@ static rl_slot *rl_find(pl_server *s, pl_str name, int create)
     return r;
 }
 
-/* 0 when a login attempt for name may proceed, else ms to wait. */
-static uint64_t rl_wait(pl_server *s, pl_str name)
+/* 0 when a login attempt for this key may proceed, else ms to wait. */
+static uint64_t rl_wait(rl_slot *table, pl_str key)
 {
-    rl_slot *r = rl_find(s, name, 0);
+    rl_slot *r = rl_find(table, key, 0);
     uint64_t now = mono_ms();
     return r && r->until_ms > now ? r->until_ms - now : 0;
 }
 
-static void rl_failed(pl_server *s, pl_str name)
+/* Exponential back-off: after `free_fails` failures each further one
+ * doubles the wait, from 1 s up to limits.login_backoff_max_ms. */
+static void rl_failed(pl_server *s, rl_slot *table, pl_str key, uint32_t free_fails)
 {
-    rl_slot *r = rl_find(s, name, 1);
+    rl_slot *r = rl_find(table, key, 1);
+    uint64_t now = mono_ms();
     r->fails++;
-    if (r->fails > PL_RL_FREE_FAILS) {
-        uint32_t shift = r->fails - PL_RL_FREE_FAILS - 1;
-        uint64_t delay = shift >= 16 ? PL_RL_MAX_DELAY_MS : 1000u << shift;
-        if (delay > PL_RL_MAX_DELAY_MS)
-            delay = PL_RL_MAX_DELAY_MS;
-        r->until_ms = mono_ms() + delay;
+    r->last_ms = now;
+    if (r->fails > free_fails) {
+        uint64_t max = s->limits.login_backoff_max_ms;
+        uint32_t shift = r->fails - free_fails - 1;
+        uint64_t delay = shift >= 32 ? max : (uint64_t)1000u << shift;
+        if (delay > max)
+            delay = max;
+        r->until_ms = now + delay;
     }
 }
 
+/* A correct password clears its username's failures, not its address's:
+ * an attacker holding one valid account must not be able to reset the
+ * counter that throttles its guesses at every other account. */
 static void rl_succeeded(pl_server *s, pl_str name)
 {
-    rl_slot *r = rl_find(s, name, 0);
+    rl_slot *r = rl_find(s->rl, name, 0);
     if (r)
         memset(r, 0, sizeof *r);
 }
@@ -476,8 +592,8 @@ static void busy_reply(pl_server *s, pl_conn *c, const pl_request *req, int rc)
 {
     char text[160];
     if (rc == PL_ERR_BUSY)
-        snprintf(text, sizeof text, "server busy: %u password checks already queued; retry",
-                 s->cfg->hash_workers * PL_HASH_QUEUE_PER_WORKER);
+        snprintf(text, sizeof text, "server busy: %u password checks already queued "
+                 "(limits.password_checks_queued); retry", s->limits.password_checks_queued);
     else if (rc == PL_ERR_UNAVAILABLE)
         snprintf(text, sizeof text, "server is shutting down; retry");
     else
@@ -523,7 +639,8 @@ static void on_login_verified(void *ud, int err)
     pl_server *s = p->srv;
     pl_str name = pl_str_c(p->name);
     if (err != PL_OK || !p->exists) {
-        rl_failed(s, name);
+        rl_failed(s, s->rl, name, s->limits.login_failures_per_user);
+        rl_failed(s, s->rl_addr, pl_str_c(p->conn->ip), s->limits.login_failures_per_address);
         pl_log(PL_LOG_INFO, "failed login for \"%s\" from %s", p->name, p->conn->peer);
         pending_fail(p, PL_ERR_AUTH, NULL);
         return;
@@ -550,11 +667,18 @@ static void do_login(pl_server *s, pl_conn *c, const pl_request *req)
         reply_err(c, req->method, req->request_id, rc, NULL);
         return;
     }
-    uint64_t wait = rl_wait(s, req->username);
-    if (wait) {
-        char text[120];
-        snprintf(text, sizeof text, "too many failed logins for this username; retry in %" PRIu64 " s",
-                 (wait + 999) / 1000);
+    uint64_t wait = rl_wait(s->rl, req->username);
+    uint64_t wait_addr = rl_wait(s->rl_addr, pl_str_c(c->ip));
+    if (wait || wait_addr) {
+        char text[200];
+        if (wait >= wait_addr)
+            snprintf(text, sizeof text, "too many failed logins for this username (more than "
+                     "limits.login_failures_per_user = %u); retry in %" PRIu64 " s",
+                     s->limits.login_failures_per_user, (wait + 999) / 1000);
+        else
+            snprintf(text, sizeof text, "too many failed logins from %s (more than "
+                     "limits.login_failures_per_address = %u); retry in %" PRIu64 " s",
+                     c->ip, s->limits.login_failures_per_address, (wait_addr + 999) / 1000);
         reply_err(c, req->method, req->request_id, PL_ERR_RATE_LIMITED, text);
         return;
     }
@@ -868,6 +992,68 @@ static int mutating(uint32_t m)
            m == PL_M_READ || m == PL_M_ACK || m == PL_M_DELETE || m == PL_M_DELETE_ACCOUNT;
 }
 
+/* limits.requests_per_second: 1 when the request may go on; otherwise it
+ * was answered (or its connection closed) here. A connection that had more
+ * than request_burst requests refused within one second is not slowed down
+ * by the answers and is only costing us work: it is closed. */
+static int rate_admit(pl_server *s, pl_conn *c, uint32_t m, uint64_t request_id)
+{
+    const pl_limits *l = &s->limits;
+    if (!l->requests_per_second)
+        return 1;
+    uint64_t now = mono_ms(), cap = (uint64_t)l->request_burst * 1000u;
+    c->tokens_milli += (now - c->tokens_ms) * l->requests_per_second;
+    c->tokens_ms = now;
+    if (c->tokens_milli > cap)
+        c->tokens_milli = cap;
+    if (c->tokens_milli >= 1000u) {
+        c->tokens_milli -= 1000u;
+        return 1;
+    }
+    if (now - c->reject_window_ms >= 1000u) {
+        c->reject_window_ms = now;
+        c->rejected = 0;
+    }
+    if (++c->rejected > l->request_burst) {
+        if (c->rejected == l->request_burst + 1u && c->tc) {
+            pl_log(PL_LOG_WARN, "closing %s: over %u requests refused in one second "
+                   "(limits.requests_per_second = %u, limits.request_burst = %u)",
+                   c->peer, l->request_burst, l->requests_per_second, l->request_burst);
+            s->tp->conn_close(c->tc);
+        }
+        return 0;
+    }
+    char text[200];
+    snprintf(text, sizeof text, "rate limited: more than %u requests per second on this "
+             "connection (limits.requests_per_second, burst limits.request_burst = %u)",
+             l->requests_per_second, l->request_burst);
+    reply_err(c, m, request_id, PL_ERR_RATE_LIMITED, text);
+    return 0;
+}
+
+/* When the session of token expires (wall-clock ms), 0 for never. The
+ * session's created_ms is the login op's timestamp, set by the primary that
+ * sequenced it; only a primary answers clients, so comparing it with this
+ * primary's clock at use needs no agreement among replicas (the session
+ * stays in the replicated state until a logout removes it). */
+static uint64_t session_expires(pl_server *s, pl_str token)
+{
+    if (!s->limits.session_ttl_s)
+        return 0;
+    uint8_t th[32];
+    pl_session_rec rec;
+    pl_chat_token_hash(token, th);
+    if (s->sp->session_get(s->st, (pl_str){ (const char *)th, sizeof th }, &rec) != PL_OK)
+        return 1; /* unreadable: treat as expired rather than as immortal */
+    return rec.created_ms + s->limits.session_ttl_s * 1000u;
+}
+
+static uint64_t clock_now_ms(pl_server *s)
+{
+    uint64_t t = wall_ms();
+    return t < s->last_time_ms ? s->last_time_ms : t;
+}
+
 static void on_request(void *ud, void *ctx, const pl_request *req)
 {
     pl_server *s = ud;
@@ -876,6 +1062,8 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
 
     pl_log(PL_LOG_DEBUG, "%s: %s request %" PRIu64, c->peer, pl_method_name(m), req->request_id);
     s->metrics.requests[m < PL_M__COUNT ? m : PL_M_NONE]++;
+    if (!rate_admit(s, c, m, req->request_id))
+        return;
     if (m == PL_M_PING) {
         reply_ok(c, req);
         return;
@@ -918,6 +1106,15 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
                                              : NULL);
         return;
     }
+    /* An expired token may still log out, which removes its session. */
+    uint64_t expires = session_expires(s, req->token);
+    if (expires && m != PL_M_LOGOUT && clock_now_ms(s) >= expires) {
+        char text[160];
+        snprintf(text, sizeof text, "not logged in: the session expired (older than "
+                 "limits.session_ttl_s = %" PRIu64 " s); log in again", s->limits.session_ttl_s);
+        reply_err(c, m, req->request_id, PL_ERR_NOT_LOGGED_IN, text);
+        return;
+    }
 
     pl_op op = { .client_id = req->client_id, .request_no = req->request_no, .uid = uid };
     switch (m) {
@@ -939,6 +1136,7 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
         return;
     }
     case PL_M_SUBSCRIBE:
+        c->sub_expires_ms = expires;
         do_subscribe(s, c, req, uid);
         return;
     case PL_M_DELETE_ACCOUNT:
@@ -1042,9 +1240,13 @@ static void on_applied(void *ud, uint64_t op, const pl_apply_result *res)
                 targets[i++] = c;
             }
         pl_response push = { .method = PL_M_PUSH, .msgs = &res->push, .n_msgs = 1 };
+        uint64_t now = clock_now_ms(s);
         for (i = 0; i < n; i++) {
-            if (targets[i]->subscribed && targets[i]->sub_uid == res->push_uid)
-                conn_send(targets[i], &push);
+            pl_conn *t = targets[i];
+            if (t->subscribed && t->sub_expires_ms && now >= t->sub_expires_ms)
+                sub_unlink(s, t); /* its session expired: no more pushes */
+            if (t->subscribed && t->sub_uid == res->push_uid)
+                conn_send(t, &push);
             conn_unref(targets[i]);
         }
         free(targets);
@@ -1122,13 +1324,15 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
     }
     s = calloc(1, sizeof *s);
     if (!s || !(s->data_dir = strdup(data_dir)) ||
-        !(s->rl = calloc(PL_RL_SLOTS, sizeof *s->rl))) {
+        !(s->rl = calloc(PL_RL_SLOTS, sizeof *s->rl)) ||
+        !(s->rl_addr = calloc(PL_RL_SLOTS, sizeof *s->rl_addr))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     s->base = base;
     s->cfg = cfg;
     s->self = self;
+    s->limits = cfg->limits;
     const pl_server_conf *me = &cfg->servers[self];
     snprintf(s->address, sizeof s->address, strchr(me->host, ':') ? "[%s]:%u" : "%s:%u",
              me->host, (unsigned)me->port);
@@ -1209,8 +1413,7 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
     }
     s->was_serving = pl_vr_is_primary(pl_seq_vr(s->seq));
 
-    s->workers = pl_workers_new(base, cfg->hash_workers,
-                                cfg->hash_workers * PL_HASH_QUEUE_PER_WORKER,
+    s->workers = pl_workers_new(base, cfg->hash_workers, s->limits.password_checks_queued,
                                 cfg->pwhash_opslimit, cfg->pwhash_memlimit, why, sizeof why);
     if (!s->workers) {
         snprintf(err, errlen, "%s", why);
@@ -1351,6 +1554,20 @@ void pl_server_free(pl_server *s)
     pl_plugin_unload(s->store_plugin);
     sodium_memzero(s->dummy_hash, sizeof s->dummy_hash);
     free(s->rl);
+    free(s->rl_addr);
+    for (uint32_t i = 0; i < PL_ADDR_BUCKETS; i++)
+        while (s->addrs[i]) {
+            addr_count *a = s->addrs[i];
+            s->addrs[i] = a->next;
+            free(a);
+        }
     free(s->data_dir);
     free(s);
+}
+
+void pl_server_set_limits(pl_server *s, const pl_limits *limits)
+{
+    s->limits = *limits;
+    if (s->workers)
+        pl_workers_set_queue_max(s->workers, limits->password_checks_queued);
 }

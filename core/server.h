@@ -26,6 +26,11 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
  * make the event loop return. Safe to call more than once. */
 void pl_server_shutdown(pl_server *s, const char *why);
 
+/* Replace the client limits (config.h, struct pl_limits) of a running
+ * server, e.g. on a configuration reload. Takes effect for the next request,
+ * connection and login; connections over a lowered conns_per_address stay. */
+void pl_server_set_limits(pl_server *s, const pl_limits *limits);
+
 /* Close every connection, stop the workers, close the store cleanly, unload
  * the plugins. */
 void pl_server_free(pl_server *s);

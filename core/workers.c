@@ -225,6 +225,13 @@ fail:
     return NULL;
 }
 
+void pl_workers_set_queue_max(pl_workers *w, uint32_t queue_max)
+{
+    pthread_mutex_lock(&w->mu);
+    w->queue_max = queue_max ? queue_max : 1;
+    pthread_mutex_unlock(&w->mu);
+}
+
 static int submit(pl_workers *w, job *j)
 {
     pthread_mutex_lock(&w->mu);

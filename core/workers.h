@@ -40,6 +40,9 @@ int pl_workers_hash(pl_workers *w, pl_str password, pl_hash_done_fn cb, void *ud
 int pl_workers_verify(pl_workers *w, pl_str hash, pl_str password,
                       pl_verify_done_fn cb, void *ud);
 
+/* Change queue_max (>= 1) for later submits; jobs already queued stay. */
+void pl_workers_set_queue_max(pl_workers *w, uint32_t queue_max);
+
 /* Stop taking jobs; queued and running jobs still finish and their
  * callbacks still run on the loop. */
 void pl_workers_stop(pl_workers *w);
