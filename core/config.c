@@ -630,7 +630,7 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
         "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
         "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
         "hash_workers", "failback", "admin", "limits", "cluster_secret",
-        "cluster_secret_file", "tls", NULL
+        "cluster_secret_file", "tls", "compaction", NULL
     };
     int rc;
     uint64_t u;
@@ -702,6 +702,31 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "password_hash")) &&
         (rc = parse_pwhash(x, v, c)) != PL_OK)
         return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "compaction"))) {
+        static const char *const ckeys[] = { "ops", "bytes", "keep_ops", NULL };
+        const cJSON *k;
+        if (!cJSON_IsObject(v)) {
+            cfg_err(x, "compaction", "must be an object {\"ops\", \"bytes\", \"keep_ops\"}");
+            return PL_ERR_CONFIG;
+        }
+        if ((rc = check_keys(x, v, "compaction.", ckeys)) != PL_OK)
+            return rc;
+        if ((k = cJSON_GetObjectItemCaseSensitive(v, "ops")) &&
+            (rc = get_uint(x, k, "compaction.ops", 10, UINT32_MAX, NULL, &c->compact_ops)) != PL_OK)
+            return rc;
+        if ((k = cJSON_GetObjectItemCaseSensitive(v, "bytes")) &&
+            (rc = get_uint(x, k, "compaction.bytes", 4096, UINT64_MAX / 2, " (bytes)",
+                           &c->compact_bytes)) != PL_OK)
+            return rc;
+        if ((k = cJSON_GetObjectItemCaseSensitive(v, "keep_ops")) &&
+            (rc = get_uint(x, k, "compaction.keep_ops", 1, UINT32_MAX, NULL, &c->compact_keep)) != PL_OK)
+            return rc;
+        if (c->compact_keep >= c->compact_ops) {
+            cfg_err(x, "compaction.keep_ops", "%llu must be less than compaction.ops (%llu)",
+                    (unsigned long long)c->compact_keep, (unsigned long long)c->compact_ops);
+            return PL_ERR_CONFIG;
+        }
+    }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "failback"))) {
         if (!cJSON_IsBool(v)) {
             cfg_err(x, "failback", "must be true or false");
@@ -753,6 +778,9 @@ pl_config *pl_config_default(void)
     c->pwhash_memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
     c->hash_workers = 2;
     c->failback = 1;
+    c->compact_ops = 100000;
+    c->compact_bytes = 64u * 1024u * 1024u;
+    c->compact_keep = 10000;
     c->admin_bind = xstrdup(PL_DEFAULT_HOST);
     if (!c->admin_bind)
         goto fail;

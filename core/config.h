@@ -114,6 +114,9 @@ typedef struct pl_config {
     uint64_t pwhash_memlimit;
     uint32_t hash_workers;
     int failback;                /* hand the primary back to higher priority (default 1) */
+    uint64_t compact_ops;        /* compaction.ops: compact when the log holds more (100000) */
+    uint64_t compact_bytes;      /* compaction.bytes: or when this much was appended (64 MiB) */
+    uint64_t compact_keep;       /* compaction.keep_ops: entries kept below the applied op (10000) */
     char *admin_bind;            /* address the admin listener binds (default 127.0.0.1) */
     pl_limits limits;
     char *cluster_secret;        /* inline secret text, or NULL */

@@ -28,9 +28,14 @@
 #include <time.h>
 
 #include "log.h"
+#include "snapshot.h"
 
 #define PL_SEQ_BATCH_DEFAULT 512u
 #define PL_SEQ_TICK_MS 10
+#define PL_COMPACT_OPS_DEFAULT 100000u
+#define PL_COMPACT_BYTES_DEFAULT (64u * 1024u * 1024u)
+#define PL_KEEP_OPS_DEFAULT 10000u
+#define PL_SNAPSHOT_MAX (4ull * 1024u * 1024u * 1024u)
 
 typedef struct seq_item {
     struct seq_item *next;
@@ -63,6 +68,11 @@ struct pl_seq {
     uint64_t fail_gen;        /* bumped whenever fail_inflight runs */
     pl_vr *vr;
     uint32_t n;               /* servers */
+    uint64_t appended_bytes;  /* log bytes appended since the last compaction */
+    uint64_t snap_sent_ms[PL_VR_MAX_REPLICAS]; /* last snapshot sent to each */
+    uint8_t *snap_buf;        /* snapshot being received */
+    uint64_t snap_total, snap_got, snap_view;
+    uint32_t snap_from;
     /* per-chunk scratch, max_batch entries each */
     seq_item **items;
     pl_log_entry *entries;
@@ -96,6 +106,7 @@ static void finish(pl_seq *q, seq_item *it, int err, uint64_t op, const pl_apply
 }
 
 static void schedule(pl_seq *q, int now);
+static void fail_inflight(pl_seq *q, int err);
 
 /* ---- applying committed ops ---- */
 
@@ -202,7 +213,152 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
 static int io_append(void *ud, const pl_log_entry *e, size_t n)
 {
     pl_seq *q = ud;
-    return q->sp->log_append(q->st, e, n);
+    int rc = q->sp->log_append(q->st, e, n);
+    if (rc == PL_OK)
+        for (size_t i = 0; i < n; i++)
+            q->appended_bytes += e[i].len;
+    return rc;
+}
+
+static uint64_t io_log_first(void *ud)
+{
+    pl_seq *q = ud;
+    uint64_t first = 0, last = 0;
+    if (q->sp->log_bounds(q->st, &first, &last) != PL_OK)
+        return 0;
+    return first;
+}
+
+typedef struct last_entry {
+    uint64_t view;
+} last_entry;
+
+static int last_cb(void *ud, const pl_log_entry *e)
+{
+    ((last_entry *)ud)->view = e->view;
+    return 1;
+}
+
+/* A backup asked for entries we compacted: send it the whole state. The
+ * export scans the store on the loop thread; it runs at most once per
+ * election timeout per replica. */
+static void io_need_snapshot(void *ud, uint32_t to)
+{
+    pl_seq *q = ud;
+    uint64_t now = mono_ms();
+    uint64_t gap = q->host.vr ? q->host.vr->election_timeout_ms : 1000;
+    if (to >= PL_VR_MAX_REPLICAS || !q->host.send_snapshot ||
+        (q->snap_sent_ms[to] && now - q->snap_sent_ms[to] < gap))
+        return;
+    q->snap_sent_ms[to] = now;
+    last_entry le = { 0 };
+    uint64_t applied = q->sp->applied_op(q->st);
+    if (applied)
+        q->sp->log_read(q->st, applied, applied, last_cb, &le);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    uint64_t op = 0;
+    int rc = pl_snapshot_export(q->sp, q->st, le.view, &buf, &len, &op);
+    if (rc != PL_OK) {
+        pl_log(PL_LOG_ERROR, "snapshot for server %u: %s", to, pl_strerror(rc));
+        return;
+    }
+    rc = q->host.send_snapshot(q->host.ud, to, pl_vr_view(q->vr), buf, len);
+    pl_log(rc == PL_OK ? PL_LOG_INFO : PL_LOG_WARN,
+           "snapshot at op %llu (%zu bytes) for server %u: %s", (unsigned long long)op, len, to,
+           rc == PL_OK ? "sent" : pl_strerror(rc));
+    free(buf);
+}
+
+static void snap_reset(pl_seq *q)
+{
+    free(q->snap_buf);
+    q->snap_buf = NULL;
+    q->snap_total = q->snap_got = 0;
+}
+
+/* Install a complete snapshot: the state first (one store transaction that
+ * commits with applied = its op), then drop the whole log, whose entries are
+ * all at or below the state now. A crash between the two leaves a log that
+ * ends below the applied op, which pl_seq_new recognises and clears. */
+static void snap_install(pl_seq *q)
+{
+    uint64_t op = 0, op_view = 0;
+    int rc = pl_snapshot_peek(q->snap_buf, q->snap_total, &op, &op_view);
+    if (rc != PL_OK) {
+        pl_log(PL_LOG_WARN, "snapshot from server %u is corrupt; dropped", q->snap_from);
+        return;
+    }
+    if (op <= q->applied) {
+        pl_log(PL_LOG_INFO, "snapshot at op %llu is not newer than our op %llu; dropped",
+               (unsigned long long)op, (unsigned long long)q->applied);
+        return;
+    }
+    fail_inflight(q, PL_ERR_UNAVAILABLE);
+    rc = pl_snapshot_import(q->sp, q->st, q->snap_buf, q->snap_total);
+    if (rc != PL_OK) {
+        pl_log(PL_LOG_ERROR, "installing the snapshot at op %llu failed: %s",
+               (unsigned long long)op, pl_strerror(rc));
+        return;
+    }
+    q->applied = op;
+    q->need_apply = 0;
+    if ((rc = q->sp->log_truncate(q->st, 0)) != PL_OK)
+        pl_log(PL_LOG_ERROR, "clearing the log after the snapshot: %s", pl_strerror(rc));
+    q->appended_bytes = 0;
+    pl_log(PL_LOG_INFO, "installed a snapshot from server %u at op %llu (%llu bytes)",
+           q->snap_from, (unsigned long long)op, (unsigned long long)q->snap_total);
+    pl_vr_snapshot_installed(q->vr, q->snap_view, op, op_view, mono_ms());
+}
+
+void pl_seq_snapshot_chunk(pl_seq *q, uint32_t from, uint64_t view, uint64_t offset,
+                           uint64_t total, const uint8_t *data, size_t len)
+{
+    const pl_vr *vr = q->vr;
+    if (view != pl_vr_view(vr) || from != pl_vr_primary(vr) || pl_vr_is_primary(vr) ||
+        total == 0 || total > PL_SNAPSHOT_MAX || offset > total || len > total - offset)
+        return;
+    if (offset == 0) {
+        snap_reset(q);
+        q->snap_buf = malloc(total);
+        if (!q->snap_buf) {
+            pl_log(PL_LOG_ERROR, "snapshot of %llu bytes: out of memory", (unsigned long long)total);
+            return;
+        }
+        q->snap_total = total;
+        q->snap_from = from;
+        q->snap_view = view;
+    }
+    if (!q->snap_buf || offset != q->snap_got || total != q->snap_total || from != q->snap_from)
+        return; /* a chunk of another transfer, or one was lost: wait for a new one */
+    memcpy(q->snap_buf + offset, data, len);
+    q->snap_got += len;
+    if (q->snap_got == q->snap_total) {
+        snap_install(q);
+        snap_reset(q);
+    }
+}
+
+/* Drop the log prefix the store's state already holds, keeping keep_ops
+ * entries below the applied op for cheap catch-up of slightly lagging
+ * backups; anyone further behind gets a snapshot. */
+static void maybe_compact(pl_seq *q)
+{
+    uint64_t ops = q->host.compact_ops ? q->host.compact_ops : PL_COMPACT_OPS_DEFAULT;
+    uint64_t bytes = q->host.compact_bytes ? q->host.compact_bytes : PL_COMPACT_BYTES_DEFAULT;
+    uint64_t keep = q->host.keep_ops ? q->host.keep_ops : PL_KEEP_OPS_DEFAULT;
+    uint64_t first = 0, last = 0;
+    if (q->applied <= keep || q->sp->log_bounds(q->st, &first, &last) != PL_OK || first == 0)
+        return;
+    if (last - first + 1 <= ops && q->appended_bytes <= bytes)
+        return;
+    uint64_t before = q->applied - keep + 1;
+    if (before <= first)
+        return;
+    int rc = q->sp->log_compact(q->st, before);
+    q->appended_bytes = 0;
+    pl_log(rc == PL_OK ? PL_LOG_INFO : PL_LOG_ERROR, "log compaction below op %llu: %s",
+           (unsigned long long)before, rc == PL_OK ? "done" : pl_strerror(rc));
 }
 
 static int io_truncate(void *ud, uint64_t after)
@@ -418,21 +574,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
             pl_log(PL_LOG_ERROR, "%s (retrying)", err);
     }
+    if (!q->need_apply && !q->applying)
+        maybe_compact(q);
     if (q->head)
         schedule(q, 0);
 }
 
 /* ---- lifecycle ---- */
-
-typedef struct last_entry {
-    uint64_t view;
-} last_entry;
-
-static int last_cb(void *ud, const pl_log_entry *e)
-{
-    ((last_entry *)ud)->view = e->view;
-    return 1;
-}
 
 static uint64_t meta_or_zero(pl_seq *q, const char *key)
 {
@@ -479,9 +627,16 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     }
     q->applied = sp->applied_op(st);
     if (last != 0 && last < q->applied) {
-        snprintf(err, errlen, "the store applied op %llu but its log ends at op %llu",
-                 (unsigned long long)q->applied, (unsigned long long)last);
-        goto fail;
+        /* A snapshot was installed and we stopped before its log was
+         * cleared: every entry left is already in the state. */
+        pl_log(PL_LOG_WARN, "the log ends at op %llu below the applied op %llu (an "
+               "interrupted snapshot install): clearing it", (unsigned long long)last,
+               (unsigned long long)q->applied);
+        if ((rc = sp->log_truncate(st, 0)) != PL_OK) {
+            snprintf(err, errlen, "clearing a stale log: %s", pl_strerror(rc));
+            goto fail;
+        }
+        first = last = 0;
     }
     if (last > q->applied && first > q->applied + 1) {
         snprintf(err, errlen, "the log starts at op %llu but the store applied only op %llu",
@@ -509,7 +664,7 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     if (d.lnv > d.view)
         d.view = d.lnv;
     pl_vr_io io = { q, io_append, io_truncate, io_read, io_save, io_send, io_committed,
-                    io_changed };
+                    io_changed, io_log_first, io_need_snapshot };
     q->vr = pl_vr_new(cfg, &io, &d, mono_ms());
     if (!q->vr) {
         snprintf(err, errlen, "replication: bad configuration (%u servers, self %u)", cfg->n,
@@ -614,6 +769,7 @@ void pl_seq_free(pl_seq *q)
     if (q->tick_ev)
         event_free(q->tick_ev);
     pl_vr_free(q->vr);
+    snap_reset(q);
     free(q->items);
     free(q->entries);
     free(q->ops);

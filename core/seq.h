@@ -50,6 +50,16 @@ typedef struct pl_seq_host {
     /* Role or view changed (after the sequencer failed the ops it can no
      * longer answer for). */
     void (*changed)(void *ud);
+    /* Send a snapshot of the whole state to server `to` (state transfer past
+     * a compacted log). Returns PL_OK if it was queued. */
+    int (*send_snapshot)(void *ud, uint32_t to, uint64_t view, const uint8_t *data, size_t len);
+    /* Log compaction: when the log holds more than compact_ops entries or
+     * compact_bytes were appended since the last compaction, drop every
+     * entry below applied - keep_ops + 1. 0 = defaults (100,000 ops,
+     * 64 MiB, keep 10,000). */
+    uint64_t compact_ops;
+    uint64_t compact_bytes;
+    uint64_t keep_ops;
 } pl_seq_host;
 
 /* The store and chat are borrowed and must outlive the sequencer.
@@ -74,6 +84,10 @@ int pl_seq_submit(pl_seq *q, const pl_op *op, pl_seq_done_fn done, void *ud);
 
 /* A VR message from a peer. */
 void pl_seq_receive(pl_seq *q, const pl_vr_msg *m);
+/* One chunk of a snapshot from server `from`; installs it when complete. */
+void pl_seq_snapshot_chunk(pl_seq *q, uint32_t from, uint64_t view, uint64_t offset,
+                           uint64_t total, const uint8_t *data, size_t len);
+
 /* The replication state (role, view, op, commit, lease). */
 const pl_vr *pl_seq_vr(const pl_seq *q);
 /* May this server answer clients now (primary with a valid lease)? */

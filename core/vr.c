@@ -321,8 +321,18 @@ static void send_dvc(pl_vr *vr, uint64_t now)
     }
     pl_log_entry *e = NULL;
     uint32_t n = 0;
-    if (read_suffix(vr, anchor, vr->op, vr->op - anchor, DVC_MAX_BYTES, &e, &n) != PL_OK ||
-        anchor + n != vr->op) {
+    if ((read_suffix(vr, anchor, vr->op, vr->op - anchor, DVC_MAX_BYTES, &e, &n) != PL_OK ||
+         anchor + n != vr->op) && anchor < vr->commit) {
+        /* the lower anchor was compacted away: our own commit will do */
+        free_entries(e, n);
+        e = NULL;
+        n = 0;
+        anchor = vr->commit;
+        if (entry_view(vr, anchor, &av) != 0)
+            av = 0;
+        read_suffix(vr, anchor, vr->op, vr->op - anchor, DVC_MAX_BYTES, &e, &n);
+    }
+    if (anchor + n != vr->op) {
         free_entries(e, n);
         pl_log(PL_LOG_ERROR, "vr: cannot read log (%llu, %llu] for DO-VIEW-CHANGE",
                (unsigned long long)anchor, (unsigned long long)vr->op);
@@ -530,9 +540,14 @@ static void on_get_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     (void)now;
     if (!is_primary(vr) || m->from >= vr->cfg.n || m->op > vr->op)
         return;
+    uint64_t first = vr->io.log_first ? vr->io.log_first(vr->io.ud) : 0;
     uint64_t av;
-    if (entry_view(vr, m->op, &av) != 0)
+    if ((first && m->op + 1 < first) || entry_view(vr, m->op, &av) != 0) {
+        /* what it needs was compacted away: send the state instead */
+        if (vr->io.need_snapshot)
+            vr->io.need_snapshot(vr->io.ud, m->from);
         return;
+    }
     pl_log_entry *e = NULL;
     uint32_t n = 0;
     if (read_suffix(vr, m->op, vr->op, vr->cfg.max_batch, 16u * 1024u * 1024u, &e, &n) != PL_OK)
@@ -696,6 +711,30 @@ void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
         on_dvc(vr, m, now);
         break;
     }
+}
+
+void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op_view,
+                              uint64_t now)
+{
+    if (view != vr->view || vr->status == PL_VR_VIEW_CHANGE || is_primary(vr))
+        return;
+    /* The state is the primary's committed prefix up to op, and our log is
+     * empty above it: exactly a backup that holds entries up to op. */
+    vr->op = op;
+    vr->op_view = op_view;
+    if (op > vr->commit)
+        vr->commit = op;
+    vr->last_heard_ms = now;
+    if (vr->status == PL_VR_RECOVERING) {
+        vr->status = PL_VR_NORMAL;
+        vr->lnv = vr->view;
+        save(vr, "lnv", vr->lnv);
+        vr->io.changed(vr->io.ud);
+    }
+    pl_log(PL_LOG_INFO, "vr: installed a snapshot at op %llu; fetching the rest",
+           (unsigned long long)op);
+    vr->last_getstate_ms = 0;
+    send_get_state(vr, now);
 }
 
 /* ---- time ---- */

@@ -76,6 +76,12 @@ typedef struct pl_vr_io {
     /* Role, view or status changed (the server fails waiting requests whose
      * outcome it can no longer know, and logs the change). */
     void (*changed)(void *ud);
+    /* First op-number still in the log (0 when empty): entries below it were
+     * compacted into the store's state. */
+    uint64_t (*log_first)(void *ud);
+    /* Replica `to` needs entries we compacted away: send it a snapshot of
+     * the state (pl_vr_snapshot_installed runs on its side). */
+    void (*need_snapshot)(void *ud, uint32_t to);
 } pl_vr_io;
 
 typedef struct pl_vr_config {
@@ -105,6 +111,12 @@ typedef struct pl_vr pl_vr;
 pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
                  const pl_vr_durable *d, uint64_t now_ms);
 void pl_vr_free(pl_vr *vr);
+
+/* A snapshot of the state at op (whose log entry had view op_view), sent by
+ * the primary of `view`, replaced this replica's state and log: continue
+ * from there (state transfer, §5.2, for a compacted log). */
+void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op_view,
+                              uint64_t now_ms);
 
 /* Time passes. Call every few ms (heartbeat_ms / 4 or finer). */
 void pl_vr_tick(pl_vr *vr, uint64_t now_ms);

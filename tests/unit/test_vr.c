@@ -180,7 +180,7 @@ static void start_replica(uint32_t i)
                          .heartbeat_ms = 30, .failback = true, .max_batch = 16,
                          .window = 256 };
     pl_vr_io io = { (void *)(uintptr_t)i, io_append, io_truncate, io_read, io_save,
-                    io_send, io_committed, io_changed };
+                    io_send, io_committed, io_changed, NULL, NULL };
     pl_vr_durable d = { r->view, r->lnv, r->nlog, r->nlog ? r->log[r->nlog].view : 0,
                         r->applied };
     r->vr = pl_vr_new(&cfg, &io, &d, S->now);

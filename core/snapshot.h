@@ -1,0 +1,42 @@
+/*
+ * core/snapshot.h — the whole chat state as one byte string, for bringing a
+ * server up to date whose missing log entries were compacted away
+ * (DESIGN.md §4, catch-up).
+ *
+ * A snapshot is built from the store ABI's scans and installed through its
+ * ordinary puts, so it works between any two store plugins (a JSON-store
+ * server can be brought up from a SQLite-store primary) and needs nothing
+ * from a plugin beyond store.h version 1.
+ *
+ * Format (all integers little-endian):
+ *   "PLSNAP" 0x01 0x00 | u64 op | u64 view-of-op | u64 next_uid | u64 next_msg_id
+ *   records, each a tag byte then fields (strings: u32 length + bytes):
+ *     'A' uid created_ms name pwhash
+ *     'S' uid created_ms token_hash
+ *     'M' id from_uid to_uid time_ms flags from_name to_name body
+ *     'C' client_id request_no op reply
+ *   'E' | 32-byte BLAKE2b of every byte before it
+ *
+ * Prefix: pl_snapshot_.
+ */
+#ifndef PL_CORE_SNAPSHOT_H
+#define PL_CORE_SNAPSHOT_H
+
+#include <parley/store.h>
+
+/* Serialise the store's applied state. *out is malloc'd (caller frees);
+ * *op is the applied op-number it reflects; op_view is recorded as given
+ * (the view of that log entry). */
+int pl_snapshot_export(const pl_store_plugin *sp, pl_store *st, uint64_t op_view,
+                       uint8_t **out, size_t *len, uint64_t *op);
+
+/* Read the header only (after checking the checksum). */
+int pl_snapshot_peek(const uint8_t *buf, size_t len, uint64_t *op, uint64_t *op_view);
+
+/* Replace the whole chat state with the snapshot in one store transaction
+ * that commits with applied_op = the snapshot's op. Validates everything
+ * (checksum, bounds, record syntax) before changing anything; on any error
+ * nothing changes. */
+int pl_snapshot_import(const pl_store_plugin *sp, pl_store *st, const uint8_t *buf, size_t len);
+
+#endif
