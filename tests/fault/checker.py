@@ -19,8 +19,10 @@ Checks, each a violation kind:
   read-order        a read not oldest first / a history page not newest first
   stale-read        a read that began after a send was acknowledged misses it,
                     and no other read of that mailbox (finished or possibly
-                    running by then) returned or could have consumed it
-  resurrected       a message whose delete was acknowledged is back
+                    running by then) returned or could have consumed it; or
+                    a history page misses a message a finished read returned
+  resurrected       a message whose delete was acknowledged is back (in the
+                    final mailbox or in a later history page)
   double-register   two acknowledged registrations of one username
   account           a login accepted a password that no successful or
                     possibly-successful registration of that name used, or
@@ -84,6 +86,7 @@ class Checker:
         self.final_mailboxes()
         self.check_order()
         self.check_freshness()
+        self.check_history_freshness()
         self.check_accounts()
         self.check_lists()
         self.check_end_state()
@@ -209,6 +212,49 @@ class Checker:
                     self.flag("resurrected", "message %s %r of %s is back after its delete was "
                               "acknowledged" % (msg_id(m), body, user),
                               [d, self.sends.get(body)])
+
+    def check_history_freshness(self):
+        """History is a query (served by the primary under its lease, not
+        replicated): a page that starts after a read returned a message must
+        list it, unless it was deleted, and must not list a message whose
+        delete was acknowledged before the page began."""
+        reads = collections.defaultdict(list)
+        for r in self.of(READ_KINDS, "ok"):
+            reads[r["user"]].append(r)
+        deletes = collections.defaultdict(list)
+        for d in self.of(("delete",)):
+            deletes[d["user"]].append(d)
+        for h in self.of(HISTORY_KINDS, "ok"):
+            if h["args"].get("offset"):
+                continue
+            user = h["user"]
+            page = [m for m in messages_of(h["result"]) if isinstance(m, dict)]
+            ids = set(msg_id(m) for m in page)
+            more = h["result"].get("more") if isinstance(h["result"], dict) else None
+            full = bool(more) or len(page) >= h["args"].get("limit", 0)
+            low = min([i for i in ids if i is not None] or [0])
+            for d in deletes[user]:
+                if d["outcome"] == "ok" and d["end"] < h["start"]:
+                    for i in d["args"]["ids"]:
+                        if i in ids:
+                            self.flag("resurrected", "history of %s at %.3fs lists message %d "
+                                      "whose delete was acknowledged at %.3fs" %
+                                      (user, h["start"], i, d["end"]), [d, h])
+            for r in reads[user]:
+                if r["end"] >= h["start"]:
+                    continue
+                for m in messages_of(r["result"]):
+                    i = msg_id(m) if isinstance(m, dict) else None
+                    if i is None or i in ids or (full and i < low):
+                        continue
+                    if m.get("body") not in self.sends or m.get("to", user) != user:
+                        continue  # phantoms are reported as such
+                    if any(i in d["args"]["ids"] and d["outcome"] != "failed"
+                           and d["start"] < h["end"] for d in deletes[user]):
+                        continue
+                    self.flag("stale-read", "history of %s at %.3fs misses message %d %r that a "
+                              "read returned at %.3fs" % (user, h["start"], i, m.get("body"),
+                                                          r["end"]), [r, h])
 
     def check_order(self):
         pairs = collections.defaultdict(list)

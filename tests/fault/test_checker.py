@@ -172,6 +172,20 @@ class CheckerTest(unittest.TestCase):
              .digests("abc", "abc", "abc"))
         self.assertEqual(check(h.recs), [])
 
+    def test_history_must_show_what_was_read(self):
+        base = (H().accounts("alice", "bob")
+                .send("alice", "bob", "t1", 1.0, 1.5, id=1)
+                .read("bob", 2.0, 2.1, [(1, "alice", "bob", "t1")]))
+        h = (base.op("history", "bob", 3.0, 3.1, offset=0, limit=5,
+                     result={"messages": [], "more": False})
+             .final("bob", [], [(1, "alice", "bob", "t1")]).digests("abc", "abc", "abc"))
+        self.assertEqual(kinds(h), ["stale-read"])
+        base.recs = base.recs[:-5]
+        h = (base.op("history", "bob", 3.0, 3.1, offset=0, limit=5,
+                     result={"messages": [m(1, "alice", "bob", "t1")], "more": False})
+             .final("bob", [], [(1, "alice", "bob", "t1")]).digests("abc", "abc", "abc"))
+        self.assertEqual(check(h.recs), [])
+
     def test_deleted_message_is_not_lost_but_must_stay_deleted(self):
         base = (H().accounts("alice", "bob")
                 .send("alice", "bob", "t1", 1.0, 1.5, id=1)

@@ -184,14 +184,16 @@ class Client(threading.Thread):
                 self.need_login.discard(me)
             return
         x = rng.random()
-        if x < 0.45:
+        if x < 0.42:
             rec = self.r.send(me, rng.choice(self.users), self.token())
-        elif x < 0.70:
+        elif x < 0.66:
             rec = self.r.read(me, n=rng.choice([None, None, 1, 3]))
             if rec["outcome"] == "ok":
                 self.seen[me].extend(m.get("id") for m in messages_of(rec["result"])
                                      if isinstance(m, dict))
-        elif x < 0.76 and self.seen[me]:
+        elif x < 0.71:
+            rec = self.r.history_page(me, 0, rng.choice([5, 200]))
+        elif x < 0.77 and self.seen[me]:
             k = min(len(self.seen[me]), rng.choice([1, 1, 2]))
             ids = rng.sample(self.seen[me], k)
             rec = self.r.delete(me, ids)
