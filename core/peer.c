@@ -213,6 +213,18 @@ int pl_peer_decode_frame(const uint8_t *buf, size_t len, pl_peer_frame *f)
         f->query_id = pb->status_reply->query_id;
         row_from_reply(pb->status_reply, &f->row);
         return PL_OK;
+    case PARLEY__PEER__PEER_FRAME__BODY_SNAPSHOT: {
+        const Parley__Peer__SnapshotChunk *k = pb->snapshot;
+        if (k->offset > k->total || k->data.len > k->total - k->offset)
+            return PL_ERR_INVALID;
+        f->kind = PL_PEER_F_SNAPSHOT;
+        f->snap_view = k->view;
+        f->snap_offset = k->offset;
+        f->snap_total = k->total;
+        f->snap_data = k->data.data;
+        f->snap_len = k->data.len;
+        return PL_OK;
+    }
     default:
         /* no body, or a kind from a newer peer: nothing to act on */
         f->kind = PL_PEER_F_NONE;
@@ -305,6 +317,9 @@ static void in_read(struct bufferevent *bev, void *arg)
             c->p->cb.vr(c->p->cb.ud, &f.vr);
         } else if (f.kind == PL_PEER_F_STATUS_REQUEST) {
             in_status_request(c, f.query_id);
+        } else if (f.kind == PL_PEER_F_SNAPSHOT && c->p->cb.snapshot) {
+            c->p->cb.snapshot(c->p->cb.ud, (uint32_t)c->from, f.snap_view, f.snap_offset,
+                              f.snap_total, f.snap_data, f.snap_len);
         }
         pl_peer_frame_clear(&f);
     }

@@ -61,6 +61,7 @@ enum pl_peer_frame_kind {
     PL_PEER_F_VR = 2,
     PL_PEER_F_STATUS_REQUEST = 3,
     PL_PEER_F_STATUS_REPLY = 4,
+    PL_PEER_F_SNAPSHOT = 5,
 };
 
 typedef struct pl_peer_frame {
@@ -69,6 +70,9 @@ typedef struct pl_peer_frame {
     pl_vr_msg vr;                  /* VR; vr.from is 0: the connection says who sent it */
     uint64_t query_id;             /* STATUS_REQUEST, STATUS_REPLY */
     pl_server_status row;          /* STATUS_REPLY; row.id as the sender claims it */
+    uint64_t snap_view, snap_offset, snap_total; /* SNAPSHOT: a chunk, checked to lie */
+    const uint8_t *snap_data;      /*   within the total */
+    size_t snap_len;
     void *pb;                      /* owns what the fields above point to */
     pl_log_entry *entries;         /* owns vr.entries */
 } pl_peer_frame;

@@ -977,6 +977,20 @@ static void on_role_changed(void *ud)
     }
 }
 
+static int seq_send_snapshot(void *ud, uint32_t to, uint64_t view, const uint8_t *data,
+                             size_t len)
+{
+    pl_server *s = ud;
+    return s->peer ? pl_peer_send_snapshot(s->peer, to, view, data, len) : PL_ERR_UNAVAILABLE;
+}
+
+static void on_peer_snapshot(void *ud, uint32_t from, uint64_t view, uint64_t offset,
+                             uint64_t total, const uint8_t *data, size_t len)
+{
+    pl_server *s = ud;
+    pl_seq_snapshot_chunk(s->seq, from, view, offset, total, data, len);
+}
+
 static void seq_send(void *ud, uint32_t to, const pl_vr_msg *m)
 {
     pl_server *s = ud;
@@ -1385,7 +1399,11 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         .max_batch = PL_SEQ_MAX_BATCH,
     };
     pl_seq_host seq_host = { .ud = s, .applied = on_applied, .vr = &s->vrcfg,
-                             .send = seq_send, .changed = on_role_changed };
+                             .send = seq_send, .changed = on_role_changed,
+                             .send_snapshot = seq_send_snapshot,
+                             .compact_ops = cfg->compact_ops,
+                             .compact_bytes = cfg->compact_bytes,
+                             .keep_ops = cfg->compact_keep };
     s->seq = pl_seq_new(base, s->sp, s->st, s->chat, PL_SEQ_MAX_BATCH, &seq_host, why, sizeof why);
     if (!s->seq) {
         snprintf(err, errlen, "%s", why);
@@ -1400,7 +1418,8 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
 
     if (cfg->n_servers > 1) {
         pl_peer_cb pcb = { .ud = s, .vr = on_peer_vr, .status = on_peer_status,
-                           .status_reply = on_peer_status_reply };
+                           .status_reply = on_peer_status_reply,
+                           .snapshot = on_peer_snapshot };
         s->peer = pl_peer_new(base, cfg, self, &pcb, why, sizeof why);
         if (!s->peer) {
             snprintf(err, errlen, "peer network: %s", why);

@@ -26,9 +26,12 @@ class ClusterTest(unittest.TestCase):
     n = 3
     stores = None
 
+    extra = {}
+
     def setUp(self):
-        self.c = Cluster(PARLEYD, PARLEY, n=self.n, stores=self.stores,
-                         extra={"election_timeout_ms": 1000, "heartbeat_ms": 100})
+        extra = {"election_timeout_ms": 1000, "heartbeat_ms": 100}
+        extra.update(self.extra)
+        self.c = Cluster(PARLEYD, PARLEY, n=self.n, stores=self.stores, extra=extra)
         self.c.start_all()
         self.wait_primary()
 
@@ -228,6 +231,33 @@ class MixedStores(ClusterTest):
         for i in range(20):
             self.assertIsNotNone(self.send("alice", "bob", "mix %d" % i))
         self.c.cli_json("bob", "read", "-n", "5")
+        self.wait_converged()
+
+
+class Compaction(ClusterTest):
+    """A server that was down through several compactions comes back by
+    snapshot (the entries it misses are gone from every log)."""
+    n = 3
+    stores = ["sqlite", "sqlite", "json"]
+    extra = {"compaction": {"ops": 40, "keep_ops": 10}}
+
+    def test_down_through_compactions_comes_back_by_snapshot(self):
+        self.setup_users()
+        acked = []
+        for i in range(10):
+            self.assertIsNotNone(self.send("alice", "bob", "c%d" % i))
+            acked.append("c%d" % i)
+        self.c.kill(2)
+        for i in range(10, 130):
+            self.assertIsNotNone(self.send("alice", "bob", "c%d" % i))
+            acked.append("c%d" % i)
+        wait_until(lambda: "log compaction below op" in self.c.log(0), 10, what="a compaction on server 0")
+        self.c.start(2)
+        wait_until(lambda: "installed a snapshot" in self.c.log(2), 20, what="server 2 to install a snapshot")
+        self.wait_converged()
+        self.assert_delivered_once(acked)
+        # and it keeps replicating normally afterwards
+        self.assertIsNotNone(self.send("alice", "bob", "after"))
         self.wait_converged()
 
 
