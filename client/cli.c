@@ -46,6 +46,7 @@
 #include <event2/event.h>
 #include <sodium.h>
 
+#include "admin.h"
 #include "parley.h"
 #include "tui.h"
 
@@ -132,6 +133,8 @@ static void usage(FILE *f)
         "  delete-account       asks for the password again (or --password-stdin)\n"
         "  listen               prints messages as they arrive until interrupted\n"
         "  status               each server: address, role, view, op and commit numbers\n"
+        "  admin stats          per server: connections, requests/s, commit latency, log\n"
+        "                       and store size, from each admin_port ('admin --help')\n"
         "\n"
         "options:\n"
         "  -c, --config CONFIG  the cluster's config file (default $PARLEY_CONFIG,\n"
@@ -1390,6 +1393,10 @@ int main(int argc, char **argv)
         o.server = k.server;
         return parley_tui_run(&o);
     }
+    /* Operator commands read the admin HTTP endpoint, not the chat wire
+     * format, so they need no libparley client (client/admin.c). */
+    if (strcmp(argv[i], "admin") == 0)
+        return parley_admin_main(k.config, k.json, argc - i - 1, argv + i + 1);
     for (size_t c = 0; c < sizeof COMMANDS / sizeof COMMANDS[0]; c++)
         if (strcmp(COMMANDS[c].name, argv[i]) == 0)
             cmd = &COMMANDS[c];

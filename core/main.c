@@ -174,6 +174,8 @@ static void reload(sig_ctx *x)
     }
     if (memcmp(&cfg->limits, &fresh->limits, sizeof cfg->limits) != 0) {
         cfg->limits = fresh->limits;
+        if (x->srv)
+            pl_server_set_limits(x->srv, &cfg->limits);
         changed++;
     }
     restart_keys(cfg, fresh, later, sizeof later);
