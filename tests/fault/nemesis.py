@@ -22,15 +22,22 @@ episode in four combines a process fault with a link fault):
   slow           a random third or more of the links delay bytes 20-250 ms
   lossy          a random third or more of the links reset connections and
                  stall directions at random
+  crashall       kill -9 every server; restart them all, in random order, at heal
+  bounce         every 0.7-2 s kill -9 a server (the primary half the time) and
+                 restart it 0.1-0.8 s later, faster than an election timeout
+  flap           every 0.3-1.5 s a new random partition (isolate, split or
+                 none), so view changes race each other
 Cut links are reset-style or blackhole-style at random (see proxy.py).
 """
 import random
 import time
 
-KINDS = ["kill", "pause", "isolate", "split", "bridge", "ring", "oneway", "slow", "lossy"]
+KINDS = ["kill", "pause", "isolate", "split", "bridge", "ring", "oneway", "slow", "lossy",
+         "crashall", "bounce", "flap"]
 
 
 PROCESS_KINDS = ("kill", "pause")
+SOLO_KINDS = ("crashall", "bounce", "flap")   # never combined with another fault
 
 
 def make_schedule(seed, n, duration, quiet=3.0):
@@ -39,7 +46,7 @@ def make_schedule(seed, n, duration, quiet=3.0):
     link fault together, such as a crash during a partition."""
     rng = random.Random("%d/schedule/%d" % (seed, n))
     kinds = [k for k in KINDS if not (k == "ring" and n < 5)]
-    links = [k for k in kinds if k not in PROCESS_KINDS]
+    links = [k for k in kinds if k not in PROCESS_KINDS + SOLO_KINDS]
     out = []
     t = quiet
     while True:
@@ -70,6 +77,8 @@ class Nemesis:
         self.cut = set()        # directed links not "up"
         self.killed = set()
         self.paused = set()
+        self.ticker = None          # a generator stepped during a hold (bounce, flap)
+        self.restart_order = None
 
     def links(self):
         return ["%d>%d" % (i, j) for i in range(self.n) for j in range(self.n) if i != j]
@@ -108,6 +117,20 @@ class Nemesis:
                     self.c.pause(v)
                     self.paused.add(v)
             return "%s servers %s" % (kind, victims)
+        if kind == "crashall":
+            order = list(range(n))
+            rng.shuffle(order)
+            for v in order:
+                self.c.kill(v)
+                self.killed.add(v)
+            self.restart_order = order
+            return "kill -9 all servers %s" % order
+        if kind == "bounce":
+            self.ticker = self.bounce_tick(rng, params)
+            return "bounce servers"
+        if kind == "flap":
+            self.ticker = self.flap_tick(rng, params)
+            return "flapping partitions (%s)" % params["style"]
         if kind in ("slow", "lossy"):
             links = self.links()
             rng.shuffle(links)
@@ -159,17 +182,56 @@ class Nemesis:
         self.cut |= cut
         return "%s (%s links %s)" % (what, params["style"], sorted(cut))
 
+    def bounce_tick(self, rng, params):
+        """A generator stepped every 0.1 s during the hold."""
+        while True:
+            wait = rng.uniform(0.7, 2.0)
+            t = time.monotonic() + wait
+            while time.monotonic() < t:
+                yield
+            v = self.primary_or_random(rng, rng.random() < 0.5)
+            start = self.h.now()
+            self.c.kill(v)
+            time.sleep(rng.uniform(0.1, 0.8))
+            self.c.start(v)
+            self.record("fault", "bounce server %d" % v, start, fault="bounce-one")
+
+    def flap_tick(self, rng, params):
+        while True:
+            t = time.monotonic() + rng.uniform(0.3, 1.5)
+            while time.monotonic() < t:
+                yield
+            if self.cut:
+                self.c.proxy.set(self.cut, state="up")
+                self.cut = set()
+            shape = rng.choice(["isolate", "split", "none"])
+            order = list(range(self.n))
+            rng.shuffle(order)
+            k = 1 if shape == "isolate" else (self.n - 1) // 2
+            if shape == "none" or k == 0:
+                cut = set()
+            else:
+                cut = self.cut_between([order[:k], order[k:]])
+            self.c.proxy.set(cut, state="down", style=params["style"])
+            self.cut |= cut
+            self.record("fault", "flap: %s %s" % (shape, sorted(order[:k]) if cut else ""),
+                        self.h.now(), fault="flap-one")
+
     def heal(self):
         """Undo every fault: links up, paused servers continued, killed ones restarted."""
+        self.ticker = None
         if self.cut:
             self.c.proxy.set(self.cut, state="up")
             self.cut = set()
         for s in sorted(self.paused):
             self.c.resume(s)
         self.paused = set()
-        for s in sorted(self.killed):
-            self.c.start(s)
+        order = self.restart_order or sorted(self.killed)
+        for s in order:
+            if s in self.killed:
+                self.c.start(s)
         self.killed = set()
+        self.restart_order = None
 
     def run(self, schedule, t_end, stop=None):
         """Apply the schedule against the history clock; returns at t_end
@@ -194,5 +256,7 @@ class Nemesis:
         while self.h.now() < t:
             if stop is not None and stop():
                 return False
+            if self.ticker is not None:
+                next(self.ticker)
             time.sleep(min(0.1, max(0.0, t - self.h.now())))
         return True
