@@ -23,17 +23,27 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 
+#include <sodium.h>
+
 #include "log.h"
 #include "peer.pb-c.h"
 
 #define OUT_BUFFER_MAX (512u * 1024u * 1024u) /* drop messages past this backlog */
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 1000
+/* A connection must finish its Hello (and, with a cluster secret, its Auth)
+ * within this time, or it is closed: a stranger cannot hold sockets open. */
+#define HANDSHAKE_MS 5000
+#define HANDSHAKE_MAX_FRAME 1024u
+#define NONCE_BYTES 32u
 
 typedef struct peer_in {
     pl_peer *p;
     struct bufferevent *bev;
     int from;                 /* -1 until Hello */
+    int authed;               /* Hello (and Auth, with a secret) checked */
+    uint8_t nonce[NONCE_BYTES];       /* our challenge */
+    uint8_t peer_nonce[NONCE_BYTES];  /* the dialler's */
     struct peer_in *next;
 } peer_in;
 
@@ -45,6 +55,9 @@ typedef struct peer_out {
     uint32_t retry_ms;
     struct event *retry;
     int warned_backlog;
+    int got_hello;            /* with a secret: the acceptor's Hello arrived */
+    uint8_t nonce[NONCE_BYTES];       /* our challenge */
+    uint8_t peer_nonce[NONCE_BYTES];  /* the acceptor's */
 } peer_out;
 
 struct pl_peer {
@@ -56,6 +69,8 @@ struct pl_peer {
     struct evconnlistener *listener;
     peer_in *ins;
     peer_out out[PL_VR_MAX_REPLICAS];
+    int auth;                 /* a cluster secret is configured */
+    uint8_t key[crypto_auth_KEYBYTES]; /* derived from it (auth_setup) */
 };
 
 /* ---- framing ---- */
@@ -104,16 +119,95 @@ static int read_frame(struct bufferevent *bev, uint32_t max, pl_peer_frame *f)
     return rc;
 }
 
-static void send_hello(pl_peer *p, struct bufferevent *bev)
+static void send_hello(pl_peer *p, struct bufferevent *bev, const uint8_t *nonce)
 {
     Parley__Peer__Hello h = PARLEY__PEER__HELLO__INIT;
     h.version = PL_PEER_VERSION;
     h.from = p->self;
     h.n = p->n;
+    if (nonce) {
+        h.nonce.data = (uint8_t *)nonce;
+        h.nonce.len = NONCE_BYTES;
+    }
     Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
     f.body_case = PARLEY__PEER__PEER_FRAME__BODY_HELLO;
     f.hello = &h;
     write_frame(bev, &f);
+}
+
+/* ---- cluster secret (peer.proto, message Auth) ----
+ *
+ * Each side sends a fresh random nonce in its Hello and then proves it knows
+ * the secret with crypto_auth over both nonces and both server ids. Fresh
+ * nonces from both ends make a recorded proof useless on another connection;
+ * the role byte and the ids keep a proof from being reflected back to its
+ * sender or replayed as another server's. The key is not the secret itself
+ * but derived from it, so the secret can be any length and this use of it
+ * is separate from any other. */
+static void auth_mac(const pl_peer *p, uint8_t role, const uint8_t *dial_nonce,
+                     const uint8_t *acc_nonce, uint32_t dialler, uint32_t acceptor,
+                     uint8_t mac[crypto_auth_BYTES])
+{
+    uint8_t msg[16 + 1 + 2 * NONCE_BYTES + 8];
+    memset(msg, 0, 16);
+    memcpy(msg, "parley-peer-v1", 14);
+    msg[16] = role;
+    memcpy(msg + 17, dial_nonce, NONCE_BYTES);
+    memcpy(msg + 17 + NONCE_BYTES, acc_nonce, NONCE_BYTES);
+    uint8_t *ids = msg + 17 + 2 * NONCE_BYTES;
+    for (int i = 0; i < 4; i++) {
+        ids[i] = (uint8_t)(dialler >> (24 - 8 * i));
+        ids[4 + i] = (uint8_t)(acceptor >> (24 - 8 * i));
+    }
+    crypto_auth(mac, msg, sizeof msg, p->key);
+}
+
+static int auth_check(const pl_peer *p, const pl_peer_frame *f, uint8_t role,
+                      const uint8_t *dial_nonce, const uint8_t *acc_nonce, uint32_t dialler,
+                      uint32_t acceptor)
+{
+    uint8_t want[crypto_auth_BYTES];
+    if (f->kind != PL_PEER_F_AUTH || f->mac_len != crypto_auth_BYTES)
+        return 0;
+    auth_mac(p, role, dial_nonce, acc_nonce, dialler, acceptor, want);
+    return sodium_memcmp(want, f->mac, crypto_auth_BYTES) == 0;
+}
+
+static void send_auth(pl_peer *p, struct bufferevent *bev, uint8_t role,
+                      const uint8_t *dial_nonce, const uint8_t *acc_nonce, uint32_t dialler,
+                      uint32_t acceptor)
+{
+    uint8_t mac[crypto_auth_BYTES];
+    auth_mac(p, role, dial_nonce, acc_nonce, dialler, acceptor, mac);
+    Parley__Peer__Auth a = PARLEY__PEER__AUTH__INIT;
+    a.mac.data = mac;
+    a.mac.len = sizeof mac;
+    Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
+    f.body_case = PARLEY__PEER__PEER_FRAME__BODY_AUTH;
+    f.auth = &a;
+    write_frame(bev, &f);
+}
+
+/* Read the secret and derive the MAC key: BLAKE2b of the secret gives a
+ * master key of fixed size, crypto_kdf a subkey for this purpose alone. */
+static int auth_setup(pl_peer *p, char *err, size_t errlen)
+{
+    uint8_t *secret = NULL, master[crypto_kdf_KEYBYTES];
+    size_t len = 0;
+    if (pl_config_cluster_secret(p->cfg, &secret, &len, err, errlen) != PL_OK)
+        return PL_ERR_CONFIG;
+    if (!secret) {
+        pl_log(PL_LOG_WARN, "peer: no cluster_secret configured: any host that can reach the "
+               "peer ports can join this cluster's replication (see docs/operations.md)");
+        return PL_OK;
+    }
+    crypto_generichash(master, sizeof master, secret, len, NULL, 0);
+    crypto_kdf_derive_from_key(p->key, sizeof p->key, 1, "plpeerau", master);
+    sodium_memzero(master, sizeof master);
+    sodium_memzero(secret, len);
+    free(secret);
+    p->auth = 1;
+    return PL_OK;
 }
 
 static void row_from_reply(const Parley__Peer__StatusReply *r, pl_server_status *row)
@@ -200,6 +294,13 @@ int pl_peer_decode_frame(const uint8_t *buf, size_t len, pl_peer_frame *f)
         f->version = pb->hello->version;
         f->from = pb->hello->from;
         f->n = pb->hello->n;
+        f->nonce = pb->hello->nonce.data;
+        f->nonce_len = pb->hello->nonce.len;
+        return PL_OK;
+    case PARLEY__PEER__PEER_FRAME__BODY_AUTH:
+        f->kind = PL_PEER_F_AUTH;
+        f->mac = pb->auth->mac.data;
+        f->mac_len = pb->auth->mac.len;
         return PL_OK;
     case PARLEY__PEER__PEER_FRAME__BODY_VR:
         f->kind = PL_PEER_F_VR;
@@ -281,11 +382,11 @@ static void in_read(struct bufferevent *bev, void *arg)
     peer_in *c = arg;
     for (;;) {
         pl_peer_frame f;
-        /* nothing big is accepted before the Hello */
-        int rc = read_frame(bev, c->from < 0 ? 1024 : PL_PEER_MAX_FRAME, &f);
+        /* nothing big is accepted before the handshake is done */
+        int rc = read_frame(bev, c->authed ? PL_PEER_MAX_FRAME : HANDSHAKE_MAX_FRAME, &f);
         if (rc == PL_ERR_AGAIN)
             return;
-        if (rc == PL_ERR_INVALID && c->from >= 0) {
+        if (rc == PL_ERR_INVALID && c->authed) {
             pl_log(PL_LOG_WARN, "peer: server %d sent a message that fails its checks "
                    "(entries not a consecutive run after the anchor, or too large); dropped",
                    c->from);
@@ -312,6 +413,32 @@ static void in_read(struct bufferevent *bev, void *arg)
                 pl_log(PL_LOG_WARN, "peer: server %u lists %u servers, this one %u: check the configs",
                        f.from, f.n, c->p->n);
             c->from = (int)f.from;
+            if (!c->p->auth) {
+                c->authed = 1;
+                bufferevent_set_timeouts(bev, NULL, NULL);
+            } else if (f.nonce_len != NONCE_BYTES) {
+                pl_log(PL_LOG_WARN, "peer: a connection claiming to be server %d sent no "
+                       "challenge: it has no cluster_secret configured; closing", c->from);
+                pl_peer_frame_clear(&f);
+                in_free(c);
+                return;
+            } else {
+                memcpy(c->peer_nonce, f.nonce, NONCE_BYTES);
+                send_auth(c->p, bev, 'A', c->peer_nonce, c->nonce, (uint32_t)c->from, c->p->self);
+            }
+        } else if (!c->authed) {
+            /* With a secret, the dialler's second frame must be its proof:
+             * no VR message, status query or snapshot before it. */
+            if (!auth_check(c->p, &f, 'D', c->peer_nonce, c->nonce, (uint32_t)c->from,
+                            c->p->self)) {
+                pl_log(PL_LOG_WARN, "peer: a connection claiming to be server %d did not prove "
+                       "the cluster secret (cluster_secret differs?); closing", c->from);
+                pl_peer_frame_clear(&f);
+                in_free(c);
+                return;
+            }
+            c->authed = 1;
+            bufferevent_set_timeouts(bev, NULL, NULL);
         } else if (f.kind == PL_PEER_F_VR) {
             f.vr.from = (uint32_t)c->from; /* the link says who it is */
             c->p->cb.vr(c->p->cb.ud, &f.vr);
@@ -328,8 +455,12 @@ static void in_read(struct bufferevent *bev, void *arg)
 static void in_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-        in_free(arg);
+    peer_in *c = arg;
+    if (what & BEV_EVENT_TIMEOUT)
+        pl_log(PL_LOG_WARN, "peer: a connection%s did not finish the handshake within %d ms; "
+               "closing", c->from >= 0 ? " claiming to be a server" : "", HANDSHAKE_MS);
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+        in_free(c);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -357,7 +488,13 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     c->next = p->ins;
     p->ins = c;
     bufferevent_setcb(bev, in_read, NULL, in_event, c);
+    struct timeval hs = { HANDSHAKE_MS / 1000, (HANDSHAKE_MS % 1000) * 1000 };
+    bufferevent_set_timeouts(bev, &hs, NULL);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
+    if (p->auth) {
+        randombytes_buf(c->nonce, sizeof c->nonce);
+        send_hello(p, bev, c->nonce);
+    }
 }
 
 /* ---- outgoing connections ---- */
@@ -390,13 +527,45 @@ static void out_read(struct bufferevent *bev, void *arg)
     peer_out *o = arg;
     for (;;) {
         pl_peer_frame f;
-        int rc = read_frame(bev, PL_PEER_MAX_FRAME, &f);
+        int rc = read_frame(bev, o->up ? PL_PEER_MAX_FRAME : HANDSHAKE_MAX_FRAME, &f);
         if (rc == PL_ERR_AGAIN)
             return;
         if (rc != PL_OK && rc != PL_ERR_INVALID) {
             pl_peer_frame_clear(&f);
             out_down(o);
             return;
+        }
+        if (!o->up) {
+            /* With a secret: the acceptor's Hello (its challenge), then its
+             * proof. The link carries nothing until the proof checks out,
+             * so a stranger on that port never sees a VR message. */
+            const char *bad = NULL;
+            if (!o->got_hello) {
+                if (rc != PL_OK || f.kind != PL_PEER_F_HELLO || f.from != o->to ||
+                    f.nonce_len != NONCE_BYTES) {
+                    bad = "did not answer with its challenge (no cluster_secret configured "
+                          "there, or not server %u)";
+                } else {
+                    o->got_hello = 1;
+                    memcpy(o->peer_nonce, f.nonce, NONCE_BYTES);
+                    send_auth(o->p, bev, 'D', o->nonce, o->peer_nonce, o->p->self, o->to);
+                }
+            } else if (!auth_check(o->p, &f, 'A', o->nonce, o->peer_nonce, o->p->self, o->to)) {
+                bad = "did not prove the cluster secret (cluster_secret differs?) as server %u";
+            } else {
+                o->up = 1;
+                bufferevent_set_timeouts(bev, NULL, NULL);
+                pl_log(PL_LOG_INFO, "peer: link to server %u up (authenticated)", o->to);
+            }
+            pl_peer_frame_clear(&f);
+            if (bad) {
+                char text[200];
+                snprintf(text, sizeof text, bad, o->to);
+                pl_log(PL_LOG_WARN, "peer: the peer port of server %u %s; closing", o->to, text);
+                out_down(o);
+                return;
+            }
+            continue;
         }
         if (rc == PL_OK && f.kind == PL_PEER_F_STATUS_REPLY) {
             f.row.id = o->to; /* the link says who it is */
@@ -413,14 +582,25 @@ static void out_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        o->up = 1;
         o->retry_ms = RETRY_MIN_MS;
         o->warned_backlog = 0;
-        pl_log(PL_LOG_INFO, "peer: link to server %u up", o->to);
-        send_hello(o->p, bev);
+        if (!o->p->auth) {
+            o->up = 1;
+            pl_log(PL_LOG_INFO, "peer: link to server %u up", o->to);
+            send_hello(o->p, bev, NULL);
+            return;
+        }
+        o->got_hello = 0;
+        randombytes_buf(o->nonce, sizeof o->nonce);
+        struct timeval hs = { HANDSHAKE_MS / 1000, (HANDSHAKE_MS % 1000) * 1000 };
+        bufferevent_set_timeouts(bev, &hs, NULL);
+        send_hello(o->p, bev, o->nonce);
         return;
     }
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+    if (what & BEV_EVENT_TIMEOUT)
+        pl_log(PL_LOG_WARN, "peer: server %u did not finish the handshake within %d ms "
+               "(cluster_secret differs?)", o->to, HANDSHAKE_MS);
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
         out_down(o);
 }
 
@@ -467,6 +647,8 @@ pl_peer *pl_peer_new(struct event_base *base, const pl_config *cfg, uint32_t sel
     p->self = self;
     p->n = (uint32_t)cfg->n_servers;
     p->cb = *cb;
+    if (auth_setup(p, err, errlen) != PL_OK)
+        goto fail;
     const pl_server_conf *me = &cfg->servers[self];
     char addr[300];
     struct sockaddr_storage ss;
@@ -508,6 +690,7 @@ void pl_peer_free(pl_peer *p)
 {
     if (!p)
         return;
+    sodium_memzero(p->key, sizeof p->key);
     if (p->listener)
         evconnlistener_free(p->listener);
     while (p->ins)

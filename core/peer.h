@@ -62,11 +62,16 @@ enum pl_peer_frame_kind {
     PL_PEER_F_STATUS_REQUEST = 3,
     PL_PEER_F_STATUS_REPLY = 4,
     PL_PEER_F_SNAPSHOT = 5,
+    PL_PEER_F_AUTH = 6,              /* proof of the cluster secret */
 };
 
 typedef struct pl_peer_frame {
     int kind;                      /* enum pl_peer_frame_kind */
     uint32_t version, from, n;     /* HELLO */
+    const uint8_t *nonce;          /* HELLO: the sender's challenge (may be absent) */
+    size_t nonce_len;
+    const uint8_t *mac;            /* AUTH */
+    size_t mac_len;
     pl_vr_msg vr;                  /* VR; vr.from is 0: the connection says who sent it */
     uint64_t query_id;             /* STATUS_REQUEST, STATUS_REPLY */
     pl_server_status row;          /* STATUS_REPLY; row.id as the sender claims it */
