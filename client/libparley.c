@@ -566,10 +566,13 @@ static void conn_lost(parley_client *c, int err, const char *why, int count_loss
         p->last_err = err;
         snprintf(p->last_text, sizeof p->last_text, "%s", text);
         p->losses++;
-        /* Requests give up after every candidate server failed twice; a
-         * subscription keeps trying until its deadline, so a listener
-         * survives a server restart. */
-        if (!p->is_subscribe && p->losses >= max_losses)
+        /* Against a single server a request gives up after it failed
+         * twice, so "no server" is reported at once. With several servers
+         * it keeps trying until its deadline: during a failover the backups
+         * still name the dead primary for up to an election timeout, and
+         * the new primary serves a moment later. A subscription always
+         * keeps trying, so a listener survives a server restart. */
+        if (!p->is_subscribe && n_candidates(c) == 1 && p->losses >= max_losses)
             pending_complete(p, err, NULL);
     }
     if (c->subscribed && !have_sub)
