@@ -1661,7 +1661,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (!t->hb_inflight && now >= t->next_hb_ms)
         heartbeat(t);
-    if (t->logged_in && now >= t->next_status_ms)
+    if (now >= t->next_status_ms)
         request_status(t);
     state = conn_state(t, now);
     if (state != t->conn) {

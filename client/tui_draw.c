@@ -174,9 +174,15 @@ static void draw_status(tui *t)
     attron(A_REVERSE);
     attr_pair(PAIR_BAR, 1);
     fill_row(0, 0, COLS);
-    n = snprintf(buf, sizeof buf, " parley │ %s │ %s │ server %s │ primary %s",
-                 t->logged_in ? t->user : "not logged in", conn_name(t->conn),
-                 t->server[0] ? t->server : "-", t->primary[0] ? t->primary : "?");
+    /* The connected server is usually the primary (libparley follows the
+     * leader): say so in one field then. */
+    if (t->server[0] && strcmp(t->server, t->primary) == 0)
+        n = snprintf(buf, sizeof buf, " %s │ %s │ server %s (primary)",
+                     t->logged_in ? t->user : "not logged in", conn_name(t->conn), t->server);
+    else
+        n = snprintf(buf, sizeof buf, " %s │ %s │ server %s │ primary %s",
+                     t->logged_in ? t->user : "not logged in", conn_name(t->conn),
+                     t->server[0] ? t->server : "-", t->primary[0] ? t->primary : "?");
     if (t->logged_in && t->counts_known && n > 0 && (size_t)n < sizeof buf)
         snprintf(buf + n, sizeof buf - (size_t)n, " │ unread %llu · read %llu",
                  (unsigned long long)t->unread, (unsigned long long)t->readc);
@@ -202,9 +208,9 @@ static const char *hints(const tui *t)
         return "Enter log in · Ctrl-R register · Tab next field · F1 help · Ctrl-C quit";
     case SCR_MAIN:
         return t->inbox_mode == INBOX_READ
-            ? "? help · Esc/i inbox · Enter conversation · Space select · d delete · c compose · q quit"
-            : "? help · r read N · c compose · u users · Enter conversation · Space select · d delete · "
-              "PgDn/PgUp page · q quit";
+            ? "? help · Esc inbox · Enter conversation · Space select · d delete · c compose · q quit"
+            : "? help · r read N · c compose · u users · Enter talk · Space select · d delete · "
+              "PgDn/PgUp · q quit";
     case SCR_CONVO:
         return "? help · c write · Space select · d delete · PgUp older · v view · Esc back";
     case SCR_COMPOSE:
@@ -598,54 +604,68 @@ static void draw_login(tui *t)
 
 static const char *const HELP[] = {
     "#Everywhere",
-    "F1        this help (? too, outside text fields)",
+    "F1        this help (also ?)",
     "Ctrl-C    quit",
-    "Ctrl-L    redraw the screen",
+    "Ctrl-L    redraw",
     "#Log in",
     "Tab ↑ ↓   switch field",
     "Enter     log in",
-    "Ctrl-R    register, then log in",
-    "#Inbox (main view)",
+    "Ctrl-R    register + log in",
+    "#Inbox",
     "↑ ↓ k j   move",
-    "Home End  first / last message",
-    "PgDn PgUp older / newer page (n p)",
+    "Home End  first / last (g G)",
+    "PgDn n    older page",
+    "PgUp p    newer page",
     "Space     select / unselect",
-    "d Del     delete selected (or current)",
-    "r         read N unread messages",
-    "i         inbox page 1, refreshed",
-    "Enter     conversation with that user",
-    "v         view the whole message",
+    "d Del     delete selection",
+    "r         read N unread",
+    "i Esc     inbox page 1",
+    "Enter     conversation",
+    "v         whole message",
     "c         compose",
     "u /       find users",
     "L         log out",
     "X         delete account",
     "q         quit",
     "#Conversation",
-    "↑ ↓ Space d v  as in the inbox",
-    "PgUp      older messages (at the top)",
+    "↑↓ Space d v  as in the inbox",
+    "PgUp      scroll / load older",
+    "PgDn      scroll down",
     "c Enter   write to this user",
+    "r         reload",
     "Esc q ←   back to the inbox",
     "#Compose",
-    "Tab       complete the recipient / next",
-    "Shift-Tab ↑ ↓  switch field",
+    "Tab       complete recipient",
+    "S-Tab ↑ ↓ switch field",
     "Enter     next field / send",
     "Esc       cancel",
     "#Find users",
-    "text      glob: * any run, ? one char",
+    "text      glob: * any, ? one",
     "↑ ↓       move",
-    "PgDn PgUp next / previous page",
-    "Enter     conversation with the user",
+    "PgDn PgUp next / prev page",
+    "Enter     conversation",
     "Esc       back",
+    "#Message view",
+    "↑↓ PgUp PgDn  scroll",
+    "Home End  top / bottom",
+    "Esc q v   back",
     "#Delete account",
-    "Enter     delete (asks the password)",
+    "Enter     delete (password)",
     "Esc       cancel",
     "#Read N prompt",
-    "digits    how many; empty = all",
+    "digits    how many (empty=all)",
     "Enter Esc read / cancel",
+    "#Delete prompt",
+    "y         delete; other: keep",
+    "#Text fields",
+    "← → Home End  move (^A ^E)",
+    "Bksp Del  delete a character",
+    "^U ^K     delete to start/end",
+    "^W        delete a word",
 };
 
 #define N_HELP (sizeof HELP / sizeof HELP[0])
-#define HELP_COL_W 44
+#define HELP_COL_W 32
 
 static void draw_help(void)
 {

@@ -55,8 +55,10 @@ class Tmux:
         env = ["env", "-u", "PARLEY_CONFIG", "LANG=C.UTF-8", "LC_ALL=C.UTF-8",
                "TERM=xterm-256color", "HOME=" + self.workdir]
         cmd = env + [PARLEY, "-c", config]
+        # The pane's shell records the exit status in a file: tmux itself may
+        # be slow to reap a child, and its pane_dead_status stays empty then.
         self.run("new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
-                 " ".join("'%s'" % a for a in cmd))
+                 "%s; echo $? > '%s'" % (" ".join("'%s'" % a for a in cmd), self.status_file(name)))
         self.started = True
         # Keep a pane whose program exited, so a crash is seen, not hidden.
         self.run("set-option", "-t", name, "remain-on-exit", "on")
@@ -73,8 +75,32 @@ class Tmux:
     def pane(self, name, fmt):
         return self.run("display-message", "-p", "-t", name, fmt).stdout.strip()
 
-    def dead(self, name):
-        return self.pane(name, "#{pane_dead}") == "1"
+    def status_file(self, name):
+        return os.path.join(self.workdir, "%s.exit" % name)
+
+    def ui_pid(self, name):
+        """The parley process: the only child of the pane's shell."""
+        sh = self.pane(name, "#{pane_pid}")
+        with open("/proc/%s/task/%s/children" % (sh, sh)) as f:
+            kids = f.read().split()
+        if len(kids) != 1:
+            raise AssertionError("the pane of %s runs %r, not one parley process" % (name, kids))
+        return int(kids[0])
+
+    def exit_status(self, name, timeout=DEADLINE):
+        """The UI's exit status (a shell status: 128+N after signal N)."""
+        deadline = time.monotonic() + timeout
+        path = self.status_file(name)
+        while time.monotonic() < deadline:
+            try:
+                with open(path) as f:
+                    st = f.read().strip()
+                if st:
+                    return int(st)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the UI of %s did not exit:\n%s" % (name, self.screen(name)))
 
     def wait(self, name, what, timeout=DEADLINE):
         """Wait until `what` (a string, or a predicate on the screen text) holds."""
@@ -85,9 +111,9 @@ class Tmux:
             screen = self.screen(name)
             if pred(screen):
                 return screen
-            if self.dead(name):
+            if os.path.exists(self.status_file(name)):
                 raise AssertionError("the UI of %s exited (status %s) while waiting for %r:\n%s"
-                                     % (name, self.pane(name, "#{pane_dead_status}"), what, screen))
+                                     % (name, self.exit_status(name), what, screen))
             time.sleep(0.05)
         raise AssertionError("timed out after %.0fs waiting for %r on %s's screen:\n%s"
                              % (timeout, what, name, screen))
@@ -100,20 +126,27 @@ class Tmux:
             self.run("kill-server", check=False)
 
 
+def measured(what, t0):
+    """Report a duration (measurements, not assertions)."""
+    sys.stderr.write("measured: %s: %.0f ms\n" % (what, (time.monotonic() - t0) * 1000))
+
+
 def status_line(screen):
     return screen.splitlines()[0] if screen else ""
 
 
 def status_has(user, state):
-    return lambda s: ("│ %s │ %s │" % (user, state)) in status_line(s)
+    return lambda s: status_line(s).startswith(" %s │ %s │" % (user, state))
 
 
-class TUI(unittest.TestCase):
+class Base(unittest.TestCase):
+    SERVERS = 1
+
     def setUp(self):
-        self.c = Cluster(PARLEYD, PARLEY, n=1)
+        self.c = Cluster(PARLEYD, PARLEY, n=self.SERVERS)
         self.t = Tmux(self.c.dir)
         try:
-            self.c.start(0)
+            self.c.start_all()
         except BaseException:
             self.c.close()
             raise
@@ -121,7 +154,8 @@ class TUI(unittest.TestCase):
     def tearDown(self):
         failed = self._failed()
         if failed:
-            sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
+            for i in range(self.SERVERS):
+                sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
         self.t.close()
         self.c.close()
 
@@ -159,7 +193,10 @@ class TUI(unittest.TestCase):
             time.sleep(0.1)
         raise AssertionError("%s's counts stayed %r (wanted unread=%r read=%r)" % (user, doc, unread, read))
 
-    # ---- tests ----
+
+class TUI(Base):
+    """One server."""
+
     def test_two_users_chat_live_both_ways(self):
         t = self.t
         self.open_ui("alice", register=True)
@@ -208,17 +245,15 @@ class TUI(unittest.TestCase):
         # A live message while bob looks at his inbox shows up there too.
         t.keys("bob", "Escape")
         t.wait("bob", "Inbox")
+        t0 = time.monotonic()
         self.c.cli("alice", "send", "bob", "third one", check=0)
         t.wait("bob", "third one")
+        measured("live: send by the CLI (process start included) -> on the screen", t0)
         self.wait_counts("bob", unread=0, read=2)
 
         # q quits cleanly.
         t.keys("bob", "q")
-        deadline = time.monotonic() + DEADLINE
-        while not t.dead("bob") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertTrue(t.dead("bob"), "q did not quit")
-        self.assertEqual(t.pane("bob", "#{pane_dead_status}"), "0")
+        self.assertEqual(t.exit_status("bob"), 0, "q should quit with status 0")
 
     def test_read_n_and_delete_selected(self):
         t = self.t
@@ -349,9 +384,11 @@ class TUI(unittest.TestCase):
         self.cli_login("bob")
         self.open_ui("alice", register=True)
         c.kill(0)
-        t.wait("alice", lambda s: "│ reconnecting │" in status_line(s) or "│ offline │" in status_line(s))
+        t.wait("alice", lambda s: status_has("alice", "reconnecting")(s) or status_has("alice", "offline")(s))
         c.start(0)
+        t0 = time.monotonic()
         t.wait("alice", status_has("alice", "connected"))
+        measured("restart: server listening again -> status bar connected", t0)
         # Live messages flow again without any key.
         c.cli("bob", "send", "alice", "after the restart", check=0)
         t.wait("alice", "after the restart")
@@ -359,6 +396,22 @@ class TUI(unittest.TestCase):
         self.wait_counts("alice", unread=0, read=1)
         # Nothing is shown twice.
         self.assertEqual(t.screen("alice").count("after the restart"), 1)
+
+        # A message sent while the UI is cut off (its process stopped across a
+        # server restart) arrives once the UI runs again: the re-subscription
+        # resumes from the last id it saw.
+        pid = t.ui_pid("alice")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            c.kill(0)
+            c.start(0)
+            c.cli("bob", "send", "alice", "sent during the gap", check=0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        s = t.wait("alice", "sent during the gap")
+        self.assertEqual(s.count("sent during the gap"), 1)
+        self.assertEqual(s.count("after the restart"), 1)
+        self.wait_counts("alice", unread=0, read=2)
 
     def test_slow_server_never_freezes_the_ui(self):
         t = self.t
@@ -387,8 +440,8 @@ class TUI(unittest.TestCase):
         self.open_ui("fay", register=True)
         t.keys("fay", "?")
         s = t.wait("fay", "Keys (any key closes this help)")
-        for key in ("read N unread messages", "delete selected", "find users", "delete account",
-                    "log out", "register, then log in", "complete the recipient"):
+        for key in ("read N unread", "delete selection", "find users", "delete account",
+                    "log out", "register + log in", "complete recipient", "delete a word"):
             self.assertIn(key, s)
         t.keys("fay", "Space")
         t.wait("fay", lambda s: "Keys (any key" not in s)
@@ -400,6 +453,51 @@ class TUI(unittest.TestCase):
             self.assertLessEqual(len(l), 60)
         t.resize("fay", WIDTH, HEIGHT)
         t.wait("fay", lambda s: "Inbox" in s and len(s.splitlines()[0]) > 60)
+
+
+class Failover(Base):
+    SERVERS = 3
+
+    def test_failover_to_another_server(self):
+        """Three servers; the primary dies: the status bar follows the new
+        primary by itself and live messages keep coming, none twice."""
+        c, t = self.c, self.t
+        first = "127.0.0.1:%d" % c.ports[0]
+        c.register("bob")
+        self.cli_login("bob")
+        self.open_ui("alice", register=True)
+        t.wait("alice", lambda s: ("server %s (primary)" % first) in status_line(s))
+        c.cli("bob", "send", "alice", "before the failover", check=0)
+        t.wait("alice", "before the failover")
+        t0 = time.monotonic()
+        c.kill(0)
+        # Sent while the UI is still finding the new primary: it reaches the
+        # screen through the re-subscription, without a key. The CLI may
+        # give up during the view change (exit 3); each try has its own text
+        # so a try that did commit is not mistaken for a duplicate.
+        body, attempt = None, 0
+        deadline = time.monotonic() + 60
+        while body is None and time.monotonic() < deadline:
+            attempt += 1
+            r = c.cli("bob", "send", "alice", "after the failover %d" % attempt, timeout=60)
+            if r.returncode == 0:
+                body = "after the failover %d" % attempt
+            else:
+                self.assertEqual(r.returncode, 3, "send refused: %s" % r.stderr)
+                time.sleep(0.1)  # pacing the retries, not waiting for anything
+        self.assertIsNotNone(body, "no send went through within 60 s of the failover")
+        measured("failover: primary killed -> a CLI send committed", t0)
+        t.wait("alice", body, timeout=30)
+        measured("failover: primary killed -> that message on the screen", t0)
+        s = t.wait("alice", lambda s: status_has("alice", "connected")(s) and "(primary)" in status_line(s)
+                   and first not in status_line(s), timeout=30)
+        measured("failover: primary killed -> status bar names the new primary", t0)
+        self.assertEqual(s.count("before the failover"), 1)
+        self.assertEqual(s.count(body), 1)
+        shown = re.findall(r"after the failover \d+", s)
+        self.assertEqual(len(shown), len(set(shown)), "a message is shown twice:\n" + s)
+        self.cli_login("alice")
+        self.wait_counts("alice", unread=0, read=1 + len(shown))
 
 
 def main():
