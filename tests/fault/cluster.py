@@ -39,7 +39,7 @@ def free_ports(k):
 
 
 class FaultCluster:
-    def __init__(self, server_cmd, cli_cmd, n, workdir, seed, extra=None):
+    def __init__(self, server_cmd, cli_cmd, n, workdir, seed, extra=None, stores=None):
         self.server_cmd = list(server_cmd)   # [parleyd], or the fake for self-tests
         self.cli_cmd = list(cli_cmd)         # [parley]
         self.n = n
@@ -62,7 +62,10 @@ class FaultCluster:
                 servers.append({"host": "127.0.0.1", "port": self.ports[j], "peer_port": pp})
             path = os.path.join(self.dir, "server%d.json" % i)
             with open(path, "w") as f:
-                json.dump(dict(base, servers=servers), f, indent=1)
+                own = dict(base, servers=servers)
+                if stores:  # per-server store: replicas with different stores must agree
+                    own["store"] = stores[i % len(stores)]
+                json.dump(own, f, indent=1)
             self.configs.append(path)
         self.client_config = os.path.join(self.dir, "client.json")
         with open(self.client_config, "w") as f:

@@ -12,6 +12,7 @@ violation, 2 on a usage or setup error (binaries missing).
 import argparse
 import atexit
 import collections
+import json
 import os
 import shutil
 import signal
@@ -43,6 +44,11 @@ def parse_args(argv):
                          "(default ./fault-logs)")
     ap.add_argument("--converge", type=float, default=60.0,
                     help="seconds the healed cluster gets for the final reads and equal digests")
+    ap.add_argument("--store", default="sqlite",
+                    help="store plugin of every server, or a comma list used round-robin "
+                         "(e.g. sqlite,json: replicas with different stores)")
+    ap.add_argument("--transport", default=None,
+                    help="transport config value as JSON, e.g. '{\"name\":\"tcp\",\"codec\":\"json\"}'")
     ap.add_argument("--keep", action="store_true", help="keep the servers' data directories")
     ap.add_argument("--fake", action="store_true",
                     help="self-test: run against tests/fault/fake_parley.py instead of parley")
@@ -118,8 +124,12 @@ class Run:
             cli_cmd = [sys.executable, a.parley, "cli"]
         else:
             server_cmd, cli_cmd = [a.parleyd], [a.parley]
+        extra = {}
+        if a.transport:
+            extra["transport"] = json.loads(a.transport)
         self.cluster = c = FaultCluster(server_cmd, cli_cmd, a.servers,
-                                        os.path.join(self.workdir, "cluster"), a.seed)
+                                        os.path.join(self.workdir, "cluster"), a.seed,
+                                        extra=extra, stores=a.store.split(","))
         t0 = time.monotonic()
         self.history = h = workload.History(self.history_path, t0)
         sessions = os.path.join(self.workdir, "sessions")
@@ -188,8 +198,8 @@ class Run:
 
 def report(a, run, records, violations, elapsed):
     lines = []
-    lines.append("parley fault run: %d servers, %d clients, %.0fs of faults, seed %d (%.0fs total)"
-                 % (a.servers, a.clients, a.duration, a.seed, elapsed))
+    lines.append("parley fault run: %d servers (store %s), %d clients, %.0fs of faults, seed %d "
+                 "(%.0fs total)" % (a.servers, a.store, a.clients, a.duration, a.seed, elapsed))
     table = collections.OrderedDict()
     faults = collections.Counter()
     for r in records:
@@ -220,8 +230,9 @@ def report(a, run, records, violations, elapsed):
     else:
         lines.append("violations: none")
     lines.append("history: %s" % run.history_path)
-    lines.append("replay: --seed %d --servers %d --clients %d --duration %g"
-                 % (a.seed, a.servers, a.clients, a.duration))
+    lines.append("replay: --seed %d --servers %d --clients %d --duration %g --store %s%s"
+                 % (a.seed, a.servers, a.clients, a.duration, a.store,
+                    " --transport '%s'" % a.transport if a.transport else ""))
     return "\n".join(lines)
 
 
