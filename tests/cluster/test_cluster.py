@@ -147,6 +147,17 @@ class ThreeServers(ClusterTest):
         self.c.start(p)
         self.wait_converged()
 
+    def test_send_right_after_primary_kill(self):
+        """The client rides through the failover by itself: no waiting for a
+        new primary first (regression: it used to give up in under 1 s)."""
+        self.setup_users()
+        p = self.primary()
+        self.c.kill(p)
+        t0 = time.monotonic()
+        self.assertIsNotNone(self.send("alice", "bob", "through the failover"))
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assert_delivered_once(["through the failover"])
+
     def test_majority_down_refuses_writes(self):
         self.setup_users()
         self.assertIsNotNone(self.send("alice", "bob", "before"))
