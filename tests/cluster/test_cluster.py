@@ -158,6 +158,37 @@ class ThreeServers(ClusterTest):
         self.assertLess(time.monotonic() - t0, 10)
         self.assert_delivered_once(["through the failover"])
 
+    def test_listen_resumes_on_the_new_primary(self):
+        """listen prints every message once, in order, across a failover."""
+        self.setup_users()
+        lp = self.c.listen("bob")
+        try:
+            sent = []
+            for i in range(3):
+                b = "before %d" % i
+                self.assertIsNotNone(self.send("alice", "bob", b))
+                sent.append(b)
+            self.c.kill(self.primary())
+            for i in range(3):
+                b = "after %d" % i
+                self.assertIsNotNone(self.send("alice", "bob", b))
+                sent.append(b)
+            got = []
+            deadline = time.monotonic() + 20
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                line = lp.stdout.readline()
+                if not line:
+                    break
+                got.append(json.loads(line)["body"])
+            self.assertEqual(got, sent, "no gap, no duplicate, in order")
+        finally:
+            lp.send_signal(signal.SIGINT)
+            try:
+                lp.wait(timeout=10)
+            finally:
+                lp.stdout.close()
+                lp.stderr.close()
+
     def test_majority_down_refuses_writes(self):
         self.setup_users()
         self.assertIsNotNone(self.send("alice", "bob", "before"))
