@@ -153,6 +153,8 @@ class E2E(unittest.TestCase):
         finally:
             lp.send_signal(signal.SIGINT)
             lp.wait(timeout=10)
+            lp.stdout.close()
+            lp.stderr.close()
         self.assertEqual(lp.returncode, 0)
         # listen acks what it printed: nothing is left unread
         self.assertEqual(c.cli_json("bob", "unread")["unread"], 0)
