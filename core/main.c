@@ -104,6 +104,12 @@ static void restart_keys(const pl_config *a, const pl_config *b, char *out, size
         { str_differs(a->admin_bind, b->admin_bind), "admin" },
         { str_differs(a->cluster_secret, b->cluster_secret) ||
           str_differs(a->cluster_secret_file, b->cluster_secret_file), "cluster_secret" },
+        { a->tls.enabled != b->tls.enabled || a->tls.peer != b->tls.peer ||
+          a->tls.clients != b->tls.clients || a->tls.verify_clients != b->tls.verify_clients ||
+          str_differs(a->tls.cert, b->tls.cert) || str_differs(a->tls.key, b->tls.key) ||
+          str_differs(a->tls.ca, b->tls.ca), "tls" },
+        { a->compact_ops != b->compact_ops || a->compact_bytes != b->compact_bytes ||
+          a->compact_keep != b->compact_keep, "compaction" },
     };
     size_t used = 0;
     out[0] = '\0';
