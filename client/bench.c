@@ -149,6 +149,7 @@ struct pb_bench {
     uint64_t t_start, t_phase, t_measure, t_measure_end, t_end;
     uint64_t setup_deadline;
     char setup_error[512];
+    char last_close[160];    /* why the last connection closed during setup */
     int redirected;
 
     /* setup */
@@ -589,6 +590,7 @@ static void on_closed(void *ud, int err, const char *why)
             return;
         }
         /* The server may still be starting: try again shortly. */
+        snprintf(b->last_close, sizeof b->last_close, "%s", why ? why : pl_strerror(err));
         retry_later(c);
         return;
     }
@@ -755,8 +757,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                     b->ready, b->n_conns);
         if (t > b->setup_deadline)
             setup_fail(b, "setup did not finish within %.0f s (%u/%u users registered, "
-                       "%u/%u connections ready)", b->o.setup_timeout, b->reg_done,
-                       b->o.users, b->ready, b->n_conns);
+                       "%u/%u connections ready%s%s)", b->o.setup_timeout, b->reg_done,
+                       b->o.users, b->ready, b->n_conns,
+                       b->last_close[0] ? "; last connection closed: " : "", b->last_close);
         return;
     case P_WARMUP:
         progress(b);
