@@ -63,6 +63,10 @@ class Cluster:
             cfg["transport"] = transport
         if extra:
             cfg.update(extra)
+        # JSON merged into every config: the security suite reruns the
+        # cluster tests with a cluster_secret this way.
+        if os.environ.get("PARLEY_TEST_EXTRA_CONFIG"):
+            cfg.update(json.loads(os.environ["PARLEY_TEST_EXTRA_CONFIG"]))
         self.stores = stores  # per-server store override (mixed clusters)
         self.config = os.path.join(self.dir, "parley.json")
         with open(self.config, "w") as f:
