@@ -314,6 +314,48 @@ class TUI(Base):
         self.assertEqual(messages(c.cli_json("bob", "history")), [])
         self.wait_counts("bob", unread=0, read=0)
 
+    def test_inbox_paging(self):
+        t = self.t
+        c = self.c
+        for u in ("alice", "bob"):
+            c.register(u)
+        self.cli_login("alice")
+        self.cli_login("bob")
+        for i in range(1, 26):
+            c.cli("alice", "send", "bob", "paged-%02d" % i, check=0)
+        c.cli_json("bob", "read")
+        self.open_ui("bob")
+        # 20 per page, newest first: page 1 is 25..06, page 2 is 05..01.
+        t.wait("bob", lambda s: "Inbox · page 1 · PgDn older" in s and "paged-25" in s)
+        t.keys("bob", "NPage")
+        t.wait("bob", lambda s: "Inbox · page 2 · PgUp newer" in s and "paged-05" in s
+               and "paged-01" in s and "paged-06" not in s and "paged-25" not in s)
+        t.keys("bob", "NPage")
+        t.wait("bob", "this is the last page")
+        t.keys("bob", "PPage")
+        t.wait("bob", lambda s: "Inbox · page 1" in s and "paged-25" in s and "paged-01" not in s)
+
+    def test_long_message_and_message_view(self):
+        t = self.t
+        c = self.c
+        for u in ("alice", "bob"):
+            c.register(u)
+        self.cli_login("alice")
+        self.open_ui("bob")
+        words = " ".join("wörd%05d" % i for i in range(5800))   # about 64 KB
+        body = "BIG-START " + words + " BIG-END"
+        self.assertLess(len(body.encode()), 64 * 1024)
+        c.cli("alice", "send", "bob", body, check=0)
+        t.wait("bob", lambda s: "BIG-START wörd00000" in s and "new message from alice" in s)
+        t.keys("bob", "v")
+        t.wait("bob", lambda s: "Message" in s and "BIG-START" in s)
+        t.keys("bob", "End")
+        t.wait("bob", lambda s: "BIG-END" in s and "wörd05799" in s and "BIG-START" not in s)
+        t.keys("bob", "Escape")
+        t.wait("bob", lambda s: "Inbox" in s and "BIG-START" in s)
+        self.cli_login("bob")
+        self.wait_counts("bob", unread=0, read=1)
+
     def test_user_search_with_pattern_and_paging(self):
         t = self.t
         c = self.c
