@@ -1562,8 +1562,7 @@ static void on_key(tui *t, int fn, wint_t ch)
             t->quit = 1;
         return;
     }
-    /* Any key acknowledges the last notice, except while typing a field,
-     * where the notice may be the field's own complaint. */
+    /* A prompt on the bottom row takes every key until it is answered. */
     if (t->prompt) {
         key_prompt(t, fn, ch);
         return;

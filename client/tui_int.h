@@ -71,7 +71,7 @@ typedef struct tui_msg {
     wchar_t *body;            /* decoded once; body_len characters */
     size_t body_len;
     int selected;
-    int fresh;                /* arrived live or just read: marked with a dot */
+    int fresh;                /* arrived live or just read: marked with a dot until reloaded */
     int drawn;                /* set by the renderer when it reached the screen */
     int acking;               /* live messages: an ack is in flight */
     int wrap_width;           /* cache of the body's wrapped height */
