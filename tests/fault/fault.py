@@ -50,6 +50,8 @@ def parse_args(argv):
     ap.add_argument("--transport", default=None,
                     help="transport config value as JSON, e.g. '{\"name\":\"tcp\",\"codec\":\"json\"}'")
     ap.add_argument("--keep", action="store_true", help="keep the servers' data directories")
+    ap.add_argument("--keep-logs", action="store_true",
+                    help="copy the servers' logs to --out even when there is no violation")
     ap.add_argument("--fake", action="store_true",
                     help="self-test: run against tests/fault/fake_parley.py instead of parley")
     a = ap.parse_args(argv)
@@ -214,6 +216,12 @@ def report(a, run, records, violations, elapsed):
     for kind, cnt in table.items():
         lines.append("  %-14s %7d %7d %7d" % (kind, cnt["ok"], cnt["failed"], cnt["unknown"]))
     lines.append("faults: " + (", ".join("%s %d" % kv for kv in sorted(faults.items())) or "none"))
+    for r in records:
+        if r["kind"] == "digests":
+            rows = r["result"]["rows"]
+            lines.append("end state: " + "; ".join(
+                "s%d %s v%s op%s" % (i, row.get("role"), row.get("view"), row.get("op"))
+                if row else "s%d no status" % i for i, row in enumerate(rows)))
     if violations:
         kinds = collections.Counter(v["kind"] for v in violations)
         lines.append("VIOLATIONS: %d (%s)" % (len(violations),
@@ -226,9 +234,10 @@ def report(a, run, records, violations, elapsed):
                 lines.append("      ... %d more ops" % (len(v["ops"]) - 4))
         if len(violations) > 8:
             lines.append("  ... %d more (run checker.py on the history)" % (len(violations) - 8))
-        lines.append("server logs: %s" % run.log_dir)
     else:
         lines.append("violations: none")
+    if violations or a.keep_logs:
+        lines.append("server logs: %s" % run.log_dir)
     lines.append("history: %s" % run.history_path)
     lines.append("replay: --seed %d --servers %d --clients %d --duration %g --store %s%s"
                  % (a.seed, a.servers, a.clients, a.duration, a.store,
@@ -267,7 +276,7 @@ def main(argv=None):
             run.remove_workdir(keep_logs=True)
     records = checker.load(run.history_path)
     violations = checker.check(records)
-    run.remove_workdir(keep_logs=bool(violations))
+    run.remove_workdir(keep_logs=bool(violations) or a.keep_logs)
     print(report(a, run, records, violations, time.monotonic() - t0), flush=True)
     return 1 if violations else 0
 
