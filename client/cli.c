@@ -115,6 +115,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: parley [-c CONFIG] [--server HOST:PORT] [--json] COMMAND [ARGS]\n"
+        "       parley [-c CONFIG] [--server HOST:PORT]   (no command: the full-screen terminal UI)\n"
         "\n"
         "commands:\n"
         "  register USER        password from the terminal without echo (asked twice),\n"
