@@ -47,7 +47,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -876,6 +875,37 @@ static void proc_rss(int pid, long *rss, long *hwm)
     fclose(f);
 }
 
+/* The machine, so a figure is never quoted without it: nproc, CPU model
+ * and the load average at the end of the run (other work on the machine
+ * shows up there). */
+static void add_host(cJSON *root)
+{
+    cJSON *h = cJSON_AddObjectToObject(root, "host");
+    char line[256], model[160] = "";
+    double load[3] = { 0, 0, 0 };
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (strncmp(line, "model name", 10) == 0 && colon) {
+            snprintf(model, sizeof model, "%s", colon + 2);
+            model[strcspn(model, "\n")] = '\0';
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    if ((f = fopen("/proc/loadavg", "r")) != NULL) {
+        if (fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+            load[0] = load[1] = load[2] = 0;
+        fclose(f);
+    }
+    cJSON_AddNumberToObject(h, "nproc", (double)sysconf(_SC_NPROCESSORS_ONLN));
+    cJSON_AddStringToObject(h, "cpu", model);
+    cJSON *la = cJSON_AddArrayToObject(h, "loadavg");
+    for (int i = 0; i < 3; i++)
+        cJSON_AddItemToArray(la, cJSON_CreateNumber(load[i]));
+}
+
 static char *report(pb_bench *b)
 {
     cJSON *root = cJSON_CreateObject();
@@ -937,6 +967,7 @@ static char *report(pb_bench *b)
         if (b->err_by_status[i])
             cJSON_AddNumberToObject(bs, pl_strerror(i), (double)b->err_by_status[i]);
     cJSON_AddBoolToObject(root, "interrupted", b->interrupted);
+    add_host(root);
 
     cJSON *mem = cJSON_AddArrayToObject(root, "rss_kib");
     long rss, hwm;
