@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# tools/bench.sh — reproduce the figures in docs/performance.md, one command each.
+#
+#   tools/bench.sh [-B BUILD_DIR] [-r RUNS] [-d SECONDS] FIGURE...
+#
+# FIGURE is one of
+#   fsync      the disk's durable append rate (tools/fsync-rate.py)
+#   send1      1 server, 64 connections, acknowledged sends (body 100 bytes)
+#   send3      the same against 3 servers
+#   deliver3   3 servers, offered 10,000 sends/s, send -> push latency
+#   listen10k  1 server, 10,000 logged-in listening connections, then send1
+#              and a 10,000 sends/s deliver run with them connected; parleyd RSS
+#   restart    1 server with 1,000,000 stored messages: restart until it answers
+#   json       send1 and deliver1 with the JSON-file store
+#   wire       bytes per frame in every wire format
+#   all        every figure above
+# Each throughput figure runs RUNS times (default 3) on fresh servers and
+# prints every run and the median. Output: one "FIGURE: ..." summary line per
+# figure on stdout; every JSON document is kept in $OUT (default
+# ./bench-results).
+#
+# Servers run the SQLite store with syncs on, tcp/binary, Argon2id at its
+# minimum cost (only bench setup logs in) and the per-address and
+# per-connection limits off (the bench is one address with many connections).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+build="$here/build"
+runs=3
+dur=10
+while getopts "B:r:d:h" o; do
+    case $o in
+    B) build=$(cd "$OPTARG" && pwd) ;;
+    r) runs=$OPTARG ;;
+    d) dur=$OPTARG ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || { sed -n '2,24p' "$0"; exit 2; }
+parleyd="$build/core/parleyd"
+bench="$build/client/parley-bench"
+for f in "$parleyd" "$bench"; do
+    [ -x "$f" ] || { echo "bench.sh: $f missing: meson compile -C $build" >&2; exit 1; }
+done
+out=${OUT:-$PWD/bench-results}
+mkdir -p "$out"
+work=$(mktemp -d /tmp/parley-bench.XXXXXX)
+pids=()
+# parleyd and the bench each need a descriptor per connection.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cleanup() {
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+base_port=$((20000 + RANDOM % 20000))
+
+# write_config N STORE FILE: N servers on consecutive ports.
+write_config() {
+    local n=$1 store=$2 file=$3 servers="" i
+    for ((i = 0; i < n; i++)); do
+        servers+="${servers:+,}{\"host\":\"127.0.0.1\",\"port\":$((base_port + i))}"
+    done
+    cat >"$file" <<EOF
+{"servers":[${servers}],
+ "store":{"name":"${store}","sync":true},
+ "password_hash":{"opslimit":1,"memlimit":8192},
+ "limits":{"conns_per_address":0,"requests_per_second":0},
+ "log_level":"warn"}
+EOF
+}
+
+# start_servers N STORE: fresh data directories; sets $cfg and pids.
+start_servers() {
+    local n=$1 store=$2 i
+    stop_servers
+    base_port=$((base_port + 10))
+    cfg="$work/parley-$n-$store.json"
+    write_config "$n" "$store" "$cfg"
+    rm -rf "$work/data"
+    for ((i = 0; i < n; i++)); do
+        "$parleyd" "$cfg" "$i" "$work/data/s$i" 2>>"$work/s$i.log" &
+        pids+=($!)
+    done
+    for ((i = 0; i < n; i++)); do
+        local t=0
+        until (exec 3<>/dev/tcp/127.0.0.1/$((base_port + i))) 2>/dev/null; do
+            sleep 0.05
+            t=$((t + 1))
+            [ $t -lt 400 ] || { echo "bench.sh: server $i did not start:" >&2; tail "$work/s$i.log" >&2; exit 1; }
+        done
+    done
+}
+
+stop_servers() {
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    pids=()
+}
+
+# median FIELD FILES...: the median of a dotted JSON field over the files.
+median() {
+    python3 - "$@" <<'EOF'
+import json, statistics, sys
+field, files = sys.argv[1], sys.argv[2:]
+vals = []
+for f in files:
+    d = json.load(open(f))
+    for k in field.split("/"):
+        d = d[k]
+    vals.append(d)
+print("%.3f" % statistics.median(vals), " ".join("%.3f" % v for v in vals))
+EOF
+}
+
+# run_figure NAME SERVERS STORE BENCH_ARGS...: RUNS runs on fresh servers.
+run_figure() {
+    local name=$1 n=$2 store=$3 r files=()
+    shift 3
+    for ((r = 1; r <= runs; r++)); do
+        start_servers "$n" "$store"
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q --pid "${pids[0]}" "$@" >"$out/$name-$r.json"
+        files+=("$out/$name-$r.json")
+        stop_servers
+    done
+    local ops p99 push
+    ops=$(median throughput/ops_per_s "${files[@]}")
+    p99=$(median latency_ms/request/p99 "${files[@]}")
+    echo "$name: ops/s median ${ops%% *} (runs: ${ops#* }); request p99 ms median ${p99%% *} (runs: ${p99#* })"
+    if grep -q send_to_push "${files[0]}"; then
+        push=$(median latency_ms/send_to_push/p99 "${files[@]}")
+        echo "$name: send->push p99 ms median ${push%% *} (runs: ${push#* })"
+    fi
+}
+
+fig_fsync() { python3 "$here/tools/fsync-rate.py" "$work" | tee "$out/fsync.json" |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print("fsync: %s small appends+fdatasync/s (p50 %s ms), %s 64 KiB appends/s" % (d["small"]["syncs_per_s"], d["small"]["p50_ms"], d["batch_64k"]["syncs_per_s"]))'; }
+fig_send1() { run_figure send1 1 sqlite -n 64 -w send; }
+fig_send3() { run_figure send3 3 sqlite -n 64 -w send; }
+fig_deliver3() { run_figure deliver3 3 sqlite -n 64 -w deliver --rate 10000; }
+fig_json() {
+    run_figure json-send1 1 json -n 64 -w send
+    run_figure json-deliver1 1 json -n 64 -w deliver --rate 5000
+}
+fig_wire() { "$bench" --wire-sizes | tee "$out/wire-sizes.txt"; }
+
+fig_listen10k() {
+    local r files=() dfiles=()
+    for ((r = 1; r <= runs; r++)); do
+        start_servers 1 sqlite
+        # 10,064 users: listener j is user j, so a send pushes to one listener.
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w send \
+            --pid "${pids[0]}" >"$out/listen10k-$r.json"
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w deliver \
+            --rate 10000 --pid "${pids[0]}" >"$out/listen10k-deliver-$r.json"
+        files+=("$out/listen10k-$r.json")
+        dfiles+=("$out/listen10k-deliver-$r.json")
+        stop_servers
+    done
+    local ops rss push
+    ops=$(median throughput/ops_per_s "${files[@]}")
+    push=$(median latency_ms/send_to_push/p99 "${dfiles[@]}")
+    rss=$(python3 -c 'import json,sys; print(max(json.load(open(f))["rss_kib"][1]["peak"] for f in sys.argv[1:]) // 1024)' "${files[@]}" "${dfiles[@]}")
+    echo "listen10k: 10,000 listeners + 64 senders: ops/s median ${ops%% *} (runs: ${ops#* }); parleyd peak RSS ${rss} MiB"
+    echo "listen10k: with them connected, offered 10,000/s deliver: send->push p99 ms median ${push%% *} (runs: ${push#* })"
+}
+
+fig_restart() {
+    local target=${RESTART_MESSAGES:-1000000}
+    start_servers 1 sqlite
+    # Load with many connections and deep pipelines (group commit does the rest).
+    echo "restart: storing $target messages (this takes a while)..." >&2
+    python3 - "$bench" "$cfg" "$target" "$out" <<'EOF'
+import json, subprocess, sys
+bench, cfg, target, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+stored = 0
+while stored < target:
+    p = subprocess.run([bench, "-c", cfg, "-n", "256", "-p", "8", "-u", "256", "-w", "send",
+                        "-d", "10", "--warmup", "0", "-q"], stdout=subprocess.PIPE, check=True)
+    d = json.loads(p.stdout)
+    stored += d["throughput"]["ops"] + d["errors"]["unfinished"]
+    print("restart: %d messages stored" % stored, file=sys.stderr)
+EOF
+    local size
+    size=$(du -sm "$work/data/s0" | cut -f1)
+    stop_servers
+    local r times=()
+    for ((r = 1; r <= runs; r++)); do
+        local t0 t1
+        t0=$(date +%s.%N)
+        "$parleyd" "$cfg" 0 "$work/data/s0" 2>>"$work/s0.log" &
+        pids+=($!)
+        # Answered = a login and a list_users went through.
+        "$bench" -c "$cfg" -n 1 -u 1 -w list -d 0.1 --warmup 0 -q --setup-timeout 120 >/dev/null
+        t1=$(date +%s.%N)
+        times+=("$(python3 -c "print('%.3f' % ($t1 - $t0))")")
+        stop_servers
+    done
+    local med
+    med=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+    echo "restart: ${target}+ messages (${size} MiB): start to first answer median ${med} s (runs: ${times[*]})"
+}
+
+for f in "$@"; do
+    case $f in
+    all) for g in fsync wire send1 send3 deliver3 listen10k json restart; do "fig_$g"; done ;;
+    fsync | send1 | send3 | deliver3 | listen10k | restart | json | wire) "fig_$f" ;;
+    *) echo "bench.sh: unknown figure \"$f\"" >&2; exit 2 ;;
+    esac
+done
