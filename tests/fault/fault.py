@@ -49,6 +49,9 @@ def parse_args(argv):
                          "(e.g. sqlite,json: replicas with different stores)")
     ap.add_argument("--transport", default=None,
                     help="transport config value as JSON, e.g. '{\"name\":\"tcp\",\"codec\":\"json\"}'")
+    ap.add_argument("--compact", type=int, default=0, metavar="OPS",
+                    help="compact the log every OPS ops (keeping OPS/5), so lagging servers "
+                         "catch up by snapshot; default: the server's own setting")
     ap.add_argument("--keep", action="store_true", help="keep the servers' data directories")
     ap.add_argument("--keep-logs", action="store_true",
                     help="copy the servers' logs to --out even when there is no violation")
@@ -129,6 +132,8 @@ class Run:
         extra = {}
         if a.transport:
             extra["transport"] = json.loads(a.transport)
+        if a.compact:
+            extra["compaction"] = {"ops": a.compact, "keep_ops": max(1, a.compact // 5)}
         self.cluster = c = FaultCluster(server_cmd, cli_cmd, a.servers,
                                         os.path.join(self.workdir, "cluster"), a.seed,
                                         extra=extra, stores=a.store.split(","))
@@ -241,7 +246,8 @@ def report(a, run, records, violations, elapsed):
     lines.append("history: %s" % run.history_path)
     lines.append("replay: --seed %d --servers %d --clients %d --duration %g --store %s%s"
                  % (a.seed, a.servers, a.clients, a.duration, a.store,
-                    " --transport '%s'" % a.transport if a.transport else ""))
+                    (" --transport '%s'" % a.transport if a.transport else "")
+                    + (" --compact %d" % a.compact if a.compact else "")))
     return "\n".join(lines)
 
 
