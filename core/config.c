@@ -48,6 +48,12 @@ static void cfg_err(cfg_ctx *x, const char *key, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(x->err + n, x->errlen - (size_t)n, fmt, ap);
     va_end(ap);
+    /* Keys and values quoted from the file may hold any byte ("a\nb" is a
+     * valid JSON key): keep the promised single line, and keep control
+     * characters out of logs and terminals. */
+    for (char *c = x->err; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
 }
 
 static char *xstrdup(const char *s)
