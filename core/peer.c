@@ -6,6 +6,15 @@
  * connection before anything is buffered, protobuf-c validates the
  * encoding, and every field is range-checked before it reaches the VR
  * module (which itself ignores anything out of place).
+ *
+ * TLS (config "tls" with "peer": true, the default once "tls" is given):
+ * every link is mutual TLS under the same frames. Both ends present a
+ * certificate signed by tls.ca; the dialler checks that the acceptor's names
+ * the host it dialled, and the acceptor, once the Hello says which server
+ * is calling, that the dialler's names that server's configured host. So
+ * a host without a certificate from the cluster's CA cannot join, and a
+ * member cannot pose as another member on a different host. A failed
+ * handshake closes that connection with a log line; nothing else changes.
  */
 #include "peer.h"
 
@@ -16,12 +25,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <sodium.h>
 
@@ -36,6 +50,9 @@
 #define HANDSHAKE_MS 5000
 #define HANDSHAKE_MAX_FRAME 1024u
 #define NONCE_BYTES 32u
+/* At most one line per this many seconds about failed TLS handshakes: a
+ * misconfigured peer re-dials every second. */
+#define TLS_LOG_EVERY_S 10
 
 typedef struct peer_in {
     pl_peer *p;
@@ -44,6 +61,8 @@ typedef struct peer_in {
     int authed;               /* Hello (and Auth, with a secret) checked */
     uint8_t nonce[NONCE_BYTES];       /* our challenge */
     uint8_t peer_nonce[NONCE_BYTES];  /* the dialler's */
+    int tls_up;               /* TLS handshake finished */
+    char addr[64];            /* "ip:port", for log lines */
     struct peer_in *next;
 } peer_in;
 
@@ -58,6 +77,8 @@ typedef struct peer_out {
     int got_hello;            /* with a secret: the acceptor's Hello arrived */
     uint8_t nonce[NONCE_BYTES];       /* our challenge */
     uint8_t peer_nonce[NONCE_BYTES];  /* the acceptor's */
+    int tls_up;               /* TLS handshake finished on this connection */
+    int tls_warned;           /* a TLS failure was logged since the link was last up */
 } peer_out;
 
 struct pl_peer {
@@ -71,6 +92,9 @@ struct pl_peer {
     peer_out out[PL_VR_MAX_REPLICAS];
     int auth;                 /* a cluster secret is configured */
     uint8_t key[crypto_auth_KEYBYTES]; /* derived from it (auth_setup) */
+    SSL_CTX *tls;             /* mutual TLS on every link, or NULL */
+    time_t tls_logged;        /* last incoming-handshake failure line */
+    unsigned tls_quiet;       /* failures not logged since */
 };
 
 /* ---- framing ---- */
@@ -188,6 +212,115 @@ static void send_auth(pl_peer *p, struct bufferevent *bev, uint8_t role,
     write_frame(bev, &f);
 }
 
+/* ---- TLS ---- */
+
+/* The cause of a failed OpenSSL call: the oldest queued error. Clears the
+ * thread's queue so nothing stale is blamed on a later connection. */
+static void tls_err_text(unsigned long e, char *out, size_t outlen)
+{
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    if (e && ERR_SYSTEM_ERROR(e))
+        snprintf(out, outlen, "%s", strerror(ERR_GET_REASON(e)));
+    else if (r)
+        snprintf(out, outlen, "%s", r);
+    else if (e)
+        ERR_error_string_n(e, out, outlen);
+    else
+        snprintf(out, outlen, "unknown TLS error");
+}
+
+static int tls_setup_fail(const pl_peer *p, char *err, size_t errlen, const char *key,
+                          const char *path)
+{
+    char why[160];
+    tls_err_text(ERR_get_error(), why, sizeof why);
+    ERR_clear_error();
+    snprintf(err, errlen, "%s: %s: %s: %s", p->cfg->path ? p->cfg->path : "(config)", key,
+             path, why);
+    return PL_ERR_CONFIG;
+}
+
+/* One context for both directions: a link's SSL takes the accept or the
+ * connect side from libevent. FAIL_IF_NO_PEER_CERT makes the acceptor
+ * demand the dialler's certificate. Peer certificates are used both ways,
+ * so their extended key usage (if any) must allow serverAuth and clientAuth. */
+static int tls_setup(pl_peer *p, char *err, size_t errlen)
+{
+    const pl_tls_conf *t = &p->cfg->tls;
+    if (!t->enabled || !t->peer)
+        return PL_OK;
+    if (!t->cert || !t->key || !t->ca) {
+        snprintf(err, errlen, "%s: tls.%s: missing: peer links use mutual TLS (tls.peer is "
+                 "true), which needs cert, key and ca", p->cfg->path ? p->cfg->path : "(config)",
+                 !t->cert ? "cert" : !t->key ? "key" : "ca");
+        return PL_ERR_CONFIG;
+    }
+    p->tls = SSL_CTX_new(TLS_method());
+    if (!p->tls)
+        return tls_setup_fail(p, err, errlen, "tls", "context");
+    SSL_CTX_set_min_proto_version(p->tls, TLS1_2_VERSION);
+    /* Frames are self-delimiting, so a missing close_notify loses nothing
+     * that the framing would not notice; renegotiation has no use here. */
+    SSL_CTX_set_options(p->tls, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (SSL_CTX_use_certificate_chain_file(p->tls, t->cert) != 1)
+        return tls_setup_fail(p, err, errlen, "tls.cert", t->cert);
+    if (SSL_CTX_use_PrivateKey_file(p->tls, t->key, SSL_FILETYPE_PEM) != 1)
+        return tls_setup_fail(p, err, errlen, "tls.key", t->key);
+    if (SSL_CTX_check_private_key(p->tls) != 1)
+        return tls_setup_fail(p, err, errlen, "tls.key", "does not match tls.cert");
+    if (SSL_CTX_load_verify_locations(p->tls, t->ca, NULL) != 1)
+        return tls_setup_fail(p, err, errlen, "tls.ca", t->ca);
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(t->ca);
+    if (names)
+        SSL_CTX_set_client_CA_list(p->tls, names);
+    SSL_CTX_set_session_id_context(p->tls, (const unsigned char *)"parley-peer", 11);
+    SSL_CTX_set_verify(p->tls, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    ERR_clear_error();
+    return PL_OK;
+}
+
+static int is_ip(const char *host)
+{
+    unsigned char a[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
+/* Does the certificate the far end presented name server id's host? */
+static int tls_names_server(const pl_peer *p, struct bufferevent *bev, uint32_t id)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    X509 *x = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
+    const char *host = p->cfg->servers[id].host;
+    int ok = 0;
+    if (x)
+        ok = is_ip(host) ? X509_check_ip_asc(x, host, 0) == 1
+                         : X509_check_host(x, host, 0, 0, NULL) == 1;
+    X509_free(x);
+    return ok;
+}
+
+/* Why a TLS link failed before its handshake finished. */
+static void tls_why(struct bufferevent *bev, char *out, size_t outlen)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e, first = 0;
+    int se = EVUTIL_SOCKET_ERROR();
+    /* handed back newest first: keep the oldest from a real library (the
+     * cause), not a bare SSL_get_error code */
+    while ((e = bufferevent_get_openssl_error(bev)) != 0)
+        if (ERR_GET_LIB(e) != 0 || !first)
+            first = e;
+    if (vr != X509_V_OK)
+        snprintf(out, outlen, "certificate rejected: %s", X509_verify_cert_error_string(vr));
+    else if (first)
+        tls_err_text(first, out, outlen);
+    else if (se)
+        snprintf(out, outlen, "%s", evutil_socket_error_to_string(se));
+    else
+        snprintf(out, outlen, "closed during the handshake");
+}
+
 /* Read the secret and derive the MAC key: BLAKE2b of the secret gives a
  * master key of fixed size, crypto_kdf a subkey for this purpose alone. */
 static int auth_setup(pl_peer *p, char *err, size_t errlen)
@@ -197,8 +330,11 @@ static int auth_setup(pl_peer *p, char *err, size_t errlen)
     if (pl_config_cluster_secret(p->cfg, &secret, &len, err, errlen) != PL_OK)
         return PL_ERR_CONFIG;
     if (!secret) {
-        pl_log(PL_LOG_WARN, "peer: no cluster_secret configured: any host that can reach the "
-               "peer ports can join this cluster's replication (see docs/operations.md)");
+        /* Mutual TLS already keeps strangers out (tls_setup runs first). */
+        if (!p->tls)
+            pl_log(PL_LOG_WARN, "peer: no cluster_secret configured: any host that can reach "
+                   "the peer ports can join this cluster's replication (see "
+                   "docs/operations.md)");
         return PL_OK;
     }
     crypto_generichash(master, sizeof master, secret, len, NULL, 0);
@@ -412,6 +548,13 @@ static void in_read(struct bufferevent *bev, void *arg)
             if (f.n != c->p->n)
                 pl_log(PL_LOG_WARN, "peer: server %u lists %u servers, this one %u: check the configs",
                        f.from, f.n, c->p->n);
+            if (c->p->tls && !tls_names_server(c->p, bev, f.from)) {
+                pl_log(PL_LOG_WARN, "peer: %s says it is server %u, but its certificate does "
+                       "not name %s; closing", c->addr, f.from, c->p->cfg->servers[f.from].host);
+                pl_peer_frame_clear(&f);
+                in_free(c);
+                return;
+            }
             c->from = (int)f.from;
             if (!c->p->auth) {
                 c->authed = 1;
@@ -454,8 +597,32 @@ static void in_read(struct bufferevent *bev, void *arg)
 
 static void in_event(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     peer_in *c = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        c->tls_up = 1;
+        return;
+    }
+    if (c->p->tls && !c->tls_up && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
+        pl_peer *p = c->p;
+        char why[200];
+        time_t now = time(NULL);
+        tls_why(bev, why, sizeof why);
+        if (now - p->tls_logged >= TLS_LOG_EVERY_S) {
+            if (p->tls_quiet)
+                pl_log(PL_LOG_WARN, "peer: TLS handshake with %s failed: %s; closing "
+                       "(and %u more failures not logged since the last such line)",
+                       c->addr, why, p->tls_quiet);
+            else
+                pl_log(PL_LOG_WARN, "peer: TLS handshake with %s failed: %s; closing",
+                       c->addr, why);
+            p->tls_logged = now;
+            p->tls_quiet = 0;
+        } else {
+            p->tls_quiet++;
+        }
+        in_free(c);
+        return;
+    }
     if (what & BEV_EVENT_TIMEOUT)
         pl_log(PL_LOG_WARN, "peer: a connection%s did not finish the handshake within %d ms; "
                "closing", c->from >= 0 ? " claiming to be a server" : "", HANDSHAKE_MS);
@@ -467,19 +634,44 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                       int salen, void *arg)
 {
     (void)l;
-    (void)sa;
     (void)salen;
     pl_peer *p = arg;
     peer_in *c = calloc(1, sizeof *c);
-    struct bufferevent *bev = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    struct bufferevent *bev = NULL;
+    if (p->tls) {
+        SSL *ssl = SSL_new(p->tls);
+        /* Where bufferevent_openssl_socket_new fails decides whether it
+         * freed ssl and closed fd; under memory exhaustion a leak beats a
+         * double free. */
+        bev = ssl ? bufferevent_openssl_socket_new(p->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                   BEV_OPT_CLOSE_ON_FREE)
+                  : NULL;
+        if (bev)
+            bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+        else if (ssl)
+            fd = -1;
+        ERR_clear_error();
+    } else {
+        bev = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!c || !bev) {
         free(c);
         if (bev)
             bufferevent_free(bev);
-        else
+        else if (fd >= 0)
             evutil_closesocket(fd);
         return;
     }
+    if (!p->tls)
+        c->tls_up = 1;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+    snprintf(c->addr, sizeof c->addr, "%s:%u", ip,
+             (unsigned)ntohs(sa->sa_family == AF_INET6 ? ((struct sockaddr_in6 *)sa)->sin6_port
+                                                       : ((struct sockaddr_in *)sa)->sin_port));
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->p = p;
@@ -584,6 +776,8 @@ static void out_event(struct bufferevent *bev, short what, void *arg)
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         o->retry_ms = RETRY_MIN_MS;
         o->warned_backlog = 0;
+        o->tls_up = 1;
+        o->tls_warned = 0;
         if (!o->p->auth) {
             o->up = 1;
             pl_log(PL_LOG_INFO, "peer: link to server %u up", o->to);
@@ -596,6 +790,15 @@ static void out_event(struct bufferevent *bev, short what, void *arg)
         bufferevent_set_timeouts(bev, &hs, NULL);
         send_hello(o->p, bev, o->nonce);
         return;
+    }
+    /* With TLS, CONNECTED comes after the TLS handshake; a failure before it
+     * is logged once until the link comes up (it re-dials every second). */
+    if (o->p->tls && !o->tls_up && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) &&
+        !o->tls_warned && EVUTIL_SOCKET_ERROR() != ECONNREFUSED) {
+        char why[200];
+        tls_why(bev, why, sizeof why);
+        pl_log(PL_LOG_WARN, "peer: TLS handshake with server %u failed: %s", o->to, why);
+        o->tls_warned = 1;
     }
     if (what & BEV_EVENT_TIMEOUT)
         pl_log(PL_LOG_WARN, "peer: server %u did not finish the handshake within %d ms "
@@ -617,7 +820,25 @@ static void out_connect(peer_out *o)
         pl_log(PL_LOG_ERROR, "peer: server %u address %s is not numeric", o->to, addr);
         return;
     }
-    o->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    o->tls_up = 0;
+    if (p->tls) {
+        /* The acceptor's certificate must name the host we dial. */
+        SSL *ssl = SSL_new(p->tls);
+        int named = ssl && (is_ip(s->host)
+                                ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), s->host) == 1
+                                : SSL_set1_host(ssl, s->host) == 1);
+        o->bev = named ? bufferevent_openssl_socket_new(p->base, -1, ssl,
+                                                        BUFFEREVENT_SSL_CONNECTING,
+                                                        BEV_OPT_CLOSE_ON_FREE)
+                       : NULL;
+        if (o->bev)
+            bufferevent_openssl_set_allow_dirty_shutdown(o->bev, 1);
+        else if (!named)
+            SSL_free(ssl);
+        ERR_clear_error();
+    } else {
+        o->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!o->bev) {
         out_down(o);
         return;
@@ -647,7 +868,7 @@ pl_peer *pl_peer_new(struct event_base *base, const pl_config *cfg, uint32_t sel
     p->self = self;
     p->n = (uint32_t)cfg->n_servers;
     p->cb = *cb;
-    if (auth_setup(p, err, errlen) != PL_OK)
+    if (tls_setup(p, err, errlen) != PL_OK || auth_setup(p, err, errlen) != PL_OK)
         goto fail;
     const pl_server_conf *me = &cfg->servers[self];
     char addr[300];
@@ -701,6 +922,7 @@ void pl_peer_free(pl_peer *p)
         if (p->out[i].retry)
             event_free(p->out[i].retry);
     }
+    SSL_CTX_free(p->tls);
     free(p);
 }
 

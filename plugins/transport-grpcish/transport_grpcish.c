@@ -57,9 +57,10 @@ static void gi_errf(char *err, size_t errlen, const char *fmt, const char *arg)
         snprintf(err, errlen, fmt, arg);
 }
 
-/* Fill ctx from opt. options_json is the transport's config object; the only
- * key is "name" (the short name or a path, chosen by the loader, so any
- * string). Anything else is a config mistake worth naming, not ignoring. */
+/* Fill ctx from opt. options_json is the transport's config object; its
+ * keys are "name" (the short name or a path, chosen by the loader, so any
+ * string) and "tls" (added by the core, handled by framed.c). Anything else
+ * is a config mistake worth naming, not ignoring. */
 static int gi_ctx_init(gi_ctx *ctx, const pl_transport_options *opt,
                        char *err, size_t errlen)
 {
@@ -85,8 +86,11 @@ static int gi_ctx_init(gi_ctx *ctx, const pl_transport_options *opt,
             }
             continue;
         }
+        /* TLS settings: checked and used by framed.c. */
+        if (it->string && strcmp(it->string, "tls") == 0)
+            continue;
         if (err && errlen)
-            snprintf(err, errlen, "%s transport: %s: unknown option (grpcish takes only \"name\")",
+            snprintf(err, errlen, "%s transport: %s: unknown option (grpcish takes \"name\" and \"tls\")",
                      GI_NAME, it->string ? it->string : "?");
         goto fail;
     }

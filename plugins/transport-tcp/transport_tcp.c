@@ -53,10 +53,13 @@ static int tcp_parse_options(const pl_transport_options *opt, tcp_ctx *ctx,
         goto done;
     }
     for (const cJSON *m = root->child; m; m = m->next) {
-        if (m->string && (strcmp(m->string, "name") == 0 || strcmp(m->string, "codec") == 0))
+        /* "tls" is checked and used by framed.c (the core adds it from the
+         * config's "tls" object). */
+        if (m->string && (strcmp(m->string, "name") == 0 || strcmp(m->string, "codec") == 0 ||
+                          strcmp(m->string, "tls") == 0))
             continue;
         if (err && errlen)
-            snprintf(err, errlen, "transport tcp: unknown option \"%.40s\" (known: name, codec)",
+            snprintf(err, errlen, "transport tcp: unknown option \"%.40s\" (known: name, codec, tls)",
                      m->string ? m->string : "");
         rc = PL_ERR_CONFIG;
         goto done;
