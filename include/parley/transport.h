@@ -74,6 +74,16 @@ typedef struct pl_transport_options {
                                   (e.g. {"name":"tcp","codec":"json"}), or NULL */
 } pl_transport_options;
 
+/* TLS: when the config turns TLS on for clients, the core adds a member
+ *   "tls": {"cert": PATH, "key": PATH, "ca": PATH, "verify_clients": BOOL}
+ * (absolute paths; cert/key/ca each may be absent) to options_json, for
+ * both halves. The server half serves TLS with cert/key (and demands a
+ * client certificate signed by ca with verify_clients); the client half
+ * verifies the server against ca (or the system's trust store) and the
+ * host it connects to. A transport that cannot do TLS must refuse the
+ * "tls" key as an unknown option, never ignore it: a TLS config must not
+ * serve plaintext. Without TLS the key is absent. docs/operations.md "TLS". */
+
 /* What the core hands a transport's server half. Lives as long as the server. */
 typedef struct pl_transport_host {
     uint32_t abi_version;      /* PL_TRANSPORT_ABI_VERSION of the core */
