@@ -63,6 +63,7 @@ struct pl_transport_client {
     int in_ng;
     int in_cb;
     int done;                 /* cb.closed has been called */
+    int ending;               /* a subscription ended: closed once no call is left */
     int free_pending;
 };
 
@@ -137,7 +138,7 @@ static void gc_flush(pl_transport_client *cli)
     }
     cli->in_ng = 0;
     if (!cli->done && !nghttp2_session_want_read(cli->ng) && !nghttp2_session_want_write(cli->ng))
-        gc_finish(cli, PL_ERR_IO, "the server ended the connection (GOAWAY)");
+        gc_finish(cli, PL_ERR_IO, "connection closed by the server (GOAWAY)");
 }
 
 /* ------------------------------------------------------ nghttp2 callbacks */
@@ -242,9 +243,14 @@ static int gc_on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t err, vo
                           .error = pl_str_c(text) };
         gc_frame(cli, &r);
     } else if (call->method == PL_M_SUBSCRIBE) {
-        gc_finish(cli, PL_ERR_IO, "the server ended the subscription stream");
+        /* Pushes stop with this stream. The caller learns it as the end of
+         * the connection, but only after the answers to its other calls
+         * (a closing server finishes them too), so none is lost. */
+        cli->ending = 1;
     }
     gc_call_free(call);
+    if (cli->ending && !cli->calls)
+        gc_finish(cli, PL_ERR_IO, "connection closed by the server (the subscription ended)");
     return 0;
 }
 
@@ -374,7 +380,7 @@ int gr_client_send(pl_transport_client *cli, const pl_request *req)
 {
     if (!cli || !req)
         return PL_ERR_INVALID;
-    if (cli->done || cli->free_pending)
+    if (cli->done || cli->free_pending || cli->ending)
         return PL_ERR_IO;
     gc_call *call = calloc(1, sizeof *call);
     if (!call || !(call->in = evbuffer_new())) {

@@ -757,7 +757,7 @@ int gr_conn_send(pl_transport_conn *c, const pl_response *r)
 {
     if (!c || !r)
         return PL_ERR_INVALID;
-    if (c->reaping || c->closing)
+    if (c->reaping)
         return PL_ERR_IO;
     if (r->method == PL_M_PUSH) {
         deliver_push(c, r);
@@ -965,7 +965,7 @@ static void call_dispatch(gr_call *call)
 {
     pl_transport_conn *c = call->conn;
 
-    if (call->finished || call->dispatched || c->reaping || c->closing)
+    if (call->finished || call->dispatched || c->reaping)
         return;
     call->dispatched = 1;
     size_t len = evbuffer_get_length(call->in);
@@ -1210,24 +1210,38 @@ static void conn_flush(pl_transport_conn *c)
     }
     c->in_ng = 0;
     if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
-        /* Both sides are done (GOAWAY exchanged, streams closed). */
+        /* Nothing left (GOAWAY sent or received, no stream open): close
+         * once the last bytes have left. */
         c->closing = 1;
         if (evbuffer_get_length(out) == 0)
             conn_reap(c);
     }
 }
 
+/* Close a connection. Bad input (h2err != NO_ERROR) ends it at once with a
+ * GOAWAY naming the error. A close the core asks for is graceful: answers
+ * already queued still leave, calls still waiting for the core end with
+ * UNAVAILABLE (so clients retry, e.g. at the new primary), GOAWAY refuses
+ * new streams, and the socket closes when nghttp2 has nothing left to do,
+ * or after GR_CLOSE_SECS whatever the peer does. */
 static void conn_begin_close(pl_transport_conn *c, uint32_t h2err)
 {
     if (c->closing || c->reaping)
         return;
     c->closing = 1;
-    nghttp2_session_terminate_session(c->ng, h2err);
+    if (h2err != NGHTTP2_NO_ERROR) {
+        nghttp2_session_terminate_session(c->ng, h2err);
+    } else {
+        for (gr_call *call = c->calls; call; call = call->next)
+            if (!call->finished)
+                call_finish(call, GR_UNAVAILABLE, "the server closed the connection; retry");
+        nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(c->ng), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+    }
     struct timeval tv = { GR_CLOSE_SECS, 0 };
-    bufferevent_set_timeouts(c->bev, NULL, &tv);
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
     conn_flush(c);
-    if (!c->reaping && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        conn_reap(c);
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
@@ -1236,7 +1250,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
 
-    if (c->reaping || c->closing) {
+    if (c->reaping) {
         evbuffer_drain(in, len);
         return;
     }

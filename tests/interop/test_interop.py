@@ -1,0 +1,439 @@
+"""Interop: parleyd's gRPC transport driven by a client parley did not write,
+the official gRPC Python runtime (Debian python3-grpcio), with stubs
+generated now by protoc + grpc_python_plugin from the prototype's interface.
+
+The stubs come from proto3: proto/chat.proto is parley's proto2 rendering of
+the prototype's file, and the prototype's proto3 text is rebuilt from it
+here (syntax line, plain fields, the two `optional string error`), so the
+Python side encodes exactly as the prototype's clients do.
+
+Run by meson (suite interop) as:
+  /usr/bin/python3 test_interop.py PARLEYD PARLEY CHAT_PROTO
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+from harness import Cluster, wait_until  # noqa: E402
+
+PARLEYD, PARLEY, CHAT_PROTO = None, None, None
+STUB_DIR = None
+grpc = pb = rpc = None
+
+PW = "correct horse"
+
+
+def build_stubs():
+    """Rebuild the prototype's proto3 file and generate Python stubs."""
+    global STUB_DIR, grpc, pb, rpc
+    STUB_DIR = tempfile.mkdtemp(prefix="parley-interop-")
+    with open(CHAT_PROTO) as f:
+        text = f.read()
+    text = text.replace('syntax = "proto2";', 'syntax = "proto3";')
+    text = text.replace(" [packed = true]", "")
+    text = re.sub(r"^  optional (?!string error)", "  ", text, flags=re.M)
+    with open(os.path.join(STUB_DIR, "chat.proto"), "w") as f:
+        f.write(text)
+    subprocess.run(["protoc", "--experimental_allow_proto3_optional", "-I", STUB_DIR,
+                    "--python_out=" + STUB_DIR, "--grpc_python_out=" + STUB_DIR,
+                    "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin"),
+                    os.path.join(STUB_DIR, "chat.proto")], check=True)
+    sys.path.insert(0, STUB_DIR)
+    import grpc as _grpc
+    import chat_pb2 as _pb
+    import chat_pb2_grpc as _rpc
+    grpc, pb, rpc = _grpc, _pb, _rpc
+
+
+def channel(port):
+    """A channel with its own TCP connection: gRPC Python otherwise shares one
+    connection between channels to the same target, and sessions belong to
+    connections."""
+    return grpc.insecure_channel("127.0.0.1:%d" % port,
+                                 options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+class Client:
+    """One prototype-style client: a channel, a stub, and a session."""
+
+    def __init__(self, port):
+        self.ch = channel(port)
+        self.stub = rpc.ChatServiceStub(self.ch)
+
+    def login(self, user, password=PW):
+        r = self.stub.Login(pb.LoginRequest(username=user, password=password), timeout=10)
+        assert not r.HasField("error"), "login %s: %s" % (user, r.error)
+        return self
+
+    def close(self):
+        self.ch.close()
+
+
+class Stream:
+    """SubscribeToMessages on a thread, collecting notifications."""
+
+    def __init__(self, client, timeout=None):
+        self.got = []
+        self.error = None
+        self.call = client.stub.SubscribeToMessages(pb.SubscribeRequest(), timeout=timeout)
+        # The server sends the response headers once it has accepted the
+        # stream (after asking the core whether it is the primary).
+        self.call.initial_metadata()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        try:
+            for n in self.call:
+                self.got.append(n.message)
+        except grpc.RpcError as e:
+            self.error = e
+
+    def wait(self, n, timeout=15):
+        wait_until(lambda: len(self.got) >= n, timeout, what="%d notifications (have %d)"
+                   % (n, len(self.got)))
+
+    def cancel(self):
+        self.call.cancel()
+
+
+def rpc_error(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except grpc.RpcError as e:
+        return e
+    raise AssertionError("%s succeeded; an error status was expected" % fn)
+
+
+class OneServer(unittest.TestCase):
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=1, transport="grpc")
+        self.c.start(0)
+        self.port = self.c.ports[0]
+        self.clients = []
+
+    def tearDown(self):
+        for cl in self.clients:
+            cl.close()
+        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+            sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
+        self.c.close()
+
+    def client(self):
+        cl = Client(self.port)
+        self.clients.append(cl)
+        return cl
+
+    def register(self, *users):
+        s = self.client().stub
+        for u in users:
+            r = s.CreateAccount(pb.CreateAccountRequest(username=u, password=PW), timeout=10)
+            self.assertFalse(r.HasField("error"), r.error)
+
+    def test_every_rpc(self):
+        a = self.client().stub
+        self.assertEqual(a.Health(pb.Empty(), timeout=5), pb.Empty())
+        self.register("alice", "bob", "bobby")
+        # failures of CreateAccount / Login are in the error field
+        r = a.CreateAccount(pb.CreateAccountRequest(username="alice", password=PW))
+        self.assertIn("taken", r.error)
+        r = a.CreateAccount(pb.CreateAccountRequest(username="bad name!", password=PW))
+        self.assertTrue(r.HasField("error"))
+        r = a.CreateAccount(pb.CreateAccountRequest(username="shorty", password="short"))
+        self.assertIn("8", r.error, "the error names the limit")
+        r = a.Login(pb.LoginRequest(username="alice", password="wrong password"))
+        self.assertEqual(r.error, "Invalid username or password")
+        r = a.Login(pb.LoginRequest(username="nobody", password="wrong password"))
+        self.assertEqual(r.error, "Invalid username or password")
+
+        # every call that needs a session: UNAUTHENTICATED "Not logged in"
+        for call, req in ((a.ListUsers, pb.ListUsersRequest()),
+                          (a.SendMessage, pb.SendMessageRequest(receiver="bob", content="x")),
+                          (a.GetNumberOfUnreadMessages, pb.GetNumberOfUnreadMessagesRequest()),
+                          (a.GetNumberOfReadMessages, pb.GetNumberOfReadMessagesRequest()),
+                          (a.PopUnreadMessages, pb.PopUnreadMessagesRequest()),
+                          (a.GetReadMessages, pb.GetReadMessagesRequest()),
+                          (a.DeleteMessages, pb.DeleteMessagesRequest(message_ids=[1])),
+                          (a.DeleteAccount, pb.DeleteAccountRequest())):
+            e = rpc_error(call, req, timeout=10)
+            self.assertEqual(e.code(), grpc.StatusCode.UNAUTHENTICATED, call)
+            self.assertEqual(e.details(), "Not logged in")
+        self.assertEqual(a.Logout(pb.LogoutRequest()), pb.LogoutResponse())
+
+        self.assertFalse(a.Login(pb.LoginRequest(username="alice", password=PW)).HasField("error"))
+        b = self.client().login("bob").stub
+
+        users = a.ListUsers(pb.ListUsersRequest(pattern="b*", offset=0, limit=-1)).usernames
+        self.assertEqual(list(users), ["bob", "bobby"])
+        self.assertEqual(list(a.ListUsers(pb.ListUsersRequest(pattern="", limit=2)).usernames),
+                         ["alice", "bob"])
+        self.assertEqual(list(a.ListUsers(pb.ListUsersRequest(pattern="*", offset=2, limit=5))
+                              .usernames), ["bobby"])
+        self.assertEqual(list(a.ListUsers(pb.ListUsersRequest(pattern="*", limit=0)).usernames), [])
+
+        e = rpc_error(a.SendMessage, pb.SendMessageRequest(receiver="nobody", content="x"))
+        self.assertEqual(e.code(), grpc.StatusCode.NOT_FOUND)
+        e = rpc_error(a.SendMessage, pb.SendMessageRequest(receiver="bob", content=""))
+        self.assertEqual(e.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        for i in range(5):
+            self.assertEqual(a.SendMessage(pb.SendMessageRequest(receiver="bob", content="m%d" % i)),
+                             pb.SendMessageResponse())
+        self.assertEqual(b.GetNumberOfUnreadMessages(pb.GetNumberOfUnreadMessagesRequest()).count, 5)
+        self.assertEqual(b.GetNumberOfReadMessages(pb.GetNumberOfReadMessagesRequest()).count, 0)
+        popped = b.PopUnreadMessages(pb.PopUnreadMessagesRequest(num_messages=2)).messages
+        self.assertEqual([m.content for m in popped], ["m0", "m1"])
+        self.assertEqual({m.sender for m in popped}, {"alice"})
+        self.assertLess(popped[0].id, popped[1].id)
+        rest = b.PopUnreadMessages(pb.PopUnreadMessagesRequest(num_messages=0)).messages
+        self.assertEqual([m.content for m in rest], ["m2", "m3", "m4"])
+        self.assertEqual(b.GetNumberOfUnreadMessages(pb.GetNumberOfUnreadMessagesRequest()).count, 0)
+        self.assertEqual(b.GetNumberOfReadMessages(pb.GetNumberOfReadMessagesRequest()).count, 5)
+        read = b.GetReadMessages(pb.GetReadMessagesRequest(offset=1, num_messages=2)).messages
+        self.assertEqual([m.content for m in read], ["m3", "m2"], "newest first, paginated")
+
+        ids = [m.id for m in popped]
+        self.assertEqual(b.DeleteMessages(pb.DeleteMessagesRequest(message_ids=ids)),
+                         pb.DeleteMessagesResponse())
+        left = b.GetReadMessages(pb.GetReadMessagesRequest(offset=0, num_messages=10)).messages
+        self.assertEqual([m.content for m in left], ["m4", "m3", "m2"])
+        e = rpc_error(b.DeleteMessages, pb.DeleteMessagesRequest(message_ids=ids))
+        self.assertEqual(e.code(), grpc.StatusCode.NOT_FOUND, "deleted ids are gone")
+
+        # sessions belong to connections: a third connection has none
+        c = self.client().stub
+        e = rpc_error(c.GetNumberOfUnreadMessages, pb.GetNumberOfUnreadMessagesRequest())
+        self.assertEqual(e.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertEqual(a.GetNumberOfReadMessages(pb.GetNumberOfReadMessagesRequest()).count, 0)
+
+        self.assertEqual(b.Logout(pb.LogoutRequest()), pb.LogoutResponse())
+        e = rpc_error(b.GetNumberOfReadMessages, pb.GetNumberOfReadMessagesRequest())
+        self.assertEqual(e.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertEqual(a.DeleteAccount(pb.DeleteAccountRequest()), pb.DeleteAccountResponse())
+        e = rpc_error(a.ListUsers, pb.ListUsersRequest())
+        self.assertEqual(e.code(), grpc.StatusCode.UNAUTHENTICATED, "deleting ends the session")
+        self.client().login("bob")
+        r = c.Login(pb.LoginRequest(username="alice", password=PW))
+        self.assertTrue(r.HasField("error"), "a deleted account cannot log in")
+
+    def test_protocol_edges(self):
+        a = self.client()
+        # unknown method
+        e = rpc_error(a.ch.unary_unary("/chat.ChatService/NoSuchMethod"), b"", timeout=5)
+        self.assertEqual(e.code(), grpc.StatusCode.UNIMPLEMENTED)
+        e = rpc_error(a.ch.unary_unary("/other.Service/Health"), b"", timeout=5)
+        self.assertEqual(e.code(), grpc.StatusCode.UNIMPLEMENTED)
+        # a compressed message: parley supports no grpc-encoding but identity
+        e = rpc_error(a.stub.CreateAccount,
+                      pb.CreateAccountRequest(username="zipped", password="z" * 4000), timeout=5,
+                      compression=grpc.Compression.Gzip)
+        self.assertEqual(e.code(), grpc.StatusCode.UNIMPLEMENTED)
+        # oversized message (default max_frame 1 MiB)
+        e = rpc_error(a.stub.CreateAccount,
+                      pb.CreateAccountRequest(username="x", password="p" * (2 << 20)), timeout=10)
+        self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # grpc-timeout is honoured: a stream with a deadline ends with it
+        s = Stream(a, timeout=0.5)
+        s.t.join(10)
+        self.assertIsNotNone(s.error)
+        self.assertEqual(s.error.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # the connection still serves
+        self.assertEqual(a.stub.Health(pb.Empty(), timeout=5), pb.Empty())
+        # garbage instead of HTTP/2 closes that connection only
+        import socket
+        with socket.create_connection(("127.0.0.1", self.port)) as raw:
+            raw.sendall(b"\x00garbage that is not an HTTP/2 preface\r\n\r\n" * 10)
+            raw.settimeout(5)
+            while raw.recv(4096):
+                pass
+        self.assertEqual(a.stub.Health(pb.Empty(), timeout=5), pb.Empty())
+
+    def test_live_chat(self):
+        self.register("alice", "bob")
+        a = self.client().login("alice")
+        b = self.client()
+        # the prototype's client subscribes right after connecting, before
+        # it logs in: the stream starts delivering once the login lands
+        sb = Stream(b)
+        b.login("bob")
+        sa = Stream(a)
+        a.stub.SendMessage(pb.SendMessageRequest(receiver="bob", content="probe a->b"))
+        b.stub.SendMessage(pb.SendMessageRequest(receiver="alice", content="probe b->a"))
+        sb.wait(1)
+        sa.wait(1)
+        self.assertEqual([m.content for m in sb.got], ["probe a->b"])
+        self.assertEqual([m.sender for m in sb.got], ["alice"])
+        self.assertEqual([m.content for m in sa.got], ["probe b->a"])
+        for i in range(10):
+            a.stub.SendMessage(pb.SendMessageRequest(receiver="bob", content="hello %d" % i))
+            b.stub.SendMessage(pb.SendMessageRequest(receiver="alice", content="hi %d" % i))
+        sb.wait(11)
+        sa.wait(11)
+        self.assertEqual([m.content for m in sb.got[1:]], ["hello %d" % i for i in range(10)])
+        self.assertEqual([m.content for m in sa.got[1:]], ["hi %d" % i for i in range(10)])
+        # a message delivered on the stream counts as read (as in the prototype)
+        wait_until(lambda: b.stub.GetNumberOfReadMessages(
+            pb.GetNumberOfReadMessagesRequest()).count == 11, 10, what="pushed messages read")
+        self.assertEqual(b.stub.GetNumberOfUnreadMessages(
+            pb.GetNumberOfUnreadMessagesRequest()).count, 0)
+        # logging out stops delivery; the stream itself stays open
+        b.stub.Logout(pb.LogoutRequest())
+        a.stub.SendMessage(pb.SendMessageRequest(receiver="bob", content="while away"))
+        time.sleep(0.5)
+        self.assertEqual(len(sb.got), 11)
+        b.login("bob")
+        self.assertEqual([m.content for m in b.stub.PopUnreadMessages(
+            pb.PopUnreadMessagesRequest()).messages], ["while away"])
+        sb.cancel()
+        sa.cancel()
+
+    def test_200_concurrent_streams(self):
+        users = ["u%02d" % i for i in range(10)]
+        self.register(*users)
+        clients = [self.client().login(u) for u in users]
+        streams = [Stream(cl) for cl in clients for _ in range(20)]
+        sender = self.client().login("u00").stub
+        for u in users:
+            sender.SendMessage(pb.SendMessageRequest(receiver=u, content="to " + u))
+        for i, s in enumerate(streams):
+            s.wait(1, timeout=30)
+            self.assertEqual(s.got[0].content, "to " + users[i // 20])
+        for s in streams:
+            s.cancel()
+        self.assertEqual(sender.Health(pb.Empty(), timeout=5), pb.Empty())
+
+    def test_client_vanishes_mid_stream(self):
+        self.register("alice", "bob")
+        code = ("import sys; sys.path.insert(0, %r)\n"
+                "import grpc, chat_pb2 as pb, chat_pb2_grpc as rpc\n"
+                "ch = grpc.insecure_channel('127.0.0.1:%d')\n"
+                "s = rpc.ChatServiceStub(ch)\n"
+                "s.Login(pb.LoginRequest(username='bob', password=%r))\n"
+                "it = s.SubscribeToMessages(pb.SubscribeRequest())\n"
+                "print('subscribed', flush=True)\n"
+                "for n in it: print(n.message.content, flush=True)\n"
+                % (STUB_DIR, self.port, PW))
+        p = subprocess.Popen(["/usr/bin/python3", "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(p.stdout.readline().strip(), "subscribed")
+            a = self.client().login("alice").stub
+            a.SendMessage(pb.SendMessageRequest(receiver="bob", content="first"))
+            self.assertEqual(p.stdout.readline().strip(), "first")
+        finally:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+        # the vanished client's stream and session are gone; the server
+        # serves on, and bob's next message stays unread for later
+        for i in range(20):
+            a.SendMessage(pb.SendMessageRequest(receiver="bob", content="after %d" % i))
+        b = self.client().login("bob").stub
+        got = b.PopUnreadMessages(pb.PopUnreadMessagesRequest()).messages
+        self.assertEqual([m.content for m in got], ["after %d" % i for i in range(20)])
+        self.assertEqual(a.Health(pb.Empty(), timeout=5), pb.Empty())
+
+
+def discover(ports, timeout=60):
+    """The prototype's leader discovery: try servers in config order, the
+    first that answers Health is the primary."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for port in ports:
+            cl = Client(port)
+            try:
+                cl.stub.Health(pb.Empty(), timeout=2)
+                return port, cl
+            except grpc.RpcError:
+                cl.close()
+        time.sleep(0.2)
+    raise AssertionError("no server answered Health within %ds" % timeout)
+
+
+def retryable(e):
+    return e.code() == grpc.StatusCode.UNAVAILABLE or (
+        e.code() == grpc.StatusCode.PERMISSION_DENIED and (e.details() or "").startswith("Not leader"))
+
+
+class ThreeServers(unittest.TestCase):
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=3, transport="grpc")
+        self.c.start_all()
+
+    def tearDown(self):
+        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+            for i in range(3):
+                sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
+        self.c.close()
+
+    def test_backups_refuse_and_primary_is_found(self):
+        port, cl = discover(self.c.ports)
+        self.assertEqual(port, self.c.ports[0], "server 0 has the highest priority")
+        for p in self.c.ports[1:]:
+            b = Client(p)
+            e = rpc_error(b.stub.Health, pb.Empty(), timeout=5)
+            self.assertNotEqual(e.code(), grpc.StatusCode.OK)
+            e = rpc_error(b.stub.CreateAccount,
+                          pb.CreateAccountRequest(username="x", password=PW), timeout=5)
+            self.assertEqual(e.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertTrue(e.details().startswith("Not leader"), e.details())
+            b.close()
+        cl.close()
+
+    def test_kill_primary_during_send_loop(self):
+        port, cl = discover(self.c.ports)
+        for u in ("alice", "bob"):
+            r = cl.stub.CreateAccount(pb.CreateAccountRequest(username=u, password=PW), timeout=10)
+            self.assertFalse(r.HasField("error"), r.error)
+        cl.login("alice")
+        acked, killed = [], False
+        i = 0
+        while len(acked) < 60:
+            body = "msg %d" % i
+            try:
+                cl.stub.SendMessage(pb.SendMessageRequest(receiver="bob", content=body), timeout=10)
+                acked.append(body)
+                i += 1
+            except grpc.RpcError as e:
+                if not (retryable(e) or e.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                # re-discover, log in again (sessions belong to connections),
+                # and resend: a send that failed may or may not have landed
+                cl.close()
+                port, cl = discover([p for p in self.c.ports])
+                cl.login("alice")
+            if len(acked) == 20 and not killed:
+                self.c.kill(self.c.ports.index(port))
+                killed = True
+        self.assertTrue(killed)
+        port2, reader = discover(self.c.ports)
+        self.assertNotEqual(port2, self.c.ports[0], "the killed primary cannot answer")
+        reader.login("bob")
+        got = [m.content for m in reader.stub.PopUnreadMessages(
+            pb.PopUnreadMessagesRequest(num_messages=0)).messages]
+        missing = [b for b in acked if b not in got]
+        self.assertEqual(missing, [], "acknowledged sends lost across the failover")
+        cl.close()
+        reader.close()
+
+
+def main():
+    global PARLEYD, PARLEY, CHAT_PROTO
+    PARLEYD, PARLEY, CHAT_PROTO = sys.argv[1], sys.argv[2], sys.argv[3]
+    del sys.argv[1:4]
+    build_stubs()
+    try:
+        unittest.main(verbosity=2)
+    finally:
+        shutil.rmtree(STUB_DIR, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
