@@ -74,6 +74,9 @@ class FaultCluster:
                                           for j in range(n)]), f, indent=1)
         self.procs = [None] * n
         self.paused = set()
+        self.killed_pids = set()
+        self.crash_pids = set()
+        self.crashes = []
         self.logs = [os.path.join(self.dir, "server%d.log" % i) for i in range(n)]
         self.t0 = time.monotonic()
 
@@ -86,6 +89,7 @@ class FaultCluster:
             f.write("=== fault harness t=%.3f: %s ===\n" % (time.monotonic() - self.t0, what))
 
     def start(self, i):
+        self._check_exit(i)
         self._note(i, "start server %d" % i)
         log = open(self.logs[i], "ab")
         cmd = self.server_cmd + [self.configs[i], str(i), self.data_dir(i)]
@@ -104,12 +108,23 @@ class FaultCluster:
         return self.alive(i) and i not in self.paused
 
     def kill(self, i):
+        self._check_exit(i)
         p = self.procs[i]
         if p is not None and p.poll() is None:
             self._note(i, "kill -9")
+            self.killed_pids.add(p.pid)
             p.kill()
             p.wait(timeout=20)
         self.paused.discard(i)
+
+    def _check_exit(self, i):
+        """Remember a server that exited without being killed by us, before
+        a restart hides it."""
+        p = self.procs[i]
+        if p is not None and p.poll() is not None and p.pid not in self.killed_pids \
+                and p.pid not in self.crash_pids:
+            self.crash_pids.add(p.pid)
+            self.crashes.append((i, p.returncode, self.log_tail(i, 15)))
 
     def pause(self, i):
         if self.alive(i):
@@ -123,10 +138,13 @@ class FaultCluster:
             self._note(i, "SIGCONT")
         self.paused.discard(i)
 
-    def crashed(self):
-        """Servers that exited without being killed by the nemesis."""
-        return [i for i, p in enumerate(self.procs)
-                if p is not None and p.poll() is not None and p.returncode != -signal.SIGKILL]
+    def take_crashes(self):
+        """[(server, exit status, log tail)] for every server that exited on
+        its own since the last call."""
+        for i in range(self.n):
+            self._check_exit(i)
+        out, self.crashes = self.crashes, []
+        return out
 
     def listening(self, i):
         try:

@@ -113,14 +113,10 @@ class Run:
                           "start": round(self.history.now(), 4), "end": round(self.history.now(), 4),
                           "outcome": "ok", "result": None, "exit": None, "err": what})
 
-    def note_crashes(self, seen):
-        for i in self.cluster.crashed():
-            p = self.cluster.procs[i]
-            key = (i, p.pid)
-            if key not in seen:
-                seen.add(key)
-                self.problem("server-crash", "server %d exited on its own with status %s; log "
-                             "tail:\n%s" % (i, p.returncode, self.cluster.log_tail(i, 15)))
+    def note_crashes(self):
+        for i, status, tail in self.cluster.take_crashes():
+            self.problem("server-crash", "server %d exited on its own with status %s; log "
+                         "tail:\n%s" % (i, status, tail))
 
     def execute(self):
         a = self.a
@@ -141,7 +137,6 @@ class Run:
         self.history = h = workload.History(self.history_path, t0)
         sessions = os.path.join(self.workdir, "sessions")
         os.makedirs(sessions, exist_ok=True)
-        crashes = set()
 
         for i in range(c.n):
             c.start(i)
@@ -179,7 +174,7 @@ class Run:
 
         # Everything is healed; anything that died on its own is a finding,
         # and is restarted so the rest of the cluster can still be judged.
-        self.note_crashes(crashes)
+        self.note_crashes()
         for i in range(c.n):
             if not c.alive(i):
                 c.start(i)
@@ -187,7 +182,7 @@ class Run:
         for p in workload.final_reads(c, h, users, sessions, deadline):
             self.problem("final-problem", "after healing: " + p)
         self.final_digests(max(deadline, time.monotonic() + 15))
-        self.note_crashes(crashes)
+        self.note_crashes()
 
     def final_digests(self, deadline):
         c, h = self.cluster, self.history

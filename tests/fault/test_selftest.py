@@ -10,24 +10,27 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAULT = os.path.join(HERE, "fault.py")
 
 
-def leftovers():
-    """Processes still running the fake server or the proxy."""
+def leftovers(mark):
+    """Processes still alive that inherited this run's marker variable."""
     found = []
+    needle = ("PARLEY_FAULT_SELFTEST=%s" % mark).encode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = f.read().split(b"\0")
             with open("/proc/%s/cmdline" % pid, "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
             continue
-        if (os.path.join(HERE, "fake_parley.py") + " server") in cmd or \
-                os.path.join(HERE, "proxy.py") in cmd:
+        if needle in env:
             found.append("%s: %s" % (pid, cmd[:200]))
     return found
 
@@ -36,6 +39,8 @@ class SelfTest(unittest.TestCase):
     def run_fault(self, bug=None, seed=5, servers=3):
         env = dict(os.environ)
         env.pop("FAKE_PARLEY_BUG", None)
+        mark = uuid.uuid4().hex
+        env["PARLEY_FAULT_SELFTEST"] = mark
         if bug:
             env["FAKE_PARLEY_BUG"] = bug
         with tempfile.TemporaryDirectory(prefix="parley-fault-selftest-") as out:
@@ -45,7 +50,7 @@ class SelfTest(unittest.TestCase):
                                capture_output=True, text=True, timeout=240, env=env)
             self.assertTrue(any(n.startswith("history-") for n in os.listdir(out)),
                             "the history file is kept")
-        self.assertEqual(leftovers(), [], "the harness left processes running")
+        self.assertEqual(leftovers(mark), [], "the harness left processes running")
         return r
 
     def test_clean_run_passes(self):
