@@ -199,6 +199,11 @@ class SingleServer(TlsTest):
         c.register("alice")
         c.register("bob")
         c.login("bob")
+        # A socket that starts a TLS record and stalls: the handshake
+        # deadline (10 s) must close it, whatever else happens meanwhile.
+        stall = socket.create_connection(("127.0.0.1", c.ports[0]), timeout=5)
+        stall.sendall(b"\x16\x03\x01")
+        t_stall = time.monotonic()
         # Two TLS clients stay connected throughout: a raw tcp/json one and
         # the CLI's listen.
         raw = JsonTlsConn(c.ports[0], PKI.ca)
@@ -240,7 +245,21 @@ class SingleServer(TlsTest):
             self.assertIsNone(lp.poll(), "the listener is still running")
             self.assertNotIn("carol", json.dumps(c.cli_json("alice", "users")),
                              "nothing of the plaintext client's request was executed")
+
+            stall.settimeout(20)
+            try:
+                self.assertEqual(stall.recv(1), b"", "the stalled handshake is closed")
+            except ConnectionResetError:
+                pass
+            took = time.monotonic() - t_stall
+            self.assertGreater(took, 8, "not before the deadline")
+            self.assertLess(took, 15, "closed at the handshake deadline")
+            self.assertIn("no handshake within 10 s", c.log(0))
+            # ... and still nobody else noticed.
+            r = raw.call({"m": "login", "username": "alice", "password": "correct horse"})
+            self.assertEqual(r["status"], 0)
         finally:
+            stall.close()
             raw.close()
             lp.terminate()
             lp.wait(timeout=10)
@@ -285,6 +304,33 @@ class SingleServer(TlsTest):
         self.assertEqual(r.returncode, EXIT_UNREACHABLE, "a client certificate from another CA: refused")
         self.assertIn("TLS handshake failed", c.log(0))
 
+    def test_config_mistakes_name_the_key(self):
+        c = self.make()
+        cert, key = PKI.server
+        three = [{"host": "127.0.0.1", "port": p} for p in (c.ports[0], c.ports[0] + 1, c.ports[0] + 2)]
+        cases = [
+            ({"cert": cert}, None, None, "tls.key: missing"),
+            ({"cert": cert, "key": key, "verify_clients": True}, None, None, "tls.verify_clients"),
+            ({"cert": cert, "key": key, "clients": "yes"}, None, None, "tls.clients: must be true or false"),
+            ({"cert": cert, "key": key, "ciphers": "ALL"}, None, None, "tls.ciphers: unknown key"),
+            ({"cert": cert, "key": key}, {"name": "tcp", "tls": {}}, None, "transport.tls"),
+            ({"cert": cert, "key": key}, None, three, "tls.ca: missing: peer links use mutual TLS"),
+            ({"cert": cert, "key": PKI.rogue[1], "ca": PKI.ca}, None, None, "tls.key"),
+        ]
+        for i, (tls, transport, servers, want) in enumerate(cases):
+            with self.subTest(want=want):
+                cfg = write_config(c, "bad%d.json" % i, tls, servers=servers)
+                if transport is not None:
+                    with open(cfg) as f:
+                        doc = json.load(f)
+                    doc["transport"] = transport
+                    with open(cfg, "w") as f:
+                        json.dump(doc, f)
+                p = subprocess.run([PARLEYD, cfg, "0", c.data_dir(0)], capture_output=True,
+                                   text=True, timeout=30)
+                self.assertNotEqual(p.returncode, 0, "parleyd started with %r" % tls)
+                self.assertIn(want, p.stdout + p.stderr)
+
     def test_bad_paths_fail_at_start_with_the_key_named(self):
         c = self.make(tls=PKI.tls(leaf=(PKI.server[0], os.path.join(PKI.dir, "missing.key"))))
         p = subprocess.run([PARLEYD, c.config, "0", c.data_dir(0)], capture_output=True,
@@ -316,7 +362,8 @@ class ThreeServers(TlsTest):
         return r.returncode == 0
 
     def test_replicates_and_fails_over_over_mutual_tls(self):
-        c = self.make(n=3)
+        # With a cluster secret too: its proofs run inside TLS.
+        c = self.make(n=3, extra={"cluster_secret": "a cluster secret of more than 32 bytes"})
         c.start_all()
         p = wait_until(lambda: self.primary([0, 1, 2]), 20, interval=0.2, what="a primary") - 1
         c.register("alice")
@@ -380,6 +427,8 @@ class ThreeServers(TlsTest):
         # failures above were the certificate's.
         start_with(c, 2, c.config)
         wait_until(lambda: self.primary([0, 2]), 30, interval=0.3, what="0 and 2 to form a majority")
+        self.assertNotIn("no cluster_secret configured", self.full_log(0),
+                         "mutual TLS keeps strangers out: no warning about a missing secret")
         self.assertTrue(self.send("with a valid certificate"))
         got = c.cli_json("bob", "read", timeout=60)
         msgs = got if isinstance(got, list) else got["messages"]
