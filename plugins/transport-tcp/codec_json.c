@@ -195,7 +195,8 @@ static void jw_strv(json_w *w, pl_str s, int bad_err)
         }
         i++;
     }
-    jw_raw(w, (const char *)p + i - run, run);
+    if (run) /* an empty string may have a NULL ptr: no arithmetic on it */
+        jw_raw(w, (const char *)p + i - run, run);
     jw_raw(w, "\"", 1);
     w->comma = 1;
 }
