@@ -457,6 +457,11 @@ static int js_bad(js_rd *r, const char *where, size_t idx, const char *fmt, cons
         else
             snprintf(r->err + n, r->errlen - (size_t)n, "%s: %s", where, reason);
     }
+    /* reason may quote a key from the file, which can hold any byte: keep
+     * the error one line and free of control characters */
+    for (char *c = r->err; r->errlen && *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
     return PL_ERR_CORRUPT;
 }
 
