@@ -630,13 +630,85 @@ done:
     return rc;
 }
 
+/* "transports": more transports served beside "transport", each on every
+ * server's port + port_offset. The offset must keep every port in range
+ * and clear of the server's own port, peer port and admin port; the
+ * plugin sees its object without "port_offset". */
+static int parse_transports(cfg_ctx *x, const cJSON *v, pl_config *c)
+{
+    char key[64];
+    int n = cJSON_GetArraySize(v), rc;
+
+    if (!cJSON_IsArray(v) || n < 1 || n > 8) {
+        cfg_err(x, "transports", "must be a list of 1-8 {\"name\": ..., \"port_offset\": N}");
+        return PL_ERR_CONFIG;
+    }
+    if (c->tls.enabled && c->tls.clients) {
+        cfg_err(x, "transports", "cannot be combined with TLS for clients (tls.clients)");
+        return PL_ERR_CONFIG;
+    }
+    if (!(c->transports = calloc((size_t)n, sizeof *c->transports))) {
+        cfg_err(x, "transports", "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    for (const cJSON *e = v->child; e; e = e->next) {
+        size_t i = c->n_transports;
+        pl_extra_transport *t = &c->transports[i];
+        uint64_t off = 0;
+        snprintf(key, sizeof key, "transports[%zu]", i);
+        if (!cJSON_IsObject(e)) {
+            cfg_err(x, key, "must be an object {\"name\": ..., \"port_offset\": N}");
+            return PL_ERR_CONFIG;
+        }
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(e, "port_offset");
+        snprintf(key, sizeof key, "transports[%zu].port_offset", i);
+        if (!o) {
+            cfg_err(x, key, "missing (this transport listens on every server's port + N)");
+            return PL_ERR_CONFIG;
+        }
+        if ((rc = get_uint(x, o, key, 1, 64534, NULL, &off)) != PL_OK)
+            return rc;
+        cJSON *copy = cJSON_Duplicate(e, 1);
+        if (!copy) {
+            cfg_err(x, key, "out of memory");
+            return PL_ERR_NOMEM;
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(copy, "port_offset");
+        snprintf(key, sizeof key, "transports[%zu]", i);
+        rc = parse_plugin(x, copy, key, &t->plugin);
+        cJSON_Delete(copy);
+        c->n_transports++;
+        if (rc != PL_OK)
+            return rc;
+        t->port_offset = (uint16_t)off;
+        for (size_t j = 0; j < i; j++)
+            if (c->transports[j].port_offset == t->port_offset) {
+                snprintf(key, sizeof key, "transports[%zu].port_offset", i);
+                cfg_err(x, key, "%u is already used by transports[%zu]", (unsigned)off, j);
+                return PL_ERR_CONFIG;
+            }
+        for (size_t j = 0; j < c->n_servers; j++) {
+            const pl_server_conf *sv = &c->servers[j];
+            uint64_t p = sv->port + off;
+            snprintf(key, sizeof key, "transports[%zu].port_offset", i);
+            if (p > 65535 || p == sv->peer_port || p == sv->admin_port) {
+                cfg_err(x, key, "servers[%zu]: port+%u = %llu is %s", j, (unsigned)off,
+                        (unsigned long long)p, p > 65535 ? "above 65535"
+                        : p == sv->peer_port ? "its peer_port" : "its admin_port");
+                return PL_ERR_CONFIG;
+            }
+        }
+    }
+    return PL_OK;
+}
+
 static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
 {
     static const char *const known[] = {
         "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
         "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
         "hash_workers", "failback", "admin", "limits", "cluster_secret",
-        "cluster_secret_file", "tls", "compaction", NULL
+        "cluster_secret_file", "tls", "compaction", "transports", NULL
     };
     int rc;
     uint64_t u;
@@ -754,6 +826,9 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
         (rc = parse_tls(x, v, c)) != PL_OK)
         return rc;
     if ((rc = tls_into_transport(x, c)) != PL_OK)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "transports")) &&
+        (rc = parse_transports(x, v, c)) != PL_OK)
         return rc;
     limits_derive(c);
     return PL_OK;
@@ -943,6 +1018,11 @@ void pl_config_free(pl_config *c)
     free(c->servers);
     free(c->transport.name);
     free(c->transport.options_json);
+    for (size_t i = 0; i < c->n_transports; i++) {
+        free(c->transports[i].plugin.name);
+        free(c->transports[i].plugin.options_json);
+    }
+    free(c->transports);
     free(c->store.name);
     free(c->store.options_json);
     free(c->data_dir);

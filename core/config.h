@@ -36,6 +36,10 @@
  *         "verify_clients": false} — TLS on peer links (mutual) and client
  *         connections; off when absent. Relative paths are relative to the
  *         config file's directory. docs/operations.md "TLS"
+ *   transports: [{"name": ..., "port_offset": N, plugin options...}] —
+ *         more transports every server serves beside "transport", each on
+ *         its own port+N (e.g. grpc for the prototype's clients while the
+ *         CLI speaks tcp); clients use "transport"
  */
 #ifndef PL_CORE_CONFIG_H
 #define PL_CORE_CONFIG_H
@@ -98,6 +102,13 @@ typedef struct pl_plugin_conf {
     char *options_json;  /* the whole object as JSON text ({"name":...} for a plain string) */
 } pl_plugin_conf;
 
+/* One more transport a server serves, on port + port_offset. options_json
+ * is the plugin's object without "port_offset". */
+typedef struct pl_extra_transport {
+    pl_plugin_conf plugin;
+    uint16_t port_offset;
+} pl_extra_transport;
+
 typedef struct pl_config {
     char *path;                  /* file it came from, or NULL for the built-in default */
     pl_server_conf *servers;
@@ -122,6 +133,8 @@ typedef struct pl_config {
     char *cluster_secret;        /* inline secret text, or NULL */
     char *cluster_secret_file;   /* or a file holding it, or NULL */
     pl_tls_conf tls;             /* when tls.clients, also inside transport.options_json */
+    pl_extra_transport *transports; /* served beside transport (the "transports" key) */
+    size_t n_transports;
 } pl_config;
 
 /* The built-in default: one server on 127.0.0.1:8100, tcp/binary, sqlite. */

@@ -70,6 +70,7 @@ typedef struct addr_count {
 typedef struct pl_conn pl_conn;
 struct pl_conn {
     pl_server *srv;
+    const pl_transport_plugin *tp; /* the transport it came in on */
     pl_transport_conn *tc;    /* NULL once the transport reported it closed */
     uint32_t refs;
     char peer[64];
@@ -97,6 +98,16 @@ typedef struct rl_slot {
     uint64_t last_ms;         /* last failure */
 } rl_slot;
 
+/* One more transport served beside the main one (config "transports"): its
+ * own plugin and listener on port + port_offset, the same pipeline. */
+typedef struct pl_listener {
+    pl_server *srv;
+    pl_plugin *plugin;
+    const pl_transport_plugin *tp;
+    pl_transport_host host;
+    pl_transport_server *tsrv;
+} pl_listener;
+
 struct pl_server {
     struct event_base *base;
     const pl_config *cfg;
@@ -119,6 +130,7 @@ struct pl_server {
     int was_serving;
     pl_transport_host thost;
     pl_transport_server *tsrv;
+    pl_listener *extra;       /* cfg->n_transports more transports */
     pl_conn *conns;
     uint32_t n_conns;
     pl_conn *subs[PL_SUB_BUCKETS];
@@ -283,9 +295,9 @@ static void addr_put(pl_server *s, addr_count *a)
         }
 }
 
-static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
+static void *conn_open_on(pl_server *s, const pl_transport_plugin *tp, pl_transport_conn *tc,
+                          const char *peer)
 {
-    pl_server *s = ud;
     if (s->stopping)
         return NULL;
     pl_conn *c = calloc(1, sizeof *c);
@@ -294,6 +306,7 @@ static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
         return NULL;
     }
     c->srv = s;
+    c->tp = tp;
     c->tc = tc;
     c->refs = 1; /* the transport's */
     snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
@@ -326,9 +339,21 @@ static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
     pl_log(PL_LOG_WARN, "refusing connection %s: %s", c->peer, text);
     pl_response r = { .method = PL_M_NONE, .status = a ? PL_ERR_RATE_LIMITED : PL_ERR_NOMEM,
                       .error = pl_str_c(text) };
-    s->tp->conn_send(tc, &r);
-    s->tp->conn_close(tc);
+    tp->conn_send(tc, &r);
+    tp->conn_close(tc);
     return c;
+}
+
+static void *on_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
+{
+    pl_server *s = ud;
+    return conn_open_on(s, s->tp, tc, peer);
+}
+
+static void *on_extra_conn_open(void *ud, pl_transport_conn *tc, const char *peer)
+{
+    pl_listener *l = ud;
+    return conn_open_on(l->srv, l->tp, tc, peer);
 }
 
 static void on_conn_closed(void *ud, void *ctx)
@@ -365,7 +390,7 @@ static void conn_send(pl_conn *c, const pl_response *r)
     else if (r->status != PL_OK && r->method < PL_M__COUNT)
         s->metrics.errors[r->method]++;
     conn_ref(c);
-    int rc = s->tp->conn_send(c->tc, r);
+    int rc = c->tp->conn_send(c->tc, r);
     if (rc == PL_ERR_IO) {
         /* The connection is already closing (bad frame, shutdown, output
          * over its limit); its conn_closed is on the way. */
@@ -382,12 +407,12 @@ static void conn_send(pl_conn *c, const pl_response *r)
             pl_response e = { .method = r->method, .request_id = r->request_id,
                               .status = (uint32_t)rc, .error = pl_str_c(text) };
             pl_log(PL_LOG_WARN, "%s: %s", c->peer, text);
-            if (s->tp->conn_send(c->tc, &e) != PL_OK && c->tc)
-                s->tp->conn_close(c->tc);
+            if (c->tp->conn_send(c->tc, &e) != PL_OK && c->tc)
+                c->tp->conn_close(c->tc);
         } else if (c->tc) {
             pl_log(PL_LOG_WARN, "%s: error reply could not be sent (%s); closing",
                    c->peer, pl_strerror(rc));
-            s->tp->conn_close(c->tc);
+            c->tp->conn_close(c->tc);
         }
     }
     conn_unref(c);
@@ -965,7 +990,7 @@ static void on_role_changed(void *ud)
         for (pl_conn *c = s->conns, *next; c; c = next) {
             next = c->next;
             if (c->tc)
-                s->tp->conn_close(c->tc);
+                c->tp->conn_close(c->tc);
         }
     }
     s->was_serving = serving;
@@ -1033,7 +1058,7 @@ static int rate_admit(pl_server *s, pl_conn *c, uint32_t m, uint64_t request_id)
             pl_log(PL_LOG_WARN, "closing %s: over %u requests refused in one second "
                    "(limits.requests_per_second = %u, limits.request_burst = %u)",
                    c->peer, l->request_burst, l->requests_per_second, l->request_burst);
-            s->tp->conn_close(c->tc);
+            c->tp->conn_close(c->tc);
         }
         return 0;
     }
@@ -1321,6 +1346,61 @@ static int store_sync(const pl_config *cfg)
     return sync;
 }
 
+static void on_extra_request(void *ud, void *ctx, const pl_request *req)
+{
+    on_request(((pl_listener *)ud)->srv, ctx, req);
+}
+
+static void on_extra_conn_closed(void *ud, void *ctx)
+{
+    on_conn_closed(((pl_listener *)ud)->srv, ctx);
+}
+
+/* The config's "transports": each its own plugin and listener on
+ * port + port_offset, feeding the same pipeline as the main transport. */
+static int start_extra_transports(pl_server *s, const pl_server_conf *me, char *err,
+                                  size_t errlen)
+{
+    const pl_config *cfg = s->cfg;
+    char why[1024];
+
+    if (cfg->n_transports == 0)
+        return PL_OK;
+    if (!(s->extra = calloc(cfg->n_transports, sizeof *s->extra))) {
+        snprintf(err, errlen, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < cfg->n_transports; i++) {
+        const pl_extra_transport *xt = &cfg->transports[i];
+        pl_listener *l = &s->extra[i];
+        uint16_t port = (uint16_t)(me->port + xt->port_offset);
+        l->srv = s;
+        l->plugin = pl_plugin_load("transport", xt->plugin.name, cfg->plugin_dir, why, sizeof why);
+        if (!l->plugin || !(l->tp = pl_plugin_transport(l->plugin))) {
+            snprintf(err, errlen, "transports[%zu]: %s", i,
+                     l->plugin ? "not a transport plugin" : why);
+            return PL_ERR_PLUGIN;
+        }
+        l->host = s->thost;
+        l->host.ud = l;
+        l->host.conn_open = on_extra_conn_open;
+        l->host.request = on_extra_request;
+        l->host.conn_closed = on_extra_conn_closed;
+        pl_transport_options xo = { .host = me->host, .port = port, .max_frame = cfg->max_frame,
+                                    .options_json = xt->plugin.options_json };
+        why[0] = '\0';
+        int rc = l->tp->server_start(&l->host, &xo, &l->tsrv, why, sizeof why);
+        if (rc != PL_OK) {
+            snprintf(err, errlen, "transports[%zu] \"%s\" on port %u: %s", i, l->tp->name,
+                     (unsigned)port, why[0] ? why : pl_strerror(rc));
+            l->tsrv = NULL;
+            return rc;
+        }
+        pl_log(PL_LOG_INFO, "also serving %s on port %u", l->tp->name, (unsigned)port);
+    }
+    return PL_OK;
+}
+
 pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t self,
                          const char *data_dir, char *err, size_t errlen)
 {
@@ -1473,6 +1553,8 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         s->tsrv = NULL;
         goto fail;
     }
+    if (start_extra_transports(s, me, err, errlen) != PL_OK)
+        goto fail;
     describe_transport(s);
     s->metrics.start_ms = wall_ms();
     s->metrics_view = pl_vr_view(pl_seq_vr(s->seq));
@@ -1512,7 +1594,7 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
         for (pl_conn *c = s->conns, *next; c; c = next) {
             next = c->next;
             if (c->tc)
-                s->tp->conn_close(c->tc);
+                c->tp->conn_close(c->tc);
         }
     }
     if (s->n_conns == 0 || now - s->close_ms >= PL_CLOSE_TIMEOUT_MS) {
@@ -1531,6 +1613,9 @@ void pl_server_shutdown(pl_server *s, const char *why)
            why ? why : "requested", s->n_conns, pl_workers_pending(s->workers),
            pl_seq_pending(s->seq));
     s->tp->server_stop_accepting(s->tsrv);
+    for (size_t i = 0; s->extra && i < s->cfg->n_transports; i++)
+        if (s->extra[i].tsrv)
+            s->extra[i].tp->server_stop_accepting(s->extra[i].tsrv);
     pl_workers_stop(s->workers);
     s->drain_ev = event_new(s->base, -1, EV_PERSIST, on_drain, s);
     struct timeval tick = { 0, PL_DRAIN_TICK_MS * 1000 };
@@ -1553,6 +1638,11 @@ void pl_server_free(pl_server *s)
     if (s->tsrv)
         s->tp->server_free(s->tsrv);
     s->tsrv = NULL;
+    for (size_t i = 0; s->extra && i < s->cfg->n_transports; i++) {
+        if (s->extra[i].tsrv)
+            s->extra[i].tp->server_free(s->extra[i].tsrv);
+        s->extra[i].tsrv = NULL;
+    }
     /* Running hash jobs finish; their callbacks may still submit ops. */
     pl_workers_free(s->workers);
     s->workers = NULL;
@@ -1570,6 +1660,9 @@ void pl_server_free(pl_server *s)
     if (s->st)
         s->sp->close(s->st);
     pl_plugin_unload(s->transport_plugin);
+    for (size_t i = 0; s->extra && i < s->cfg->n_transports; i++)
+        pl_plugin_unload(s->extra[i].plugin);
+    free(s->extra);
     pl_plugin_unload(s->store_plugin);
     sodium_memzero(s->dummy_hash, sizeof s->dummy_hash);
     free(s->rl);
