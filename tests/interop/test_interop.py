@@ -341,6 +341,37 @@ class OneServer(unittest.TestCase):
         self.assertEqual(a.Health(pb.Empty(), timeout=5), pb.Empty())
 
 
+class TwoTransports(unittest.TestCase):
+    """One server speaking tcp (for the parley CLI) and gRPC (for the
+    prototype's clients) at once, config key "transports"."""
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=1, transport="tcp",
+                         extra={"transports": [{"name": "grpc", "port_offset": 2000}]})
+        self.c.start(0)
+
+    def tearDown(self):
+        self.c.close()
+
+    def test_cli_and_grpc_client_chat(self):
+        self.c.register("alice")
+        self.c.login("alice")
+        g = Client(self.c.ports[0] + 2000)
+        r = g.stub.CreateAccount(pb.CreateAccountRequest(username="bob", password=PW), timeout=10)
+        self.assertFalse(r.HasField("error"), r.error)
+        g.login("bob")
+        s = Stream(g)
+        self.c.cli_json("alice", "send", "bob", "from the cli")
+        s.wait(1)
+        self.assertEqual((s.got[0].sender, s.got[0].content), ("alice", "from the cli"))
+        g.stub.SendMessage(pb.SendMessageRequest(receiver="alice", content="from grpc"))
+        doc = self.c.cli_json("alice", "read")
+        msgs = doc["messages"] if isinstance(doc, dict) else doc
+        self.assertEqual([(m["from"], m["body"]) for m in msgs], [("bob", "from grpc")])
+        s.cancel()
+        g.close()
+
+
 def discover(ports, timeout=60):
     """The prototype's leader discovery: try servers in config order, the
     first that answers Health is the primary."""
