@@ -440,6 +440,30 @@ class ThreeServers(TlsTest):
         self.assertTrue(set(bodies[1:-1]) <= {"while server 2 has a rogue certificate",
                                               "while server 2 has no TLS"}, bodies)
 
+    def test_a_member_cannot_pose_as_another_host(self):
+        """Server 2 lives on 127.0.0.2 but holds the certificate of
+        127.0.0.1 (signed by the right CA): the others refuse it both ways,
+        so a stolen member certificate does not let one host stand in for
+        another."""
+        c = self.make(n=3)
+        c.cfg["servers"][2]["host"] = "127.0.0.2"
+        with open(c.config, "w") as f:
+            json.dump(c.cfg, f)
+        for i in range(3):
+            c.start(i, wait=False)
+        c.wait_listening(0)
+        c.wait_listening(1)
+        wait_until(lambda: self.primary([0, 1]), 20, interval=0.2, what="a primary of 0 and 1")
+        wait_until(lambda: "does not name 127.0.0.2" in self.full_log(0), 10,
+                   what="server 0 to refuse server 2's Hello")
+        wait_until(lambda: "IP address mismatch" in self.full_log(0), 10,
+                   what="server 0 to refuse server 2's certificate when dialling it")
+        c.register("alice")
+        c.register("bob")
+        c.login("alice")
+        c.kill(1)
+        self.assertFalse(self.send("needs server 2"), "server 2 counted towards a majority")
+
 
 def main():
     global PARLEYD, PARLEY, OPENSSL
