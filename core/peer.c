@@ -306,10 +306,10 @@ static void tls_why(struct bufferevent *bev, char *out, size_t outlen)
     long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
     unsigned long e, first = 0;
     int se = EVUTIL_SOCKET_ERROR();
-    /* handed back newest first: keep the oldest from a real library (the
-     * cause), not a bare SSL_get_error code */
+    /* handed back newest first, mixed with bare SSL_get_error codes
+     * (library 0): keep the oldest real one, the cause */
     while ((e = bufferevent_get_openssl_error(bev)) != 0)
-        if (ERR_GET_LIB(e) != 0 || !first)
+        if (ERR_GET_LIB(e) != 0)
             first = e;
     if (vr != X509_V_OK)
         snprintf(out, outlen, "certificate rejected: %s", X509_verify_cert_error_string(vr));

@@ -502,10 +502,10 @@ static int tls_handshake_error(struct bufferevent *bev, short what, char *out, s
     long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
     int se = EVUTIL_SOCKET_ERROR();
 
-    /* libevent hands its saved errors back newest first; keep the oldest
-     * from a real library (the cause), not a bare SSL_get_error code. */
+    /* libevent hands its saved errors back newest first, mixed with bare
+     * SSL_get_error codes (library 0): keep the oldest real one, the cause. */
     while ((e = bufferevent_get_openssl_error(bev)) != 0)
-        if (ERR_GET_LIB(e) != 0 || !first)
+        if (ERR_GET_LIB(e) != 0)
             first = e;
     if (what & BEV_EVENT_TIMEOUT) {
         snprintf(out, outlen, "no handshake within %d s", FRAMED_HANDSHAKE_SECS);
@@ -1163,7 +1163,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         unsigned long oe, first = 0;
 
         while ((oe = bufferevent_get_openssl_error(bev)) != 0)
-            if (ERR_GET_LIB(oe) != 0 || !first)
+            if (ERR_GET_LIB(oe) != 0)
                 first = oe; /* the cause: see tls_handshake_error */
         if (ssl && SSL_get_verify_result(ssl) != X509_V_OK) {
             snprintf(why, sizeof why, "TLS: server certificate rejected: %s",
@@ -1171,7 +1171,9 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         } else if (first) {
             tls_err_text(first, reason, sizeof reason);
             snprintf(why, sizeof why, "TLS handshake failed: %s", reason);
-        } else if ((what & BEV_EVENT_ERROR) && e == ECONNREFUSED) {
+        } else if (e == ECONNREFUSED) {
+            /* Also under EOF: libevent reads a failed connect as a dirty
+             * TLS shutdown, which we allow. */
             snprintf(why, sizeof why, "connection refused");
         } else if ((what & BEV_EVENT_ERROR) && e != 0) {
             snprintf(why, sizeof why, "connect failed: %s", evutil_socket_error_to_string(e));
