@@ -49,6 +49,8 @@ def parse_args(argv):
                          "(e.g. sqlite,json: replicas with different stores)")
     ap.add_argument("--transport", default=None,
                     help="transport config value as JSON, e.g. '{\"name\":\"tcp\",\"codec\":\"json\"}'")
+    ap.add_argument("--election-ms", type=int, default=1000,
+                    help="election_timeout_ms of the cluster (heartbeat_ms is a tenth)")
     ap.add_argument("--compact", type=int, default=0, metavar="OPS",
                     help="compact the log every OPS ops (keeping OPS/5), so lagging servers "
                          "catch up by snapshot; default: the server's own setting")
@@ -125,7 +127,8 @@ class Run:
             cli_cmd = [sys.executable, a.parley, "cli"]
         else:
             server_cmd, cli_cmd = [a.parleyd], [a.parley]
-        extra = {}
+        extra = {"election_timeout_ms": a.election_ms,
+                 "heartbeat_ms": max(10, a.election_ms // 10)}
         if a.transport:
             extra["transport"] = json.loads(a.transport)
         if a.compact:
@@ -242,7 +245,8 @@ def report(a, run, records, violations, elapsed):
     lines.append("replay: --seed %d --servers %d --clients %d --duration %g --store %s%s"
                  % (a.seed, a.servers, a.clients, a.duration, a.store,
                     (" --transport '%s'" % a.transport if a.transport else "")
-                    + (" --compact %d" % a.compact if a.compact else "")))
+                    + (" --compact %d" % a.compact if a.compact else "")
+                    + (" --election-ms %d" % a.election_ms if a.election_ms != 1000 else "")))
     return "\n".join(lines)
 
 
