@@ -90,6 +90,7 @@ struct parley_client {
     uint64_t conn_gen;         /* increases with every connection */
     int conn_live;             /* a frame arrived on conn */
     char conn_addr[HOST_MAX + 8];
+    char conn_err[256];        /* error frame the server sent before closing */
     struct event *kick;        /* (re)connect and send what is unsent */
     uint64_t kick_due;         /* monotonic ms the kick is scheduled for, 0 = none */
     int drop_requested;
@@ -539,6 +540,7 @@ static int conn_open(parley_client *c)
     }
     c->conn_gen++;
     c->conn_live = 0;
+    c->conn_err[0] = '\0';
     return PL_OK;
 }
 
@@ -831,9 +833,13 @@ static void on_frame(void *ud, const pl_response *resp)
         /* A connection-level error frame (malformed input, frame too large)
          * or a late answer to a request we gave up on. The close that
          * usually follows is handled by on_closed. */
-        if (resp->status != PL_OK)
+        if (resp->status != PL_OK) {
             last_error_set(c, "%s: %.*s", c->conn_addr, (int)resp->error.len,
                            resp->error.ptr ? resp->error.ptr : "");
+            /* kept for the close that follows, so the reason survives */
+            snprintf(c->conn_err, sizeof c->conn_err, "%.*s", (int)resp->error.len,
+                     resp->error.ptr ? resp->error.ptr : "");
+        }
         return;
     }
     now = now_ms();
@@ -878,6 +884,13 @@ static void on_closed(void *ud, int err, const char *why)
     if (c->conn) {
         c->tp->client_free(c->conn);
         c->conn = NULL;
+    }
+    char text[512];
+    if (c->conn_err[0]) {
+        /* the server said why before it closed: that is the reason to show */
+        snprintf(text, sizeof text, "closed by the server: %s", c->conn_err);
+        why = text;
+        c->conn_err[0] = '\0';
     }
     conn_lost(c, err ? err : PL_ERR_IO, why && why[0] ? why : pl_strerror(err), 1, 1);
 }
