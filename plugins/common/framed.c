@@ -492,21 +492,28 @@ done:
     return rc;
 }
 
+/* The OpenSSL error behind a TLS bufferevent's failure, or 0. libevent
+ * hands its saved errors back newest first, mixed with bare SSL_get_error
+ * codes (library 0): keep the oldest real one, the cause. */
+static unsigned long tls_cause(struct bufferevent *bev)
+{
+    unsigned long e, first = 0;
+
+    while ((e = bufferevent_get_openssl_error(bev)) != 0)
+        if (ERR_GET_LIB(e) != 0)
+            first = e;
+    return first;
+}
+
 /* Why a TLS bufferevent failed before its handshake finished. Returns 1
  * when the peer just closed without a TLS error: a TCP health check or a
  * port probe, not worth a line at the default log level. */
 static int tls_handshake_error(struct bufferevent *bev, short what, char *out, size_t outlen)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    unsigned long e, first = 0;
     long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
     int se = EVUTIL_SOCKET_ERROR();
-
-    /* libevent hands its saved errors back newest first, mixed with bare
-     * SSL_get_error codes (library 0): keep the oldest real one, the cause. */
-    while ((e = bufferevent_get_openssl_error(bev)) != 0)
-        if (ERR_GET_LIB(e) != 0)
-            first = e;
+    unsigned long first = tls_cause(bev);
     if (what & BEV_EVENT_TIMEOUT) {
         snprintf(out, outlen, "no handshake within %d s", FRAMED_HANDSHAKE_SECS);
     } else if (vr != X509_V_OK) {
@@ -1160,11 +1167,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         char reason[200];
         int e = EVUTIL_SOCKET_ERROR();
         SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        unsigned long oe, first = 0;
-
-        while ((oe = bufferevent_get_openssl_error(bev)) != 0)
-            if (ERR_GET_LIB(oe) != 0)
-                first = oe; /* the cause: see tls_handshake_error */
+        unsigned long first = tls_cause(bev);
         if (ssl && SSL_get_verify_result(ssl) != X509_V_OK) {
             snprintf(why, sizeof why, "TLS: server certificate rejected: %s",
                      X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
@@ -1190,8 +1193,17 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
             client_finish(cli, PL_ERR_IO, "connection closed by server");
     } else if (what & BEV_EVENT_ERROR) {
         int e = EVUTIL_SOCKET_ERROR();
+        unsigned long oe = cli->tls ? tls_cause(bev) : 0;
+        char reason[200];
 
-        if (!cli->connected && e == ECONNREFUSED)
+        /* After the handshake a TLS error is usually the server's alert,
+         * e.g. "certificate required" when it verifies clients. */
+        if (oe) {
+            tls_err_text(oe, reason, sizeof reason);
+            snprintf(why, sizeof why, "connection lost: TLS: %s", reason);
+        } else if (cli->connected && e == 0)
+            snprintf(why, sizeof why, "connection lost");
+        else if (!cli->connected && e == ECONNREFUSED)
             snprintf(why, sizeof why, "connection refused");
         else if (!cli->connected)
             snprintf(why, sizeof why, "connect failed: %s", evutil_socket_error_to_string(e));
