@@ -298,6 +298,15 @@ class ConnLimitTest(Base):
                 k.close()
         wait_until(again, 10, what="a slot for 127.0.0.2 after closing one")
 
+    def test_cli_shows_why_it_was_refused(self):
+        """The CLI reports the server's reason, naming the limit's key."""
+        held = [self.conn() for _ in range(5)]
+        for k in held:
+            ok(k.call("ping"), "ping within the limit")
+        r = self.c.cli("anyone", "status")
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("limits.conns_per_address", r.stderr)
+
 
 class RateLimitTest(Base):
     extra = {"limits": {"requests_per_second": 20, "request_burst": 20}}
