@@ -121,6 +121,15 @@ class CheckerTest(unittest.TestCase):
         vs = check(h.recs)
         self.assertEqual([v["kind"] for v in vs], ["order"], vs)
 
+    def test_ids_increase_across_senders(self):
+        h = (H().accounts("alice", "bob", "carol")
+             .send("alice", "bob", "t1", 1.0, 1.5, id=5)
+             .send("carol", "bob", "t2", 2.0, 2.5, id=4)
+             .final("bob", [(4, "carol", "bob", "t2"), (5, "alice", "bob", "t1")],
+                    [(5, "alice", "bob", "t1"), (4, "carol", "bob", "t2")])
+             .digests("abc", "abc", "abc"))
+        self.assertEqual(kinds(h), ["id-order"])
+
     def test_concurrent_sends_may_take_either_order(self):
         h = (H().accounts("alice", "bob")
              .send("alice", "bob", "t1", 1.0, 2.5, id=5)
