@@ -69,7 +69,8 @@
  * and checks that it names the address it dialled (IP or DNS name); with
  * "verify_clients" it also presents "cert"/"key". Every bound above applies
  * unchanged, to the decrypted bytes: the read watermark caps what libevent
- * pulls out of OpenSSL, and the output limits count plaintext queued for it.
+ * pulls out of OpenSSL (plus at most the rest of one 16 KiB record OpenSSL
+ * has already decrypted), and the output limits count plaintext queued.
  * An EOF without a TLS close_notify is treated as a plain EOF: every frame
  * is self-delimiting, so a truncated stream is already caught as a
  * connection "closed in the middle of a frame".

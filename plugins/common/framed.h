@@ -10,6 +10,10 @@
  * libevent bufferevents. This is plugin-side support code: it includes only
  * the public ABI headers, never core/.
  *
+ * TLS: a "tls" member of opt->options_json (see parley/transport.h) makes
+ * both halves run the same frames inside TLS; the plugin only has to accept
+ * the key in its own option checks.
+ *
  * Prefix: pl_framed_.
  */
 #ifndef PL_PLUGINS_FRAMED_H
