@@ -15,6 +15,21 @@ import time
 
 PWHASH_FAST = {"opslimit": 1, "memlimit": 8192}  # tests: Argon2id at its minimum cost
 
+# Memory checking (tools/ci-sanitize.sh):
+#  PARLEY_TEST_VALGRIND=1   every parleyd runs under valgrind memcheck; an
+#                           invalid access or a definite leak makes it exit
+#                           VALGRIND_EXIT (implies the check below).
+#  PARLEY_TEST_CHECK_EXIT=1 close() stops servers with SIGTERM instead of
+#                           SIGKILL and fails unless each exits 0 (an ASan
+#                           build's leak report exits non-zero), and any
+#                           server stopped earlier that exited with a memory
+#                           checker's code fails the test too.
+VALGRIND = os.environ.get("PARLEY_TEST_VALGRIND") == "1"
+CHECK_EXIT = VALGRIND or os.environ.get("PARLEY_TEST_CHECK_EXIT") == "1"
+VALGRIND_EXIT = 99
+LSAN_EXIT = 23  # LeakSanitizer's default exit code
+SLOW = 5.0 if VALGRIND else 1.0  # start-up and shutdown under valgrind
+
 
 def free_port(avoid=()):
     """A loopback port that is free now, and whose peer port (+1000) is too."""
@@ -22,7 +37,7 @@ def free_port(avoid=()):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port + 1000 > 65535 or port in avoid:
+        if port + 1000 > 65535 or port in avoid or port + 1000 in avoid:
             continue
         try:
             with socket.socket() as s2:
@@ -74,6 +89,7 @@ class Cluster:
         self.cfg = cfg
         self.procs = [None] * n
         self.logs = [os.path.join(self.dir, "s%d.log" % i) for i in range(n)]
+        self.exit_failures = []  # memory-checker exits seen (CHECK_EXIT)
 
     def data_dir(self, i):
         return os.path.join(self.dir, "data%d" % i)
@@ -87,8 +103,12 @@ class Cluster:
             with open(cfg, "w") as f:
                 json.dump(c, f)
         log = open(self.logs[i], "ab")
-        self.procs[i] = subprocess.Popen([self.parleyd, cfg, str(i), self.data_dir(i)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        cmd = [self.parleyd, cfg, str(i), self.data_dir(i)]
+        if VALGRIND:
+            cmd = ["valgrind", "--quiet", "--error-exitcode=%d" % VALGRIND_EXIT,
+                   "--leak-check=full", "--errors-for-leak-kinds=definite",
+                   "--show-leak-kinds=definite", "--num-callers=30"] + cmd
+        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         if wait:
             self.wait_listening(i)
@@ -100,6 +120,8 @@ class Cluster:
             self.wait_listening(i)
 
     def wait_listening(self, i, timeout=15.0):
+        timeout *= SLOW
+
         def up():
             if self.procs[i].poll() is not None:
                 raise AssertionError("parleyd %d exited with %s:\n%s" % (i, self.procs[i].returncode, self.log(i)))
@@ -122,7 +144,7 @@ class Cluster:
         if p and p.poll() is None:
             p.send_signal(sig)
             if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-                p.wait(timeout=20)
+                self._note_exit(i, p.wait(timeout=20 * SLOW))
 
     def stop(self, i):
         """SIGTERM and wait; returns the exit code."""
@@ -130,15 +152,40 @@ class Cluster:
         if p is None or p.poll() is not None:
             return p.returncode if p else None
         p.send_signal(signal.SIGTERM)
-        return p.wait(timeout=20)
+        return self._note_exit(i, p.wait(timeout=20 * SLOW))
+
+    def _note_exit(self, i, code):
+        """Remember a memory checker's verdict (CHECK_EXIT), with the log."""
+        if CHECK_EXIT and code in (VALGRIND_EXIT, LSAN_EXIT):
+            self.exit_failures.append("parleyd %d exited %d (memory errors or leaks):\n%s"
+                                      % (i, code, self.log(i)))
+        return code
 
     def close(self):
+        """Stop everything and remove the temp directory. With CHECK_EXIT,
+        servers get SIGTERM and must exit 0; raises AssertionError naming
+        each one that did not (after cleaning up)."""
         for i, p in enumerate(self.procs):
             if p and p.poll() is None:
                 p.send_signal(signal.SIGCONT)
-                p.kill()
-                p.wait(timeout=20)
+                if not CHECK_EXIT:
+                    p.kill()
+                    p.wait(timeout=20)
+                    continue
+                p.send_signal(signal.SIGTERM)
+                try:
+                    code = p.wait(timeout=20 * SLOW)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=20)
+                    code = "none (killed after no exit on SIGTERM)"
+                if code != 0:
+                    self.exit_failures.append("parleyd %d: exit %s at shutdown:\n%s"
+                                              % (i, code, self.log(i)))
+        failures, self.exit_failures = self.exit_failures, []
         shutil.rmtree(self.dir, ignore_errors=True)
+        if failures:
+            raise AssertionError("\n\n".join(failures))
 
     # ---- the CLI ----
     def cli(self, user, *args, stdin=None, check=None, timeout=30, server=None):
