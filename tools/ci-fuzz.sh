@@ -55,10 +55,13 @@ run_one() {
   local t=$1 secs=$2 out=$3 fuzzdir=$4; shift 4
   local corpus=$out/corpus/$t arts=$out/artifacts/$t
   mkdir -p "$corpus" "$arts"
-  # New finds go to the scratch corpus; the committed seeds are read only.
+  # New finds go to the scratch corpus; the committed seeds are read only
+  # (a target without seeds yet starts from nothing).
+  local seeds=()
+  [ -d "tests/fuzz/corpus/$t" ] && seeds=("tests/fuzz/corpus/$t")
   if "$fuzzdir/fuzz-$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2560 \
        -max_len=65536 -print_final_stats=1 -artifact_prefix="$arts/" "$@" \
-       "$corpus" "tests/fuzz/corpus/$t" >"$out/$t.log" 2>&1; then
+       "$corpus" "${seeds[@]}" >"$out/$t.log" 2>&1; then
     local execs
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$t.log")
     echo "ci-fuzz: $t: ok, ${execs:-?} runs in ${secs}s, corpus $(ls "$corpus" | wc -l) new inputs"
