@@ -654,20 +654,6 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
         return PL_ERR_CORRUPT;
     }
 
-    /* One process owns the database (the server's data directory), so
-     * take SQLite's file locks once for the connection's life instead of
-     * around every statement and transaction: the wal-index then lives in
-     * heap memory instead of a shared -shm mapping, and the fcntl() lock
-     * calls (about 3 per statement outside a transaction: a fifth of the
-     * server's system calls under load) are gone. A second process opening
-     * the same directory gets SQLITE_BUSY instead of sharing it. Set before
-     * journal_mode, which it must precede to avoid the -shm file. */
-    rc = sqlite3_exec(s->db, "PRAGMA locking_mode=EXCLUSIVE", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "cannot lock %s for this process: %s", s->path,
-                 sqlite3_errmsg(s->db));
-        goto fail_rc;
-    }
     rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         const unsigned char *mode = sqlite3_column_text(st, 0);
