@@ -311,6 +311,107 @@ static void gen_peer(void)
     put_peer("status-reply", &f);
 }
 
+/* ---- VR streams (fuzz_vr.c): [sender][ms/4][len16][PeerFrame]... ---- */
+
+typedef struct stream {
+    uint8_t buf[4096];
+    size_t len;
+} stream;
+
+static void st_frame(stream *st, uint8_t who, uint8_t ticks, const Parley__Peer__PeerFrame *f)
+{
+    size_t n = parley__peer__peer_frame__get_packed_size(f);
+    if (st->len + 4 + n > sizeof st->buf)
+        die("vr", "stream too long");
+    st->buf[st->len++] = who;
+    st->buf[st->len++] = ticks;
+    st->buf[st->len++] = (uint8_t)(n >> 8);
+    st->buf[st->len++] = (uint8_t)n;
+    parley__peer__peer_frame__pack(f, st->buf + st->len);
+    st->len += n;
+}
+
+static void st_vr(stream *st, uint8_t who, uint8_t ticks, uint32_t type, uint64_t view,
+                  uint64_t op, uint64_t commit, uint64_t lnv, uint64_t anchor_op,
+                  uint64_t anchor_view, uint32_t n_entries, uint64_t entry_view)
+{
+    static const uint8_t data[] = "seed-op";
+    Parley__Peer__Entry es[8];
+    Parley__Peer__Entry *ep[8];
+    Parley__Peer__Vr v = PARLEY__PEER__VR__INIT;
+    for (uint32_t i = 0; i < n_entries && i < 8; i++) {
+        parley__peer__entry__init(&es[i]);
+        es[i].op = anchor_op + 1 + i;
+        es[i].view = entry_view;
+        es[i].data.data = (uint8_t *)data;
+        es[i].data.len = sizeof data - 1;
+        ep[i] = &es[i];
+    }
+    v.type = type;
+    v.view = view;
+    v.op = op;
+    v.commit = commit;
+    v.lnv = lnv;
+    v.anchor_op = anchor_op;
+    v.anchor_view = anchor_view;
+    v.ts = 1000000;
+    v.n_entries = n_entries;
+    v.entries = n_entries ? ep : NULL;
+    Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
+    f.body_case = PARLEY__PEER__PEER_FRAME__BODY_VR;
+    f.vr = &v;
+    st_frame(st, who, ticks, &f);
+}
+
+/* fuzz_vr.c's replica starts in view 1 with ops 1..4 (view 1), 2 committed;
+ * the primary of view v is server v mod n. */
+static void gen_vr(void)
+{
+    stream st;
+
+    /* a backup (server 0 of 3) following primary 1: PREPAREs, then a COMMIT */
+    st.len = 0;
+    st.buf[st.len++] = 0;
+    st_vr(&st, 1, 5, 1, 1, 7, 4, 0, 4, 1, 3, 1);
+    st_vr(&st, 1, 5, 1, 1, 9, 7, 0, 7, 1, 2, 1);
+    st_vr(&st, 1, 25, 3, 1, 9, 9, 0, 0, 0, 0, 0);
+    put("vr", "backup-prepare-commit", st.buf, st.len);
+
+    /* the primary (server 1 of 3) proposing, acked by both backups */
+    st.len = 0;
+    st.buf[st.len++] = 2;
+    st_vr(&st, 0x80, 1, 2, 1, 4, 0, 0, 0, 0, 0, 0);
+    st_vr(&st, 0x82, 1, 2, 1, 5, 0, 0, 0, 0, 0, 0);
+    st_vr(&st, 0x80, 1, 2, 1, 6, 0, 0, 0, 0, 0, 0);
+    st_vr(&st, 2, 1, 7, 1, 3, 0, 0, 0, 0, 0, 0);
+    put("vr", "primary-prepare-ok-get-state", st.buf, st.len);
+
+    /* a view change to view 2 (primary 2): SVCs, then START-VIEW */
+    st.len = 0;
+    st.buf[st.len++] = 0;
+    st_vr(&st, 2, 2, 4, 2, 0, 0, 0, 0, 0, 0, 0);
+    st_vr(&st, 1, 2, 4, 2, 0, 0, 0, 0, 0, 0, 0);
+    st_vr(&st, 2, 2, 6, 2, 6, 3, 2, 2, 1, 4, 2);
+    st_vr(&st, 2, 30, 3, 2, 6, 6, 0, 0, 0, 0, 0);
+    put("vr", "view-change-start-view", st.buf, st.len);
+
+    /* the new primary (server 2 of 3) collecting DO-VIEW-CHANGEs */
+    st.len = 0;
+    st.buf[st.len++] = 4;
+    st_vr(&st, 0, 2, 4, 2, 0, 0, 0, 0, 0, 0, 0);
+    st_vr(&st, 0, 2, 5, 2, 5, 2, 1, 2, 1, 3, 1);
+    st_vr(&st, 1, 2, 5, 2, 4, 2, 1, 2, 1, 2, 1);
+    st_vr(&st, 0, 2, 2, 2, 5, 0, 0, 0, 0, 0, 0);
+    put("vr", "new-primary-dvc", st.buf, st.len);
+
+    /* a lagging backup (server 3 of 5) joining a later view by state transfer */
+    st.len = 0;
+    st.buf[st.len++] = 7;
+    st_vr(&st, 4, 2, 1, 4, 12, 10, 0, 11, 4, 1, 4);
+    st_vr(&st, 4, 2, 8, 4, 8, 6, 0, 4, 1, 4, 3);
+    put("vr", "state-transfer", st.buf, st.len);
+}
+
 /* ---- ops and recorded replies ---- */
 
 static void gen_op(void)
@@ -562,6 +663,7 @@ int main(int argc, char **argv)
     for (int i = 3; i + 2 < argc; i += 3)
         gen_codec(argv[i + 1], argv[i], argv[i + 2]);
     gen_peer();
+    gen_vr();
     gen_op();
     gen_config();
     gen_store(argv[2]);
