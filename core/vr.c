@@ -196,7 +196,8 @@ static int collect_cb(void *ud, const pl_log_entry *e)
         c->oom = 1;
         return 1;
     }
-    memcpy(copy, e->data, e->len);
+    if (e->len) /* an empty entry's data may be NULL */
+        memcpy(copy, e->data, e->len);
     c->e[c->n] = *e;
     c->e[c->n].data = copy;
     c->n++;
@@ -643,7 +644,8 @@ static void on_dvc(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
                 free_entries(copy, i);
                 return;
             }
-            memcpy(b, m->entries[i].data, m->entries[i].len);
+            if (m->entries[i].len) /* an empty entry's data may be NULL */
+                memcpy(b, m->entries[i].data, m->entries[i].len);
             copy[i].data = b;
         }
     }
