@@ -226,7 +226,13 @@ def main():
     if not r.stderr.startswith(bad + ": store: plugin \"nosuch\": not found (looked in:") \
             or plugindir not in r.stderr:
         fail(f"--check-config with a missing store said {r.stderr!r}")
-    ok("--check-config: ok for the example, names file, key and the places looked otherwise")
+    clash = os.path.join(TMP, "clash.json")
+    json.dump(dict(cfg, servers=[dict(cfg["servers"][0], admin_port=port)]), open(clash, "w"))
+    r = run([parleyd, "--check-config", clash], "--check-config of an admin port clash", expect=1)
+    if r.stderr.strip() != (f"{clash}: servers[0].admin_port: 127.0.0.1:{port} is already "
+                            f"used by servers[0].port"):
+        fail(f"--check-config with admin_port == port said {r.stderr!r}")
+    ok("--check-config: ok for the example, names file, key and reason otherwise")
 
     srv = Server(parleyd, cfg_path, data, os.path.join(TMP, "parleyd.log"))
     srv.wait_log(r"serving 127\.0\.0\.1:%d" % port, "parleyd to serve")
@@ -273,10 +279,20 @@ def main():
     ok("GET /metrics and parley admin stats (table and --json); no secrets in metrics or log")
 
     cfg["log_level"] = "debug"
+    cfg["limits"] = {"requests_per_second": 500}
+    cfg["servers"][0]["peer_port"] = port + 1001 if port + 1001 < 65536 else port - 1
     json.dump(cfg, open(cfg_path, "w"), indent=2)
     srv.p.send_signal(signal.SIGHUP)
     srv.wait_log(r"SIGHUP: log_level info -> debug", "the reload to be logged")
+    srv.wait_log(r"SIGHUP: limits\.requests_per_second 1000 -> 500", "the limits change")
+    srv.wait_log(r"SIGHUP: changed but needs a restart to apply: servers", "restart keys")
     srv.wait_log(r"SIGHUP: reloaded ", "the reload summary")
+    del cfg["servers"][0]["peer_port"]
+    open(cfg_path, "w").write('{"servers": [')
+    srv.p.send_signal(signal.SIGHUP)
+    srv.wait_log(r"SIGHUP: not reloaded, keeping the running settings: .*not valid JSON",
+                 "a broken file to be refused")
+    json.dump(cfg, open(cfg_path, "w"), indent=2)
     run([parley, "unread"], "parley unread after reload", env=env)
     srv.wait_log(r" DEBUG .*counts request", "a debug line after the reload")
     srv.stop()
@@ -284,7 +300,8 @@ def main():
     if not re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (ERROR|WARN |INFO |DEBUG) \[s0\] ",
                     line):
         fail(f"log line without timestamp, level and tag: {line!r}")
-    ok("SIGHUP reloads log_level and logs it; log lines carry UTC time, level, server")
+    ok("SIGHUP applies log_level and limits, names restart-only keys, keeps running on a "
+       "broken file; log lines carry UTC time, level, server")
 
     # ---- 5. the example plugin, out of tree, against the installed SDK
     ex_src = os.path.join(TMP, "store-trace")
