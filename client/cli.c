@@ -1293,8 +1293,14 @@ static int cmd_status(cli *k, args *a)
         cJSON_Delete(arr);
         e = json_print(o, 0);
     } else {
-        printf("%-3s %-22s %-12s %6s %10s %10s %10s  %s\n", "ID", "ADDRESS", "ROLE",
-               "VIEW", "OP", "COMMIT", "APPLIED", "STORE/TRANSPORT");
+        /* Lag: how far a server's applied state is behind the highest commit
+         * number any server reports (the primary's, when it answered). */
+        uint64_t top = 0;
+        for (uint32_t i = 0; i < r->resp.n_servers; i++)
+            if (r->resp.servers[i].reachable && r->resp.servers[i].commit > top)
+                top = r->resp.servers[i].commit;
+        printf("%-3s %-22s %-12s %6s %10s %10s %10s %6s  %-16s %s\n", "ID", "ADDRESS", "ROLE",
+               "VIEW", "OP", "COMMIT", "APPLIED", "LAG", "STORE/TRANSPORT", "DIGEST");
         for (uint32_t i = 0; i < r->resp.n_servers; i++) {
             const pl_server_status *s = &r->resp.servers[i];
             printf("%-3u %-22.*s ", (unsigned)s->id, (int)s->address.len, s->address.ptr);
@@ -1302,11 +1308,15 @@ static int cmd_status(cli *k, args *a)
                 printf("%-12s\n", "unreachable");
                 continue;
             }
-            printf("%-12.*s %6llu %10llu %10llu %10llu  %.*s/%.*s\n",
+            char st[64];
+            snprintf(st, sizeof st, "%.*s/%.*s", (int)s->store.len, s->store.ptr,
+                     (int)s->transport.len, s->transport.ptr);
+            printf("%-12.*s %6llu %10llu %10llu %10llu %6llu  %-16s %.*s\n",
                    (int)s->role.len, s->role.ptr, (unsigned long long)s->view,
                    (unsigned long long)s->op, (unsigned long long)s->commit,
-                   (unsigned long long)s->applied, (int)s->store.len, s->store.ptr,
-                   (int)s->transport.len, s->transport.ptr);
+                   (unsigned long long)s->applied,
+                   (unsigned long long)(top > s->applied ? top - s->applied : 0), st,
+                   (int)(s->digest.len < 12 ? s->digest.len : 12), s->digest.ptr);
         }
     }
     parley_result_free(r);
