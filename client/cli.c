@@ -133,7 +133,7 @@ static void usage(FILE *f)
         "  delete ID...\n"
         "  delete-account       asks for the password again (or --password-stdin)\n"
         "  listen               prints messages as they arrive until interrupted\n"
-        "  status               each server: address, role, view, op and commit numbers\n"
+        "  status               each server: address, role, view, op, commit, applied, lag, digest\n"
         "  admin stats          per server: connections, requests/s, commit latency, log\n"
         "                       and store size, from each admin_port ('admin --help')\n"
         "\n"
