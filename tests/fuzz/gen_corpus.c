@@ -27,6 +27,7 @@
 #include "chat.h"
 #include "loader.h"
 #include "peer.pb-c.h"
+#include "snapshot.h"
 
 static const char *outdir;
 static int failures;
@@ -522,6 +523,19 @@ static uint8_t *slurp(const char *dir, const char *name, size_t *len)
     return buf;
 }
 
+/* A state transfer snapshot without its trailing BLAKE2b, which
+ * fuzz_snapshot.c appends. */
+static void put_snapshot(const pl_store_plugin *sp, pl_store *s, const char *name)
+{
+    uint8_t *buf;
+    size_t len;
+    uint64_t op;
+    if (pl_snapshot_export(sp, s, 1, &buf, &len, &op) != PL_OK || len < 32)
+        die("snapshot", "cannot export");
+    put("snapshot", name, buf, len - 32);
+    free(buf);
+}
+
 /* checkpoint \0 meta \0 log, as fuzz_store_json.c takes them; cut drops
  * that many bytes off the log's end (a torn last line). */
 static void put_store(const char *dir, const char *name, size_t cut)
@@ -597,6 +611,7 @@ static void gen_store(const char *module)
     }
     if (sp->log_append(s, es, 5) != PL_OK || sp->meta_set(s, "view", 1) != PL_OK)
         die("store", "cannot append");
+    put_snapshot(sp, s, "empty-state");
     sp->close(s);
     put_store(dir, "log-only", 0);
     put_store(dir, "log-torn-tail", 7);
@@ -623,6 +638,7 @@ static void gen_store(const char *module)
         sp->meta_set(s, "next_id", 3) != PL_OK || sp->commit(s, 5) != PL_OK)
         die("store", "cannot write state");
     free(rb);
+    put_snapshot(sp, s, "accounts-sessions-messages-clients");
     pl_log_entry more = { 6, 2, ob[2], (uint32_t)ol[2] };
     if (sp->log_append(s, &more, 1) != PL_OK || sp->meta_set(s, "view", 2) != PL_OK ||
         sp->meta_set(s, "lnv", 2) != PL_OK)
