@@ -23,7 +23,8 @@ suites=${SAN_SUITES:-unit conformance e2e fuzz-regress}
 vg_tests=${VALGRIND_TESTS:---suite e2e}
 
 # UBSan's default is to print and carry on: make every finding fatal.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1}
+# exitcode 23: what tests/e2e/harness.py recognises as a memory checker's verdict.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:exitcode=23:strict_string_checks=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
 echo "ci-sanitize: ASan + UBSan build in $san"

@@ -27,7 +27,7 @@ PWHASH_FAST = {"opslimit": 1, "memlimit": 8192}  # tests: Argon2id at its minimu
 VALGRIND = os.environ.get("PARLEY_TEST_VALGRIND") == "1"
 CHECK_EXIT = VALGRIND or os.environ.get("PARLEY_TEST_CHECK_EXIT") == "1"
 VALGRIND_EXIT = 99
-LSAN_EXIT = 23  # LeakSanitizer's default exit code
+LSAN_EXIT = 23  # ASan and LeakSanitizer (tools/ci-sanitize.sh sets ASAN_OPTIONS=exitcode=23)
 SLOW = 5.0 if VALGRIND else 1.0  # start-up and shutdown under valgrind
 
 
