@@ -136,7 +136,7 @@ class Run:
         self.cluster = c = FaultCluster(server_cmd, cli_cmd, a.servers,
                                         os.path.join(self.workdir, "cluster"), a.seed,
                                         extra=extra, stores=a.store.split(","))
-        t0 = time.monotonic()
+        t0 = c.t0 = time.monotonic()  # the markers in server logs use the history's clock
         self.history = h = workload.History(self.history_path, t0)
         sessions = os.path.join(self.workdir, "sessions")
         os.makedirs(sessions, exist_ok=True)
