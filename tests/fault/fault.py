@@ -86,7 +86,6 @@ class Run:
         self.clients = []
         self.stop = threading.Event()
         self.closed = False
-        self.problems = []
 
     def close(self):
         """Stop everything started; idempotent (finally block and atexit)."""
