@@ -197,7 +197,7 @@ static int gc_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uin
         if (have < GR_PREFIX)
             return 0;
         const uint8_t *p = evbuffer_pullup(call->in, GR_PREFIX);
-        size_t need = GR_PREFIX + (size_t)gr_get_be32(p + 1);
+        size_t need = GR_PREFIX + (size_t)pl_grpcish_get_be32(p + 1);
         if (need > cli->opts.max_msg && p[0] == 0) {
             gc_finish(cli, PL_ERR_FRAME_TOO_LARGE, "server sent a message over max_frame");
             return 0;
@@ -207,9 +207,9 @@ static int gc_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uin
         p = evbuffer_pullup(call->in, (ev_ssize_t)(have < need ? have : need));
         pl_response r;
         void *scratch = NULL;
-        int rc = gr_native_decode_response(&cli->opts, p, need, &used, &r, &scratch);
+        int rc = pl_grpcish_decode_response(cli->opts.max_msg, p, need, &used, &r, &scratch);
         if (rc != PL_OK) {
-            gr_free_scratch(scratch);
+            pl_grpcish_free_scratch(scratch);
             gc_finish(cli, rc == PL_ERR_NOMEM ? rc : PL_ERR_MALFORMED,
                       "server sent a message that does not decode");
             return 0;
@@ -218,7 +218,7 @@ static int gc_on_data(nghttp2_session *ng, uint8_t flags, int32_t sid, const uin
         if (r.method != PL_M_PUSH)
             call->answered = 1;
         gc_frame(cli, &r);
-        gr_free_scratch(scratch);
+        pl_grpcish_free_scratch(scratch);
         if (cli->done || cli->free_pending)
             return 0;
     }
@@ -391,7 +391,7 @@ int gr_client_send(pl_transport_client *cli, const pl_request *req)
     call->status = -1;
     call->method = req->method;
     call->rid = req->request_id;
-    int rc = gr_native_encode_request(&cli->opts, req, &call->req, &call->req_len);
+    int rc = pl_grpcish_encode_request(cli->opts.max_msg, req, &call->req, &call->req_len);
     if (rc != PL_OK) {
         evbuffer_free(call->in);
         free(call);

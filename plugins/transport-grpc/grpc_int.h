@@ -1,7 +1,8 @@
 /*
  * plugins/transport-grpc/grpc_int.h — what the files of the gRPC transport
- * share: options, the gRPC message prefix, the native parley service's
- * message codec, socket helpers, and the two halves' entry points.
+ * share: options, the gRPC message prefix, socket helpers, and the two
+ * halves' entry points. The native parley service's message codec is
+ * plugins/common/grpcish_conv.h (pl_grpcish_*, called with gr_opts.max_msg).
  *
  * Two services share every HTTP/2 connection (docs/protocol.md, "gRPC"):
  *  - chat.ChatService (proto/chat.proto): the Python prototype's interface,
@@ -23,8 +24,10 @@
 
 #include <parley/transport.h>
 
+#include "grpcish_conv.h"
+
 #define GR_NAME "grpc"
-#define GR_PREFIX 5u                       /* compression flag + 4-byte length */
+#define GR_PREFIX PL_GRPCISH_PREFIX        /* compression flag + 4-byte length */
 #define GR_NATIVE_PATH "/parley.grpcish.Parley/Call"
 #define GR_MAX_STREAMS 1024u               /* SETTINGS_MAX_CONCURRENT_STREAMS per connection */
 
@@ -54,20 +57,6 @@ typedef struct gr_opts {
 } gr_opts;
 
 int gr_opts_init(gr_opts *o, const pl_transport_options *opt, char *err, size_t errlen);
-
-void gr_put_be32(uint8_t *p, uint32_t v);
-uint32_t gr_get_be32(const uint8_t *p);
-
-/* Native service codec. A "frame" is one gRPC length-prefixed message whose
- * body is a grpcish Request or Response: that is also what the descriptor's
- * codec entry points encode and decode. */
-int gr_native_encode_request(const gr_opts *o, const pl_request *req, uint8_t **out, size_t *len);
-int gr_native_encode_response(const gr_opts *o, const pl_response *resp, uint8_t **out, size_t *len);
-int gr_native_decode_request(const gr_opts *o, const uint8_t *buf, size_t len, size_t *used,
-                             pl_request *out, void **scratch);
-int gr_native_decode_response(const gr_opts *o, const uint8_t *buf, size_t len, size_t *used,
-                              pl_response *out, void **scratch);
-void gr_free_scratch(void *scratch);
 
 /* The gRPC status that stands for a pl_err when it cannot travel in a
  * message (the chat.ChatService side, and transport failures). */

@@ -385,7 +385,7 @@ static int call_send_msg(gr_call *call, const ProtobufCMessage *m)
     if (!(buf = malloc(n ? n : 1)))
         return PL_ERR_NOMEM;
     protobuf_c_message_pack(m, buf);
-    gr_put_be32(hdr + 1, (uint32_t)n);
+    pl_grpcish_put_be32(hdr + 1, (uint32_t)n);
     int rc = evbuffer_add(call->out, hdr, sizeof hdr) == 0 && evbuffer_add(call->out, buf, n) == 0
                  ? PL_OK : PL_ERR_NOMEM;
     free(buf);
@@ -734,7 +734,7 @@ static void deliver_push(pl_transport_conn *c, const pl_response *r)
             continue;
         }
         if (call->rpc == R_NATIVE) {
-            if (!native && gr_native_encode_response(&c->srv->opts, r, &native, &native_len) != PL_OK)
+            if (!native && pl_grpcish_encode_response(c->srv->opts.max_msg, r, &native, &native_len) != PL_OK)
                 continue;
             call_send_raw(call, native, native_len);
         } else if (call_send_msg(call, &note.base) == PL_OK) {
@@ -773,7 +773,7 @@ int gr_conn_send(pl_transport_conn *c, const pl_response *r)
             uint8_t *frame = NULL;
             size_t len = 0;
             copy.request_id = call->native_rid;
-            int rc = gr_native_encode_response(&c->srv->opts, &copy, &frame, &len);
+            int rc = pl_grpcish_encode_response(c->srv->opts.max_msg, &copy, &frame, &len);
             if (rc != PL_OK) {
                 conn_flush(c);
                 return rc; /* the core sends an error reply instead */
@@ -942,14 +942,14 @@ static void dispatch_native(gr_call *call, const uint8_t *buf, size_t len)
     pl_request q;
     void *scratch = NULL;
     size_t used = 0;
-    int rc = gr_native_decode_request(&c->srv->opts, buf, len, &used, &q, &scratch);
+    int rc = pl_grpcish_decode_request(c->srv->opts.max_msg, buf, len, &used, &q, &scratch);
 
     if (rc == PL_ERR_NOMEM) {
         call_finish(call, GR_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
     if (rc != PL_OK || used != len) {
-        gr_free_scratch(scratch);
+        pl_grpcish_free_scratch(scratch);
         call_malformed(call, "parley request");
         return;
     }
@@ -957,7 +957,7 @@ static void dispatch_native(gr_call *call, const uint8_t *buf, size_t len)
     q.request_id = call->rid;
     call->streaming = q.method == PL_M_SUBSCRIBE;
     c->srv->host.request(c->srv->host.ud, c->ctx, &q);
-    gr_free_scratch(scratch);
+    pl_grpcish_free_scratch(scratch);
 }
 
 /* The request is complete (END_STREAM): exactly one message, then the core. */
@@ -977,7 +977,7 @@ static void call_dispatch(gr_call *call)
         call_finish(call, GR_UNIMPLEMENTED, text);
         return;
     }
-    if (len < GR_PREFIX || gr_get_be32(p + 1) != len - GR_PREFIX) {
+    if (len < GR_PREFIX || pl_grpcish_get_be32(p + 1) != len - GR_PREFIX) {
         call_finish(call, GR_INTERNAL, "a unary request carries exactly one message");
         return;
     }
