@@ -450,14 +450,34 @@ static void r_msg(bin_r *r, pl_message *m)
     m->body = r_str32(r);
 }
 
-/* Frame the buffer: PL_OK with the payload copied into scratch (so decoded
- * strings outlive the caller's buffer, as the ABI says), or AGAIN / an error. */
-static int bin_frame(uint32_t max_frame, const uint8_t *buf, size_t len, size_t *used,
-                     void **scratch, bin_r *r)
+/* Room in scratch for a list of n elements of size bytes, once n is known
+ * sound (r_count bounds a count by the bytes left): nothing is allocated
+ * for a count the frame cannot hold. NULL with *rc set otherwise. */
+static void *r_list(const bin_r *r, void **scratch, uint32_t n, size_t size, int *rc)
+{
+    void *v;
+
+    if (r->bad) {
+        *rc = PL_ERR_MALFORMED;
+        return NULL;
+    }
+    v = tcp_scratch_alloc(scratch, (size_t)n * size);
+    if (!v)
+        *rc = PL_ERR_NOMEM;
+    return v;
+}
+
+/* Front half of both decoders: frame the buffer and read the kind byte.
+ * PL_OK with the payload copied into a fresh *scratch (so decoded strings
+ * outlive the caller's buffer, as the ABI says) and *used its frame size,
+ * or AGAIN / an error. */
+static int bin_open(uint32_t max_frame, const uint8_t *buf, size_t len, size_t *used,
+                    void **scratch, bin_r *r, uint32_t kind)
 {
     uint32_t plen;
     uint8_t *copy;
 
+    *scratch = NULL;
     if (len < BIN_PREFIX)
         return PL_ERR_AGAIN;
     plen = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
@@ -475,7 +495,18 @@ static int bin_frame(uint32_t max_frame, const uint8_t *buf, size_t len, size_t 
     memset(r, 0, sizeof *r);
     r->p = copy;
     r->len = plen;
+    if (r_u8(r) != kind)
+        return PL_ERR_MALFORMED;
     *used = BIN_PREFIX + (size_t)plen;
+    return PL_OK;
+}
+
+/* Back half: a frame has exactly one reading, so every byte is consumed. */
+static int bin_close(const bin_r *r, size_t u, size_t *used)
+{
+    if (r->bad || r->pos != r->len)
+        return PL_ERR_MALFORMED;
+    *used = u;
     return PL_OK;
 }
 
@@ -486,13 +517,10 @@ int tcp_bin_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
     size_t u = 0;
     int rc;
 
-    *scratch = NULL;
     memset(out, 0, sizeof *out);
-    rc = bin_frame(max_frame, buf, len, &u, scratch, &r);
+    rc = bin_open(max_frame, buf, len, &u, scratch, &r, BIN_KIND_REQUEST);
     if (rc != PL_OK)
         return rc;
-    if (r_u8(&r) != BIN_KIND_REQUEST)
-        return PL_ERR_MALFORMED;
     out->method = r_u8(&r);
     out->request_id = r_u64(&r);
     out->client_id = r_u64(&r);
@@ -533,13 +561,10 @@ int tcp_bin_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
     case PL_M_ACK:
     case PL_M_DELETE: {
         uint32_t n = r_count(&r, BIN_MIN_ID);
-        uint64_t *ids;
+        uint64_t *ids = r_list(&r, scratch, n, sizeof *ids, &rc);
 
-        if (r.bad)
-            return PL_ERR_MALFORMED;
-        ids = tcp_scratch_alloc(scratch, (size_t)n * sizeof *ids);
         if (!ids)
-            return PL_ERR_NOMEM;
+            return rc;
         for (uint32_t i = 0; i < n; i++)
             ids[i] = r_u64(&r);
         out->ids = ids;
@@ -561,10 +586,7 @@ int tcp_bin_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
         *used = u;
         return PL_OK;
     }
-    if (r.bad || r.pos != r.len)
-        return PL_ERR_MALFORMED;
-    *used = u;
-    return PL_OK;
+    return bin_close(&r, u, used);
 }
 
 int tcp_bin_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
@@ -574,13 +596,10 @@ int tcp_bin_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
     size_t u = 0;
     int rc;
 
-    *scratch = NULL;
     memset(out, 0, sizeof *out);
-    rc = bin_frame(max_frame, buf, len, &u, scratch, &r);
+    rc = bin_open(max_frame, buf, len, &u, scratch, &r, BIN_KIND_RESPONSE);
     if (rc != PL_OK)
         return rc;
-    if (r_u8(&r) != BIN_KIND_RESPONSE)
-        return PL_ERR_MALFORMED;
     out->method = r_u8(&r);
     out->request_id = r_u64(&r);
     out->status = r_u16(&r);
@@ -601,11 +620,8 @@ int tcp_bin_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
 
             out->more = r_bool(&r);
             n = r_count(&r, BIN_MIN_USER);
-            if (r.bad)
-                return PL_ERR_MALFORMED;
-            users = tcp_scratch_alloc(scratch, (size_t)n * sizeof *users);
-            if (!users)
-                return PL_ERR_NOMEM;
+            if (!(users = r_list(&r, scratch, n, sizeof *users, &rc)))
+                return rc;
             for (uint32_t i = 0; i < n; i++)
                 users[i] = r_str16(&r);
             out->users = users;
@@ -631,11 +647,8 @@ int tcp_bin_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
                 out->more = r_bool(&r);
                 n = r_count(&r, BIN_MIN_MSG);
             }
-            if (r.bad)
-                return PL_ERR_MALFORMED;
-            msgs = tcp_scratch_alloc(scratch, (size_t)n * sizeof *msgs);
-            if (!msgs)
-                return PL_ERR_NOMEM;
+            if (!(msgs = r_list(&r, scratch, n, sizeof *msgs, &rc)))
+                return rc;
             for (uint32_t i = 0; i < n; i++)
                 r_msg(&r, &msgs[i]);
             out->msgs = msgs;
@@ -643,14 +656,11 @@ int tcp_bin_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
             break;
         }
         case PL_M_STATUS: {
-            pl_server_status *sv;
             uint32_t n = r_count(&r, BIN_MIN_SERVER);
+            pl_server_status *sv = r_list(&r, scratch, n, sizeof *sv, &rc);
 
-            if (r.bad)
-                return PL_ERR_MALFORMED;
-            sv = tcp_scratch_alloc(scratch, (size_t)n * sizeof *sv);
             if (!sv)
-                return PL_ERR_NOMEM;
+                return rc;
             for (uint32_t i = 0; i < n; i++) {
                 sv[i].id = r_u32(&r);
                 sv[i].reachable = r_bool(&r);
@@ -683,8 +693,5 @@ int tcp_bin_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
             return PL_OK;
         }
     }
-    if (r.bad || r.pos != r.len)
-        return PL_ERR_MALFORMED;
-    *used = u;
-    return PL_OK;
+    return bin_close(&r, u, used);
 }
