@@ -653,8 +653,23 @@ static const cJSON *jr_array(const cJSON *obj, const char *key, uint32_t *n, int
     return it;
 }
 
-static void jr_msg(const cJSON *o, pl_message *m, int *bad)
+/* Element readers for jr_list: one JSON value into the element at dst. */
+typedef void jr_elem_fn(const cJSON *el, void *dst, int *bad);
+
+static void jr_id(const cJSON *el, void *dst, int *bad)
 {
+    *(uint64_t *)dst = jr_u64v(el, bad);
+}
+
+static void jr_user(const cJSON *el, void *dst, int *bad)
+{
+    *(pl_str *)dst = jr_strv(el, bad);
+}
+
+static void jr_msg(const cJSON *o, void *dst, int *bad)
+{
+    pl_message *m = dst;
+
     if (!cJSON_IsObject(o)) {
         *bad = 1;
         return;
@@ -667,11 +682,53 @@ static void jr_msg(const cJSON *o, pl_message *m, int *bad)
     m->state = jr_u32(o, "state", bad);
 }
 
+static void jr_server(const cJSON *o, void *dst, int *bad)
+{
+    pl_server_status *s = dst;
+
+    if (!cJSON_IsObject(o)) {
+        *bad = 1;
+        return;
+    }
+    s->id = jr_u32(o, "id", bad);
+    s->address = jr_str(o, "address", bad);
+    s->reachable = jr_bool(o, "reachable", bad);
+    s->role = jr_str(o, "role", bad);
+    s->view = jr_u64(o, "view", bad);
+    s->op = jr_u64(o, "op", bad);
+    s->commit = jr_u64(o, "commit", bad);
+    s->applied = jr_u64(o, "applied", bad);
+    s->store = jr_str(o, "store", bad);
+    s->transport = jr_str(o, "transport", bad);
+    s->digest = jr_str(o, "digest", bad);
+}
+
+/* The n elements of arr (from jr_array, so n is bounded by the line) read
+ * with read into a zeroed scratch array of size-byte elements; *n_read is
+ * how many were read. NULL when out of memory. */
+static void *jr_list(const cJSON *arr, uint32_t n, size_t size, jr_elem_fn *read,
+                     void **scratch, uint32_t *n_read, int *bad)
+{
+    unsigned char *v = tcp_scratch_alloc(scratch, (size_t)n * size);
+    const cJSON *el;
+    uint32_t i = 0;
+
+    if (!v)
+        return NULL;
+    memset(v, 0, (size_t)n * size);
+    cJSON_ArrayForEach(el, arr) {
+        if (i < n)
+            read(el, v + (size_t)i++ * size, bad);
+    }
+    *n_read = i;
+    return v;
+}
+
 int tcp_json_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
                             size_t *used, pl_request *out, void **scratch)
 {
     cJSON *root = NULL;
-    const cJSON *ids, *el;
+    const cJSON *ids;
     size_t u = 0;
     int bad = 0, rc;
     uint32_t n;
@@ -697,19 +754,9 @@ int tcp_json_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
     out->n = jr_u64(root, "n", &bad);
     out->after_id = jr_u64(root, "after", &bad);
     ids = jr_array(root, "ids", &n, &bad);
-    if (ids && n > 0 && !bad) {
-        uint64_t *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
-        uint32_t i = 0;
-
-        if (!v)
-            return PL_ERR_NOMEM;
-        cJSON_ArrayForEach(el, ids) {
-            if (i < n)
-                v[i++] = jr_u64v(el, &bad);
-        }
-        out->ids = v;
-        out->n_ids = i;
-    }
+    if (ids && n > 0 && !bad &&
+        !(out->ids = jr_list(ids, n, sizeof *out->ids, jr_id, scratch, &out->n_ids, &bad)))
+        return PL_ERR_NOMEM;
     if (bad)
         return PL_ERR_MALFORMED;
     *used = u;
@@ -720,7 +767,7 @@ int tcp_json_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
                              size_t *used, pl_response *out, void **scratch)
 {
     cJSON *root = NULL;
-    const cJSON *arr, *el, *one;
+    const cJSON *arr, *one;
     size_t u = 0;
     int bad = 0, rc;
     uint32_t n;
@@ -743,76 +790,32 @@ int tcp_json_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
     out->more = jr_bool(root, "more", &bad);
 
     arr = jr_array(root, "users", &n, &bad);
-    if (arr && n > 0 && !bad) {
-        pl_str *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
-        uint32_t i = 0;
+    if (arr && n > 0 && !bad &&
+        !(out->users = jr_list(arr, n, sizeof *out->users, jr_user, scratch, &out->n_users, &bad)))
+        return PL_ERR_NOMEM;
 
-        if (!v)
-            return PL_ERR_NOMEM;
-        cJSON_ArrayForEach(el, arr) {
-            if (i < n)
-                v[i++] = jr_strv(el, &bad);
-        }
-        out->users = v;
-        out->n_users = i;
-    }
-
+    /* "msgs" (read, history, conversation) or a push's lone "msg". */
     one = jr_get(root, "msg");
     arr = jr_array(root, "msgs", &n, &bad);
-    if (one && !arr)
-        n = 1;
-    if ((arr || one) && n > 0 && !bad) {
-        pl_message *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
-        uint32_t i = 0;
+    if (arr && n > 0 && !bad &&
+        !(out->msgs = jr_list(arr, n, sizeof *out->msgs, jr_msg, scratch, &out->n_msgs, &bad)))
+        return PL_ERR_NOMEM;
+    if (one && !arr && !bad) {
+        pl_message *m = tcp_scratch_alloc(scratch, sizeof *m);
 
-        if (!v)
+        if (!m)
             return PL_ERR_NOMEM;
-        memset(v, 0, (size_t)n * sizeof *v);
-        if (arr) {
-            cJSON_ArrayForEach(el, arr) {
-                if (i < n)
-                    jr_msg(el, &v[i++], &bad);
-            }
-        } else {
-            jr_msg(one, &v[i++], &bad);
-        }
-        out->msgs = v;
-        out->n_msgs = i;
+        memset(m, 0, sizeof *m);
+        jr_msg(one, m, &bad);
+        out->msgs = m;
+        out->n_msgs = 1;
     }
 
     arr = jr_array(root, "servers", &n, &bad);
-    if (arr && n > 0 && !bad) {
-        pl_server_status *v = tcp_scratch_alloc(scratch, (size_t)n * sizeof *v);
-        uint32_t i = 0;
-
-        if (!v)
-            return PL_ERR_NOMEM;
-        cJSON_ArrayForEach(el, arr) {
-            pl_server_status *s;
-
-            if (i >= n)
-                break;
-            s = &v[i++];
-            memset(s, 0, sizeof *s);
-            if (!cJSON_IsObject(el)) {
-                bad = 1;
-                break;
-            }
-            s->id = jr_u32(el, "id", &bad);
-            s->address = jr_str(el, "address", &bad);
-            s->reachable = jr_bool(el, "reachable", &bad);
-            s->role = jr_str(el, "role", &bad);
-            s->view = jr_u64(el, "view", &bad);
-            s->op = jr_u64(el, "op", &bad);
-            s->commit = jr_u64(el, "commit", &bad);
-            s->applied = jr_u64(el, "applied", &bad);
-            s->store = jr_str(el, "store", &bad);
-            s->transport = jr_str(el, "transport", &bad);
-            s->digest = jr_str(el, "digest", &bad);
-        }
-        out->servers = v;
-        out->n_servers = i;
-    }
+    if (arr && n > 0 && !bad &&
+        !(out->servers = jr_list(arr, n, sizeof *out->servers, jr_server, scratch,
+                                 &out->n_servers, &bad)))
+        return PL_ERR_NOMEM;
     if (bad)
         return PL_ERR_MALFORMED;
     *used = u;
