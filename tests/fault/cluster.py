@@ -23,19 +23,22 @@ from proxy import ProxyProcess
 PWHASH_FAST = {"opslimit": 1, "memlimit": 8192}  # Argon2id at its minimum cost
 
 
-def free_ports(k):
-    """k distinct loopback ports that are free now (bound together, then released)."""
+def reserve_ports(k):
+    """k distinct loopback ports, held bound (not listening) by the returned
+    sockets until the caller closes them, so nothing else started meanwhile
+    (the proxy binding its own ports) can be handed one of them."""
     socks, ports = [], []
     try:
         while len(ports) < k:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
             socks.append(s)
+            s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    finally:
+    except OSError:
         for s in socks:
             s.close()
-    return ports
+        raise
+    return ports, socks
 
 
 class FaultCluster:
@@ -45,12 +48,16 @@ class FaultCluster:
         self.n = n
         self.dir = workdir
         os.makedirs(self.dir, exist_ok=True)
-        ports = free_ports(2 * n)
+        ports, held = reserve_ports(2 * n)
         self.ports = ports[:n]
         self.peer_ports = ports[n:]
         links = {"%d>%d" % (i, j): ["127.0.0.1", self.peer_ports[j]]
                  for i in range(n) for j in range(n) if i != j}
-        self.proxy = ProxyProcess(links, seed)
+        try:
+            self.proxy = ProxyProcess(links, seed)
+        finally:
+            for sk in held:
+                sk.close()
         base = {"store": "sqlite", "password_hash": PWHASH_FAST,
                 "election_timeout_ms": 1000, "heartbeat_ms": 100}
         base.update(extra or {})

@@ -132,24 +132,30 @@ class Run:
             extra["transport"] = json.loads(a.transport)
         if a.compact:
             extra["compaction"] = {"ops": a.compact, "keep_ops": max(1, a.compact // 5)}
-        self.cluster = c = FaultCluster(server_cmd, cli_cmd, a.servers,
-                                        os.path.join(self.workdir, "cluster"), a.seed,
-                                        extra=extra, stores=a.store.split(","))
-        t0 = c.t0 = time.monotonic()  # the markers in server logs use the history's clock
+        t0 = time.monotonic()
         self.history = h = workload.History(self.history_path, t0)
         sessions = os.path.join(self.workdir, "sessions")
         os.makedirs(sessions, exist_ok=True)
 
-        for i in range(c.n):
-            c.start(i)
-        deadline = time.monotonic() + 30
-        for i in range(c.n):
-            while not c.listening(i):
-                if not c.alive(i) or time.monotonic() > deadline:
-                    self.problem("final-problem", "server %d did not start listening; log:\n%s"
-                                 % (i, c.log_tail(i, 15)))
-                    return
-                time.sleep(0.1)
+        # Ports are picked free and released just before the servers bind
+        # them; a port taken in between by someone else (a CLI's ephemeral
+        # port) is a harness race, not a finding, so startup is retried on
+        # fresh ports.
+        for attempt in range(3):
+            self.cluster = c = FaultCluster(server_cmd, cli_cmd, a.servers,
+                                            os.path.join(self.workdir, "cluster%d" % attempt),
+                                            a.seed, extra=extra, stores=a.store.split(","))
+            c.t0 = t0  # the markers in server logs use the history's clock
+            failed = self.start_cluster(c)
+            if failed is None:
+                break
+            i, tail = failed
+            c.close()
+            c.take_crashes()
+            if ("already in use" not in tail and "already used" not in tail) or attempt == 2:
+                self.problem("final-problem", "server %d did not start listening; log:\n%s"
+                             % (i, tail))
+                return
 
         users = workload.base_users(a.clients)
         probs = workload.setup_accounts(c, h, users, sessions, time.monotonic() + 60)
@@ -185,6 +191,24 @@ class Run:
             self.problem("final-problem", "after healing: " + p)
         self.final_digests(max(deadline, time.monotonic() + 15))
         self.note_crashes()
+
+    @staticmethod
+    def start_cluster(c):
+        """Start every server and wait until each listens; None, or (server,
+        log tail) for one that did not."""
+        for i in range(c.n):
+            c.start(i)
+        deadline = time.monotonic() + 30
+        for i in range(c.n):
+            while not c.listening(i):
+                if not c.alive(i) or time.monotonic() > deadline:
+                    return i, c.log_tail(i, 15)
+                time.sleep(0.1)
+        time.sleep(0.3)  # a port someone else listens on would look fine: is each server still up?
+        for i in range(c.n):
+            if not c.alive(i):
+                return i, c.log_tail(i, 15)
+        return None
 
     def final_digests(self, deadline):
         c, h = self.cluster, self.history
