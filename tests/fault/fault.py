@@ -279,13 +279,16 @@ def main(argv=None):
         if not os.access(p, os.X_OK):
             print("fault: %s is not an executable" % p, file=sys.stderr)
             return 2
-    run = Run(a)
-    atexit.register(run.close)
 
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, on_signal)
+        signal.signal(s, on_signal)  # before anything exists that needs cleaning up
+
+    run = Run(a)
+    if not a.keep:  # atexit runs last-in first-out: this after run.close
+        atexit.register(shutil.rmtree, run.workdir, ignore_errors=True)
+    atexit.register(run.close)
 
     print("fault: seed %d, %d servers, %d clients, %gs; history %s"
           % (a.seed, a.servers, a.clients, a.duration, run.history_path), flush=True)
