@@ -172,7 +172,12 @@ typedef struct pl_store_plugin {
     int (*log_read)(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, void *ud);
     /* Remove every entry with op > after (VR: drop an uncommitted suffix). Durable on return. */
     int (*log_truncate)(pl_store *s, uint64_t after);
-    /* Remove every entry with op < before (compaction). */
+    /* Remove every entry with op < before (compaction). Afterwards the state
+     * of every op below `before` must survive a crash, since those entries
+     * can no longer be replayed: a store whose state commits are not
+     * ordered with its log writes makes them durable first (the core calls
+     * this with before <= applied_op() + 1). Returns an error when it could
+     * not make that state durable. */
     int (*log_compact)(pl_store *s, uint64_t before);
 
     /* ---- state transactions ---- */

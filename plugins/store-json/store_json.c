@@ -458,17 +458,25 @@ static int js_api_log_compact(pl_store *s, uint64_t before)
 {
     if (js_reentered(s, "log_compact"))
         return PL_ERR_INTERNAL;
-    if (s->log.n == 0 || before <= s->log.first)
-        return PL_OK;
+    /* store.h: after log_compact(before) the state of every op below
+     * `before` survives a crash, because those entries can no longer be
+     * replayed. Our commits reach disk only with a checkpoint, so write one
+     * first whenever the checkpoint is older than that — also when the log
+     * holds nothing to drop (a snapshot install compacts an emptied log). */
+    int rc = PL_OK;
     if (before > s->ckpt_applied + 1 && s->applied > s->ckpt_applied) {
         if (s->in_txn || js_ckpt_write(s) != PL_OK) {
             js_log_msg(s, PL_LOG_WARN, "log_compact: keeping ops from %" PRIu64 " (asked %"
                        PRIu64 "): they are needed to replay past the checkpoint",
                        s->ckpt_applied + 1, before);
             before = s->ckpt_applied + 1;
+            rc = PL_ERR_IO;
         }
     }
-    return js_log_compact(s, before);
+    if (s->log.n == 0 || before <= s->log.first)
+        return rc;
+    int crc = js_log_compact(s, before);
+    return crc != PL_OK ? crc : rc;
 }
 
 /* ---- state transactions ---- */

@@ -897,6 +897,56 @@ START_TEST(log_compact_prefix)
 }
 END_TEST
 
+/* store.h: after log_compact(before) the state of every op below `before`
+ * survives a crash, since those ops can no longer be replayed. The writer
+ * is killed with SIGKILL right after compacting (no close, no checkpoint of
+ * its own); the reopened store must hold the committed state. Regression
+ * for the fault suite's first finding (docs/fault-testing.md). */
+START_TEST(compact_makes_state_durable)
+{
+    char dir[PATH_MAX];
+    make_dir(dir, sizeof dir, "compact-crash");
+    pid_t pid = fork();
+    ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        pl_store_options o = { dir, 1, NULL };
+        pl_store *st = NULL;
+        char err[512];
+        if (pl_plugin_store_open(g_plug[0], &g_host, &o, &st, err, sizeof err) != PL_OK)
+            _exit(2);
+        /* An emptied log, as after a snapshot install, is the harder case:
+         * there is nothing to drop, and the state must still be made durable. */
+        for (uint64_t op = 1; op <= 5; op++) {
+            pl_log_entry e = ent(op, 1, "x");
+            if (S->log_append(st, &e, 1) != PL_OK)
+                _exit(3);
+        }
+        if (S->log_truncate(st, 0) != PL_OK)
+            _exit(3);
+        pl_account_rec a = mkacct(7, "kept", "h", 1);
+        if (S->begin(st) != PL_OK || S->account_put(st, &a) != PL_OK ||
+            S->meta_set(st, "next_uid", 8) != PL_OK || S->commit(st, 10) != PL_OK)
+            _exit(4);
+        if (S->log_compact(st, 11) != PL_OK)
+            _exit(5);
+        raise(SIGKILL);
+        _exit(6);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                  "the writer failed before the crash (exit %d)",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    pl_store *st = open_store(g_plug[0], dir, 1);
+    ck_assert_msg(S->applied_op(st) == 10,
+                  "applied_op after the crash is %llu, want 10: the state of compacted ops was lost",
+                  (unsigned long long)S->applied_op(st));
+    pl_account_rec got;
+    ck_assert_int_eq(S->account_get_uid(st, 7, &got), PL_OK);
+    S->close(st);
+}
+END_TEST
+
 START_TEST(log_survives_reopen)
 {
     pl_log_entry wrong = ent(30, 9, "wrong");
@@ -2600,6 +2650,7 @@ static Suite *single_suite(void)
     tcase_add_test(tc, log_continuity_enforced);
     tcase_add_test(tc, log_truncate_suffix);
     tcase_add_test(tc, log_compact_prefix);
+    tcase_add_test(tc, compact_makes_state_durable);
     tcase_add_test(tc, log_survives_reopen);
     suite_add_tcase(s, tc);
 
