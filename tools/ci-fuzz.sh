@@ -55,10 +55,13 @@ run_one() {
   local t=$1 secs=$2 out=$3 fuzzdir=$4; shift 4
   local corpus=$out/corpus/$t arts=$out/artifacts/$t
   mkdir -p "$corpus" "$arts"
-  # New finds go to the scratch corpus; the committed seeds are read only
-  # (a target without seeds yet starts from nothing).
-  local seeds=()
-  [ -d "tests/fuzz/corpus/$t" ] && seeds=("tests/fuzz/corpus/$t")
+  # New finds go to the scratch corpus; the committed seeds and past crash
+  # inputs are read only, and run first, so a returning bug fails at once
+  # under clang's sanitizers (a target without seeds starts from nothing).
+  local seeds=() d
+  for d in "tests/fuzz/corpus/$t" "tests/fuzz/regress/$t"; do
+    [ -d "$d" ] && seeds+=("$d")
+  done
   if "$fuzzdir/fuzz-$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2560 \
        -max_len=65536 -print_final_stats=1 -artifact_prefix="$arts/" "$@" \
        "$corpus" "${seeds[@]}" >"$out/$t.log" 2>&1; then
