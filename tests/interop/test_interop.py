@@ -12,6 +12,7 @@ Run by meson (suite interop) as:
 """
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -341,6 +342,173 @@ class OneServer(unittest.TestCase):
         self.assertEqual(a.Health(pb.Empty(), timeout=5), pb.Empty())
 
 
+def rss_kib(pid):
+    """Resident and peak resident set of a process, KiB."""
+    got = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                got[k] = int(v.split()[0])
+    return got["VmRSS"], got["VmHWM"]
+
+
+class ManyStreams(unittest.TestCase):
+    """Issue 12: one server holds PARLEY_INTEROP_STREAMS (default 10,000)
+    live SubscribeToMessages streams of the official gRPC runtime, from
+    PROCS processes of stream_swarm.py, each with PARLEY_INTEROP_CHANNELS
+    (default 250) channels (connections, each logged in as its own user) of
+    STREAMS / (PROCS x CHANNELS) streams; every stream gets every message
+    sent to its user, and the server answers other clients meanwhile.
+    Figures go to stderr. CI runs 10,000 streams on 1,000 connections
+    (seconds); tools/bench.sh grpcstreams runs 10,000 connections of one
+    stream each, the prototype's own shape (about 40 s)."""
+    PROCS = 4
+
+    def setUp(self):
+        self.total = int(os.environ.get("PARLEY_INTEROP_STREAMS", "10000"))
+        self.CHANNELS = int(os.environ.get("PARLEY_INTEROP_CHANNELS", "250"))
+        self.per_channel = max(1, self.total // (self.PROCS * self.CHANNELS))
+        # Every client here is 127.0.0.1 and one connection sends all the
+        # messages: lift the per-address connection cap and the per-connection
+        # request rate (docs/operations.md "Limits"), as for benchmarks.
+        self.c = Cluster(PARLEYD, PARLEY, n=1, transport="grpc",
+                         extra={"limits": {"conns_per_address": 0, "requests_per_second": 0}})
+        self.c.start(0)
+        self.port = self.c.ports[0]
+        self.swarms = []
+        self.chans = []
+
+    def tearDown(self):
+        for p in self.swarms:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdin.close()
+            p.stdout.close()
+        for ch in self.chans:
+            ch.close()
+        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+            sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
+        self.c.close()
+
+    def stub(self):
+        ch = channel(self.port)
+        self.chans.append(ch)
+        return rpc.ChatServiceStub(ch)
+
+    def reply(self, p, timeout):
+        """The swarm's next line, or a failure if it says nothing in time."""
+        out = []
+        t = threading.Thread(target=lambda: out.append(p.stdout.readline()), daemon=True)
+        t.start()
+        t.join(timeout)
+        self.assertTrue(out and out[0], "swarm %d said nothing within %ds" % (p.pid, timeout))
+        return out[0].split()
+
+    def health_ms(self, stub, n=20):
+        worst = 0.0
+        for _ in range(n):
+            t = time.monotonic()
+            self.assertEqual(stub.Health(pb.Empty(), timeout=10), pb.Empty())
+            worst = max(worst, time.monotonic() - t)
+        return worst * 1000
+
+    def send_round(self, sender, users, first, count):
+        """count messages to each user, 64 in flight (group commit batches
+        them; one at a time the sender, not the pushes, sets the pace)."""
+        reqs = [pb.SendMessageRequest(receiver=u, content="swarm %d to %s" % (k, u))
+                for k in range(first, first + count) for u in users]
+        for i in range(0, len(reqs), 64):
+            futs = [sender.SendMessage.future(r, timeout=30) for r in reqs[i:i + 64]]
+            for f in futs:
+                self.assertEqual(f.result(), pb.SendMessageResponse())
+
+    def expect_all(self, k, timeout):
+        for p in self.swarms:
+            p.stdin.write("expect %d %d\n" % (k, timeout))
+            p.stdin.flush()
+        worst = 0.0
+        for p in self.swarms:
+            r = self.reply(p, timeout + 10)
+            self.assertEqual(r[:2], ["ok", str(k)], " ".join(r))
+            worst = max(worst, float(r[2]))
+        return worst
+
+    def test_10k_subscribers(self):
+        nusers = self.PROCS * self.CHANNELS
+        users = ["s%03d" % i for i in range(nusers)]
+        t_reg = time.monotonic()
+        reg = self.stub()
+        names = users + ["swarm-sender"]
+        for i in range(0, len(names), 64):
+            futs = [reg.CreateAccount.future(pb.CreateAccountRequest(username=u, password=PW), timeout=60)
+                    for u in names[i:i + 64]]
+            for f in futs:
+                r = f.result()
+                self.assertFalse(r.HasField("error"), r.error)
+        reg_s = time.monotonic() - t_reg
+        pid = self.c.procs[0].pid
+        rss0, _ = rss_kib(pid)
+
+        t0 = time.monotonic()
+        for i in range(self.PROCS):
+            mine = users[i * self.CHANNELS:(i + 1) * self.CHANNELS]
+            self.swarms.append(subprocess.Popen(
+                ["/usr/bin/python3", os.path.join(HERE, "stream_swarm.py"), STUB_DIR,
+                 str(self.port), PW, str(self.per_channel)] + mine,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        streams = 0
+        for p in self.swarms:
+            r = self.reply(p, 240)
+            self.assertEqual(r[0], "ready", " ".join(r))
+            streams += int(r[1])
+        setup_s = time.monotonic() - t0
+        self.assertEqual(streams, self.per_channel * nusers)
+        rss1, _ = rss_kib(pid)
+
+        # The server answers while it holds them all.
+        idle_ms = self.health_ms(self.stub())
+        sender = self.stub()
+        r = sender.Login(pb.LoginRequest(username="swarm-sender", password=PW), timeout=30)
+        self.assertFalse(r.HasField("error"), r.error)
+
+        # One message to every user: a notification on every stream.
+        t1 = time.monotonic()
+        self.send_round(sender, users, 1, 1)
+        self.expect_all(1, 60)
+        round1_s = time.monotonic() - t1
+
+        # Five more each, with a Health probe racing the pushes.
+        probe = self.stub()
+        busy = []
+        t = threading.Thread(target=lambda: busy.append(self.health_ms(probe, 10)), daemon=True)
+        t2 = time.monotonic()
+        t.start()
+        self.send_round(sender, users, 2, 5)
+        self.expect_all(6, 60)
+        round2_s = time.monotonic() - t2
+        t.join(60)
+        self.assertTrue(busy, "Health calls during the pushes did not finish")
+        rss2, peak = rss_kib(pid)
+
+        sys.stderr.write(
+            "grpcstreams: %d live SubscribeToMessages streams (%d processes x %d connections x %d); "
+            "%d users registered in %.1f s; streams open in %.1f s; parleyd RSS %d MiB before, "
+            "%d MiB with them (%.1f KiB/stream), peak %d MiB; %d notifications in %.2f s + %d in "
+            "%.2f s; Health max %.0f ms idle, %.0f ms during pushes\n"
+            % (streams, self.PROCS, self.CHANNELS, self.per_channel, len(names), reg_s, setup_s,
+               rss0 // 1024, rss1 // 1024, (rss1 - rss0) / max(streams, 1), peak // 1024,
+               streams, round1_s, streams * 5, round2_s, idle_ms, busy[0]))
+        for p in self.swarms:
+            p.stdin.write("quit\n")
+            p.stdin.flush()
+        for p in self.swarms:
+            self.assertEqual(p.wait(60), 0)
+        # Every stream gone, the server serves on, and a new stream works.
+        self.assertEqual(sender.Health(pb.Empty(), timeout=10), pb.Empty())
+
+
 class TwoTransports(unittest.TestCase):
     """One server speaking tcp (for the parley CLI) and gRPC (for the
     prototype's clients) at once, config key "transports"."""
@@ -459,6 +627,10 @@ def main():
     global PARLEYD, PARLEY, CHAT_PROTO
     PARLEYD, PARLEY, CHAT_PROTO = sys.argv[1], sys.argv[2], sys.argv[3]
     del sys.argv[1:4]
+    # Each connection is a descriptor in parleyd and in the swarms, which
+    # inherit this limit (ManyStreams).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build_stubs()
     try:
         unittest.main(verbosity=2)
