@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -1288,8 +1289,84 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         conn_reap(arg);
 }
 
+/* nghttp2's allocator for server sessions. Each session holds a 16 KiB
+ * frame buffer, of which a frame of a few hundred bytes writes only the
+ * first page. From the heap, a buffer whose memory another connection
+ * wrote before is resident whole, so after 10,000 connections came and went
+ * the next 10,000 cost ~31 KiB each instead of ~19 (docs/performance.md,
+ * "gRPC at scale"). Blocks of GR_MAP_MIN bytes or more get a mapping of
+ * their own: only the pages written are resident, and free returns them.
+ * Every block starts with a header saying which kind it is. */
+#define GR_MAP_MIN (8u << 10)
+
+typedef union gr_blk {
+    struct {
+        size_t size;          /* bytes asked for */
+        int mapped;
+    } h;
+    max_align_t align;
+} gr_blk;
+
+static void *gr_mem_malloc(size_t size, void *ud)
+{
+    gr_blk *b;
+
+    (void)ud;
+    if (size > SIZE_MAX - sizeof *b)
+        return NULL;
+    b = MAP_FAILED;
+    if (size >= GR_MAP_MIN) /* past vm.max_map_count: the heap, as before */
+        b = mmap(NULL, sizeof *b + size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b != MAP_FAILED) {
+        b->h.mapped = 1;
+    } else {
+        if (!(b = malloc(sizeof *b + size)))
+            return NULL;
+        b->h.mapped = 0;
+    }
+    b->h.size = size;
+    return b + 1;
+}
+
+static void gr_mem_free(void *ptr, void *ud)
+{
+    (void)ud;
+    if (!ptr)
+        return;
+    gr_blk *b = (gr_blk *)ptr - 1;
+    if (b->h.mapped)
+        munmap(b, sizeof *b + b->h.size);
+    else
+        free(b);
+}
+
+static void *gr_mem_calloc(size_t n, size_t size, void *ud)
+{
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    void *p = gr_mem_malloc(n * size, ud);
+    gr_blk *b = p ? (gr_blk *)p - 1 : NULL;
+    if (b && !b->h.mapped) /* a fresh mapping is zeroed already */
+        memset(p, 0, n * size);
+    return p;
+}
+
+static void *gr_mem_realloc(void *ptr, size_t size, void *ud)
+{
+    if (!ptr)
+        return gr_mem_malloc(size, ud);
+    gr_blk *b = (gr_blk *)ptr - 1;
+    void *n = gr_mem_malloc(size, ud);
+    if (!n)
+        return NULL;
+    memcpy(n, ptr, b->h.size < size ? b->h.size : size);
+    gr_mem_free(ptr, ud);
+    return n;
+}
+
 static int conn_session_new(pl_transport_conn *c)
 {
+    static nghttp2_mem mem = { NULL, gr_mem_malloc, gr_mem_free, gr_mem_calloc, gr_mem_realloc };
     nghttp2_session_callbacks *cbs;
 
     if (nghttp2_session_callbacks_new(&cbs) != 0)
@@ -1299,7 +1376,7 @@ static int conn_session_new(pl_transport_conn *c)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-    int rv = nghttp2_session_server_new(&c->ng, cbs, c);
+    int rv = nghttp2_session_server_new3(&c->ng, cbs, c, NULL, &mem);
     nghttp2_session_callbacks_del(cbs);
     if (rv != 0)
         return PL_ERR_NOMEM;
