@@ -13,6 +13,13 @@
 #   restart    1 server with 1,000,000 stored messages: restart until it answers
 #   json       send1 and deliver1 with the JSON-file store
 #   wire       bytes per frame in every wire format
+#   wires      send1 in each wire format: tcp/binary, tcp/json, grpcish, grpc
+#              (runs interleaved, so machine load drifts over all alike); then
+#              the same on the JSON-file store, where the disk weighs less
+#   grpc10k    listen10k over the grpc transport (parley-bench's own gRPC
+#              client), then 10,000 SubscribeToMessages streams of the
+#              official gRPC Python runtime on 10,000 connections
+#              (tests/interop ManyStreams; needs python3-grpcio, protoc)
 #   all        every figure above
 # Each throughput figure runs RUNS times (default 3) on fresh servers and
 # prints every run and the median. Output: one "FIGURE: ..." summary line per
@@ -33,11 +40,11 @@ while getopts "B:r:d:h" o; do
     B) build=$(cd "$OPTARG" && pwd) ;;
     r) runs=$OPTARG ;;
     d) dur=$OPTARG ;;
-    *) sed -n '2,24p' "$0"; exit 2 ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { sed -n '2,24p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,31p' "$0"; exit 2; }
 parleyd="$build/core/parleyd"
 bench="$build/client/parley-bench"
 for f in "$parleyd" "$bench"; do
@@ -58,6 +65,9 @@ cleanup() {
 trap cleanup EXIT
 
 base_port=$((20000 + RANDOM % 20000))
+# The "transport" value of the configs written (JSON); the wires and grpc10k
+# figures change it.
+transport='"tcp"'
 
 # write_config N STORE FILE: N servers on consecutive ports.
 write_config() {
@@ -67,6 +77,7 @@ write_config() {
     done
     cat >"$file" <<EOF
 {"servers":[${servers}],
+ "transport":${transport},
  "store":{"name":"${store}","sync":true},
  "password_hash":{"opslimit":1,"memlimit":8192},
  "limits":{"conns_per_address":0,"requests_per_second":0},
@@ -146,27 +157,66 @@ fig_json() {
     run_figure json-send1 1 json -n 64 -w send
     run_figure json-deliver1 1 json -n 64 -w deliver --rate 5000
 }
+# wires_on STORE: send1 per wire format, run r of every format before run r+1.
+wires_on() {
+    local store=$1 r w names=(tcp-binary tcp-json grpcish grpc)
+    local -A tj=([tcp-binary]='{"name":"tcp","codec":"binary"}' [tcp-json]='{"name":"tcp","codec":"json"}'
+                 [grpcish]='"grpcish"' [grpc]='"grpc"')
+    for ((r = 1; r <= runs; r++)); do
+        for w in "${names[@]}"; do
+            transport=${tj[$w]}
+            start_servers 1 "$store"
+            "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -w send --pid "${pids[0]}" \
+                >"$out/wires-$store-$w-$r.json"
+            stop_servers
+        done
+    done
+    transport='"tcp"'
+    for w in "${names[@]}"; do
+        local files=() ops p50 p99 load
+        for ((r = 1; r <= runs; r++)); do files+=("$out/wires-$store-$w-$r.json"); done
+        ops=$(median throughput/ops_per_s "${files[@]}")
+        p50=$(median latency_ms/request/p50 "${files[@]}")
+        p99=$(median latency_ms/request/p99 "${files[@]}")
+        load=$(python3 -c 'import json,sys; print(" ".join("%.1f" % json.load(open(f))["host"]["loadavg"][0] for f in sys.argv[1:]))' "${files[@]}")
+        echo "wires $store $w: ops/s median ${ops%% *} (runs: ${ops#* }); request p50 ms median ${p50%% *}; p99 ms median ${p99%% *}; 1-min load average: $load"
+    done
+}
+fig_wires() { wires_on sqlite; wires_on json; }
+
+fig_grpc10k() {
+    transport='"grpc"'
+    fig_listen10k grpc10k
+    transport='"tcp"'
+    # The interop test starts its own server; its figure line is on stderr.
+    PARLEY_INTEROP_CHANNELS=2500 PARLEY_INTEROP_STREAMS=10000 /usr/bin/python3 \
+        "$here/tests/interop/test_interop.py" "$parleyd" "$build/client/parley" \
+        "$here/proto/chat.proto" ManyStreams >"$out/grpcstreams.txt" 2>&1 ||
+        { cat "$out/grpcstreams.txt" >&2; exit 1; }
+    grep -o 'grpcstreams: .*' "$out/grpcstreams.txt"
+}
+
 fig_wire() { "$bench" --wire-sizes | tee "$out/wire-sizes.txt"; }
 
 fig_listen10k() {
-    local r files=() dfiles=()
+    local r files=() dfiles=() l10k=${1:-listen10k}
     for ((r = 1; r <= runs; r++)); do
         start_servers 1 sqlite
         # 10,064 users: listener j is user j, so a send pushes to one listener.
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w send \
-            --pid "${pids[0]}" >"$out/listen10k-$r.json"
+            --pid "${pids[0]}" >"$out/$l10k-$r.json"
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w deliver \
-            --rate 10000 --pid "${pids[0]}" >"$out/listen10k-deliver-$r.json"
-        files+=("$out/listen10k-$r.json")
-        dfiles+=("$out/listen10k-deliver-$r.json")
+            --rate 10000 --pid "${pids[0]}" >"$out/$l10k-deliver-$r.json"
+        files+=("$out/$l10k-$r.json")
+        dfiles+=("$out/$l10k-deliver-$r.json")
         stop_servers
     done
     local ops rss push
     ops=$(median throughput/ops_per_s "${files[@]}")
     push=$(median latency_ms/send_to_push/p99 "${dfiles[@]}")
     rss=$(python3 -c 'import json,sys; print(max(json.load(open(f))["rss_kib"][1]["peak"] for f in sys.argv[1:]) // 1024)' "${files[@]}" "${dfiles[@]}")
-    echo "listen10k: 10,000 listeners + 64 senders: ops/s median ${ops%% *} (runs: ${ops#* }); parleyd peak RSS ${rss} MiB"
-    echo "listen10k: with them connected, offered 10,000/s deliver: send->push p99 ms median ${push%% *} (runs: ${push#* })"
+    echo "$l10k: 10,000 listeners + 64 senders: ops/s median ${ops%% *} (runs: ${ops#* }); parleyd peak RSS ${rss} MiB"
+    echo "$l10k: with them connected, offered 10,000/s deliver: send->push p99 ms median ${push%% *} (runs: ${push#* })"
 }
 
 fig_restart() {
@@ -207,8 +257,8 @@ EOF
 
 for f in "$@"; do
     case $f in
-    all) for g in fsync wire send1 send3 deliver3 listen10k json restart; do "fig_$g"; done ;;
-    fsync | send1 | send3 | deliver3 | listen10k | restart | json | wire) "fig_$f" ;;
+    all) for g in fsync wire send1 send3 deliver3 listen10k json restart wires grpc10k; do "fig_$g"; done ;;
+    fsync | send1 | send3 | deliver3 | listen10k | restart | json | wire | wires | grpc10k) "fig_$f" ;;
     *) echo "bench.sh: unknown figure \"$f\"" >&2; exit 2 ;;
     esac
 done
