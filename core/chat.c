@@ -27,6 +27,7 @@
 #include <sodium.h>
 
 #include "chat.h"
+#include "snapshot.h"
 
 #define ARENA_BLOCK (64u * 1024u)
 #define LIST_DEFAULT 100u     /* list_users limit when the request says 0 */
@@ -1093,113 +1094,25 @@ int pl_chat_account_by_uid(pl_chat *c, uint64_t uid, pl_str *name, pl_str *pwhas
 
 /* ---------------------------------------------------------------- digest */
 
-/* The canonical encoding hashed for the digest: a tag byte per record, then
- * its fields as fixed-width little-endian integers and u32-length-prefixed
- * strings. Only logical content is hashed, in the order the store ABI
- * defines, so the digest does not depend on how a plugin lays out data. */
-typedef struct dg {
-    crypto_generichash_state st;
-} dg;
-
-static void dg_u64(dg *d, uint64_t v)
+/* The digest hashes the canonical encoding of the logical state that a
+ * snapshot carries (core/snapshot.c): only logical content, in the order
+ * the store ABI defines, so it does not depend on how a plugin lays out
+ * data, and two replicas agree exactly when a snapshot of each would. */
+static void dg_sink(void *ud, const void *b, size_t n)
 {
-    unsigned char b[8];
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-    crypto_generichash_update(&d->st, b, 8);
-}
-
-static void dg_tag(dg *d, unsigned char t)
-{
-    crypto_generichash_update(&d->st, &t, 1);
-}
-
-static void dg_str(dg *d, pl_str s)
-{
-    unsigned char b[4];
-    for (int i = 0; i < 4; i++)
-        b[i] = (unsigned char)(s.len >> (8 * i));
-    crypto_generichash_update(&d->st, b, 4);
-    if (s.len)
-        crypto_generichash_update(&d->st, (const unsigned char *)s.ptr, s.len);
-}
-
-static int dg_account(void *ud, const pl_account_rec *a)
-{
-    dg *d = ud;
-    dg_tag(d, 'A');
-    dg_u64(d, a->uid);
-    dg_str(d, a->name);
-    dg_str(d, a->pwhash);
-    dg_u64(d, a->created_ms);
-    return 0;
-}
-
-static int dg_session(void *ud, const pl_session_rec *s)
-{
-    dg *d = ud;
-    dg_tag(d, 'S');
-    dg_str(d, s->token_hash);
-    dg_u64(d, s->uid);
-    dg_u64(d, s->created_ms);
-    return 0;
-}
-
-static int dg_message(void *ud, const pl_message_rec *m)
-{
-    dg *d = ud;
-    dg_tag(d, 'M');
-    dg_u64(d, m->id);
-    dg_u64(d, m->from_uid);
-    dg_u64(d, m->to_uid);
-    dg_str(d, m->from_name);
-    dg_str(d, m->to_name);
-    dg_str(d, m->body);
-    dg_u64(d, m->time_ms);
-    dg_u64(d, m->flags);
-    return 0;
-}
-
-static int dg_client(void *ud, const pl_client_rec *cr)
-{
-    dg *d = ud;
-    dg_tag(d, 'C');
-    dg_u64(d, cr->client_id);
-    dg_u64(d, cr->request_no);
-    dg_u64(d, cr->op);
-    dg_str(d, cr->reply);
-    return 0;
+    crypto_generichash_update(ud, b, n);
 }
 
 int pl_chat_digest(pl_chat *c, char out[65])
 {
-    dg d;
-    uint64_t next_uid, next_msg;
+    crypto_generichash_state st;
     unsigned char h[32];
-    int rc;
     out[0] = 0;
-    if ((rc = load_counter(c, META_NEXT_UID, &next_uid)) ||
-        (rc = load_counter(c, META_NEXT_MSG, &next_msg)))
+    crypto_generichash_init(&st, NULL, 0, sizeof h);
+    int rc = pl_snapshot_walk(c->sp, c->st, dg_sink, &st);
+    if (rc != PL_OK)
         return rc;
-    crypto_generichash_init(&d.st, NULL, 0, sizeof h);
-    dg_tag(&d, 'V');               /* encoding version, bumped if this changes */
-    dg_u64(&d, 1);
-    dg_u64(&d, next_uid);
-    dg_u64(&d, next_msg);
-    pl_msg_query q = { .kind = PL_Q_ALL };
-    if ((rc = c->sp->account_scan(c->st, (pl_str){ NULL, 0 }, dg_account, &d)))
-        return rc;
-    dg_tag(&d, 'a');               /* section ends keep sections unambiguous */
-    if ((rc = c->sp->session_scan(c->st, dg_session, &d)))
-        return rc;
-    dg_tag(&d, 's');
-    if ((rc = c->sp->message_scan(c->st, &q, dg_message, &d)))
-        return rc;
-    dg_tag(&d, 'm');
-    if ((rc = c->sp->client_scan(c->st, dg_client, &d)))
-        return rc;
-    dg_tag(&d, 'c');
-    crypto_generichash_final(&d.st, h, sizeof h);
+    crypto_generichash_final(&st, h, sizeof h);
     sodium_bin2hex(out, 65, h, sizeof h);
     return PL_OK;
 }

@@ -19,31 +19,19 @@
 
 /* ---- writer ---- */
 
+/* The encoding goes to a sink: a growing buffer (export) or a running hash
+ * (pl_chat_digest), so the digest hashes exactly what a snapshot carries
+ * without building it in memory. */
 typedef struct wbuf {
-    uint8_t *p;
-    size_t len, cap;
-    int err;
+    void (*sink)(void *ud, const void *b, size_t n);
+    void *ud;
+    int err;                  /* set by a sink that failed */
 } wbuf;
 
 static void w_bytes(wbuf *w, const void *b, size_t n)
 {
-    if (w->err)
-        return;
-    if (w->len + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 4096;
-        while (cap < w->len + n)
-            cap *= 2;
-        uint8_t *p = realloc(w->p, cap);
-        if (!p) {
-            w->err = PL_ERR_NOMEM;
-            return;
-        }
-        w->p = p;
-        w->cap = cap;
-    }
-    if (n)
-        memcpy(w->p + w->len, b, n);
-    w->len += n;
+    if (!w->err && n)
+        w->sink(w->ud, b, n);
 }
 
 static void w_u64(wbuf *w, uint64_t v)
@@ -123,41 +111,82 @@ static uint64_t counter(const pl_store_plugin *sp, pl_store *st, const char *key
     return v;
 }
 
+static int walk(const pl_store_plugin *sp, pl_store *st, wbuf *w)
+{
+    w_u64(w, counter(sp, st, "next_uid"));
+    w_u64(w, counter(sp, st, "next_msg_id"));
+    int rc = PL_OK;
+    pl_msg_query q = { .kind = PL_Q_ALL };
+    if (!w->err && (rc = sp->account_scan(st, (pl_str){ NULL, 0 }, w_account, w)) == PL_OK &&
+        !w->err && (rc = sp->session_scan(st, w_session, w)) == PL_OK &&
+        !w->err && (rc = sp->message_scan(st, &q, w_message, w)) == PL_OK && !w->err)
+        rc = sp->client_scan(st, w_client, w);
+    return rc == PL_OK ? w->err : rc;
+}
+
+int pl_snapshot_walk(const pl_store_plugin *sp, pl_store *st,
+                     void (*sink)(void *ud, const void *b, size_t n), void *ud)
+{
+    wbuf w = { sink, ud, 0 };
+    return walk(sp, st, &w);
+}
+
+typedef struct membuf {
+    uint8_t *p;
+    size_t len, cap;
+    int err;
+} membuf;
+
+static void mem_sink(void *ud, const void *b, size_t n)
+{
+    membuf *m = ud;
+    if (m->err)
+        return;
+    if (m->len + n > m->cap) {
+        size_t cap = m->cap ? m->cap : 4096;
+        while (cap < m->len + n)
+            cap *= 2;
+        uint8_t *p = realloc(m->p, cap);
+        if (!p) {
+            m->err = PL_ERR_NOMEM;
+            return;
+        }
+        m->p = p;
+        m->cap = cap;
+    }
+    memcpy(m->p + m->len, b, n);
+    m->len += n;
+}
+
 int pl_snapshot_export(const pl_store_plugin *sp, pl_store *st, uint64_t op_view,
                        uint8_t **out, size_t *len, uint64_t *op)
 {
-    wbuf w = { 0 };
+    membuf m = { 0 };
+    wbuf w = { mem_sink, &m, 0 };
     *out = NULL;
     *len = 0;
     *op = sp->applied_op(st);
     w_bytes(&w, MAGIC, MAGIC_LEN);
     w_u64(&w, *op);
     w_u64(&w, op_view);
-    w_u64(&w, counter(sp, st, "next_uid"));
-    w_u64(&w, counter(sp, st, "next_msg_id"));
-    int rc = PL_OK;
-    pl_msg_query q = { .kind = PL_Q_ALL };
-    if (!w.err && (rc = sp->account_scan(st, (pl_str){ NULL, 0 }, w_account, &w)) == PL_OK &&
-        !w.err && (rc = sp->session_scan(st, w_session, &w)) == PL_OK &&
-        !w.err && (rc = sp->message_scan(st, &q, w_message, &w)) == PL_OK && !w.err)
-        rc = sp->client_scan(st, w_client, &w);
-    if (rc == PL_OK && w.err)
-        rc = w.err;
+    int rc = walk(sp, st, &w);
+    if (rc == PL_OK)
+        rc = m.err;
     if (rc == PL_OK) {
         uint8_t h[32];
         w_u8(&w, 'E');
-        if (!w.err) {
-            crypto_generichash(h, sizeof h, w.p, w.len, NULL, 0);
+        if (!m.err) {
+            crypto_generichash(h, sizeof h, m.p, m.len, NULL, 0);
             w_bytes(&w, h, sizeof h);
         }
-        rc = w.err;
+        rc = m.err;
     }
     if (rc != PL_OK) {
-        free(w.p);
+        free(m.p);
         return rc;
     }
-    *out = w.p;
-    *len = w.len;
+    *out = m.p;
+    *len = m.len;
     return PL_OK;
 }
 

@@ -30,6 +30,12 @@
 int pl_snapshot_export(const pl_store_plugin *sp, pl_store *st, uint64_t op_view,
                        uint8_t **out, size_t *len, uint64_t *op);
 
+/* Feed the canonical encoding of the applied state — the counters, then
+ * every record in the store ABI's order, exactly the body of a snapshot — to
+ * sink, piece by piece. pl_chat_digest hashes it. */
+int pl_snapshot_walk(const pl_store_plugin *sp, pl_store *st,
+                     void (*sink)(void *ud, const void *b, size_t n), void *ud);
+
 /* Read the header only (after checking the checksum). */
 int pl_snapshot_peek(const uint8_t *buf, size_t len, uint64_t *op, uint64_t *op_view);
 
