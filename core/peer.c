@@ -10,11 +10,17 @@
  * TLS (config "tls" with "peer": true, the default once "tls" is given):
  * every link is mutual TLS under the same frames. Both ends present a
  * certificate signed by tls.ca; the dialler checks that the acceptor's names
- * the host it dialled, and the acceptor, once the Hello says which server
- * is calling, that the dialler's names that server's configured host. So
- * a host without a certificate from the cluster's CA cannot join, and a
- * member cannot pose as another member on a different host. A failed
- * handshake closes that connection with a log line; nothing else changes.
+ * the host it dialled, and the acceptor, once the Hello says which address
+ * is calling, that the dialler's names that host. So a host without a
+ * certificate from the cluster's CA cannot join, and a member cannot pose
+ * as another member on a different host. A failed handshake closes that
+ * connection with a log line; nothing else changes.
+ *
+ * Slots and addresses: outgoing links belong to an address (the one they
+ * dial), not to a slot, so a new slot table renumbers them in place;
+ * incoming connections keep the address their Hello named and look their
+ * slot up again whenever the table changes. Everything an identity check
+ * compares or a proof covers is that address as the Hellos carry it.
  */
 #include "peer.h"
 
@@ -53,12 +59,19 @@
 /* At most one line per this many seconds about failed TLS handshakes: a
  * misconfigured peer re-dials every second. */
 #define TLS_LOG_EVERY_S 10
+/* A link to an address no longer listed gets this long to write what was
+ * queued on it (the last COMMIT a removed server must still see). */
+#define RETIRE_MS 2000
 
 typedef struct peer_in {
     pl_peer *p;
     struct bufferevent *bev;
-    int from;                 /* -1 until Hello */
+    int hello;                /* its Hello was checked: host, peer_port are set */
+    int slot;                 /* current slot of that address, -1 when unlisted */
     int authed;               /* Hello (and Auth, with a secret) checked */
+    int warned_unmapped;      /* logged that its messages are ignored */
+    char host[PL_PEER_HOST_MAX + 1];  /* the address its Hello named */
+    uint16_t peer_port;
     uint8_t nonce[NONCE_BYTES];       /* our challenge */
     uint8_t peer_nonce[NONCE_BYTES];  /* the dialler's */
     int tls_up;               /* TLS handshake finished */
@@ -68,17 +81,21 @@ typedef struct peer_in {
 
 typedef struct peer_out {
     pl_peer *p;
-    uint32_t to;
+    uint32_t to;              /* current slot */
+    char *host;               /* the address dialled: the link's identity, */
+    uint16_t peer_port;       /*   which outlives renumbering */
     struct bufferevent *bev;
     int up;
     uint32_t retry_ms;
-    struct event *retry;
+    struct event *retry;      /* re-dial; once retired, the RETIRE_MS deadline */
+    int retired;              /* address no longer listed: closing once written */
     int warned_backlog;
-    int got_hello;            /* with a secret: the acceptor's Hello arrived */
+    int got_hello;            /* the acceptor's Hello arrived and checked out */
     uint8_t nonce[NONCE_BYTES];       /* our challenge */
     uint8_t peer_nonce[NONCE_BYTES];  /* the acceptor's */
     int tls_up;               /* TLS handshake finished on this connection */
     int tls_warned;           /* a TLS failure was logged since the link was last up */
+    struct peer_out *next;    /* on pl_peer.retired */
 } peer_out;
 
 struct pl_peer {
@@ -86,10 +103,13 @@ struct pl_peer {
     const pl_config *cfg;
     uint32_t self;
     uint32_t n;
+    pl_server_conf servers[PL_VR_MAX_REPLICAS]; /* the slot table; hosts owned */
     pl_peer_cb cb;
     struct evconnlistener *listener;
     peer_in *ins;
-    peer_out out[PL_VR_MAX_REPLICAS];
+    peer_out *out[PL_VR_MAX_REPLICAS];  /* by slot; NULL for self */
+    peer_out *retired;        /* links writing their last output before closing */
+    uint64_t accepted;        /* incoming connections ever accepted */
     int auth;                 /* a cluster secret is configured */
     uint8_t key[crypto_auth_KEYBYTES]; /* derived from it (auth_setup) */
     SSL_CTX *tls;             /* mutual TLS on every link, or NULL */
@@ -149,6 +169,8 @@ static void send_hello(pl_peer *p, struct bufferevent *bev, const uint8_t *nonce
     h.version = PL_PEER_VERSION;
     h.from = p->self;
     h.n = p->n;
+    h.host = p->servers[p->self].host;
+    h.peer_port = p->servers[p->self].peer_port;
     if (nonce) {
         h.nonce.data = (uint8_t *)nonce;
         h.nonce.len = NONCE_BYTES;
@@ -162,54 +184,88 @@ static void send_hello(pl_peer *p, struct bufferevent *bev, const uint8_t *nonce
 /* ---- cluster secret (peer.proto, message Auth) ----
  *
  * Each side sends a fresh random nonce in its Hello and then proves it knows
- * the secret with crypto_auth over both nonces and both server ids. Fresh
- * nonces from both ends make a recorded proof useless on another connection;
- * the role byte and the ids keep a proof from being reflected back to its
- * sender or replayed as another server's. The key is not the secret itself
- * but derived from it, so the secret can be any length and this use of it
- * is separate from any other. */
-static void auth_mac(const pl_peer *p, uint8_t role, const uint8_t *dial_nonce,
-                     const uint8_t *acc_nonce, uint32_t dialler, uint32_t acceptor,
-                     uint8_t mac[crypto_auth_BYTES])
+ * the secret with crypto_auth over both nonces and both sides' identities,
+ * the (host, peer_port) their Hellos named. Fresh nonces from both ends make
+ * a recorded proof useless on another connection; the role byte and the
+ * identities keep a proof from being reflected back to its sender or
+ * replayed as another server's. The key is not the secret itself but
+ * derived from it, so the secret can be any length and this use of it is
+ * separate from any other. */
+
+/* One side's identity as the proof covers it: host length (1 byte), host,
+ * peer_port (2 bytes big-endian). Length-prefixed so that no two
+ * identities run together into the same bytes. */
+static size_t put_identity(uint8_t *out, const char *host, uint16_t port)
 {
-    uint8_t msg[16 + 1 + 2 * NONCE_BYTES + 8];
-    memset(msg, 0, 16);
-    memcpy(msg, "parley-peer-v1", 14);
-    msg[16] = role;
-    memcpy(msg + 17, dial_nonce, NONCE_BYTES);
-    memcpy(msg + 17 + NONCE_BYTES, acc_nonce, NONCE_BYTES);
-    uint8_t *ids = msg + 17 + 2 * NONCE_BYTES;
-    for (int i = 0; i < 4; i++) {
-        ids[i] = (uint8_t)(dialler >> (24 - 8 * i));
-        ids[4 + i] = (uint8_t)(acceptor >> (24 - 8 * i));
-    }
-    crypto_auth(mac, msg, sizeof msg, p->key);
+    size_t len = strlen(host);
+    out[0] = (uint8_t)len;
+    memcpy(out + 1, host, len);
+    out[1 + len] = (uint8_t)(port >> 8);
+    out[2 + len] = (uint8_t)port;
+    return len + 3;
 }
 
-static int auth_check(const pl_peer *p, const pl_peer_frame *f, uint8_t role,
-                      const uint8_t *dial_nonce, const uint8_t *acc_nonce, uint32_t dialler,
-                      uint32_t acceptor)
+typedef struct auth_ids {
+    const uint8_t *dial_nonce, *acc_nonce;
+    const char *dial_host, *acc_host;   /* each 1..PL_PEER_HOST_MAX bytes */
+    uint16_t dial_port, acc_port;
+} auth_ids;
+
+static void auth_mac(const pl_peer *p, uint8_t role, const auth_ids *a,
+                     uint8_t mac[crypto_auth_BYTES])
+{
+    uint8_t msg[16 + 1 + 2 * NONCE_BYTES + 2 * (3 + PL_PEER_HOST_MAX)];
+    memset(msg, 0, 16);
+    memcpy(msg, "parley-peer-v2", 14);
+    msg[16] = role;
+    memcpy(msg + 17, a->dial_nonce, NONCE_BYTES);
+    memcpy(msg + 17 + NONCE_BYTES, a->acc_nonce, NONCE_BYTES);
+    size_t len = 17 + 2 * NONCE_BYTES;
+    len += put_identity(msg + len, a->dial_host, a->dial_port);
+    len += put_identity(msg + len, a->acc_host, a->acc_port);
+    crypto_auth(mac, msg, len, p->key);
+}
+
+static int auth_check(const pl_peer *p, const pl_peer_frame *f, uint8_t role, const auth_ids *a)
 {
     uint8_t want[crypto_auth_BYTES];
     if (f->kind != PL_PEER_F_AUTH || f->mac_len != crypto_auth_BYTES)
         return 0;
-    auth_mac(p, role, dial_nonce, acc_nonce, dialler, acceptor, want);
+    auth_mac(p, role, a, want);
     return sodium_memcmp(want, f->mac, crypto_auth_BYTES) == 0;
 }
 
-static void send_auth(pl_peer *p, struct bufferevent *bev, uint8_t role,
-                      const uint8_t *dial_nonce, const uint8_t *acc_nonce, uint32_t dialler,
-                      uint32_t acceptor)
+static void send_auth(pl_peer *p, struct bufferevent *bev, uint8_t role, const auth_ids *a)
 {
     uint8_t mac[crypto_auth_BYTES];
-    auth_mac(p, role, dial_nonce, acc_nonce, dialler, acceptor, mac);
-    Parley__Peer__Auth a = PARLEY__PEER__AUTH__INIT;
-    a.mac.data = mac;
-    a.mac.len = sizeof mac;
+    auth_mac(p, role, a, mac);
+    Parley__Peer__Auth m = PARLEY__PEER__AUTH__INIT;
+    m.mac.data = mac;
+    m.mac.len = sizeof mac;
     Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
     f.body_case = PARLEY__PEER__PEER_FRAME__BODY_AUTH;
-    f.auth = &a;
+    f.auth = &m;
     write_frame(bev, &f);
+}
+
+/* The identities of a link we dialled: ours, and the address we dialled
+ * (which the acceptor's Hello was checked to name). */
+static auth_ids out_ids(const peer_out *o)
+{
+    const pl_server_conf *me = &o->p->servers[o->p->self];
+    return (auth_ids){ .dial_nonce = o->nonce, .acc_nonce = o->peer_nonce,
+                       .dial_host = me->host, .dial_port = me->peer_port,
+                       .acc_host = o->host, .acc_port = o->peer_port };
+}
+
+/* The identities of a connection we accepted: the address its Hello named,
+ * and ours. */
+static auth_ids in_ids(const peer_in *c)
+{
+    const pl_server_conf *me = &c->p->servers[c->p->self];
+    return (auth_ids){ .dial_nonce = c->peer_nonce, .acc_nonce = c->nonce,
+                       .dial_host = c->host, .dial_port = c->peer_port,
+                       .acc_host = me->host, .acc_port = me->peer_port };
 }
 
 /* ---- TLS ---- */
@@ -285,12 +341,11 @@ static int is_ip(const char *host)
     return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
 }
 
-/* Does the certificate the far end presented name server id's host? */
-static int tls_names_server(const pl_peer *p, struct bufferevent *bev, uint32_t id)
+/* Does the certificate the far end presented name this host? */
+static int tls_names_host(struct bufferevent *bev, const char *host)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
     X509 *x = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
-    const char *host = p->cfg->servers[id].host;
     int ok = 0;
     if (x)
         ok = is_ip(host) ? X509_check_ip_asc(x, host, 0) == 1
@@ -376,6 +431,23 @@ static char *dupstr(pl_str s)
 
 /* ---- decoding: pure, so tests/fuzz drives it without sockets ---- */
 
+/* A host as an identity may carry it: 1..PL_PEER_HOST_MAX bytes of the
+ * characters of numeric addresses and DNS names (core/members.h allows the
+ * same), so a claimed address is also safe to put in a log line. */
+static int host_ok(const char *host)
+{
+    size_t len = host ? strlen(host) : 0;
+    if (len < 1 || len > PL_PEER_HOST_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = host[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '-' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
 void pl_peer_frame_clear(pl_peer_frame *f)
 {
     if (f->pb)
@@ -426,10 +498,17 @@ int pl_peer_decode_frame(const uint8_t *buf, size_t len, pl_peer_frame *f)
     f->pb = pb;
     switch (pb->body_case) {
     case PARLEY__PEER__PEER_FRAME__BODY_HELLO:
+        /* protobuf-c ends a string at its first NUL: the host checked is
+         * the one every use of it sees */
+        if (!host_ok(pb->hello->host) || pb->hello->peer_port < 1 ||
+            pb->hello->peer_port > 65535)
+            return PL_ERR_MALFORMED;
         f->kind = PL_PEER_F_HELLO;
         f->version = pb->hello->version;
         f->from = pb->hello->from;
         f->n = pb->hello->n;
+        f->host = pl_str_c(pb->hello->host);
+        f->peer_port = (uint16_t)pb->hello->peer_port;
         f->nonce = pb->hello->nonce.data;
         f->nonce_len = pb->hello->nonce.len;
         return PL_OK;
@@ -467,6 +546,78 @@ int pl_peer_decode_frame(const uint8_t *buf, size_t len, pl_peer_frame *f)
         f->kind = PL_PEER_F_NONE;
         return PL_OK;
     }
+}
+
+/* ---- slot table ---- */
+
+static int same_addr(const char *h1, uint16_t p1, const char *h2, uint16_t p2)
+{
+    return p1 == p2 && strcmp(h1, h2) == 0;
+}
+
+/* The slot listing this address in the current table, or -1. */
+static int slot_of(const pl_peer *p, const char *host, uint16_t port)
+{
+    for (uint32_t i = 0; i < p->n; i++)
+        if (same_addr(p->servers[i].host, p->servers[i].peer_port, host, port))
+            return (int)i;
+    return -1;
+}
+
+/* What pl_peer_new and pl_peer_set_servers accept as a slot table. */
+static int table_check(const pl_server_conf *servers, size_t n, uint32_t self, char *err,
+                       size_t errlen)
+{
+    if (n < 1 || n > PL_VR_MAX_REPLICAS) {
+        snprintf(err, errlen, "%zu servers: 1 to %u are supported", n, PL_VR_MAX_REPLICAS);
+        return PL_ERR_INVALID;
+    }
+    if (self >= n) {
+        snprintf(err, errlen, "this server's slot %u is not among the %zu servers", self, n);
+        return PL_ERR_INVALID;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!host_ok(servers[i].host) || servers[i].peer_port == 0) {
+            snprintf(err, errlen, "server %zu: host must be 1 to %u bytes of [A-Za-z0-9.:-] "
+                     "and peer_port 1-65535", i, PL_PEER_HOST_MAX);
+            return PL_ERR_INVALID;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (same_addr(servers[i].host, servers[i].peer_port, servers[j].host,
+                          servers[j].peer_port)) {
+                snprintf(err, errlen, "servers %zu and %zu both have the peer address %s:%u",
+                         j, i, servers[i].host, (unsigned)servers[i].peer_port);
+                return PL_ERR_INVALID;
+            }
+        }
+    }
+    return PL_OK;
+}
+
+/* Copy a checked table into dst (hosts duplicated); PL_ERR_NOMEM leaves dst
+ * all NULL hosts. */
+static int table_copy(pl_server_conf *dst, const pl_server_conf *src, size_t n)
+{
+    memset(dst, 0, PL_VR_MAX_REPLICAS * sizeof *dst);
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = src[i];
+        dst[i].host = strdup(src[i].host);
+        if (!dst[i].host) {
+            for (size_t j = 0; j < i; j++)
+                free(dst[j].host);
+            memset(dst, 0, PL_VR_MAX_REPLICAS * sizeof *dst);
+            return PL_ERR_NOMEM;
+        }
+    }
+    return PL_OK;
+}
+
+static unsigned count_unmapped(const pl_peer *p)
+{
+    unsigned k = 0;
+    for (const peer_in *c = p->ins; c; c = c->next)
+        k += c->hello && c->slot < 0;
+    return k;
 }
 
 /* ---- incoming connections ---- */
@@ -513,6 +664,63 @@ static void in_status_request(peer_in *c, uint64_t query_id)
         free(s[i]);
 }
 
+/* The dialler's Hello: the address it claims, checked against its
+ * certificate (with TLS) and mapped to its slot. Returns 0 when the
+ * connection was closed. */
+static int in_hello(peer_in *c, const pl_peer_frame *f)
+{
+    pl_peer *p = c->p;
+    const pl_server_conf *me = &p->servers[p->self];
+    if (f->kind != PL_PEER_F_HELLO) {
+        pl_log(PL_LOG_WARN, "peer: connection from %s without a Hello; closing", c->addr);
+        goto close;
+    }
+    if (f->version != PL_PEER_VERSION) {
+        pl_log(PL_LOG_WARN, "peer: %s speaks peer protocol version %u, this server %u; closing",
+               c->addr, f->version, PL_PEER_VERSION);
+        goto close;
+    }
+    /* the decoder checked the host's length and characters */
+    memcpy(c->host, f->host.ptr, f->host.len);
+    c->host[f->host.len] = 0;
+    c->peer_port = f->peer_port;
+    if (same_addr(c->host, c->peer_port, me->host, me->peer_port)) {
+        pl_log(PL_LOG_WARN, "peer: %s says it is this server (%s:%u); closing", c->addr, c->host,
+               (unsigned)c->peer_port);
+        goto close;
+    }
+    if (p->tls && !tls_names_host(c->bev, c->host)) {
+        pl_log(PL_LOG_WARN, "peer: %s says it is server %s:%u, but its certificate does "
+               "not name %s; closing", c->addr, c->host, (unsigned)c->peer_port, c->host);
+        goto close;
+    }
+    c->slot = slot_of(p, c->host, c->peer_port);
+    if (c->slot < 0 && count_unmapped(p) >= PL_PEER_MAX_UNMAPPED) {
+        pl_log(PL_LOG_WARN, "peer: %s says it is server %s:%u, which is not in the current "
+               "configuration, and %u such connections (the limit) are open already; closing",
+               c->addr, c->host, (unsigned)c->peer_port, PL_PEER_MAX_UNMAPPED);
+        goto close;
+    }
+    c->hello = 1;
+    if (!p->auth) {
+        c->authed = 1;
+        bufferevent_set_timeouts(c->bev, NULL, NULL);
+    } else if (f->nonce_len != NONCE_BYTES) {
+        pl_log(PL_LOG_WARN, "peer: a connection claiming to be server %s:%u sent no "
+               "challenge: it has no cluster_secret configured; closing", c->host,
+               (unsigned)c->peer_port);
+        goto close;
+    } else {
+        memcpy(c->peer_nonce, f->nonce, NONCE_BYTES);
+        auth_ids a = in_ids(c);
+        send_auth(p, c->bev, 'A', &a);
+    }
+    return 1;
+close:
+    in_free(c);
+    return 0;
+}
+
 static void in_read(struct bufferevent *bev, void *arg)
 {
     peer_in *c = arg;
@@ -523,72 +731,55 @@ static void in_read(struct bufferevent *bev, void *arg)
         if (rc == PL_ERR_AGAIN)
             return;
         if (rc == PL_ERR_INVALID && c->authed) {
-            pl_log(PL_LOG_WARN, "peer: server %d sent a message that fails its checks "
+            pl_log(PL_LOG_WARN, "peer: server %s:%u sent a message that fails its checks "
                    "(entries not a consecutive run after the anchor, or too large); dropped",
-                   c->from);
+                   c->host, (unsigned)c->peer_port);
             pl_peer_frame_clear(&f);
             continue;
         }
         if (rc != PL_OK) {
-            pl_log(PL_LOG_WARN, "peer: malformed or oversized frame from %s; closing",
-                   c->from >= 0 ? "a peer" : "an unidentified connection");
+            pl_log(PL_LOG_WARN, "peer: malformed or oversized frame from %s%s; closing", c->addr,
+                   c->hello ? "" : " (before its Hello, or in it)");
             pl_peer_frame_clear(&f);
             in_free(c);
             return;
         }
-        if (c->from < 0) {
-            if (f.kind != PL_PEER_F_HELLO || f.version != PL_PEER_VERSION ||
-                f.from >= c->p->n || f.from == c->p->self) {
-                pl_log(PL_LOG_WARN, "peer: connection without a valid Hello (version %u wanted); closing",
-                       PL_PEER_VERSION);
-                pl_peer_frame_clear(&f);
-                in_free(c);
+        if (!c->hello) {
+            int open = in_hello(c, &f);
+            pl_peer_frame_clear(&f);
+            if (!open)
                 return;
-            }
-            if (f.n != c->p->n)
-                pl_log(PL_LOG_WARN, "peer: server %u lists %u servers, this one %u: check the configs",
-                       f.from, f.n, c->p->n);
-            if (c->p->tls && !tls_names_server(c->p, bev, f.from)) {
-                pl_log(PL_LOG_WARN, "peer: %s says it is server %u, but its certificate does "
-                       "not name %s; closing", c->addr, f.from, c->p->cfg->servers[f.from].host);
-                pl_peer_frame_clear(&f);
-                in_free(c);
-                return;
-            }
-            c->from = (int)f.from;
-            if (!c->p->auth) {
-                c->authed = 1;
-                bufferevent_set_timeouts(bev, NULL, NULL);
-            } else if (f.nonce_len != NONCE_BYTES) {
-                pl_log(PL_LOG_WARN, "peer: a connection claiming to be server %d sent no "
-                       "challenge: it has no cluster_secret configured; closing", c->from);
-                pl_peer_frame_clear(&f);
-                in_free(c);
-                return;
-            } else {
-                memcpy(c->peer_nonce, f.nonce, NONCE_BYTES);
-                send_auth(c->p, bev, 'A', c->peer_nonce, c->nonce, (uint32_t)c->from, c->p->self);
-            }
-        } else if (!c->authed) {
+            continue;
+        }
+        if (!c->authed) {
             /* With a secret, the dialler's second frame must be its proof:
              * no VR message, status query or snapshot before it. */
-            if (!auth_check(c->p, &f, 'D', c->peer_nonce, c->nonce, (uint32_t)c->from,
-                            c->p->self)) {
-                pl_log(PL_LOG_WARN, "peer: a connection claiming to be server %d did not prove "
-                       "the cluster secret (cluster_secret differs?); closing", c->from);
+            auth_ids a = in_ids(c);
+            if (!auth_check(c->p, &f, 'D', &a)) {
+                pl_log(PL_LOG_WARN, "peer: a connection claiming to be server %s:%u did not "
+                       "prove the cluster secret (cluster_secret differs?); closing", c->host,
+                       (unsigned)c->peer_port);
                 pl_peer_frame_clear(&f);
                 in_free(c);
                 return;
             }
             c->authed = 1;
             bufferevent_set_timeouts(bev, NULL, NULL);
+        } else if (c->slot < 0) {
+            /* Authenticated but not listed: a server being added talks to
+             * us before our table has it, or ours is behind. Nothing it
+             * says counts until a table lists it. */
+            if (!c->warned_unmapped && f.kind != PL_PEER_F_NONE)
+                pl_log(PL_LOG_INFO, "peer: %s:%u is not in the current configuration; "
+                       "ignoring its messages", c->host, (unsigned)c->peer_port);
+            c->warned_unmapped |= f.kind != PL_PEER_F_NONE;
         } else if (f.kind == PL_PEER_F_VR) {
-            f.vr.from = (uint32_t)c->from; /* the link says who it is */
+            f.vr.from = (uint32_t)c->slot; /* the link says who it is */
             c->p->cb.vr(c->p->cb.ud, &f.vr);
         } else if (f.kind == PL_PEER_F_STATUS_REQUEST) {
             in_status_request(c, f.query_id);
         } else if (f.kind == PL_PEER_F_SNAPSHOT && c->p->cb.snapshot) {
-            c->p->cb.snapshot(c->p->cb.ud, (uint32_t)c->from, f.snap_view, f.snap_offset,
+            c->p->cb.snapshot(c->p->cb.ud, (uint32_t)c->slot, f.snap_view, f.snap_offset,
                               f.snap_total, f.snap_data, f.snap_len);
         }
         pl_peer_frame_clear(&f);
@@ -625,7 +816,7 @@ static void in_event(struct bufferevent *bev, short what, void *arg)
     }
     if (what & BEV_EVENT_TIMEOUT)
         pl_log(PL_LOG_WARN, "peer: a connection%s did not finish the handshake within %d ms; "
-               "closing", c->from >= 0 ? " claiming to be a server" : "", HANDSHAKE_MS);
+               "closing", c->hello ? " claiming to be a server" : "", HANDSHAKE_MS);
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
         in_free(c);
 }
@@ -662,6 +853,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
             evutil_closesocket(fd);
         return;
     }
+    p->accepted++;
     if (!p->tls)
         c->tls_up = 1;
     char ip[INET6_ADDRSTRLEN] = "?";
@@ -676,28 +868,39 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->p = p;
     c->bev = bev;
-    c->from = -1;
+    c->slot = -1;
     c->next = p->ins;
     p->ins = c;
     bufferevent_setcb(bev, in_read, NULL, in_event, c);
     struct timeval hs = { HANDSHAKE_MS / 1000, (HANDSHAKE_MS % 1000) * 1000 };
     bufferevent_set_timeouts(bev, &hs, NULL);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
-    if (p->auth) {
+    /* Our Hello tells the dialler it reached the address it meant (and,
+     * with a secret, carries our challenge). */
+    if (p->auth)
         randombytes_buf(c->nonce, sizeof c->nonce);
-        send_hello(p, bev, c->nonce);
-    }
+    send_hello(p, bev, p->auth ? c->nonce : NULL);
 }
 
 /* ---- outgoing connections ---- */
 
 static void out_connect(peer_out *o);
+static void out_free(peer_out *o);
 
 static void out_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    out_connect(arg);
+    peer_out *o = arg;
+    if (o->retired) {
+        if (o->bev && evbuffer_get_length(bufferevent_get_output(o->bev)))
+            pl_log(PL_LOG_INFO, "peer: closing the link to removed server %s:%u with %zu bytes "
+                   "unwritten after %d ms", o->host, (unsigned)o->peer_port,
+                   evbuffer_get_length(bufferevent_get_output(o->bev)), RETIRE_MS);
+        out_free(o);
+        return;
+    }
+    out_connect(o);
 }
 
 static void out_down(peer_out *o)
@@ -707,11 +910,65 @@ static void out_down(peer_out *o)
         o->bev = NULL;
     }
     if (o->up)
-        pl_log(PL_LOG_INFO, "peer: link to server %u down", o->to);
+        pl_log(PL_LOG_INFO, "peer: link to server %u (%s:%u) down", o->to, o->host,
+               (unsigned)o->peer_port);
     o->up = 0;
     struct timeval tv = { o->retry_ms / 1000, (o->retry_ms % 1000) * 1000 };
     evtimer_add(o->retry, &tv);
     o->retry_ms = o->retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : o->retry_ms * 2;
+}
+
+static void out_up(peer_out *o)
+{
+    o->up = 1;
+    bufferevent_set_timeouts(o->bev, NULL, NULL);
+    pl_log(PL_LOG_INFO, "peer: link to server %u (%s:%u) up%s", o->to, o->host,
+           (unsigned)o->peer_port, o->p->auth ? " (authenticated)" : "");
+}
+
+/* The acceptor's side of the handshake on a link we dialled: its Hello must
+ * name the address we dialled (and, with a secret, carry its challenge),
+ * then with a secret its proof. The link carries nothing until then, so a
+ * stranger on that port never sees a VR message. Returns 0 when the link
+ * was closed. */
+static int out_handshake(peer_out *o, int rc, const pl_peer_frame *f)
+{
+    char bad[300] = "";
+    if (!o->got_hello) {
+        if (rc != PL_OK || f->kind != PL_PEER_F_HELLO) {
+            snprintf(bad, sizeof bad, "did not answer with a Hello");
+        } else if (f->version != PL_PEER_VERSION) {
+            snprintf(bad, sizeof bad, "speaks peer protocol version %u, this server %u",
+                     f->version, PL_PEER_VERSION);
+        } else if (f->peer_port != o->peer_port || strcmp(f->host.ptr, o->host) != 0) {
+            snprintf(bad, sizeof bad, "says it is server %s:%u (check the server lists)",
+                     f->host.ptr, (unsigned)f->peer_port);
+        } else if (o->p->auth && f->nonce_len != NONCE_BYTES) {
+            snprintf(bad, sizeof bad, "did not answer with its challenge (no cluster_secret "
+                     "configured there)");
+        } else if (o->p->auth) {
+            o->got_hello = 1;
+            memcpy(o->peer_nonce, f->nonce, NONCE_BYTES);
+            auth_ids a = out_ids(o);
+            send_auth(o->p, o->bev, 'D', &a);
+        } else {
+            o->got_hello = 1;
+            out_up(o);
+        }
+    } else {
+        auth_ids a = out_ids(o);
+        if (rc == PL_OK && auth_check(o->p, f, 'A', &a))
+            out_up(o);
+        else
+            snprintf(bad, sizeof bad, "did not prove the cluster secret (cluster_secret "
+                     "differs?)");
+    }
+    if (!bad[0])
+        return 1;
+    pl_log(PL_LOG_WARN, "peer: the peer port of server %u (%s:%u) %s; closing", o->to, o->host,
+           (unsigned)o->peer_port, bad);
+    out_down(o);
+    return 0;
 }
 
 static void out_read(struct bufferevent *bev, void *arg)
@@ -724,39 +981,18 @@ static void out_read(struct bufferevent *bev, void *arg)
             return;
         if (rc != PL_OK && rc != PL_ERR_INVALID) {
             pl_peer_frame_clear(&f);
+            if (!o->up)
+                pl_log(PL_LOG_WARN, "peer: the peer port of server %u (%s:%u) answered with a "
+                       "malformed or oversized frame; closing", o->to, o->host,
+                       (unsigned)o->peer_port);
             out_down(o);
             return;
         }
         if (!o->up) {
-            /* With a secret: the acceptor's Hello (its challenge), then its
-             * proof. The link carries nothing until the proof checks out,
-             * so a stranger on that port never sees a VR message. */
-            const char *bad = NULL;
-            if (!o->got_hello) {
-                if (rc != PL_OK || f.kind != PL_PEER_F_HELLO || f.from != o->to ||
-                    f.nonce_len != NONCE_BYTES) {
-                    bad = "did not answer with its challenge (no cluster_secret configured "
-                          "there, or not server %u)";
-                } else {
-                    o->got_hello = 1;
-                    memcpy(o->peer_nonce, f.nonce, NONCE_BYTES);
-                    send_auth(o->p, bev, 'D', o->nonce, o->peer_nonce, o->p->self, o->to);
-                }
-            } else if (!auth_check(o->p, &f, 'A', o->nonce, o->peer_nonce, o->p->self, o->to)) {
-                bad = "did not prove the cluster secret (cluster_secret differs?) as server %u";
-            } else {
-                o->up = 1;
-                bufferevent_set_timeouts(bev, NULL, NULL);
-                pl_log(PL_LOG_INFO, "peer: link to server %u up (authenticated)", o->to);
-            }
+            int open = out_handshake(o, rc, &f);
             pl_peer_frame_clear(&f);
-            if (bad) {
-                char text[200];
-                snprintf(text, sizeof text, bad, o->to);
-                pl_log(PL_LOG_WARN, "peer: the peer port of server %u %s; closing", o->to, text);
-                out_down(o);
+            if (!open)
                 return;
-            }
             continue;
         }
         if (rc == PL_OK && f.kind == PL_PEER_F_STATUS_REPLY) {
@@ -764,6 +1000,10 @@ static void out_read(struct bufferevent *bev, void *arg)
             o->p->cb.status_reply(o->p->cb.ud, f.query_id, &f.row);
         }
         pl_peer_frame_clear(&f);
+        /* the callback may have changed the slot table and retired this
+         * link, which now has callbacks of its own */
+        if (o->retired)
+            return;
     }
 }
 
@@ -778,17 +1018,13 @@ static void out_event(struct bufferevent *bev, short what, void *arg)
         o->warned_backlog = 0;
         o->tls_up = 1;
         o->tls_warned = 0;
-        if (!o->p->auth) {
-            o->up = 1;
-            pl_log(PL_LOG_INFO, "peer: link to server %u up", o->to);
-            send_hello(o->p, bev, NULL);
-            return;
-        }
         o->got_hello = 0;
-        randombytes_buf(o->nonce, sizeof o->nonce);
+        /* up once the acceptor's Hello (and proof) arrived */
         struct timeval hs = { HANDSHAKE_MS / 1000, (HANDSHAKE_MS % 1000) * 1000 };
         bufferevent_set_timeouts(bev, &hs, NULL);
-        send_hello(o->p, bev, o->nonce);
+        if (o->p->auth)
+            randombytes_buf(o->nonce, sizeof o->nonce);
+        send_hello(o->p, bev, o->p->auth ? o->nonce : NULL);
         return;
     }
     /* With TLS, CONNECTED comes after the TLS handshake; a failure before it
@@ -797,12 +1033,14 @@ static void out_event(struct bufferevent *bev, short what, void *arg)
         !o->tls_warned && EVUTIL_SOCKET_ERROR() != ECONNREFUSED) {
         char why[200];
         tls_why(bev, why, sizeof why);
-        pl_log(PL_LOG_WARN, "peer: TLS handshake with server %u failed: %s", o->to, why);
+        pl_log(PL_LOG_WARN, "peer: TLS handshake with server %u (%s:%u) failed: %s", o->to,
+               o->host, (unsigned)o->peer_port, why);
         o->tls_warned = 1;
     }
     if (what & BEV_EVENT_TIMEOUT)
-        pl_log(PL_LOG_WARN, "peer: server %u did not finish the handshake within %d ms "
-               "(cluster_secret differs?)", o->to, HANDSHAKE_MS);
+        pl_log(PL_LOG_WARN, "peer: server %u (%s:%u) did not finish the handshake within %d ms "
+               "(cluster_secret differs, or another version?)", o->to, o->host,
+               (unsigned)o->peer_port, HANDSHAKE_MS);
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
         out_down(o);
 }
@@ -810,12 +1048,11 @@ static void out_event(struct bufferevent *bev, short what, void *arg)
 static void out_connect(peer_out *o)
 {
     pl_peer *p = o->p;
-    const pl_server_conf *s = &p->cfg->servers[o->to];
     struct sockaddr_storage ss;
     int sslen = sizeof ss;
     char addr[300];
-    snprintf(addr, sizeof addr, strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host,
-             (unsigned)s->peer_port);
+    snprintf(addr, sizeof addr, strchr(o->host, ':') ? "[%s]:%u" : "%s:%u", o->host,
+             (unsigned)o->peer_port);
     if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) != 0) {
         pl_log(PL_LOG_ERROR, "peer: server %u address %s is not numeric", o->to, addr);
         return;
@@ -824,9 +1061,9 @@ static void out_connect(peer_out *o)
     if (p->tls) {
         /* The acceptor's certificate must name the host we dial. */
         SSL *ssl = SSL_new(p->tls);
-        int named = ssl && (is_ip(s->host)
-                                ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), s->host) == 1
-                                : SSL_set1_host(ssl, s->host) == 1);
+        int named = ssl && (is_ip(o->host)
+                                ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), o->host) == 1
+                                : SSL_set1_host(ssl, o->host) == 1);
         o->bev = named ? bufferevent_openssl_socket_new(p->base, -1, ssl,
                                                         BUFFEREVENT_SSL_CONNECTING,
                                                         BEV_OPT_CLOSE_ON_FREE)
@@ -849,28 +1086,118 @@ static void out_connect(peer_out *o)
         out_down(o);
 }
 
-/* ---- API ---- */
-
-pl_peer *pl_peer_new(struct event_base *base, const pl_config *cfg, uint32_t self,
-                     const pl_peer_cb *cb, char *err, size_t errlen)
+/* A link to (host, port) at slot `to`, dialled at once. NULL on NOMEM. */
+static peer_out *out_new(pl_peer *p, uint32_t to, const char *host, uint16_t port)
 {
-    if (cfg->n_servers > PL_VR_MAX_REPLICAS || self >= cfg->n_servers) {
-        snprintf(err, errlen, "at most %u servers are supported", PL_VR_MAX_REPLICAS);
+    peer_out *o = calloc(1, sizeof *o);
+    if (!o)
+        return NULL;
+    o->p = p;
+    o->to = to;
+    o->peer_port = port;
+    o->retry_ms = RETRY_MIN_MS;
+    o->host = strdup(host);
+    o->retry = evtimer_new(p->base, out_retry_cb, o);
+    if (!o->host || !o->retry) {
+        if (o->retry)
+            event_free(o->retry);
+        free(o->host);
+        free(o);
         return NULL;
     }
+    return o;
+}
+
+static void out_free(peer_out *o)
+{
+    if (o->retired) {
+        for (peer_out **pp = &o->p->retired; *pp; pp = &(*pp)->next) {
+            if (*pp == o) {
+                *pp = o->next;
+                break;
+            }
+        }
+    }
+    if (o->bev)
+        bufferevent_free(o->bev);
+    event_free(o->retry);
+    free(o->host);
+    free(o);
+}
+
+/* A retired link reads nothing it acts on: what the removed server sends
+ * is discarded so that closing sends a FIN, not a reset that could cost it
+ * our last frames. */
+static void retired_read(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+/* Everything queued was handed to the kernel: close. */
+static void retired_write(struct bufferevent *bev, void *arg)
+{
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        out_free(arg);
+}
+
+static void retired_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+        out_free(arg);
+}
+
+/* The link's address is no longer listed. It may be called from one of the
+ * link's own callbacks (pl_peer_set_servers from cb.status_reply), so it is
+ * never freed here: the write callback, an error or the deadline frees it. */
+static void out_retire(peer_out *o)
+{
+    pl_peer *p = o->p;
+    o->retired = 1;
+    o->next = p->retired;
+    p->retired = o;
+    evtimer_del(o->retry);
+    struct timeval tv = { 0, 0 };
+    if (o->bev && o->up && evbuffer_get_length(bufferevent_get_output(o->bev))) {
+        tv.tv_sec = RETIRE_MS / 1000;
+        tv.tv_usec = (RETIRE_MS % 1000) * 1000;
+        bufferevent_setcb(o->bev, retired_read, retired_write, retired_event, o);
+        bufferevent_set_timeouts(o->bev, NULL, NULL);
+    } else if (o->bev) {
+        /* nothing to deliver (or not even connected): close at the next
+         * loop iteration */
+        bufferevent_setcb(o->bev, retired_read, NULL, retired_event, o);
+    }
+    evtimer_add(o->retry, &tv);
+    pl_log(PL_LOG_INFO, "peer: server %s:%u is no longer in the configuration; closing the "
+           "link to it%s", o->host, (unsigned)o->peer_port,
+           tv.tv_sec ? " once what is queued on it is written" : "");
+}
+
+/* ---- API ---- */
+
+pl_peer *pl_peer_new(struct event_base *base, const pl_config *cfg,
+                     const pl_server_conf *servers, size_t n, uint32_t self,
+                     const pl_peer_cb *cb, char *err, size_t errlen)
+{
+    if (table_check(servers, n, self, err, errlen) != PL_OK)
+        return NULL;
     pl_peer *p = calloc(1, sizeof *p);
-    if (!p) {
+    if (!p || table_copy(p->servers, servers, n) != PL_OK) {
+        free(p);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     p->base = base;
     p->cfg = cfg;
     p->self = self;
-    p->n = (uint32_t)cfg->n_servers;
+    p->n = (uint32_t)n;
     p->cb = *cb;
     if (tls_setup(p, err, errlen) != PL_OK || auth_setup(p, err, errlen) != PL_OK)
         goto fail;
-    const pl_server_conf *me = &cfg->servers[self];
+    const pl_server_conf *me = &p->servers[self];
     char addr[300];
     struct sockaddr_storage ss;
     int sslen = sizeof ss;
@@ -888,23 +1215,92 @@ pl_peer *pl_peer_new(struct event_base *base, const pl_config *cfg, uint32_t sel
         goto fail;
     }
     for (uint32_t i = 0; i < p->n; i++) {
-        peer_out *o = &p->out[i];
-        o->p = p;
-        o->to = i;
-        o->retry_ms = RETRY_MIN_MS;
         if (i == self)
             continue;
-        o->retry = evtimer_new(base, out_retry_cb, o);
-        if (!o->retry) {
+        p->out[i] = out_new(p, i, p->servers[i].host, p->servers[i].peer_port);
+        if (!p->out[i]) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
-        out_connect(o);
+        out_connect(p->out[i]);
     }
     return p;
 fail:
     pl_peer_free(p);
     return NULL;
+}
+
+int pl_peer_set_servers(pl_peer *p, const pl_server_conf *servers, size_t n, uint32_t self)
+{
+    char why[200];
+    if (table_check(servers, n, self, why, sizeof why) != PL_OK) {
+        pl_log(PL_LOG_ERROR, "peer: new server list refused: %s", why);
+        return PL_ERR_INVALID;
+    }
+    const pl_server_conf *me = &p->servers[p->self];
+    if (!same_addr(servers[self].host, servers[self].peer_port, me->host, me->peer_port)) {
+        pl_log(PL_LOG_ERROR, "peer: new server list refused: its server %u is %s:%u, but this "
+               "server is %s:%u", self, servers[self].host, (unsigned)servers[self].peer_port,
+               me->host, (unsigned)me->peer_port);
+        return PL_ERR_INVALID;
+    }
+    /* Everything that can fail first, so that a failure changes nothing. */
+    pl_server_conf table[PL_VR_MAX_REPLICAS];
+    peer_out *out[PL_VR_MAX_REPLICAS] = { 0 };
+    int fresh[PL_VR_MAX_REPLICAS] = { 0 }; /* new slots with a new link */
+    int kept[PL_VR_MAX_REPLICAS] = { 0 };  /* old slots whose link moves */
+    if (table_copy(table, servers, n) != PL_OK)
+        return PL_ERR_NOMEM;
+    for (uint32_t j = 0; j < n; j++) {
+        if (j == self)
+            continue;
+        for (uint32_t i = 0; i < p->n && !out[j]; i++) {
+            peer_out *o = p->out[i];
+            if (o && same_addr(o->host, o->peer_port, table[j].host, table[j].peer_port)) {
+                out[j] = o;
+                kept[i] = 1;
+            }
+        }
+        if (!out[j]) {
+            out[j] = out_new(p, j, table[j].host, table[j].peer_port);
+            fresh[j] = 1;
+        }
+        if (!out[j]) {
+            for (uint32_t k = 0; k < n; k++) {
+                if (fresh[k] && out[k])
+                    out_free(out[k]);
+                free(table[k].host);
+            }
+            return PL_ERR_NOMEM;
+        }
+    }
+    for (uint32_t i = 0; i < p->n; i++) {
+        if (p->out[i] && !kept[i])
+            out_retire(p->out[i]);
+        free(p->servers[i].host);
+    }
+    memcpy(p->servers, table, sizeof table);
+    memset(p->out, 0, sizeof p->out);
+    p->n = (uint32_t)n;
+    p->self = self;
+    for (uint32_t j = 0; j < n; j++) {
+        peer_out *o = p->out[j] = out[j];
+        if (!o)
+            continue;
+        if (o->to != j && !fresh[j])
+            pl_log(PL_LOG_INFO, "peer: server %s:%u is now server %u (was %u)", o->host,
+                   (unsigned)o->peer_port, j, o->to);
+        o->to = j;
+        if (fresh[j])
+            out_connect(o);
+    }
+    /* Incoming connections keep the address their Hello named; only its
+     * slot changes. The limit on unlisted ones is checked at their Hello:
+     * a change can add at most the servers it removed. */
+    for (peer_in *c = p->ins; c; c = c->next)
+        if (c->hello)
+            c->slot = slot_of(p, c->host, c->peer_port);
+    return PL_OK;
 }
 
 void pl_peer_free(pl_peer *p)
@@ -916,26 +1312,48 @@ void pl_peer_free(pl_peer *p)
         evconnlistener_free(p->listener);
     while (p->ins)
         in_free(p->ins);
-    for (uint32_t i = 0; i < p->n; i++) {
-        if (p->out[i].bev)
-            bufferevent_free(p->out[i].bev);
-        if (p->out[i].retry)
-            event_free(p->out[i].retry);
-    }
+    for (uint32_t i = 0; i < PL_VR_MAX_REPLICAS; i++)
+        if (p->out[i])
+            out_free(p->out[i]);
+    while (p->retired)
+        out_free(p->retired);
+    for (uint32_t i = 0; i < PL_VR_MAX_REPLICAS; i++)
+        free(p->servers[i].host);
     SSL_CTX_free(p->tls);
     free(p);
 }
 
+void pl_peer_counts(const pl_peer *p, pl_peer_counters *c)
+{
+    memset(c, 0, sizeof *c);
+    for (uint32_t i = 0; i < p->n; i++)
+        c->links_up += p->out[i] && p->out[i]->up;
+    for (const peer_out *o = p->retired; o; o = o->next)
+        c->links_retiring++;
+    for (const peer_in *in = p->ins; in; in = in->next) {
+        c->incoming_mapped += in->hello && in->slot >= 0;
+        c->incoming_unmapped += in->hello && in->slot < 0;
+    }
+    c->accepted = p->accepted;
+}
+
+/* The link to slot `to` when it is up. */
+static peer_out *link_up(const pl_peer *p, uint32_t to)
+{
+    if (to >= p->n || to == p->self || !p->out[to] || !p->out[to]->up || !p->out[to]->bev)
+        return NULL;
+    return p->out[to];
+}
+
 void pl_peer_send(pl_peer *p, uint32_t to, const pl_vr_msg *m)
 {
-    if (to >= p->n || to == p->self)
-        return;
-    peer_out *o = &p->out[to];
-    if (!o->up || !o->bev)
+    peer_out *o = link_up(p, to);
+    if (!o)
         return;
     if (evbuffer_get_length(bufferevent_get_output(o->bev)) > OUT_BUFFER_MAX) {
         if (!o->warned_backlog)
-            pl_log(PL_LOG_WARN, "peer: server %u is not reading; dropping messages", to);
+            pl_log(PL_LOG_WARN, "peer: server %u (%s:%u) is not reading; dropping messages", to,
+                   o->host, (unsigned)o->peer_port);
         o->warned_backlog = 1;
         return;
     }
@@ -969,7 +1387,8 @@ void pl_peer_send(pl_peer *p, uint32_t to, const pl_vr_msg *m)
     f.body_case = PARLEY__PEER__PEER_FRAME__BODY_VR;
     f.vr = &v;
     if (write_frame(o->bev, &f) != PL_OK)
-        pl_log(PL_LOG_WARN, "peer: message to server %u too large or out of memory; dropped", to);
+        pl_log(PL_LOG_WARN, "peer: message to server %u (%s:%u) too large or out of memory; "
+               "dropped", to, o->host, (unsigned)o->peer_port);
 out:
     free(es);
     free(ep);
@@ -980,9 +1399,8 @@ out:
 int pl_peer_send_snapshot(pl_peer *p, uint32_t to, uint64_t view, const uint8_t *data,
                           size_t len)
 {
-    if (to >= p->n || to == p->self || !p->out[to].up || !p->out[to].bev)
-        return PL_ERR_UNAVAILABLE;
-    if (evbuffer_get_length(bufferevent_get_output(p->out[to].bev)) > OUT_BUFFER_MAX / 2)
+    peer_out *o = link_up(p, to);
+    if (!o || evbuffer_get_length(bufferevent_get_output(o->bev)) > OUT_BUFFER_MAX / 2)
         return PL_ERR_UNAVAILABLE;
     size_t off = 0;
     do {
@@ -996,7 +1414,7 @@ int pl_peer_send_snapshot(pl_peer *p, uint32_t to, uint64_t view, const uint8_t 
         Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
         f.body_case = PARLEY__PEER__PEER_FRAME__BODY_SNAPSHOT;
         f.snapshot = &k;
-        int rc = write_frame(p->out[to].bev, &f);
+        int rc = write_frame(o->bev, &f);
         if (rc != PL_OK)
             return rc;
         off += n;
@@ -1006,17 +1424,18 @@ int pl_peer_send_snapshot(pl_peer *p, uint32_t to, uint64_t view, const uint8_t 
 
 int pl_peer_status_request(pl_peer *p, uint32_t to, uint64_t query_id)
 {
-    if (to >= p->n || to == p->self || !p->out[to].up)
+    peer_out *o = link_up(p, to);
+    if (!o)
         return PL_ERR_UNAVAILABLE;
     Parley__Peer__StatusRequest q = PARLEY__PEER__STATUS_REQUEST__INIT;
     q.query_id = query_id;
     Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
     f.body_case = PARLEY__PEER__PEER_FRAME__BODY_STATUS_REQUEST;
     f.status_request = &q;
-    return write_frame(p->out[to].bev, &f);
+    return write_frame(o->bev, &f);
 }
 
 int pl_peer_connected(const pl_peer *p, uint32_t to)
 {
-    return to < p->n && to != p->self && p->out[to].up;
+    return link_up(p, to) != NULL;
 }

@@ -1500,7 +1500,8 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         pl_peer_cb pcb = { .ud = s, .vr = on_peer_vr, .status = on_peer_status,
                            .status_reply = on_peer_status_reply,
                            .snapshot = on_peer_snapshot };
-        s->peer = pl_peer_new(base, cfg, self, &pcb, why, sizeof why);
+        s->peer = pl_peer_new(base, cfg, cfg->servers, cfg->n_servers, self, &pcb, why,
+                              sizeof why);
         if (!s->peer) {
             snprintf(err, errlen, "peer network: %s", why);
             goto fail;
