@@ -78,6 +78,27 @@ pl_admin *pl_admin_new(struct event_base *base, const char *bind, uint16_t port,
                        char *err, size_t errlen);
 void pl_admin_free(pl_admin *a);
 
+/* ---- membership changes (issue 9; /work/brief/membership.md) ----
+ * GET /cluster/members answers from members(); POST /cluster/add-server,
+ * remove-server and replace-server compute the wanted list from current()
+ * and hand it to change(), which answers through reply() exactly once,
+ * possibly before it returns, possibly much later (when the RECONFIG op is
+ * applied). req is admin.c's own handle: it stays valid until reply() is
+ * called even if the HTTP client went away. */
+struct pl_members;
+typedef void (*pl_admin_reply_fn)(void *req, int http_status, const char *json_body);
+typedef struct pl_admin_cluster {
+    void *ud;
+    char *(*members)(void *ud);                    /* malloc'd JSON document */
+    const struct pl_members *(*current)(void *ud); /* membership in force */
+    void (*change)(void *ud, const struct pl_members *want, pl_admin_reply_fn reply,
+                   void *req);
+} pl_admin_cluster;
+
+/* Serve /cluster/... token: the operator token (copied); NULL or "" = POSTs
+ * refused with 403. */
+void pl_admin_set_cluster(pl_admin *a, const pl_admin_cluster *c, const char *token);
+
 /* Bytes of the regular files under dir (recursively); 0 if unreadable. */
 uint64_t pl_admin_dir_bytes(const char *dir);
 

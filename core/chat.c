@@ -748,6 +748,7 @@ static int execute(pl_chat *c, const pl_op *op, pl_apply_result *res)
 {
     switch (op->kind) {
     case PL_OP_NOOP: return PL_OK;
+    case PL_OP_RECONFIG: return PL_OK;
     case PL_OP_REGISTER: return op_register(c, op, res);
     case PL_OP_LOGIN: return op_login(c, op, res);
     case PL_OP_LOGOUT: return op_logout(c, op, res);

@@ -31,6 +31,8 @@ enum pl_op_kind {
     PL_OP_ACK = 6,            /* uid, ids */
     PL_OP_DELETE = 7,         /* uid, ids */
     PL_OP_DELETE_ACCOUNT = 8, /* uid */
+    PL_OP_RECONFIG = 9,       /* body: the new membership (core/members.h); no chat
+                                 state changes: the sequencer acts on it */
     PL_OP__COUNT
 };
 

@@ -73,6 +73,11 @@ struct pl_seq {
     uint8_t *snap_buf;        /* snapshot being received */
     uint64_t snap_total, snap_got, snap_view;
     uint32_t snap_from;
+    /* a membership change applied, waiting to enter its epoch (on_reconf) */
+    struct event *reconf_ev;
+    int reconf_pending;
+    uint64_t reconf_op, reconf_epoch;
+    uint32_t reconf_n, reconf_self;
     /* per-chunk scratch, max_batch entries each */
     seq_item **items;
     pl_log_entry *entries;
@@ -107,6 +112,38 @@ static void finish(pl_seq *q, seq_item *it, int err, uint64_t op, const pl_apply
 
 static void schedule(pl_seq *q, int now);
 static void fail_inflight(pl_seq *q, int err);
+
+/* The kind of an encoded op (core/op.c: a version byte, then the kind as a
+ * little-endian u32), or -1. */
+static int64_t op_kind(const uint8_t *d, size_t len)
+{
+    if (!d || len < 5)
+        return -1;
+    return (int64_t)((uint32_t)d[1] | (uint32_t)d[2] << 8 | (uint32_t)d[3] << 16 |
+                     (uint32_t)d[4] << 24);
+}
+
+/* A membership change: the sequencer makes it durable (host.reconfigured)
+ * before the op counts as applied, and VR enters the new epoch right after
+ * the VR call that committed it has returned (on_reconf). */
+static int apply_reconfig(pl_seq *q, uint64_t op, const pl_op *o)
+{
+    if (!q->host.reconfigured)
+        return PL_OK;
+    uint64_t epoch = 0, start = 0;
+    uint32_t n = 0, self = 0;
+    int rc = q->host.reconfigured(q->host.ud, (const uint8_t *)o->body.ptr, o->body.len, op,
+                                  &epoch, &n, &self, &start);
+    if (rc != PL_OK)
+        return rc;
+    q->reconf_pending = 1;
+    q->reconf_op = op;
+    q->reconf_epoch = epoch;
+    q->reconf_n = n;
+    q->reconf_self = self;
+    event_active(q->reconf_ev, EV_TIMEOUT, 0);
+    return PL_OK;
+}
 
 /* ---- applying committed ops ---- */
 
@@ -144,12 +181,13 @@ static int chunk_copy(void *ud, const pl_log_entry *e)
  * transaction each; answer in-flight ops and run host.applied per op. */
 static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
 {
-    if (q->applying)
-        return PL_OK; /* the running call continues to the new commit number */
+    if (q->applying || q->reconf_pending)
+        return PL_OK; /* the running call continues to the new commit number;
+                         on_reconf continues after a membership change */
     q->applying = 1;
     int rc = PL_OK;
     uint64_t total = 0, start = q->applied + 1;
-    while (q->applied < upto) {
+    while (q->applied < upto && !q->reconf_pending) {
         uint64_t from = q->applied + 1;
         uint64_t to = upto - from + 1 > q->max_batch ? from + q->max_batch - 1 : upto;
         read_chunk c = { q, from, 0, PL_OK };
@@ -164,15 +202,36 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
             rc = pl_op_decode(q->data[decoded], q->len[decoded], &q->ops[decoded],
                               &q->ids[decoded]);
         }
+        /* A membership change ends the chunk: what follows it is applied
+         * once its epoch has begun. */
+        size_t cnt = c.n, barrier = c.n;
+        for (size_t i = 0; rc == PL_OK && i < decoded; i++)
+            if (q->ops[i].kind == PL_OP_RECONFIG) {
+                barrier = i;
+                cnt = i + 1;
+                break;
+            }
+        if (rc == PL_OK && barrier > 0)
+            rc = pl_chat_apply_batch(q->chat, from, q->ops, barrier < cnt ? barrier : cnt,
+                                     q->results);
+        int stop = PL_OK;
+        if (rc == PL_OK && barrier < cnt) {
+            stop = apply_reconfig(q, from + barrier, &q->ops[barrier]);
+            if (stop == PL_OK)
+                rc = pl_chat_apply_batch(q->chat, from + barrier, &q->ops[barrier], 1,
+                                         &q->results[barrier]);
+            else
+                cnt = barrier; /* the ops before it are in; retried from it */
+        }
         if (rc == PL_OK)
-            rc = pl_chat_apply_batch(q->chat, from, q->ops, c.n, q->results);
+            to = from + cnt - 1;
         if (rc != PL_OK) {
             snprintf(err, errlen, "applying ops %llu-%llu from the log: %s",
                      (unsigned long long)from, (unsigned long long)to, pl_strerror(rc));
         } else {
             q->applied = to;
-            total += c.n;
-            for (size_t i = 0; i < c.n; i++) {
+            total += cnt;
+            for (size_t i = 0; i < cnt; i++) {
                 uint64_t op = from + i;
                 /* in-flight ops are in op order; anything below op is gone */
                 while (q->fl_head && q->fl_head->op < op) {
@@ -197,6 +256,11 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
         }
         for (size_t i = 0; i < c.n; i++)
             free(q->data[i]);
+        if (rc == PL_OK && stop != PL_OK) {
+            rc = stop;
+            snprintf(err, errlen, "making the membership change at op %llu durable: %s",
+                     (unsigned long long)(to + 1), pl_strerror(rc));
+        }
         if (rc != PL_OK)
             break;
     }
@@ -239,6 +303,57 @@ static int last_cb(void *ud, const pl_log_entry *e)
     return 1;
 }
 
+/* Snapshots travel with the membership in force, so a replica that missed
+ * membership changes learns them with the state:
+ *   "PLM1" | u32 big-endian length | canonical membership JSON | snapshot. */
+#define MEMBERS_MAGIC "PLM1"
+#define MEMBERS_HDR 8u
+#define MEMBERS_JSON_MAX (64u * 1024u)
+
+static int add_members_header(pl_seq *q, uint8_t **buf, size_t *len)
+{
+    char *json = q->host.members_json ? q->host.members_json(q->host.ud) : NULL;
+    size_t jl = json ? strlen(json) : 0;
+    if (jl > MEMBERS_JSON_MAX) {
+        free(json);
+        return PL_ERR_INTERNAL;
+    }
+    uint8_t *out = malloc(MEMBERS_HDR + jl + *len);
+    if (!out) {
+        free(json);
+        return PL_ERR_NOMEM;
+    }
+    memcpy(out, MEMBERS_MAGIC, 4);
+    out[4] = (uint8_t)(jl >> 24);
+    out[5] = (uint8_t)(jl >> 16);
+    out[6] = (uint8_t)(jl >> 8);
+    out[7] = (uint8_t)jl;
+    if (jl)
+        memcpy(out + MEMBERS_HDR, json, jl);
+    memcpy(out + MEMBERS_HDR + jl, *buf, *len);
+    free(json);
+    free(*buf);
+    *buf = out;
+    *len += MEMBERS_HDR + jl;
+    return PL_OK;
+}
+
+/* Split a received snapshot into its membership (may be empty) and state. */
+static int split_members_header(const uint8_t *buf, size_t len, const uint8_t **json,
+                                size_t *jl, const uint8_t **snap, size_t *sl)
+{
+    if (len < MEMBERS_HDR || memcmp(buf, MEMBERS_MAGIC, 4) != 0)
+        return PL_ERR_CORRUPT;
+    size_t n = (size_t)buf[4] << 24 | (size_t)buf[5] << 16 | (size_t)buf[6] << 8 | buf[7];
+    if (n > MEMBERS_JSON_MAX || n > len - MEMBERS_HDR)
+        return PL_ERR_CORRUPT;
+    *json = buf + MEMBERS_HDR;
+    *jl = n;
+    *snap = buf + MEMBERS_HDR + n;
+    *sl = len - MEMBERS_HDR - n;
+    return PL_OK;
+}
+
 /* A backup asked for entries we compacted: send it the whole state. The
  * export scans the store on the loop thread; it runs at most once per
  * election timeout per replica. */
@@ -259,8 +374,11 @@ static void io_need_snapshot(void *ud, uint32_t to)
     size_t len = 0;
     uint64_t op = 0;
     int rc = pl_snapshot_export(q->sp, q->st, le.view, &buf, &len, &op);
+    if (rc == PL_OK)
+        rc = add_members_header(q, &buf, &len);
     if (rc != PL_OK) {
         pl_log(PL_LOG_ERROR, "snapshot for server %u: %s", to, pl_strerror(rc));
+        free(buf);
         return;
     }
     rc = q->host.send_snapshot(q->host.ud, to, pl_vr_view(q->vr), buf, len);
@@ -284,10 +402,35 @@ static void snap_reset(pl_seq *q)
 static void snap_install(pl_seq *q)
 {
     uint64_t op = 0, op_view = 0;
-    int rc = pl_snapshot_peek(q->snap_buf, q->snap_total, &op, &op_view);
+    const uint8_t *json = NULL, *snap = NULL;
+    size_t jl = 0, sl = 0;
+    int rc = split_members_header(q->snap_buf, q->snap_total, &json, &jl, &snap, &sl);
+    if (rc == PL_OK)
+        rc = pl_snapshot_peek(snap, sl, &op, &op_view);
     if (rc != PL_OK) {
         pl_log(PL_LOG_WARN, "snapshot from server %u is corrupt; dropped", q->snap_from);
         return;
+    }
+    if (PL_VR_EPOCH(q->snap_view) > PL_VR_EPOCH(pl_vr_view(q->vr))) {
+        /* It comes from a newer membership: make that ours first (durably),
+         * then the state. A crash in between restarts us in the new epoch
+         * with our old state, which fetches a snapshot again. */
+        if (!q->host.reconfigured || !jl) {
+            pl_log(PL_LOG_WARN, "snapshot from server %u of a newer epoch carries no "
+                   "membership; dropped", q->snap_from);
+            return;
+        }
+        uint64_t epoch = 0, start = 0;
+        uint32_t n = 0, self = 0;
+        rc = q->host.reconfigured(q->host.ud, json, jl, 0, &epoch, &n, &self, &start);
+        if (rc != PL_OK || epoch != PL_VR_EPOCH(q->snap_view)) {
+            pl_log(PL_LOG_WARN, "snapshot from server %u: its membership (epoch %llu) cannot "
+                   "be used: %s", q->snap_from, (unsigned long long)epoch,
+                   rc != PL_OK ? pl_strerror(rc) : "epoch differs from its view");
+            return;
+        }
+        fail_inflight(q, PL_ERR_UNAVAILABLE);
+        pl_vr_reconfigure(q->vr, epoch, n, self, start, mono_ms());
     }
     if (op <= q->applied) {
         pl_log(PL_LOG_INFO, "snapshot at op %llu is not newer than our op %llu; dropped",
@@ -295,7 +438,7 @@ static void snap_install(pl_seq *q)
         return;
     }
     fail_inflight(q, PL_ERR_UNAVAILABLE);
-    rc = pl_snapshot_import(q->sp, q->st, q->snap_buf, q->snap_total);
+    rc = pl_snapshot_import(q->sp, q->st, snap, sl);
     if (rc != PL_OK) {
         pl_log(PL_LOG_ERROR, "installing the snapshot at op %llu failed: %s",
                (unsigned long long)op, pl_strerror(rc));
@@ -323,8 +466,12 @@ void pl_seq_snapshot_chunk(pl_seq *q, uint32_t from, uint64_t view, uint64_t off
                            uint64_t total, const uint8_t *data, size_t len)
 {
     const pl_vr *vr = q->vr;
-    if (view != pl_vr_view(vr) || from != pl_vr_primary(vr) || pl_vr_is_primary(vr) ||
-        total == 0 || total > PL_SNAPSHOT_MAX || offset > total || len > total - offset)
+    /* From the primary of our view, or from any replica of a newer epoch
+     * (answering us as a replica of an older one). */
+    int newer = PL_VR_EPOCH(view) > PL_VR_EPOCH(pl_vr_view(vr));
+    if ((!newer && (view != pl_vr_view(vr) || from != pl_vr_primary(vr))) ||
+        pl_vr_is_primary(vr) || total == 0 || total > PL_SNAPSHOT_MAX || offset > total ||
+        len > total - offset)
         return;
     if (offset == 0) {
         snap_reset(q);
@@ -426,6 +573,29 @@ static void fail_inflight(pl_seq *q, int err)
     q->fl_tail = NULL;
 }
 
+static int io_is_barrier(void *ud, const pl_log_entry *e)
+{
+    (void)ud;
+    return op_kind(e->data, e->len) == PL_OP_RECONFIG;
+}
+
+static void on_reconf(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pl_seq *q = arg;
+    if (!q->reconf_pending)
+        return;
+    q->reconf_pending = 0;
+    pl_vr_reconfigure(q->vr, q->reconf_epoch, q->reconf_n, q->reconf_self, q->reconf_op,
+                      mono_ms());
+    char err[256];
+    if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
+        pl_log(PL_LOG_ERROR, "%s (retrying)", err);
+    if (q->head)
+        schedule(q, 0);
+}
+
 static void io_changed(void *ud)
 {
     pl_seq *q = ud;
@@ -499,8 +669,11 @@ static int flush_batch(pl_seq *q)
         return 0;
     }
     size_t n = 0;
-    for (seq_item *it = q->head; it && n < q->max_batch; it = it->next)
+    for (seq_item *it = q->head; it && n < q->max_batch; it = it->next) {
         q->items[n++] = it;
+        if (op_kind(it->data, it->len) == PL_OP_RECONFIG)
+            break; /* a membership change ends the epoch: nothing after it */
+    }
     uint64_t first = pl_vr_op(q->vr) + 1;
     for (size_t i = 0; i < n; i++) {
         q->entries[i].op = first + i;
@@ -590,6 +763,37 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- lifecycle ---- */
 
+typedef struct barrier_scan {
+    uint64_t found;
+} barrier_scan;
+
+static int barrier_cb(void *ud, const pl_log_entry *e)
+{
+    if (op_kind(e->data, e->len) == PL_OP_RECONFIG)
+        ((barrier_scan *)ud)->found = e->op;
+    return 0;
+}
+
+/* The highest membership change in the log (after, last], or 0. */
+static int find_barrier(pl_seq *q, uint64_t after, uint64_t last, uint64_t *out)
+{
+    barrier_scan b = { 0 };
+    *out = 0;
+    if (last <= after)
+        return PL_OK;
+    int rc = q->sp->log_read(q->st, after + 1, last, barrier_cb, &b);
+    *out = b.found;
+    return rc;
+}
+
+static int is_entry_barrier(pl_seq *q, uint64_t op)
+{
+    barrier_scan b = { 0 };
+    if (op == 0 || q->sp->log_read(q->st, op, op, barrier_cb, &b) != PL_OK)
+        return 0;
+    return b.found == op;
+}
+
 static uint64_t meta_or_zero(pl_seq *q, const char *key)
 {
     uint64_t v = 0;
@@ -623,7 +827,8 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
         goto nomem;
     q->flush_ev = event_new(base, -1, 0, on_flush, q);
     q->tick_ev = event_new(base, -1, EV_PERSIST, on_tick, q);
-    if (!q->flush_ev || !q->tick_ev)
+    q->reconf_ev = event_new(base, -1, 0, on_reconf, q);
+    if (!q->flush_ev || !q->tick_ev || !q->reconf_ev)
         goto nomem;
 
     /* Durable replica state (the store) -> VR. */
@@ -671,8 +876,36 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     };
     if (d.lnv > d.view)
         d.view = d.lnv;
+    /* Membership (core/members.h): the epoch in force and the op that
+     * started it come from membership.json; a barrier above that op in the
+     * log (a membership change proposed, perhaps committed, not yet
+     * applied) still blocks new proposals after a restart. */
+    d.epoch_start = q->host.epoch_start;
+    if ((rc = find_barrier(q, d.epoch_start > q->applied ? d.epoch_start : q->applied, last,
+                           &d.barrier)) != PL_OK) {
+        snprintf(err, errlen, "reading the log for membership changes: %s", pl_strerror(rc));
+        goto fail;
+    }
+    if (q->host.epoch > PL_VR_EPOCH(d.view)) {
+        /* membership.json was written for a change being applied when we
+         * stopped, before VR entered its epoch. If that change is the entry
+         * at its op in our log, it is committed (it was being applied) and
+         * so is everything below it; otherwise the file came with a
+         * snapshot we did not finish installing, and we hold nothing of the
+         * new epoch: join it as a recovering replica. */
+        d.view = PL_VR_EPOCH_VIEW(q->host.epoch);
+        if (is_entry_barrier(q, d.epoch_start) && d.epoch_start <= d.op) {
+            if (d.commit < d.epoch_start)
+                d.commit = d.epoch_start;
+            if (d.op == d.epoch_start)
+                d.lnv = d.view;
+        }
+        pl_log(PL_LOG_INFO, "entering membership epoch %llu (op %llu) interrupted by a stop: "
+               "resuming it", (unsigned long long)q->host.epoch,
+               (unsigned long long)d.epoch_start);
+    }
     pl_vr_io io = { q, io_append, io_truncate, io_read, io_save, io_send, io_committed,
-                    io_changed, io_log_first, io_need_snapshot };
+                    io_changed, io_log_first, io_need_snapshot, io_is_barrier };
     q->vr = pl_vr_new(cfg, &io, &d, mono_ms());
     if (!q->vr) {
         snprintf(err, errlen, "replication: bad configuration (%u servers, self %u)", cfg->n,
@@ -758,6 +991,11 @@ uint64_t pl_seq_view(const pl_seq *q)
     return pl_vr_view(q->vr);
 }
 
+void pl_seq_set_learners(pl_seq *q, uint32_t count)
+{
+    pl_vr_set_learners(q->vr, count);
+}
+
 void pl_seq_free(pl_seq *q)
 {
     if (!q)
@@ -766,7 +1004,7 @@ void pl_seq_free(pl_seq *q)
      * server): those clients were promised an answer. In a cluster a commit
      * needs the network, which is going away: fail them, the clients retry
      * elsewhere with the same request numbers. */
-    if (q->vr && q->n == 1) {
+    if (q->vr && pl_vr_n(q->vr) == 1 && pl_vr_is_member(q->vr)) {
         while (q->head && flush_batch(q))
             ;
     }
@@ -776,6 +1014,8 @@ void pl_seq_free(pl_seq *q)
         event_free(q->flush_ev);
     if (q->tick_ev)
         event_free(q->tick_ev);
+    if (q->reconf_ev)
+        event_free(q->reconf_ev);
     pl_vr_free(q->vr);
     snap_reset(q);
     free(q->items);

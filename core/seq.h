@@ -60,6 +60,23 @@ typedef struct pl_seq_host {
     uint64_t compact_ops;
     uint64_t compact_bytes;
     uint64_t keep_ops;
+    /* Membership (core/members.h). A RECONFIG op (or a snapshot from a
+     * newer epoch) is being applied: make body (canonical membership JSON,
+     * `op` the RECONFIG op-number) the membership in force, durably, before
+     * the sequencer marks the op applied, and fill in the epoch, the number
+     * of voting servers, our slot (>= n: not a member) and the op that
+     * started the epoch (= op, or when op is 0 — a snapshot's membership —
+     * the "op" the body names). Returns PL_OK, or an error and the apply is
+     * retried. NULL: membership never changes. */
+    int (*reconfigured)(void *ud, const uint8_t *body, size_t len, uint64_t op,
+                        uint64_t *epoch, uint32_t *n, uint32_t *self, uint64_t *start);
+    /* The membership in force, canonical JSON (malloc'd; caller frees), for
+     * the header of every snapshot we send. */
+    char *(*members_json)(void *ud);
+    /* The membership found at start-up: its epoch and the op that started
+     * it (0, 0 for the config file's list). */
+    uint64_t epoch;
+    uint64_t epoch_start;
 } pl_seq_host;
 
 /* The store and chat are borrowed and must outlive the sequencer.
@@ -99,6 +116,9 @@ uint32_t pl_seq_pending(const pl_seq *q);
 uint64_t pl_seq_last_op(const pl_seq *q);
 /* Primary's view (0 for a single server). */
 uint64_t pl_seq_view(const pl_seq *q);
+/* Primary: stream the log to `count` learner slots after the members
+ * (pl_vr_set_learners); 0 stops. */
+void pl_seq_set_learners(pl_seq *q, uint32_t count);
 
 /* Flush everything queued, then fail (PL_ERR_UNAVAILABLE) whatever could not
  * be written, and free. */

@@ -33,10 +33,13 @@ struct pl_vr {
     uint64_t op;          /* last op in the log */
     uint64_t op_view;     /* its view */
     uint64_t commit;
+    uint64_t epoch_start;       /* op that started the current epoch */
+    uint64_t barrier;           /* epoch-ending entry above epoch_start, or 0 */
 
     /* backup */
     uint64_t last_heard_ms;     /* last PREPARE/COMMIT/START-VIEW from the primary */
     uint64_t last_getstate_ms;
+    uint64_t last_epoch_ms[PL_VR_MAX_REPLICAS]; /* last cross-epoch answer to i */
 
     /* view change (§4.2) */
     uint64_t vc_start_ms;
@@ -56,12 +59,40 @@ struct pl_vr {
 
 static uint32_t primary_of(const pl_vr *vr, uint64_t view)
 {
-    return (uint32_t)(view % vr->cfg.n);
+    return (uint32_t)(PL_VR_IN_EPOCH(view) % vr->cfg.n);
 }
 
 static int is_primary(const pl_vr *vr)
 {
     return vr->status == PL_VR_NORMAL && primary_of(vr, vr->view) == vr->cfg.self;
+}
+
+static int is_member(const pl_vr *vr)
+{
+    return vr->cfg.self < vr->cfg.n;
+}
+
+/* Members, then the learners the primary streams to. */
+static uint32_t slots(const pl_vr *vr)
+{
+    return vr->cfg.n + vr->cfg.n_learners;
+}
+
+/* Note barrier entries as they enter the log. */
+static void note_barriers(pl_vr *vr, const pl_log_entry *e, size_t n)
+{
+    if (!vr->io.is_barrier)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (e[i].op > vr->epoch_start && vr->io.is_barrier(vr->io.ud, &e[i]))
+            vr->barrier = e[i].op;
+}
+
+/* The log was cut after `after`. */
+static void cut_barrier(pl_vr *vr, uint64_t after)
+{
+    if (vr->barrier > after)
+        vr->barrier = 0;
 }
 
 static void send_to(pl_vr *vr, uint32_t to, pl_vr_msg *m)
@@ -73,7 +104,7 @@ static void send_to(pl_vr *vr, uint32_t to, pl_vr_msg *m)
 
 static void broadcast(pl_vr *vr, pl_vr_msg *m)
 {
-    for (uint32_t i = 0; i < vr->cfg.n; i++)
+    for (uint32_t i = 0; i < slots(vr); i++)
         send_to(vr, i, m);
 }
 
@@ -161,6 +192,7 @@ static int adopt_suffix(pl_vr *vr, uint64_t anchor_op, uint64_t anchor_view,
     if (vr->op > keep) {
         if (vr->io.truncate(vr->io.ud, keep) != PL_OK)
             return -1;
+        cut_barrier(vr, keep);
         vr->op = keep;
         if (entry_view(vr, keep, &vr->op_view) != 0)
             vr->op_view = 0;
@@ -173,6 +205,7 @@ static int adopt_suffix(pl_vr *vr, uint64_t anchor_op, uint64_t anchor_view,
             return -1;
         if (vr->io.append(vr->io.ud, e + skip, n - skip) != PL_OK)
             return -1;
+        note_barriers(vr, e + skip, n - skip);
         vr->op = last;
         vr->op_view = e[n - 1].view;
     }
@@ -275,6 +308,7 @@ static void send_heartbeat(pl_vr *vr, uint64_t now)
 
 static void start_view_change(pl_vr *vr, uint64_t v, uint64_t now);
 static void try_finish_view_change(pl_vr *vr, uint64_t now);
+static uint64_t lease_ms(const pl_vr *vr);
 
 /* A replica whose log is not known to match the current view's primary
  * truncates to its committed prefix and fetches the rest (§5.2). */
@@ -290,6 +324,7 @@ static void begin_recovery(pl_vr *vr, uint64_t v, uint64_t now)
     dvc_clear(vr);
     if (vr->op > vr->commit) {
         if (vr->io.truncate(vr->io.ud, vr->commit) == PL_OK) {
+            cut_barrier(vr, vr->commit);
             vr->op = vr->commit;
             if (entry_view(vr, vr->op, &vr->op_view) != 0)
                 vr->op_view = 0;
@@ -497,6 +532,7 @@ static void on_prepare(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
                     pl_log(PL_LOG_ERROR, "vr: log append failed; not acknowledging");
                     return;
                 }
+                note_barriers(vr, m->entries + skip, m->n_entries - skip);
                 vr->op = m->entries[m->n_entries - 1].op;
                 vr->op_view = m->entries[m->n_entries - 1].view;
             }
@@ -512,7 +548,7 @@ static void on_prepare(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 static void on_prepare_ok(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
     (void)now;
-    if (!is_primary(vr) || m->from >= vr->cfg.n || m->from == vr->cfg.self)
+    if (!is_primary(vr) || m->from >= slots(vr) || m->from == vr->cfg.self)
         return;
     uint64_t op = m->op > vr->op ? vr->op : m->op;
     if (op > vr->acked[m->from])
@@ -539,7 +575,7 @@ static void on_prepare_ok(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 static void on_get_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
     (void)now;
-    if (!is_primary(vr) || m->from >= vr->cfg.n || m->op > vr->op)
+    if (!is_primary(vr) || m->from >= slots(vr) || m->op > vr->op)
         return;
     uint64_t first = vr->io.log_first ? vr->io.log_first(vr->io.ud) : 0;
     uint64_t av;
@@ -663,10 +699,102 @@ static void on_dvc(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     try_finish_view_change(vr, now);
 }
 
+/* ---- membership epochs ---- */
+
+/* A replica of an older epoch spoke to us: it missed the membership change
+ * (or more). Send it the committed entries after its commit number — they
+ * are the same on every replica (I2), so any replica in normal status may
+ * answer, not only the primary — or a snapshot when they were compacted. */
+static void answer_older_epoch(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (vr->status != PL_VR_NORMAL || m->from >= slots(vr) || m->from == vr->cfg.self)
+        return;
+    if (vr->last_epoch_ms[m->from] && now - vr->last_epoch_ms[m->from] < vr->cfg.heartbeat_ms)
+        return;
+    vr->last_epoch_ms[m->from] = now;
+    uint64_t from = m->commit;
+    if (from >= vr->commit)
+        return;
+    uint64_t first = vr->io.log_first ? vr->io.log_first(vr->io.ud) : 0;
+    uint64_t av = 0;
+    if ((first && from + 1 < first) || entry_view(vr, from, &av) != 0) {
+        if (vr->io.need_snapshot)
+            vr->io.need_snapshot(vr->io.ud, m->from);
+        return;
+    }
+    pl_log_entry *e = NULL;
+    uint32_t n = 0;
+    if (read_suffix(vr, from, vr->commit, vr->cfg.max_batch, 16u * 1024u * 1024u, &e, &n) != PL_OK)
+        return;
+    pl_vr_msg r = { .type = PL_VR_EPOCH_STATE, .view = vr->view, .op = vr->op,
+                    .commit = vr->commit, .anchor_op = from, .anchor_view = av,
+                    .entries = e, .n_entries = n, .ts = now };
+    send_to(vr, m->from, &r);
+    free_entries(e, n);
+}
+
+/* We heard a newer epoch: ask the sender for what we miss (it answers with
+ * EPOCH_STATE). Our uncommitted entries may not survive, so ask from our
+ * commit number. */
+static void ask_newer_epoch(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (m->from >= slots(vr) || m->from == vr->cfg.self)
+        return;
+    if (vr->last_getstate_ms && now - vr->last_getstate_ms < vr->cfg.heartbeat_ms * 2)
+        return;
+    vr->last_getstate_ms = now;
+    pl_vr_msg r = { .type = PL_VR_GET_STATE, .view = vr->view, .op = vr->commit,
+                    .commit = vr->commit };
+    send_to(vr, m->from, &r);
+}
+
+/* Committed entries from a newer epoch. We stop acting in our epoch (what
+ * we hold above our commit may be lost), adopt them and apply: applying the
+ * membership change moves us into the newer epoch (pl_vr_reconfigure). */
+static void on_epoch_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (m->anchor_op > vr->commit)
+        return; /* not an answer to our latest request */
+    int was = vr->status;
+    int primary = is_primary(vr);
+    vr->status = PL_VR_RECOVERING;
+    vr->last_heard_ms = now;
+    if (was != PL_VR_RECOVERING || primary)
+        vr->io.changed(vr->io.ud); /* fail what we had in flight: we cannot answer for it */
+    if (adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0)
+        return;
+    uint64_t c = m->n_entries ? m->entries[m->n_entries - 1].op : m->anchor_op;
+    if (c > m->commit)
+        c = m->commit;
+    uint64_t epoch = PL_VR_EPOCH(vr->view);
+    set_commit(vr, c);
+    if (PL_VR_EPOCH(vr->view) == epoch && vr->op < m->commit) {
+        vr->last_getstate_ms = 0; /* more to fetch */
+        ask_newer_epoch(vr, m, now);
+    }
+}
+
 void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
-    if (m->from >= vr->cfg.n || m->type == 0 || m->type >= PL_VR__COUNT)
+    if (m->from >= slots(vr) || m->type == 0 || m->type >= PL_VR__COUNT)
         return;
+    if (PL_VR_EPOCH(m->view) != PL_VR_EPOCH(vr->view)) {
+        /* Another membership: nothing of its views applies to ours. */
+        if (PL_VR_EPOCH(m->view) < PL_VR_EPOCH(vr->view))
+            answer_older_epoch(vr, m, now);
+        else if (m->type == PL_VR_EPOCH_STATE)
+            on_epoch_state(vr, m, now);
+        else
+            ask_newer_epoch(vr, m, now);
+        return;
+    }
+    if (m->type == PL_VR_EPOCH_STATE)
+        return; /* we caught up meanwhile */
+    if (!is_member(vr) && (m->type == PL_VR_SVC || m->type == PL_VR_DVC ||
+                           m->type == PL_VR_PREPARE_OK || m->type == PL_VR_GET_STATE))
+        return; /* a learner never votes nor serves */
+    if (m->from >= vr->cfg.n && m->type != PL_VR_PREPARE_OK && m->type != PL_VR_GET_STATE)
+        return; /* a learner only acknowledges and fetches */
     if (m->view < vr->view)
         return; /* fenced: a message of an older view changes nothing (I1) */
     if (m->view > vr->view) {
@@ -718,8 +846,17 @@ void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op_view,
                               uint64_t now)
 {
-    if (view != vr->view || vr->status == PL_VR_VIEW_CHANGE || is_primary(vr))
+    /* From the primary of our view, or (after a membership change the
+     * snapshot carried, pl_vr_reconfigure) from a later view of our epoch. */
+    if (view < vr->view || PL_VR_EPOCH(view) != PL_VR_EPOCH(vr->view) ||
+        (view == vr->view && vr->status == PL_VR_VIEW_CHANGE) || is_primary(vr))
         return;
+    if (view != vr->view) {
+        vr->view = view;
+        save(vr, "view", view);
+        vr->status = PL_VR_RECOVERING;
+    }
+    vr->barrier = 0;
     /* The state is the primary's committed prefix up to op, and our log is
      * empty above it: exactly a backup that holds entries up to op. */
     vr->op = op;
@@ -737,6 +874,72 @@ void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op
            (unsigned long long)op);
     vr->last_getstate_ms = 0;
     send_get_state(vr, now);
+}
+
+void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uint64_t start_op,
+                       uint64_t now)
+{
+    if (epoch <= PL_VR_EPOCH(vr->view) || n == 0 || n > PL_VR_MAX_REPLICAS ||
+        self >= PL_VR_MAX_REPLICAS)
+        return;
+    if (is_primary(vr)) {
+        /* The old configuration learns the commit number from us: those
+         * that hold the barrier apply it and follow into the new epoch. */
+        send_heartbeat(vr, now);
+    }
+    uint64_t v = PL_VR_EPOCH_VIEW(epoch);
+    /* Nothing of the old epoch can follow the barrier (propose refuses);
+     * entries past it come from the new epoch (EPOCH_STATE) and stay. */
+    int natural = vr->op == start_op && vr->commit >= start_op;
+    int was_primary = is_primary(vr);
+    vr->view = v;
+    save(vr, "view", v);
+    vr->cfg.n = n;
+    vr->cfg.self = self;
+    vr->cfg.n_learners = 0;
+    vr->f = (n - 1) / 2;
+    vr->epoch_start = start_op;
+    vr->barrier = 0;
+    memset(vr->acked, 0, sizeof vr->acked);
+    memset(vr->ack_ts, 0, sizeof vr->ack_ts);
+    memset(vr->last_epoch_ms, 0, sizeof vr->last_epoch_ms);
+    dvc_clear(vr);
+    vr->svc_mask = 1u << (self < 32 ? self : 0);
+    vr->svc_commit_min = vr->commit;
+    vr->sent_dvc = 0;
+    vr->primary_since_ms = now;
+    vr->last_heard_ms = now;
+    vr->vc_start_ms = now;
+    vr->last_send_ms = 0;
+    vr->last_getstate_ms = 0;
+    if (natural) {
+        /* Every replica entering the epoch this way holds exactly the log
+         * up to start_op: view 0 of the epoch is already agreed. */
+        vr->status = PL_VR_NORMAL;
+        vr->lnv = v;
+        save(vr, "lnv", v);
+        /* The old primary keeping the lead: no other lease can be out. */
+        if (was_primary && self == 0 && now > lease_ms(vr))
+            vr->primary_since_ms = now - lease_ms(vr);
+    } else {
+        vr->status = PL_VR_RECOVERING;
+    }
+    pl_log(PL_LOG_INFO, "vr: epoch %llu from op %llu: %u servers, %s%s",
+           (unsigned long long)epoch, (unsigned long long)start_op, n,
+           self < n ? "this server is " : "this server is not a member",
+           self < n ? (self == 0 ? "the primary" : "a backup") : "");
+    vr->io.changed(vr->io.ud);
+}
+
+void pl_vr_set_learners(pl_vr *vr, uint32_t count)
+{
+    if (vr->cfg.n + count > PL_VR_MAX_REPLICAS || !is_member(vr))
+        return;
+    for (uint32_t i = vr->cfg.n; i < PL_VR_MAX_REPLICAS; i++) {
+        vr->acked[i] = 0;
+        vr->ack_ts[i] = 0;
+    }
+    vr->cfg.n_learners = count;
 }
 
 /* ---- time ---- */
@@ -757,6 +960,12 @@ static uint64_t next_view_for(const pl_vr *vr, uint32_t target)
 void pl_vr_tick(pl_vr *vr, uint64_t now)
 {
     uint64_t et = vr->cfg.election_timeout_ms;
+    if (!is_member(vr)) {
+        /* a learner or a removed server never starts a view change */
+        if (vr->status == PL_VR_RECOVERING)
+            send_get_state(vr, now);
+        return;
+    }
     if (vr->cfg.n == 1) {
         /* a lone server is the primary of every view; finish an interrupted
          * view change on the spot */
@@ -816,6 +1025,8 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint
         return vr->status == PL_VR_NORMAL ? PL_ERR_NOT_PRIMARY : PL_ERR_UNAVAILABLE;
     if (!pl_vr_can_serve(vr, now))
         return PL_ERR_UNAVAILABLE;
+    if (vr->barrier > vr->epoch_start)
+        return PL_ERR_UNAVAILABLE; /* a membership change ends this epoch */
     if (vr->op - vr->commit + n > vr->cfg.window)
         return PL_ERR_BUSY;
     uint64_t anchor = vr->op, av = vr->op_view;
@@ -842,6 +1053,7 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint
     *first_op = vr->op + 1;
     vr->op += n;
     vr->op_view = vr->view;
+    note_barriers(vr, e, n);
     if (vr->cfg.n == 1 || vr->f == 0)
         set_commit(vr, vr->op);
     return PL_OK;
@@ -869,7 +1081,8 @@ bool pl_vr_can_serve(const pl_vr *vr, uint64_t now)
 pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
                  const pl_vr_durable *d, uint64_t now)
 {
-    if (cfg->n == 0 || cfg->n > PL_VR_MAX_REPLICAS || cfg->self >= cfg->n)
+    if (cfg->n == 0 || cfg->n + cfg->n_learners > PL_VR_MAX_REPLICAS ||
+        cfg->self >= PL_VR_MAX_REPLICAS || (cfg->self >= cfg->n && cfg->n_learners))
         return NULL;
     pl_vr *vr = calloc(1, sizeof *vr);
     if (!vr)
@@ -890,10 +1103,14 @@ pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
     vr->op = d->op;
     vr->op_view = d->op_view;
     vr->commit = d->commit > d->op ? d->op : d->commit;
+    vr->epoch_start = d->epoch_start;
+    vr->barrier = d->barrier > d->epoch_start && d->barrier <= d->op ? d->barrier : 0;
     /* A restart resumes where the durable state says: normal in the last
      * normal view (like a replica that was paused), or in the view change it
      * was taking part in. */
     vr->status = d->lnv == d->view ? PL_VR_NORMAL : PL_VR_VIEW_CHANGE;
+    if (vr->status == PL_VR_VIEW_CHANGE && !is_member(vr))
+        vr->status = PL_VR_RECOVERING;
     vr->last_heard_ms = now;
     vr->vc_start_ms = now;
     vr->primary_since_ms = now;
@@ -916,14 +1133,17 @@ uint64_t pl_vr_view(const pl_vr *vr) { return vr->view; }
 uint64_t pl_vr_op(const pl_vr *vr) { return vr->op; }
 uint64_t pl_vr_commit(const pl_vr *vr) { return vr->commit; }
 int pl_vr_status(const pl_vr *vr) { return vr->status; }
-uint64_t pl_vr_acked(const pl_vr *vr, uint32_t i) { return i < vr->cfg.n ? vr->acked[i] : 0; }
+uint64_t pl_vr_acked(const pl_vr *vr, uint32_t i) { return i < slots(vr) ? vr->acked[i] : 0; }
+uint64_t pl_vr_barrier(const pl_vr *vr) { return vr->barrier > vr->epoch_start ? vr->barrier : 0; }
+bool pl_vr_is_member(const pl_vr *vr) { return is_member(vr); }
+uint32_t pl_vr_n(const pl_vr *vr) { return vr->cfg.n; }
 
 const char *pl_vr_role(const pl_vr *vr, uint64_t now)
 {
     (void)now;
     switch (vr->status) {
     case PL_VR_VIEW_CHANGE: return "view-change";
-    case PL_VR_RECOVERING: return "recovering";
-    default: return is_primary(vr) ? "primary" : "backup";
+    case PL_VR_RECOVERING: return is_member(vr) ? "recovering" : "learner";
+    default: return is_primary(vr) ? "primary" : is_member(vr) ? "backup" : "learner";
     }
 }

@@ -35,6 +35,15 @@
 
 #define PL_VR_MAX_REPLICAS 16
 
+/* Membership epochs live in the view number's high bits, so every view
+ * comparison orders epochs first: view = (epoch << 40) | view-in-epoch. A
+ * new epoch starts at view-in-epoch 0, whose primary is the new
+ * membership's first (highest-priority) server. */
+#define PL_VR_EPOCH_SHIFT 40
+#define PL_VR_EPOCH(view) ((uint64_t)(view) >> PL_VR_EPOCH_SHIFT)
+#define PL_VR_IN_EPOCH(view) ((uint64_t)(view) & ((1ull << PL_VR_EPOCH_SHIFT) - 1))
+#define PL_VR_EPOCH_VIEW(epoch) ((uint64_t)(epoch) << PL_VR_EPOCH_SHIFT)
+
 enum pl_vr_msg_type {
     PL_VR_PREPARE = 1,     /* primary -> backups: entries (anchor_op, op], commit */
     PL_VR_PREPARE_OK = 2,  /* backup -> primary: all entries <= op are durable here */
@@ -44,6 +53,8 @@ enum pl_vr_msg_type {
     PL_VR_START_VIEW = 6,  /* new primary -> all: suffix after the anchor, op, commit */
     PL_VR_GET_STATE = 7,   /* lagging replica -> primary: send entries after op */
     PL_VR_NEW_STATE = 8,   /* primary -> lagging replica: entries (anchor_op, op], commit */
+    PL_VR_EPOCH_STATE = 9, /* replica of a newer epoch -> one of an older epoch:
+                              committed entries (anchor_op, ...], commit */
     PL_VR__COUNT
 };
 
@@ -82,11 +93,16 @@ typedef struct pl_vr_io {
     /* Replica `to` needs entries we compacted away: send it a snapshot of
      * the state (pl_vr_snapshot_installed runs on its side). */
     void (*need_snapshot)(void *ud, uint32_t to);
+    /* Does this entry end its epoch (a membership change)? Nothing may
+     * follow it in the same epoch. NULL: no entry does. */
+    int (*is_barrier)(void *ud, const pl_log_entry *e);
 } pl_vr_io;
 
 typedef struct pl_vr_config {
-    uint32_t n;                    /* replicas, config order = priority */
-    uint32_t self;
+    uint32_t n;                    /* voting replicas, config order = priority */
+    uint32_t self;                 /* >= n: not a member (a learner or a removed server) */
+    uint32_t n_learners;           /* slots n .. n + n_learners - 1: non-voting
+                                      replicas the primary streams the log to */
     uint32_t election_timeout_ms;  /* backup: silence before a view change */
     uint32_t heartbeat_ms;         /* primary: COMMIT when idle this long */
     uint32_t lease_ms;             /* 0 = election_timeout_ms / 2 */
@@ -102,6 +118,8 @@ typedef struct pl_vr_durable {
     uint64_t op;                   /* last op in the log */
     uint64_t op_view;              /* view of that entry */
     uint64_t commit;               /* known committed (the store's applied op) */
+    uint64_t epoch_start;          /* op that started the current epoch (0 for epoch 0) */
+    uint64_t barrier;              /* an epoch-ending entry above epoch_start in the log, or 0 */
 } pl_vr_durable;
 
 enum pl_vr_status { PL_VR_NORMAL = 0, PL_VR_VIEW_CHANGE = 1, PL_VR_RECOVERING = 2 };
@@ -117,6 +135,23 @@ void pl_vr_free(pl_vr *vr);
  * from there (state transfer, §5.2, for a compacted log). */
 void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op_view,
                               uint64_t now_ms);
+
+/* A membership change was applied (the barrier entry at start_op is
+ * committed): enter epoch `epoch` with n voting replicas, self our slot
+ * (>= n: not a member). A primary first tells the old configuration the
+ * commit number. Every replica that enters the epoch this way holds exactly
+ * the log up to start_op, so the epoch's first view needs no view change:
+ * its primary is slot 0. Ignored when we are already in that epoch or later. */
+void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uint64_t start_op,
+                       uint64_t now_ms);
+/* Primary: stream the log to slots n .. n + count - 1 as non-voting
+ * learners (count 0 stops). */
+void pl_vr_set_learners(pl_vr *vr, uint32_t count);
+/* A barrier entry is in the log above the epoch's start: no more proposals
+ * in this epoch. */
+uint64_t pl_vr_barrier(const pl_vr *vr);
+bool pl_vr_is_member(const pl_vr *vr);
+uint32_t pl_vr_n(const pl_vr *vr);
 
 /* Time passes. Call every few ms (heartbeat_ms / 4 or finer). */
 void pl_vr_tick(pl_vr *vr, uint64_t now_ms);
@@ -144,7 +179,7 @@ uint64_t pl_vr_op(const pl_vr *vr);
 uint64_t pl_vr_commit(const pl_vr *vr);
 int pl_vr_status(const pl_vr *vr);        /* enum pl_vr_status */
 const char *pl_vr_role(const pl_vr *vr, uint64_t now_ms); /* "primary", "backup", "view-change", "recovering" */
-/* Primary: highest op known durable on replica i (0 if unknown). */
+/* Primary: highest op known durable on replica (or learner slot) i (0 if unknown). */
 uint64_t pl_vr_acked(const pl_vr *vr, uint32_t i);
 
 #endif
