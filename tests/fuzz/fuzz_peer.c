@@ -6,7 +6,9 @@
  *
  * Properties beyond "no crash, no leak": a VR message that passes has its
  * entries as one consecutive run right after the anchor (what core/vr.c
- * relies on), every string in a status reply is readable, and an error
+ * relies on), a Hello names an address core/peer.c can use as an identity
+ * (host 1..PL_PEER_HOST_MAX bytes, NUL-terminated, of [A-Za-z0-9.:-]; peer
+ * port not 0), every string in a status reply is readable, and an error
  * leaves nothing to free.
  */
 #include <string.h>
@@ -44,6 +46,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 for (uint32_t j = 0; j < e->len; j++)
                     h += e->data[j];
             }
+            break;
+        case PL_PEER_F_HELLO:
+            FUZZ_CHECK(f.host.len >= 1 && f.host.len <= PL_PEER_HOST_MAX, "host of %u bytes",
+                       f.host.len);
+            FUZZ_CHECK(f.host.ptr[f.host.len] == 0, "host not NUL-terminated");
+            for (uint32_t i = 0; i < f.host.len; i++)
+                FUZZ_CHECK(strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789.:-", f.host.ptr[i]) != NULL,
+                           "host byte %u is 0x%02x", i, (unsigned char)f.host.ptr[i]);
+            FUZZ_CHECK(f.peer_port != 0, "peer port 0");
+            h = touch(f.host);
             break;
         case PL_PEER_F_STATUS_REPLY:
             h = touch(f.row.address) + touch(f.row.role) + touch(f.row.store) +

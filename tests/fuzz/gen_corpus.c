@@ -242,12 +242,30 @@ static void gen_peer(void)
 {
     Parley__Peer__PeerFrame f = PARLEY__PEER__PEER_FRAME__INIT;
     Parley__Peer__Hello h = PARLEY__PEER__HELLO__INIT;
-    h.version = 1;
+    h.version = 2; /* PL_PEER_VERSION */
     h.from = 2;
     h.n = 3;
+    h.host = "127.0.0.1";
+    h.peer_port = 9102;
     f.body_case = PARLEY__PEER__PEER_FRAME__BODY_HELLO;
     f.hello = &h;
     put_peer("hello", &f);
+    static uint8_t nonce[32] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32 };
+    h.nonce.data = nonce;
+    h.nonce.len = sizeof nonce;
+    h.host = "fd00:1::2";
+    put_peer("hello-nonce-ipv6", &f);
+    h.nonce.len = 0;
+    h.host = "peer-2.cluster.example";
+    put_peer("hello-name", &f);
+
+    Parley__Peer__Auth a = PARLEY__PEER__AUTH__INIT;
+    a.mac.data = nonce;
+    a.mac.len = sizeof nonce;
+    f.body_case = PARLEY__PEER__PEER_FRAME__BODY_AUTH;
+    f.auth = &a;
+    put_peer("auth", &f);
 
     uint8_t *op_bytes = NULL;
     size_t op_len = 0;

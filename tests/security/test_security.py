@@ -617,7 +617,9 @@ class SecretClusterTest(ClusterBase):
                             pb_field(4, forged_op), pb_field(6, forged_op - 1),
                             pb_field(7, before[p]["view"]), pb_field(9, entry)])
         svc = pb_field(1, 4) + pb_field(2, before[p]["view"] + 7)
-        hello = pb_field(1, 1) + pb_field(2, p) + pb_field(3, self.n)
+        # version 2, claiming to be the primary by its (host, peer_port)
+        hello = pb_field(1, 2) + pb_field(2, p) + pb_field(3, self.n) + \
+            pb_field(5, b"127.0.0.1") + pb_field(6, self.c.ports[p] + 1000)
         attempts = [
             # no Auth at all: Hello then straight to VR
             peer_frame(1, hello) + peer_frame(2, prepare) + peer_frame(2, svc),
