@@ -11,11 +11,14 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 /* Only the compile-time Argon2id limits are used, so no link dependency. */
 #include <sodium/crypto_pwhash.h>
 
@@ -54,6 +57,15 @@ static void cfg_err(cfg_ctx *x, const char *key, const char *fmt, ...)
     for (char *c = x->err; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
             *c = '?';
+}
+
+/* Secrets should not linger in freed memory; no libsodium here (the client
+ * links this file too), so a volatile wipe. */
+static void wipe(void *p, size_t n)
+{
+    volatile unsigned char *v = p;
+    for (size_t i = 0; i < n; i++)
+        v[i] = 0;
 }
 
 static char *xstrdup(const char *s)
@@ -315,11 +327,90 @@ static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
     return PL_OK;
 }
 
-/* "admin": {"bind", "port_offset"}; applied after the servers are parsed so
- * port_offset can fill in the admin_port of every server without one. */
+static int get_tls_path(cfg_ctx *x, const cJSON *v, const char *key, char **out);
+
+/* An operator token travels in an HTTP header ("Authorization: Bearer
+ * TOKEN"), so it must be visible ASCII without spaces; the lower bound keeps
+ * it out of reach of guessing over the network. */
+static int token_ok(cfg_ctx *x, const char *key, const char *file, const char *t, size_t n)
+{
+    if (n < PL_ADMIN_TOKEN_MIN || n > PL_ADMIN_TOKEN_MAX) {
+        cfg_err(x, key, "%s%s%s %zu bytes; the token must be %u-%u bytes (e.g. 32 random hex "
+                "digits)", file ? file : "", file ? " holds" : "is", n > PL_ADMIN_TOKEN_MAX
+                ? " more than" : "", n > PL_ADMIN_TOKEN_MAX ? (size_t)PL_ADMIN_TOKEN_MAX : n,
+                PL_ADMIN_TOKEN_MIN, PL_ADMIN_TOKEN_MAX);
+        return PL_ERR_CONFIG;
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f) {
+            cfg_err(x, key, "%s%s a byte that is not printable ASCII (the token may not hold "
+                    "spaces or control characters)", file ? file : "", file ? " holds" : "has");
+            return PL_ERR_CONFIG;
+        }
+    return PL_OK;
+}
+
+/* admin.token_file, read now (unlike cluster_secret_file) because both
+ * parleyd and `parley admin` need the token and both load this file. */
+static int read_token_file(cfg_ctx *x, const char *path, char **out)
+{
+    char buf[PL_ADMIN_TOKEN_MAX + 3];
+    size_t n = 0;
+    int rc = PL_ERR_CONFIG;
+    /* O_NONBLOCK: a FIFO or device named here must not hang the load. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0) {
+        cfg_err(x, "admin.token_file", "cannot open %s: %s", path, strerror(errno));
+        return PL_ERR_CONFIG;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        cfg_err(x, "admin.token_file", "%s is not a regular file", path);
+        goto done;
+    }
+    if (st.st_mode & (S_IRWXG | S_IRWXO))
+        pl_log(PL_LOG_WARN, "%s: admin.token_file: %s is accessible by group or others "
+               "(mode %03o); anyone who reads it can change the cluster's membership: "
+               "chmod 600 it", x->file, path, (unsigned)(st.st_mode & 0777));
+    while (n < sizeof buf) {
+        ssize_t r = read(fd, buf + n, sizeof buf - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            cfg_err(x, "admin.token_file", "cannot read %s: %s", path, strerror(errno));
+            goto done;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    /* "echo TOKEN > file" leaves a newline that is not part of the token. */
+    if (n && buf[n - 1] == '\n')
+        n--;
+    if (n && buf[n - 1] == '\r')
+        n--;
+    if ((rc = token_ok(x, "admin.token_file", path, buf, n)) != PL_OK)
+        goto done;
+    if (!(*out = malloc(n + 1))) {
+        cfg_err(x, "admin.token_file", "out of memory");
+        rc = PL_ERR_NOMEM;
+        goto done;
+    }
+    memcpy(*out, buf, n);
+    (*out)[n] = '\0';
+    rc = PL_OK;
+done:
+    close(fd);
+    wipe(buf, sizeof buf);
+    return rc;
+}
+
+/* "admin": {"bind", "port_offset", "token", "token_file"}; applied after
+ * the servers are parsed so port_offset can fill in the admin_port of every
+ * server without one. */
 static int parse_admin(cfg_ctx *x, const cJSON *v, pl_config *c)
 {
-    static const char *const known[] = { "bind", "port_offset", NULL };
+    static const char *const known[] = { "bind", "port_offset", "token", "token_file", NULL };
     char key[64];
     uint64_t off = 0;
     int rc;
@@ -336,6 +427,37 @@ static int parse_admin(cfg_ctx *x, const cJSON *v, pl_config *c)
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(v, "port_offset");
     if (o && (rc = get_uint(x, o, "admin.port_offset", 1, 65534, NULL, &off)) != PL_OK)
         return rc;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "token");
+    const cJSON *tf = cJSON_GetObjectItemCaseSensitive(v, "token_file");
+    if (t && tf) {
+        cfg_err(x, "admin.token_file", "give admin.token or admin.token_file, not both");
+        return PL_ERR_CONFIG;
+    }
+    if (t) {
+        if (!cJSON_IsString(t) || !t->valuestring) {
+            cfg_err(x, "admin.token", "must be a string of %u-%u bytes", PL_ADMIN_TOKEN_MIN,
+                    PL_ADMIN_TOKEN_MAX);
+            return PL_ERR_CONFIG;
+        }
+        size_t n = strlen(t->valuestring);
+        if ((rc = token_ok(x, "admin.token", NULL, t->valuestring, n)) != PL_OK)
+            return rc;
+        if (!(c->admin_token = xstrdup(t->valuestring))) {
+            cfg_err(x, "admin.token", "out of memory");
+            return PL_ERR_NOMEM;
+        }
+    }
+    if (tf) {
+        char *path = NULL;
+        /* Relative to the config file, like the tls paths, so `parley -c`
+         * finds it from any working directory. */
+        if ((rc = get_tls_path(x, tf, "admin.token_file", &path)) != PL_OK)
+            return rc;
+        rc = read_token_file(x, path, &c->admin_token);
+        free(path);
+        if (rc != PL_OK)
+            return rc;
+    }
     for (size_t i = 0; off && i < c->n_servers; i++) {
         if (c->servers[i].admin_port)
             continue;
@@ -1037,6 +1159,10 @@ void pl_config_free(pl_config *c)
         free(c->cluster_secret);
     }
     free(c->cluster_secret_file);
+    if (c->admin_token) {
+        wipe(c->admin_token, strlen(c->admin_token));
+        free(c->admin_token);
+    }
     free(c->tls.cert);
     free(c->tls.key);
     free(c->tls.ca);

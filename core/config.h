@@ -24,8 +24,12 @@
  *             preferred server once it has caught up
  *   servers[].admin_port: HTTP port serving GET /metrics (Prometheus text);
  *             default none
- *   admin: {"bind": "127.0.0.1" (default), "port_offset": N} — port_offset
- *             gives every server without an admin_port one at port+N
+ *   admin: {"bind": "127.0.0.1" (default), "port_offset": N, "token": T,
+ *           "token_file": PATH} — port_offset gives every server without an
+ *             admin_port one at port+N; token (or token_file, read at load,
+ *             one trailing newline dropped, relative to the config file's
+ *             directory) is the operator token membership changes need
+ *             (PL_ADMIN_TOKEN_MIN..MAX printable ASCII bytes)
  *   limits: {conns_per_address, requests_per_second, request_burst,
  *            password_checks_queued, login_failures_per_user,
  *            login_failures_per_address, login_backoff_max_ms,
@@ -82,6 +86,8 @@ typedef struct pl_limits {
 #define PL_LIMITS_DEFAULT_SESSION_TTL_S (30u * 24u * 3600u)
 #define PL_CLUSTER_SECRET_MIN 32u
 #define PL_CLUSTER_SECRET_MAX 4096u
+#define PL_ADMIN_TOKEN_MIN 16u
+#define PL_ADMIN_TOKEN_MAX 256u
 
 /* The "tls" object. Which keys a process needs depends on its side, so
  * those checks happen where the side is known: a server needs cert and key
@@ -129,6 +135,7 @@ typedef struct pl_config {
     uint64_t compact_bytes;      /* compaction.bytes: or when this much was appended (64 MiB) */
     uint64_t compact_keep;       /* compaction.keep_ops: entries kept below the applied op (10000) */
     char *admin_bind;            /* address the admin listener binds (default 127.0.0.1) */
+    char *admin_token;           /* admin.token or admin.token_file's contents, or NULL */
     pl_limits limits;
     char *cluster_secret;        /* inline secret text, or NULL */
     char *cluster_secret_file;   /* or a file holding it, or NULL */

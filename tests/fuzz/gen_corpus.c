@@ -3,7 +3,7 @@
  * small, valid inputs of every kind each target takes (one frame of each
  * method in each direction of each wire format, each peer frame kind and VR
  * message type, each op kind and a recorded reply, typical configs, typical
- * store directories, glob cases), produced by the project's own encoders so
+ * store directories, glob cases, memberships and operator addresses), produced by the project's own encoders so
  * they stay valid as the formats evolve. Regenerate with
  *   meson compile -C build fuzz-corpus
  * and commit the result. The fuzzers mutate from these; the fuzz-regress
@@ -26,6 +26,7 @@
 
 #include "chat.h"
 #include "loader.h"
+#include "members.h"
 #include "peer.pb-c.h"
 #include "snapshot.h"
 
@@ -685,6 +686,46 @@ static void gen_glob(void)
         put_text("glob", cases[i][0], cases[i][1]);
 }
 
+/* ---- members ---- */
+
+static void put_members(const char *name, uint64_t epoch, uint64_t op, const pl_server_conf *s,
+                        size_t n)
+{
+    pl_members m;
+    char *text;
+    size_t len;
+    if (pl_members_from_config(&m, s, n) != PL_OK)
+        die("members", name);
+    m.epoch = epoch;
+    m.op = op;
+    if (pl_members_encode(&m, &text, &len) != PL_OK)
+        die("members", name);
+    put("members", name, text, len);
+    free(text);
+    pl_members_clear(&m);
+}
+
+static void gen_members(void)
+{
+    static const pl_server_conf three[] = {
+        { "127.0.0.1", 8100, 9100, 0 }, { "127.0.0.1", 8101, 9101, 0 },
+        { "127.0.0.1", 8102, 9102, 0 },
+    };
+    static const pl_server_conf mixed[] = {
+        { "db-1.example.com", 8100, 9100, 0 }, { "::1", 8100, 9100, 0 },
+        { "fe80::1%eth0", 8200, 8300, 0 }, { "10.0.0.5", 65534, 1, 0 },
+        { "x_y", 1, 2, 0 },
+    };
+    put_members("epoch0-one", 0, 0, three, 1);
+    put_members("epoch2-three", 2, 1234, three, 3);
+    put_members("mixed-hosts", 7, 9007199254740991ull, mixed, 5);
+    put_text("members", "spaced", " {\"servers\": [ {\"peer_port\": 9100, \"port\": 8100,"
+                                  " \"host\": \"h\"} ],\n \"op\": 5, \"epoch\": 1 }\n");
+    put_text("members", "addr-plain", "127.0.0.1:8104");
+    put_text("members", "addr-peer", "db-3.example.com:8100:9200");
+    put_text("members", "addr-ipv6", "[::1]:8100:9100");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3 || (argc - 3) % 3 != 0) {
@@ -702,5 +743,6 @@ int main(int argc, char **argv)
     gen_config();
     gen_store(argv[2]);
     gen_glob();
+    gen_members();
     return failures ? 1 : 0;
 }

@@ -4,9 +4,11 @@
  * "FILE: KEY: REASON" line for each kind of mistake.
  */
 #include <check.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <parley/common.h>
@@ -269,6 +271,98 @@ START_TEST(value_errors)
 }
 END_TEST
 
+static void write_text(const char *path, const char *text, mode_t mode)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot create %s", path);
+    fputs(text, f);
+    fclose(f);
+    ck_assert_int_eq(chmod(path, mode), 0);
+}
+
+START_TEST(admin_token)
+{
+    pl_config *c = parse(ONE "\"admin\": {\"token\": \"0123456789abcdef\"}}");
+    ck_assert_msg(c != NULL, "a 16-byte token loads: %s", err);
+    ck_assert_str_eq(c->admin_token, "0123456789abcdef");
+    pl_config_free(c);
+    c = parse(ONE "\"admin\": {\"port_offset\": 100}}");
+    ck_assert_msg(c != NULL && c->admin_token == NULL, "no token configured: %s", err);
+    pl_config_free(c);
+
+    expect_error(ONE "\"admin\": {\"token\": \"short\"}}", "admin.token",
+                 "is 5 bytes; the token must be 16-256 bytes");
+    char big[400];
+    int n = snprintf(big, sizeof big, ONE "\"admin\": {\"token\": \"");
+    memset(big + n, 'a', 257);
+    snprintf(big + n + 257, sizeof big - (size_t)n - 257, "\"}}");
+    expect_error(big, "admin.token", "is more than 256 bytes");
+    expect_error(ONE "\"admin\": {\"token\": \"0123456789 abcdef\"}}", "admin.token",
+                 "not printable ASCII");
+    expect_error(ONE "\"admin\": {\"token\": \"0123456789\\nabcdef\"}}", "admin.token",
+                 "not printable ASCII");
+    expect_error(ONE "\"admin\": {\"token\": 12345678901234567}}", "admin.token",
+                 "must be a string of 16-256 bytes");
+    expect_error(ONE "\"admin\": {\"token\": \"0123456789abcdef\", \"token_file\": \"t\"}}",
+                 "admin.token_file", "not both");
+    expect_error(ONE "\"admin\": {\"token_file\": \"\"}}", "admin.token_file",
+                 "non-empty string");
+    expect_error(ONE "\"admin\": {\"token_file\": \"/nonexistent/tok\"}}", "admin.token_file",
+                 "cannot open /nonexistent/tok: No such file");
+    expect_error(ONE "\"admin\": {\"token_file\": \"/tmp\"}}", "admin.token_file",
+                 "/tmp is not a regular file");
+
+    /* token_file: relative to the config file, one trailing newline dropped. */
+    char dir[] = "/tmp/parley-test-token-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char cfg[256], tok[256], log[256];
+    snprintf(cfg, sizeof cfg, "%s/parley.json", dir);
+    snprintf(tok, sizeof tok, "%s/admin.token", dir);
+    snprintf(log, sizeof log, "%s/stderr", dir);
+    write_text(cfg, ONE "\"admin\": {\"token_file\": \"admin.token\"}}", 0644);
+    write_text(tok, "fedcba9876543210fedcba\r\n", 0600);
+    c = pl_config_load(cfg, err, sizeof err);
+    ck_assert_msg(c != NULL, "token_file loads: %s", err);
+    ck_assert_str_eq(c->admin_token, "fedcba9876543210fedcba");
+    pl_config_free(c);
+
+    write_text(tok, "tooshort\n", 0600);
+    ck_assert_ptr_null(pl_config_load(cfg, err, sizeof err));
+    ck_assert_msg(strstr(err, "admin.token_file: ") && strstr(err, "admin.token holds 8 bytes"),
+                  "short token file: %s", err);
+    write_text(tok, "0123456789abcdef\n\n", 0600);
+    ck_assert_ptr_null(pl_config_load(cfg, err, sizeof err));
+    ck_assert_msg(strstr(err, "not printable ASCII"), "only one newline is dropped: %s", err);
+
+    /* A token file others can read still loads, with a warning. */
+    write_text(tok, "0123456789abcdef", 0644);
+    fflush(stderr);
+    int saved = dup(2), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_ge(fd, 0);
+    dup2(fd, 2);
+    close(fd);
+    c = pl_config_load(cfg, err, sizeof err);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    ck_assert_msg(c != NULL, "a readable token file loads: %s", err);
+    ck_assert_str_eq(c->admin_token, "0123456789abcdef");
+    pl_config_free(c);
+    char text[1024] = "";
+    FILE *f = fopen(log, "rb");
+    ck_assert_ptr_nonnull(f);
+    size_t got = fread(text, 1, sizeof text - 1, f);
+    text[got] = '\0';
+    fclose(f);
+    ck_assert_msg(strstr(text, "admin.token_file") && strstr(text, "chmod 600"),
+                  "a group/other-readable token file is warned about: \"%s\"", text);
+    unlink(log);
+    unlink(tok);
+    unlink(cfg);
+    rmdir(dir);
+}
+END_TEST
+
 START_TEST(error_truncation)
 {
     /* A tiny buffer gets a truncated but terminated message, never overflow. */
@@ -293,6 +387,7 @@ int main(void)
     tcase_add_test(tc, unknown_keys);
     tcase_add_test(tc, server_errors);
     tcase_add_test(tc, value_errors);
+    tcase_add_test(tc, admin_token);
     tcase_add_test(tc, error_truncation);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
