@@ -25,6 +25,11 @@ typedef struct vr_dvc {
 struct pl_vr {
     pl_vr_config cfg;
     pl_vr_io io;
+    /* Replicas besides us that a quorum needs: a quorum is a majority,
+     * n / 2 + 1, so that any two intersect for an even n too (with
+     * (n - 1) / 2 + 1, two halves of 4 replicas each formed a view and
+     * committed different ops at one op-number). For odd n this is the
+     * paper's f. */
     uint32_t f;
 
     uint64_t view;
@@ -897,7 +902,7 @@ void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uin
     vr->cfg.n = n;
     vr->cfg.self = self;
     vr->cfg.n_learners = 0;
-    vr->f = (n - 1) / 2;
+    vr->f = n / 2;
     vr->epoch_start = start_op;
     vr->barrier = 0;
     memset(vr->acked, 0, sizeof vr->acked);
@@ -1097,7 +1102,7 @@ pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
     if (!vr->cfg.election_timeout_ms)
         vr->cfg.election_timeout_ms = 1000;
     vr->io = *io;
-    vr->f = (cfg->n - 1) / 2;
+    vr->f = cfg->n / 2;
     vr->view = d->view;
     vr->lnv = d->lnv;
     vr->op = d->op;

@@ -19,41 +19,67 @@
 
 #define MAXN 7
 #define MAXOPS 20000
+#define NOID UINT32_MAX
 
 typedef struct entry {
     uint64_t view;
     char data[24];
 } entry;
 
+/* A membership as the server keeps it (core/members.h): an epoch, the
+ * voting servers by global id in priority order, and the op whose commit
+ * started the epoch. */
+typedef struct membership {
+    uint64_t epoch;
+    uint64_t start_op;
+    uint32_t n;
+    uint32_t ids[MAXN];
+} membership;
+
 typedef struct replica {
+    int exists; /* started at least once (a joining server exists from its join) */
     int up;
     pl_vr *vr;
     entry *log; /* log[1..nlog] */
     uint64_t nlog;
     uint64_t view, lnv; /* durable meta */
-    uint64_t applied;   /* what committed() has applied */
+    uint64_t applied;   /* what committed() has applied (durable: the store) */
+    membership mem;     /* durable: membership.json */
+    /* volatile, like the peer layer's learner slots on a primary */
+    uint32_t learners[MAXN];
+    uint32_t n_learners;
+    uint64_t learners_for;    /* epoch the learner table was set up for */
+    int reconf_pending;       /* applied a barrier, VR not yet reconfigured */
+    uint64_t removed_epoch;   /* epoch in which it learned it was removed */
 } replica;
 
 typedef struct msg {
     uint64_t deliver_at;
-    uint32_t to;
+    uint32_t to;   /* global ids */
+    uint32_t from;
     pl_vr_msg m;
     pl_log_entry *e;
     struct msg *next;
 } msg;
 
 typedef struct sim {
-    uint32_t n;
+    uint32_t n;            /* replicas in the universe (global ids 0..n-1) */
     replica r[MAXN];
     msg *queue;
     uint64_t now;
-    unsigned seed;
-    int cut[MAXN][MAXN];   /* 1 = link i->j drops everything */
+    unsigned seed, seed0;
+    int cut[MAXN][MAXN];   /* 1 = link i->j drops everything (global ids) */
     int drop_pct;
     char committed[MAXOPS][24]; /* first commit seen per op */
     uint64_t max_committed;
-    uint32_t cur;          /* replica whose callback is running */
     uint64_t proposals, acked;
+    membership initial;    /* epoch 0: the config file's servers */
+    /* the membership changes to make, in order, and the next one */
+    membership plan[8];
+    uint32_t n_plan, plan_next;
+    int crash_after_barrier_pct; /* crash a replica right after it applies a barrier */
+    int crash_before_reconf_pct; /* ... or between applying it and entering the epoch */
+    uint64_t barriers_proposed;
     char failure[512];
 } sim;
 
@@ -71,7 +97,70 @@ static void sim_fail(const char *fmt, unsigned long long a, unsigned long long b
         snprintf(S->failure, sizeof S->failure, fmt, a, b);
 }
 
-/* ---- io callbacks; ud is the replica index ---- */
+/* ---- membership and the slot tables of the peer layer ---- */
+
+static int mem_index(const membership *m, uint32_t g)
+{
+    for (uint32_t i = 0; i < m->n; i++)
+        if (m->ids[i] == g)
+            return (int)i;
+    return -1;
+}
+
+/* Replica g's slot for global id x: its member index, else a learner slot
+ * after the members, else (itself, not a member) the slot after them. */
+static uint32_t slot_of(uint32_t g, uint32_t x)
+{
+    const replica *r = &S->r[g];
+    int i = mem_index(&r->mem, x);
+    if (i >= 0)
+        return (uint32_t)i;
+    for (uint32_t k = 0; k < r->n_learners; k++)
+        if (r->learners[k] == x)
+            return r->mem.n + k;
+    if (x == g)
+        return r->mem.n;
+    return NOID;
+}
+
+static uint32_t global_of(uint32_t g, uint32_t slot)
+{
+    const replica *r = &S->r[g];
+    if (slot < r->mem.n)
+        return r->mem.ids[slot];
+    if (slot - r->mem.n < r->n_learners)
+        return r->learners[slot - r->mem.n];
+    if (slot == r->mem.n && mem_index(&r->mem, g) < 0)
+        return g;
+    return NOID;
+}
+
+/* Barrier entries: "R<epoch>:<ids>", e.g. "R2:0134". */
+static int parse_barrier(const char *d, uint64_t op, membership *out)
+{
+    if (d[0] != 'R')
+        return -1;
+    char *end;
+    unsigned long long e = strtoull(d + 1, &end, 10);
+    if (*end != ':')
+        return -1;
+    memset(out, 0, sizeof *out);
+    out->epoch = e;
+    out->start_op = op;
+    for (const char *p = end + 1; *p && out->n < MAXN; p++)
+        out->ids[out->n++] = (uint32_t)(*p - '0');
+    return 0;
+}
+
+static void format_barrier(const membership *m, char *buf, size_t len)
+{
+    int k = snprintf(buf, len, "R%llu:", (unsigned long long)m->epoch);
+    for (uint32_t i = 0; i < m->n && (size_t)k + 1 < len; i++)
+        buf[k++] = (char)('0' + m->ids[i]);
+    buf[k] = 0;
+}
+
+/* ---- io callbacks; ud is the replica's global id ---- */
 
 static int io_append(void *ud, const pl_log_entry *e, size_t n)
 {
@@ -126,10 +215,14 @@ static int io_save(void *ud, const char *key, uint64_t val)
 static void io_send(void *ud, uint32_t to, const pl_vr_msg *m)
 {
     uint32_t from = (uint32_t)(uintptr_t)ud;
-    if (S->cut[from][to] || (S->drop_pct && (int)(rnd() % 100) < S->drop_pct))
+    uint32_t g = global_of(from, to); /* the peer layer: slot -> server */
+    if (g == NOID || g >= S->n)
+        return;
+    if (S->cut[from][g] || (S->drop_pct && (int)(rnd() % 100) < S->drop_pct))
         return;
     msg *q = calloc(1, sizeof *q);
-    q->to = to;
+    q->to = g;
+    q->from = from;
     q->m = *m;
     q->deliver_at = S->now + 1 + rnd() % 30;
     if (m->n_entries) {
@@ -146,6 +239,9 @@ static void io_send(void *ud, uint32_t to, const pl_vr_msg *m)
     S->queue = q;
 }
 
+/* Apply committed ops in order, like core/seq.c: a barrier entry of a newer
+ * epoch is made durable (membership.json, the peer slot table) as it is
+ * applied, and applying stops after it until VR has entered the epoch. */
 static void io_committed(void *ud, uint64_t commit)
 {
     uint32_t i = (uint32_t)(uintptr_t)ud;
@@ -154,6 +250,8 @@ static void io_committed(void *ud, uint64_t commit)
         sim_fail("commit %llu beyond log %llu", (unsigned long long)commit, (unsigned long long)r->nlog);
         return;
     }
+    if (r->reconf_pending)
+        return;
     for (uint64_t op = r->applied + 1; op <= commit; op++) {
         if (S->committed[op][0] == 0) {
             memcpy(S->committed[op], r->log[op].data, 24);
@@ -163,9 +261,19 @@ static void io_committed(void *ud, uint64_t commit)
         }
         if (op > S->max_committed)
             S->max_committed = op;
+        r->applied = op;
+        membership m;
+        if (parse_barrier(r->log[op].data, op, &m) == 0) {
+            if (m.epoch != r->mem.epoch + 1)
+                sim_fail("barrier of epoch %llu applied in epoch %llu", (unsigned long long)m.epoch,
+                         (unsigned long long)r->mem.epoch);
+            r->mem = m;
+            r->n_learners = 0;
+            r->learners_for = 0;
+            r->reconf_pending = 1;
+            return;
+        }
     }
-    if (commit > r->applied)
-        r->applied = commit;
 }
 
 static void io_changed(void *ud)
@@ -173,18 +281,49 @@ static void io_changed(void *ud)
     (void)ud;
 }
 
+static int io_is_barrier(void *ud, const pl_log_entry *e)
+{
+    (void)ud;
+    return e->len > 0 && e->data[0] == 'R';
+}
+
 static void start_replica(uint32_t i)
 {
     replica *r = &S->r[i];
-    pl_vr_config cfg = { .n = S->n, .self = i, .election_timeout_ms = 300,
+    const membership *m = &r->mem;
+    pl_vr_config cfg = { .n = m->n, .self = slot_of(i, i), .election_timeout_ms = 300,
                          .heartbeat_ms = 30, .failback = true, .max_batch = 16,
                          .window = 256 };
     pl_vr_io io = { (void *)(uintptr_t)i, io_append, io_truncate, io_read, io_save,
-                    io_send, io_committed, io_changed, NULL, NULL };
+                    io_send, io_committed, io_changed, NULL, NULL, io_is_barrier };
     pl_vr_durable d = { r->view, r->lnv, r->nlog, r->nlog ? r->log[r->nlog].view : 0,
-                        r->applied };
+                        r->applied, m->start_op, 0 };
+    for (uint64_t op = (m->start_op > r->applied ? m->start_op : r->applied) + 1; op <= r->nlog; op++)
+        if (r->log[op].data[0] == 'R')
+            d.barrier = op;
+    if (m->epoch > PL_VR_EPOCH(d.view)) {
+        /* stopped between applying a barrier and entering its epoch: resume
+         * it the way core/seq.c does */
+        d.view = PL_VR_EPOCH_VIEW(m->epoch);
+        if (m->start_op && m->start_op <= d.op && r->log[m->start_op].data[0] == 'R') {
+            if (d.commit < m->start_op)
+                d.commit = m->start_op;
+            if (d.op == m->start_op)
+                d.lnv = d.view;
+        }
+    }
+    r->n_learners = 0;
+    r->learners_for = 0;
+    r->reconf_pending = 0;
     r->vr = pl_vr_new(&cfg, &io, &d, S->now);
+    if (!r->vr) {
+        sim_fail("pl_vr_new refused replica %llu (n %llu)", i, m->n);
+        return;
+    }
     r->up = 1;
+    r->exists = 1;
+    if (r->applied < pl_vr_commit(r->vr))
+        io_committed((void *)(uintptr_t)i, pl_vr_commit(r->vr));
 }
 
 static void crash(uint32_t i)
@@ -195,6 +334,64 @@ static void crash(uint32_t i)
     pl_vr_free(r->vr);
     r->vr = NULL;
     r->up = 0;
+    r->n_learners = 0;
+    r->learners_for = 0;
+    r->reconf_pending = 0;
+}
+
+/* How many of membership m's servers are down, counting x as down too. */
+static uint32_t down_in(const membership *m, uint32_t x)
+{
+    uint32_t down = 0;
+    for (uint32_t k = 0; k < m->n; k++)
+        down += !S->r[m->ids[k]].up || m->ids[k] == x;
+    return down;
+}
+
+/* May replica x crash and leave at most f of each membership that matters
+ * now down (the newest any replica has entered, and the one being made)? */
+static int may_crash(uint32_t x)
+{
+    const membership *newest = &S->initial;
+    for (uint32_t g = 0; g < S->n; g++)
+        if (S->r[g].exists && S->r[g].mem.epoch > newest->epoch)
+            newest = &S->r[g].mem;
+    if (down_in(newest, x) > (newest->n - 1) / 2)
+        return 0;
+    if (S->plan_next < S->n_plan) {
+        const membership *t = &S->plan[S->plan_next];
+        if (down_in(t, x) > (t->n - 1) / 2)
+            return 0;
+    }
+    return 1;
+}
+
+/* The server enters the epoch it applied a barrier for (core/seq.c does it
+ * in an event after the VR call that committed the barrier). */
+static void reconfigure_pending(uint32_t g)
+{
+    replica *r = &S->r[g];
+    if (!r->up || !r->reconf_pending)
+        return;
+    if (S->crash_before_reconf_pct && (int)(rnd() % 100) < S->crash_before_reconf_pct &&
+        may_crash(g)) {
+        crash(g);
+        return;
+    }
+    r->reconf_pending = 0;
+    const membership *m = &r->mem;
+    uint32_t self = slot_of(g, g);
+    pl_vr_reconfigure(r->vr, m->epoch, m->n, self, m->start_op, S->now);
+    if (PL_VR_EPOCH(pl_vr_view(r->vr)) != m->epoch)
+        sim_fail("replica %llu did not enter epoch %llu", g, m->epoch);
+    if ((mem_index(m, g) >= 0) != pl_vr_is_member(r->vr))
+        sim_fail("replica %llu: pl_vr_is_member wrong in epoch %llu", g, m->epoch);
+    if (mem_index(m, g) < 0 && !r->removed_epoch)
+        r->removed_epoch = m->epoch;
+    io_committed((void *)(uintptr_t)g, pl_vr_commit(r->vr));
+    if (S->crash_after_barrier_pct && (int)(rnd() % 100) < S->crash_after_barrier_pct &&
+        may_crash(g))
+        crash(g);
 }
 
 static void free_msg(msg *q)
@@ -212,8 +409,14 @@ static void deliver_due(void)
         msg *q = *pp;
         if (q->deliver_at <= S->now) {
             *pp = q->next;
-            if (S->r[q->to].up && !S->cut[q->m.from][q->to])
-                pl_vr_receive(S->r[q->to].vr, &q->m, S->now);
+            if (S->r[q->to].up && !S->cut[q->from][q->to]) {
+                /* the peer layer: sender's server -> receiver's slot */
+                uint32_t s = slot_of(q->to, q->from);
+                if (s != NOID) {
+                    q->m.from = s;
+                    pl_vr_receive(S->r[q->to].vr, &q->m, S->now);
+                }
+            }
             free_msg(q);
         } else {
             pp = &q->next;
@@ -243,24 +446,98 @@ static void propose_some(void)
     }
 }
 
+/* A server started like `parleyd --join`: an empty data directory and the
+ * (stale) config file's servers, itself not among them. */
+static void join(uint32_t g)
+{
+    replica *r = &S->r[g];
+    if (r->exists)
+        return;
+    r->mem = S->initial;
+    r->view = r->lnv = r->nlog = r->applied = 0;
+    start_replica(g);
+}
+
+/* The primary's sequencer making the next planned membership change: its
+ * new servers become learners; once each holds everything committed, the
+ * barrier entry is proposed alone. A new primary redoes the learner step. */
+static void drive_membership(void)
+{
+    if (S->plan_next >= S->n_plan)
+        return;
+    const membership *t = &S->plan[S->plan_next];
+    for (uint32_t g = 0; g < S->n; g++) {
+        if (S->r[g].exists && S->r[g].mem.epoch >= t->epoch) {
+            S->plan_next++;
+            return;
+        }
+    }
+    for (uint32_t k = 0; k < t->n; k++)
+        join(t->ids[k]);
+    for (uint32_t g = 0; g < S->n; g++) {
+        replica *r = &S->r[g];
+        if (!r->up || r->mem.epoch + 1 != t->epoch || r->reconf_pending ||
+            !pl_vr_can_serve(r->vr, S->now))
+            continue;
+        if (r->learners_for != t->epoch) {
+            r->n_learners = 0;
+            for (uint32_t k = 0; k < t->n; k++)
+                if (mem_index(&r->mem, t->ids[k]) < 0)
+                    r->learners[r->n_learners++] = t->ids[k];
+            r->learners_for = t->epoch;
+            pl_vr_set_learners(r->vr, r->n_learners);
+        }
+        for (uint32_t k = 0; k < r->n_learners; k++)
+            if (pl_vr_acked(r->vr, r->mem.n + k) < pl_vr_commit(r->vr))
+                return;
+        if (pl_vr_barrier(r->vr))
+            return;
+        char buf[24];
+        format_barrier(t, buf, sizeof buf);
+        pl_log_entry e = { 0, 0, (const uint8_t *)buf, (uint32_t)strlen(buf) };
+        uint64_t first;
+        if (pl_vr_propose(r->vr, &e, 1, &first, S->now) == PL_OK) {
+            S->barriers_proposed++;
+            if (!pl_vr_barrier(r->vr))
+                sim_fail("barrier at op %llu not noted (epoch %llu)", first, t->epoch);
+        }
+        return;
+    }
+}
+
 static void step(void)
 {
     S->now += 10;
+    for (uint32_t i = 0; i < S->n; i++)
+        reconfigure_pending(i);
     deliver_due();
     for (uint32_t i = 0; i < S->n; i++)
         if (S->r[i].up)
             pl_vr_tick(S->r[i].vr, S->now);
+    drive_membership();
+}
+
+/* A universe of `universe` servers; the first n are epoch 0's members and
+ * start now, the others join when a planned change needs them. */
+static void sim_init2(uint32_t universe, uint32_t n, unsigned seed)
+{
+    S = calloc(1, sizeof *S);
+    S->n = universe;
+    S->seed = S->seed0 = seed;
+    S->initial.n = n;
+    for (uint32_t i = 0; i < n; i++)
+        S->initial.ids[i] = i;
+    for (uint32_t i = 0; i < universe; i++)
+        S->r[i].log = calloc(MAXOPS + 1, sizeof(entry));
+    for (uint32_t i = 0; i < n; i++) {
+        S->r[i].mem = S->initial;
+        start_replica(i);
+    }
 }
 
 static void sim_init(uint32_t n, unsigned seed)
 {
-    S = calloc(1, sizeof *S);
-    S->n = n;
-    S->seed = seed;
-    for (uint32_t i = 0; i < n; i++) {
-        S->r[i].log = calloc(MAXOPS + 1, sizeof(entry));
-        start_replica(i);
-    }
+    sim_init2(n, n, seed);
 }
 
 static void sim_free(void)
@@ -283,44 +560,66 @@ static void heal(void)
     memset(S->cut, 0, sizeof S->cut);
     S->drop_pct = 0;
     for (uint32_t i = 0; i < S->n; i++)
-        if (!S->r[i].up)
+        if (S->r[i].exists && !S->r[i].up)
             start_replica(i);
 }
 
-/* After healing, everyone converges on one log and commit. */
-static void check_converged(void)
+/* After healing, the members of `m` converge on one log and commit, and
+ * exactly one replica of the whole universe serves: with want_first, the
+ * membership's first server (priority failback). */
+static void check_converged_in(const membership *m, int want_first)
 {
+    uint32_t g0 = m->ids[0];
     for (int k = 0; k < 3000 && !S->failure[0]; k++) {
         step();
         int same = 1;
-        for (uint32_t i = 1; i < S->n; i++)
-            if (pl_vr_commit(S->r[i].vr) != pl_vr_commit(S->r[0].vr) ||
-                pl_vr_op(S->r[i].vr) != pl_vr_op(S->r[0].vr))
+        for (uint32_t i = 1; i < m->n; i++)
+            if (pl_vr_commit(S->r[m->ids[i]].vr) != pl_vr_commit(S->r[g0].vr) ||
+                pl_vr_op(S->r[m->ids[i]].vr) != pl_vr_op(S->r[g0].vr))
                 same = 0;
         int primaries = 0;
         for (uint32_t i = 0; i < S->n; i++)
-            primaries += pl_vr_can_serve(S->r[i].vr, S->now);
-        if (same && primaries == 1 && pl_vr_commit(S->r[0].vr) == pl_vr_op(S->r[0].vr) &&
-            pl_vr_commit(S->r[0].vr) >= S->max_committed)
+            if (S->r[i].up)
+                primaries += pl_vr_can_serve(S->r[i].vr, S->now);
+        if (same && primaries == 1 && pl_vr_commit(S->r[g0].vr) == pl_vr_op(S->r[g0].vr) &&
+            pl_vr_commit(S->r[g0].vr) >= S->max_committed &&
+            (!want_first || pl_vr_can_serve(S->r[g0].vr, S->now)))
             break;
     }
-    ck_assert_msg(!S->failure[0], "seed %u: %s", S->seed, S->failure);
-    uint64_t c = pl_vr_commit(S->r[0].vr);
+    ck_assert_msg(!S->failure[0], "seed %u: %s", S->seed0, S->failure);
+    uint64_t c = pl_vr_commit(S->r[g0].vr);
     ck_assert_msg(c >= S->max_committed,
-                  "I1: commit %llu below an op committed earlier (%llu)",
+                  "seed %u: I1: commit %llu below an op committed earlier (%llu)", S->seed0,
                   (unsigned long long)c, (unsigned long long)S->max_committed);
-    for (uint32_t i = 0; i < S->n; i++) {
-        ck_assert_msg(pl_vr_commit(S->r[i].vr) == c, "replica %u commit %llu != %llu", i,
-                      (unsigned long long)pl_vr_commit(S->r[i].vr), (unsigned long long)c);
+    for (uint32_t i = 0; i < m->n; i++) {
+        replica *r = &S->r[m->ids[i]];
+        ck_assert_msg(r->mem.epoch == m->epoch, "seed %u: server %u in epoch %llu, not %llu",
+                      S->seed0, m->ids[i], (unsigned long long)r->mem.epoch,
+                      (unsigned long long)m->epoch);
+        ck_assert_msg(pl_vr_commit(r->vr) == c, "seed %u: server %u commit %llu != %llu",
+                      S->seed0, m->ids[i], (unsigned long long)pl_vr_commit(r->vr),
+                      (unsigned long long)c);
+        ck_assert_msg(pl_vr_op(r->vr) == c, "seed %u: server %u op %llu != %llu", S->seed0,
+                      m->ids[i], (unsigned long long)pl_vr_op(r->vr), (unsigned long long)c);
         for (uint64_t op = 1; op <= S->max_committed; op++)
-            ck_assert_msg(strcmp(S->r[i].log[op].data, S->committed[op]) == 0,
-                          "I1: replica %u op %llu holds %s, committed was %s", i,
-                          (unsigned long long)op, S->r[i].log[op].data, S->committed[op]);
+            ck_assert_msg(strcmp(r->log[op].data, S->committed[op]) == 0,
+                          "seed %u: I1: server %u op %llu holds %s, committed was %s", S->seed0,
+                          m->ids[i], (unsigned long long)op, r->log[op].data, S->committed[op]);
     }
     int primaries = 0;
     for (uint32_t i = 0; i < S->n; i++)
-        primaries += pl_vr_can_serve(S->r[i].vr, S->now);
-    ck_assert_int_eq(primaries, 1);
+        if (S->r[i].up)
+            primaries += pl_vr_can_serve(S->r[i].vr, S->now);
+    ck_assert_msg(primaries == 1, "seed %u: %d replicas serve", S->seed0, primaries);
+    if (want_first)
+        ck_assert_msg(pl_vr_can_serve(S->r[g0].vr, S->now),
+                      "seed %u: the primary is not server %u, the first of epoch %llu", S->seed0,
+                      g0, (unsigned long long)m->epoch);
+}
+
+static void check_converged(void)
+{
+    check_converged_in(&S->initial, 0);
 }
 
 START_TEST(test_steady_state)
@@ -450,6 +749,19 @@ START_TEST(test_random_5)
 }
 END_TEST
 
+/* Membership changes pass through even sizes (3 -> 4 -> 5, 3 -> 2):
+ * quorums must be majorities there too. */
+START_TEST(test_random_even)
+{
+    for (unsigned seed = 400; seed < 440; seed++)
+        random_run(4, seed, 3000);
+    for (unsigned seed = 600; seed < 620; seed++)
+        random_run(6, seed, 3000);
+    for (unsigned seed = 700; seed < 720; seed++)
+        random_run(2, seed, 3000);
+}
+END_TEST
+
 START_TEST(test_single_server)
 {
     sim_init(1, 4);
@@ -478,6 +790,7 @@ int main(void)
     tcase_add_test(tc, test_minority_partition_cannot_commit);
     tcase_add_test(tc, test_random_3);
     tcase_add_test(tc, test_random_5);
+    tcase_add_test(tc, test_random_even);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
