@@ -143,12 +143,21 @@ static int entry_view(pl_vr *vr, uint64_t op, uint64_t *view)
     return 0;
 }
 
+static void send_heartbeat(pl_vr *vr, uint64_t now);
+
 static void set_commit(pl_vr *vr, uint64_t c)
 {
     if (c > vr->op)
         c = vr->op;
     if (c > vr->commit) {
         vr->commit = c;
+        /* A primary committing a membership change tells the old
+         * configuration before applying it (io.committed): applying
+         * switches the server's peer slot table to the new membership, and
+         * a server the change removes hears from nobody after that. The
+         * timestamp is the last one sent, so no lease grows from it. */
+        if (vr->barrier && c >= vr->barrier && is_primary(vr))
+            send_heartbeat(vr, vr->last_send_ms);
         vr->io.committed(vr->io.ud, c);
     }
 }

@@ -50,6 +50,7 @@ typedef struct replica {
     uint32_t n_learners;
     uint64_t learners_for;    /* epoch the learner table was set up for */
     int reconf_pending;       /* applied a barrier, VR not yet reconfigured */
+    int was_member;           /* a member of some epoch it entered */
     uint64_t removed_epoch;   /* epoch in which it learned it was removed */
 } replica;
 
@@ -80,6 +81,8 @@ typedef struct sim {
     int crash_after_barrier_pct; /* crash a replica right after it applies a barrier */
     int crash_before_reconf_pct; /* ... or between applying it and entering the epoch */
     uint64_t barriers_proposed;
+    uint64_t plan_gap_ms;        /* steady traffic between two changes */
+    uint64_t plan_after_ms;      /* no change starts before this */
     char failure[512];
 } sim;
 
@@ -287,6 +290,17 @@ static int io_is_barrier(void *ud, const pl_log_entry *e)
     return e->len > 0 && e->data[0] == 'R';
 }
 
+/* A server that was a member and is not in the membership it entered
+ * learned it was removed (the server logs it and stops taking part). */
+static void note_removed(uint32_t g)
+{
+    replica *r = &S->r[g];
+    if (mem_index(&r->mem, g) >= 0)
+        r->was_member = 1;
+    else if (r->was_member && !r->removed_epoch)
+        r->removed_epoch = r->mem.epoch;
+}
+
 static void start_replica(uint32_t i)
 {
     replica *r = &S->r[i];
@@ -322,6 +336,9 @@ static void start_replica(uint32_t i)
     }
     r->up = 1;
     r->exists = 1;
+    note_removed(i);
+    if ((mem_index(m, i) >= 0) != pl_vr_is_member(r->vr))
+        sim_fail("replica %llu: pl_vr_is_member wrong at restart in epoch %llu", i, m->epoch);
     if (r->applied < pl_vr_commit(r->vr))
         io_committed((void *)(uintptr_t)i, pl_vr_commit(r->vr));
 }
@@ -386,8 +403,12 @@ static void reconfigure_pending(uint32_t g)
         sim_fail("replica %llu did not enter epoch %llu", g, m->epoch);
     if ((mem_index(m, g) >= 0) != pl_vr_is_member(r->vr))
         sim_fail("replica %llu: pl_vr_is_member wrong in epoch %llu", g, m->epoch);
-    if (mem_index(m, g) < 0 && !r->removed_epoch)
-        r->removed_epoch = m->epoch;
+    note_removed(g);
+    if (getenv("VRSIM_DEBUG"))
+        fprintf(stderr, "t=%llu server %u reconfigured to epoch %llu: view %llx op %llu commit %llu status %d\n",
+                (unsigned long long)S->now, g, (unsigned long long)m->epoch,
+                (unsigned long long)pl_vr_view(r->vr), (unsigned long long)pl_vr_op(r->vr),
+                (unsigned long long)pl_vr_commit(r->vr), pl_vr_status(r->vr));
     io_committed((void *)(uintptr_t)g, pl_vr_commit(r->vr));
     if (S->crash_after_barrier_pct && (int)(rnd() % 100) < S->crash_after_barrier_pct &&
         may_crash(g))
@@ -466,9 +487,17 @@ static void drive_membership(void)
     if (S->plan_next >= S->n_plan)
         return;
     const membership *t = &S->plan[S->plan_next];
+    if (S->now < S->plan_after_ms)
+        return;
     for (uint32_t g = 0; g < S->n; g++) {
         if (S->r[g].exists && S->r[g].mem.epoch >= t->epoch) {
+            if (getenv("VRSIM_DEBUG"))
+                fprintf(stderr, "t=%llu server %u entered epoch %llu at op %llu (commit %llu)\n",
+                        (unsigned long long)S->now, g, (unsigned long long)t->epoch,
+                        (unsigned long long)S->r[g].mem.start_op,
+                        (unsigned long long)S->max_committed);
             S->plan_next++;
+            S->plan_after_ms = S->now + S->plan_gap_ms;
             return;
         }
     }
@@ -497,6 +526,10 @@ static void drive_membership(void)
         pl_log_entry e = { 0, 0, (const uint8_t *)buf, (uint32_t)strlen(buf) };
         uint64_t first;
         if (pl_vr_propose(r->vr, &e, 1, &first, S->now) == PL_OK) {
+            if (getenv("VRSIM_DEBUG"))
+                fprintf(stderr, "t=%llu server %u proposes %s at op %llu (view %llx)\n",
+                        (unsigned long long)S->now, g, buf, (unsigned long long)first,
+                        (unsigned long long)pl_vr_view(r->vr));
             S->barriers_proposed++;
             if (!pl_vr_barrier(r->vr))
                 sim_fail("barrier at op %llu not noted (epoch %llu)", first, t->epoch);
@@ -778,6 +811,268 @@ START_TEST(test_single_server)
 }
 END_TEST
 
+
+/* ---- membership changes ---- */
+
+static void plan_add(uint64_t epoch, const char *ids)
+{
+    membership *m = &S->plan[S->n_plan++];
+    memset(m, 0, sizeof *m);
+    m->epoch = epoch;
+    for (const char *p = ids; *p; p++)
+        m->ids[m->n++] = (uint32_t)(*p - '0');
+}
+
+/* 3 -> 4 -> 5 -> 4 (without the primary, server 0) -> 3 (without 1). */
+static void plan_grow_shrink(void)
+{
+    plan_add(1, "0123");
+    plan_add(2, "01234");
+    plan_add(3, "1234");
+    plan_add(4, "234");
+}
+
+static const membership *newest_membership(void)
+{
+    const membership *m = &S->initial;
+    for (uint32_t g = 0; g < S->n; g++)
+        if (S->r[g].exists && S->r[g].mem.epoch > m->epoch)
+            m = &S->r[g].mem;
+    return m;
+}
+
+/* Run with proposals until the plan is done (and `extra` steps more). */
+static void run_plan(int max_steps, int extra)
+{
+    int k = 0;
+    for (; k < max_steps && !S->failure[0] && S->plan_next < S->n_plan; k++) {
+        step();
+        propose_some();
+    }
+    for (int j = 0; j < extra && !S->failure[0]; j++) {
+        step();
+        propose_some();
+    }
+    ck_assert_msg(!S->failure[0], "seed %u: %s", S->seed0, S->failure);
+    ck_assert_msg(S->plan_next == S->n_plan, "seed %u: stuck before epoch %llu (newest %llu)",
+                  S->seed0, (unsigned long long)S->plan[S->plan_next < S->n_plan ? S->plan_next : 0].epoch,
+                  (unsigned long long)newest_membership()->epoch);
+}
+
+START_TEST(test_grow_and_shrink)
+{
+    sim_init2(5, 3, 11);
+    plan_grow_shrink();
+    S->plan_gap_ms = S->plan_after_ms = 1000;
+    uint64_t mark[5] = { 0 };
+    for (int k = 0; k < 20000 && !S->failure[0] && S->plan_next < S->n_plan; k++) {
+        step();
+        propose_some();
+        mark[S->plan_next] = S->max_committed;
+    }
+    ck_assert_msg(!S->failure[0], "%s", S->failure);
+    ck_assert_uint_eq(S->plan_next, S->n_plan);
+    /* ops were committed in every epoch on the way */
+    for (int i = 1; i < 4; i++)
+        ck_assert_uint_gt(mark[i], mark[i - 1] + 20);
+    for (int k = 0; k < 300; k++) {
+        step();
+        propose_some();
+    }
+    /* server 0 learned it was removed when it applied epoch 3's barrier,
+     * and server 1 with epoch 4's */
+    ck_assert_uint_eq(S->r[0].removed_epoch, 3);
+    ck_assert_uint_eq(S->r[1].removed_epoch, 4);
+    ck_assert(!pl_vr_is_member(S->r[0].vr));
+    ck_assert(!pl_vr_is_member(S->r[1].vr));
+    for (uint32_t g = 2; g < 5; g++)
+        ck_assert_uint_eq(S->r[g].removed_epoch, 0);
+    check_converged_in(&S->plan[3], 1);
+    ck_assert_uint_eq(S->barriers_proposed, 4);
+    sim_free();
+}
+END_TEST
+
+/* Random faults over the whole universe while the plan runs: crashes and
+ * restarts of any server (learners too, at most f of the memberships that
+ * matter down), crashes right after applying a barrier and between
+ * applying it and entering its epoch, isolation, one-way cuts, drops. */
+static unsigned removed_learned;
+
+static void member_fault_run(unsigned seed, int fault_steps)
+{
+    sim_init2(5, 3, seed);
+    plan_grow_shrink();
+    S->plan_gap_ms = S->plan_after_ms = 200 + rnd() % 800;
+    S->crash_after_barrier_pct = 25;
+    S->crash_before_reconf_pct = 10;
+    uint32_t n = S->n;
+    for (int k = 0; k < fault_steps && !S->failure[0]; k++) {
+        step();
+        propose_some();
+        unsigned x = rnd() % 1000;
+        if (x < 8) {
+            uint32_t i = rnd() % n;
+            if (S->r[i].up && may_crash(i))
+                crash(i);
+        } else if (x < 18) {
+            uint32_t i = rnd() % n;
+            if (S->r[i].exists && !S->r[i].up)
+                start_replica(i);
+        } else if (x < 22) {
+            uint32_t i = rnd() % n; /* isolate one server */
+            for (uint32_t j = 0; j < n; j++)
+                S->cut[i][j] = S->cut[j][i] = (i != j);
+        } else if (x < 25) {
+            uint32_t a = rnd() % n, b = rnd() % n; /* cut one link, one way */
+            S->cut[a][b] = 1;
+        } else if (x < 34) {
+            memset(S->cut, 0, sizeof S->cut);
+        } else if (x < 36) {
+            S->drop_pct = (int)(rnd() % 20);
+        }
+    }
+    ck_assert_msg(!S->failure[0], "seed %u: %s", seed, S->failure);
+    S->crash_after_barrier_pct = S->crash_before_reconf_pct = 0;
+    heal();
+    run_plan(30000, 300);
+    check_converged_in(&S->plan[S->n_plan - 1], 1);
+    /* a removed server that was down (or missed the primary's word) when
+     * its removal committed stays in its old epoch: the new members drop
+     * what it sends */
+    ck_assert(S->r[0].removed_epoch == 3 || S->r[0].mem.epoch < 3);
+    ck_assert(S->r[1].removed_epoch == 4 || S->r[1].mem.epoch < 4);
+    removed_learned += (S->r[0].removed_epoch == 3) + (S->r[1].removed_epoch == 4);
+    sim_free();
+}
+
+START_TEST(test_membership_faults)
+{
+    for (unsigned seed = 900; seed < 920; seed++)
+        member_fault_run(seed, 4000);
+    if (getenv("VRSIM_DEBUG"))
+        fprintf(stderr, "removed servers that learned it: %u of 40\n", removed_learned);
+}
+END_TEST
+
+/* Servers down during whole membership changes catch up across epochs
+ * (EPOCH_STATE): server 2 misses epochs 1 and 2; server 1 misses epoch 3,
+ * in which it is the first server (so epoch 3 starts with a view change),
+ * and takes the primary back once it has caught up. */
+START_TEST(test_down_across_epochs)
+{
+    sim_init2(5, 3, 21);
+    plan_grow_shrink();
+    S->plan_gap_ms = S->plan_after_ms = 500;
+    for (int k = 0; k < 50; k++) {
+        step();
+        propose_some();
+    }
+    crash(2);
+    int k = 0;
+    for (; k < 20000 && !S->failure[0] && S->plan_next < 2; k++) {
+        step();
+        propose_some();
+    }
+    /* epoch 2 entered somewhere; hold the plan while 2 catches up */
+    ck_assert_msg(!S->failure[0], "%s", S->failure);
+    S->plan_after_ms = UINT64_MAX;
+    for (k = 0; k < 2000 && !S->failure[0] && S->plan_next < 2; k++) {
+        step();
+        propose_some();
+    }
+    for (k = 0; k < 200; k++) {
+        step();
+        propose_some();
+    }
+    ck_assert_uint_eq(S->r[0].mem.epoch, 2);
+    ck_assert_uint_eq(S->r[2].mem.epoch, 0);
+    start_replica(2);
+    for (k = 0; k < 3000 && S->r[2].mem.epoch < 2; k++) {
+        step();
+        propose_some();
+    }
+    ck_assert_msg(!S->failure[0], "%s", S->failure);
+    ck_assert_msg(S->r[2].mem.epoch == 2, "server 2 did not catch up to epoch 2");
+    crash(1);
+    S->plan_after_ms = S->now;
+    for (k = 0; k < 20000 && !S->failure[0] && S->plan_next < 3; k++) {
+        step();
+        propose_some();
+    }
+    S->plan_after_ms = UINT64_MAX;
+    for (k = 0; k < 300; k++) {
+        step();
+        propose_some();
+    }
+    ck_assert_msg(!S->failure[0], "%s", S->failure);
+    ck_assert_uint_eq(S->r[2].mem.epoch, 3);
+    ck_assert_uint_eq(S->r[1].mem.epoch, 2);
+    /* epoch 3 serves without its first server */
+    int serving = 0;
+    for (uint32_t g = 2; g < 5; g++)
+        serving += pl_vr_can_serve(S->r[g].vr, S->now);
+    ck_assert_int_eq(serving, 1);
+    uint64_t c = S->max_committed;
+    start_replica(1);
+    membership e3 = S->plan[2];
+    check_converged_in(&e3, 1); /* 1 catches up and gets the primary back */
+    ck_assert_uint_gt(S->max_committed, c);
+    S->plan_after_ms = S->now;
+    run_plan(20000, 300);
+    check_converged_in(&S->plan[3], 1);
+    ck_assert_uint_eq(S->r[1].removed_epoch, 4);
+    sim_free();
+}
+END_TEST
+
+/* Replace a crashed server by a new one in a single change (same
+ * position). The old server coming back later is not a member: the new
+ * members drop what it sends and nothing changes for them. */
+START_TEST(test_replace_crashed_server)
+{
+    sim_init2(4, 3, 31);
+    for (int k = 0; k < 200; k++) {
+        step();
+        propose_some();
+    }
+    crash(2);
+    plan_add(1, "013");
+    S->plan_after_ms = S->now + 500;
+    run_plan(20000, 500);
+    check_converged_in(&S->plan[0], 1);
+    uint64_t view = pl_vr_view(S->r[0].vr);
+    start_replica(2);
+    for (int k = 0; k < 1500; k++) {
+        step();
+        propose_some();
+        ck_assert(!pl_vr_can_serve(S->r[2].vr, S->now));
+    }
+    ck_assert_msg(!S->failure[0], "%s", S->failure);
+    ck_assert_uint_eq(pl_vr_view(S->r[0].vr), view);
+    ck_assert_uint_eq(S->r[2].mem.epoch, 0);
+    check_converged_in(&S->plan[0], 1);
+    sim_free();
+}
+END_TEST
+
+/* A removed backup learns it was removed when it applies the change; the
+ * remaining two servers (a quorum of both) carry on. */
+START_TEST(test_removed_server_learns)
+{
+    sim_init2(3, 3, 41);
+    plan_add(1, "01");
+    S->plan_after_ms = 500;
+    run_plan(20000, 200);
+    ck_assert_uint_eq(S->r[2].removed_epoch, 1);
+    ck_assert(!pl_vr_is_member(S->r[2].vr));
+    ck_assert(pl_vr_is_member(S->r[0].vr) && pl_vr_is_member(S->r[1].vr));
+    ck_assert_str_eq(pl_vr_role(S->r[2].vr, S->now), "learner");
+    check_converged_in(&S->plan[0], 1);
+    sim_free();
+}
+END_TEST
+
 int main(void)
 {
     pl_log_set_level(PL_LOG_ERROR);
@@ -791,6 +1086,11 @@ int main(void)
     tcase_add_test(tc, test_random_3);
     tcase_add_test(tc, test_random_5);
     tcase_add_test(tc, test_random_even);
+    tcase_add_test(tc, test_grow_and_shrink);
+    tcase_add_test(tc, test_removed_server_learns);
+    tcase_add_test(tc, test_replace_crashed_server);
+    tcase_add_test(tc, test_down_across_epochs);
+    tcase_add_test(tc, test_membership_faults);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
