@@ -4,10 +4,22 @@
  *
  * The listener is libevent's evhttp on the server's own event loop: a
  * scrape reads the counters without locks because it runs on the thread
- * that writes them. It answers only GET/HEAD /metrics; it never reads chat
- * state, so nothing it prints is a secret (no names, tokens or bodies).
- * Requests are tiny and bounded (headers, no body, a timeout), so a stuck
- * or hostile scraper costs one connection, not the server.
+ * that writes them. It answers GET/HEAD /metrics and, once the server hands
+ * it a pl_admin_cluster, the /cluster/... endpoints of issue 9 (membership:
+ * GET /cluster/members, and POST add-server, remove-server, replace-server
+ * with the operator token). It never reads chat state, so nothing it prints
+ * is a secret (no names, tokens or bodies). Requests are tiny and bounded
+ * (headers, a small body that is ignored, a timeout), so a stuck or hostile
+ * client costs one connection, not the server.
+ *
+ * A membership change answers much later than it is asked (the RECONFIG op
+ * commits after the new servers catch up). Its HTTP request is held in a
+ * pending handle; libevent does not read from a connection while its
+ * request waits for an answer, so it only ever frees the request by freeing
+ * the whole connection (evhttp_free at shutdown), and the close callback
+ * set on the connection detaches the handle first. A handle outlives both
+ * its request and the listener: it is freed by the one reply() the server
+ * owes it.
  */
 #include "admin.h"
 
@@ -17,21 +29,42 @@
 #include <event2/http.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+#include <event2/keyvalq_struct.h>
+#include <sodium.h>
+
 #include "log.h"
+#include "members.h"
 
 #define PL_ADMIN_HEADERS_MAX 8192
+/* POST parameters travel in the query string; a body is read and ignored,
+ * so only what a client sends by habit (an empty form) is allowed. */
+#define PL_ADMIN_BODY_MAX 1024
 #define PL_ADMIN_TIMEOUT_S 10
+
+/* One membership change waiting for the server's reply(). */
+typedef struct admin_pending {
+    struct pl_admin *a;           /* NULL once the listener is freed */
+    struct evhttp_request *req;   /* NULL once the connection is gone */
+    struct admin_pending *prev, *next;
+} admin_pending;
 
 struct pl_admin {
     struct evhttp *http;
     const pl_metrics *m;
     pl_admin_fill_fn fill;
     void *ud;
+    pl_admin_cluster cluster;     /* members == NULL: /cluster/ not served */
+    unsigned char token_hash[crypto_generichash_BYTES]; /* of the operator token */
+    int has_token;
+    admin_pending *pending;       /* changes not answered yet */
 };
 
 /* ------------------------------------------------------------ histogram */
@@ -177,14 +210,348 @@ static void render(pl_admin *a, struct evbuffer *b)
                         h->n, h->sum_us / 1000000, h->sum_us % 1000000, h->n);
 }
 
+/* ------------------------------------------------------------ /cluster/ */
+
+static void send_json(struct evhttp_request *req, int status, const char *json)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+        return;
+    }
+    evbuffer_add_printf(b, "%s\n", json ? json : "{}");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "application/json");
+    const char *why = status == 200 ? "OK" : status == 400 ? "Bad Request"
+                    : status == 401 ? "Unauthorized" : status == 403 ? "Forbidden"
+                    : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed"
+                    : status == 409 ? "Conflict" : status == 421 ? "Misdirected Request"
+                    : status == 503 ? "Service Unavailable" : status == 504 ? "Gateway Timeout"
+                    : status >= 500 ? "Server Error" : "Error";
+    evhttp_send_reply(req, status, why, b);
+    evbuffer_free(b);
+}
+
+/* {"error": why}, escaped by cJSON (why may quote an operator's input). */
+static void send_error_json(struct evhttp_request *req, int status, const char *fmt, ...)
+    PL_PRINTF(3, 4);
+
+static void send_error_json(struct evhttp_request *req, int status, const char *fmt, ...)
+{
+    char why[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    cJSON *o = cJSON_CreateObject();
+    char *text = o && cJSON_AddStringToObject(o, "error", why) ? cJSON_PrintUnformatted(o) : NULL;
+    send_json(req, status, text ? text : "{\"error\":\"out of memory\"}");
+    cJSON_free(text);
+    cJSON_Delete(o);
+}
+
+static void pending_unlink(admin_pending *h)
+{
+    if (h->prev)
+        h->prev->next = h->next;
+    else if (h->a && h->a->pending == h)
+        h->a->pending = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    h->prev = h->next = NULL;
+}
+
+/* The connection is about to be freed, and its request with it. */
+static void on_pending_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    admin_pending *h = arg;
+    h->req = NULL;
+}
+
+/* pl_admin_reply_fn: the server's one answer to a change. */
+static void pending_reply(void *handle, int status, const char *json)
+{
+    admin_pending *h = handle;
+    if (h->req) {
+        /* The close callback stays on a kept-alive connection: it must not
+         * point at this handle once it is freed. */
+        evhttp_connection_set_closecb(evhttp_request_get_connection(h->req), NULL, NULL);
+        send_json(h->req, status, json);
+    }
+    pending_unlink(h);
+    free(h);
+}
+
+/* The token is compared through a hash so the comparison takes the same
+ * time whatever the length or content of the guess. */
+static int token_matches(const pl_admin *a, const char *given, size_t len)
+{
+    unsigned char h[crypto_generichash_BYTES];
+    if (crypto_generichash(h, sizeof h, (const unsigned char *)given, len, NULL, 0) != 0)
+        return 0;
+    return crypto_verify_32(h, a->token_hash) == 0;
+}
+
+/* Where "HOST:PORT[:PEER_PORT]" names an existing member: by (host,
+ * peer_port) when the peer port is written out, else by (host, port), so
+ * an operator can name a server the way clients know it. */
+static int find_member(const pl_members *m, const char *text, const pl_server_conf *s)
+{
+    const char *rest = text[0] == '[' ? strchr(text, ']') : text;
+    int colons = 0;
+    for (const char *p = rest ? rest : ""; *p; p++)
+        colons += *p == ':';
+    if (colons >= 2)
+        return pl_members_find(m, s->host, s->peer_port);
+    for (size_t i = 0; i < m->n; i++)
+        if (m->servers[i].port == s->port && strcmp(m->servers[i].host, s->host) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* A port of s that a member other than skip already uses on the same host. */
+static int endpoint_clash(const pl_members *m, const pl_server_conf *s, int skip, char *why,
+                          size_t len)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        const pl_server_conf *o = &m->servers[i];
+        if ((int)i == skip || strcmp(o->host, s->host) != 0)
+            continue;
+        if (s->port == o->port || s->port == o->peer_port || s->peer_port == o->port ||
+            s->peer_port == o->peer_port) {
+            snprintf(why, len, "%s ports %u/%u clash with server %zu (port %u, peer port %u)",
+                     s->host, (unsigned)s->port, (unsigned)s->peer_port, i, (unsigned)o->port,
+                     (unsigned)o->peer_port);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Parse query parameter key into *out; on failure the request is answered. */
+static int param_addr(struct evhttp_request *req, const struct evkeyvalq *q, const char *key,
+                      pl_server_conf *out, const char **text)
+{
+    char err[400];
+    *text = evhttp_find_header(q, key);
+    if (!*text) {
+        send_error_json(req, 400, "missing %s=HOST:PORT[:PEER_PORT] in the query string", key);
+        return -1;
+    }
+    if (pl_members_parse_addr(*text, out, err, sizeof err) != PL_OK) {
+        send_error_json(req, 400, "%s: %s", key, err);
+        return -1;
+    }
+    return 0;
+}
+
+enum { OP_ADD, OP_REMOVE, OP_REPLACE };
+
+/* Builds the wanted list into *want; on failure the request is answered. */
+static int wanted(struct evhttp_request *req, int op, const pl_members *cur,
+                  const struct evkeyvalq *q, pl_members *want)
+{
+    pl_server_conf s = { 0 }, t = { 0 };
+    const char *text = NULL, *text2 = NULL;
+    char why[400];
+    int rc = -1, idx;
+
+    memset(want, 0, sizeof *want);
+    if (param_addr(req, q, op == OP_REPLACE ? "old" : "addr", &s, &text) != 0)
+        goto done;
+    if (op == OP_REPLACE && param_addr(req, q, "new", &t, &text2) != 0)
+        goto done;
+    if (pl_members_copy(want, cur) != PL_OK) {
+        send_error_json(req, 500, "out of memory");
+        goto done;
+    }
+    want->epoch = cur->epoch + 1;
+    want->op = 0;
+    switch (op) {
+    case OP_ADD:
+        if (find_member(cur, text, &s) >= 0 || pl_members_find(cur, s.host, s.peer_port) >= 0) {
+            send_error_json(req, 409, "%s is already a member", text);
+            goto done;
+        }
+        if (cur->n >= PL_MEMBERS_MAX) {
+            send_error_json(req, 409, "the cluster already has %d servers, the most it can have",
+                            PL_MEMBERS_MAX);
+            goto done;
+        }
+        if (endpoint_clash(cur, &s, -1, why, sizeof why)) {
+            send_error_json(req, 409, "%s", why);
+            goto done;
+        }
+        /* Appended: the lowest priority, so adding never moves the primary. */
+        want->servers[want->n++] = s;
+        s.host = NULL;
+        break;
+    case OP_REMOVE:
+        if ((idx = find_member(cur, text, &s)) < 0) {
+            send_error_json(req, 409, "%s is not a member", text);
+            goto done;
+        }
+        if (cur->n == 1) {
+            send_error_json(req, 409, "removing %s would leave no servers", text);
+            goto done;
+        }
+        free(want->servers[idx].host);
+        memmove(&want->servers[idx], &want->servers[idx + 1],
+                (want->n - (size_t)idx - 1) * sizeof want->servers[0]);
+        want->n--;
+        break;
+    case OP_REPLACE:
+        if ((idx = find_member(cur, text, &s)) < 0) {
+            send_error_json(req, 409, "%s (old) is not a member", text);
+            goto done;
+        }
+        if (find_member(cur, text2, &t) >= 0 || pl_members_find(cur, t.host, t.peer_port) >= 0) {
+            send_error_json(req, 409, "%s (new) is already a member", text2);
+            goto done;
+        }
+        if (endpoint_clash(cur, &t, idx, why, sizeof why)) {
+            send_error_json(req, 409, "%s", why);
+            goto done;
+        }
+        /* Same position, so the same priority. */
+        free(want->servers[idx].host);
+        want->servers[idx] = t;
+        t.host = NULL;
+        break;
+    }
+    rc = 0;
+done:
+    free(s.host);
+    free(t.host);
+    if (rc != 0)
+        pl_members_clear(want);
+    return rc;
+}
+
+static void on_cluster(pl_admin *a, struct evhttp_request *req, const char *path, size_t plen)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    struct evkeyvalq q;
+    pl_members want;
+    int op;
+
+    if (!a->cluster.members) {
+        send_error_json(req, 404, "this server does not serve /cluster/ yet");
+        return;
+    }
+    if (plen == 16 && strncmp(path, "/cluster/members", 16) == 0) {
+        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+            send_error_json(req, 405, "/cluster/members is read with GET");
+            return;
+        }
+        char *doc = a->cluster.members(a->cluster.ud);
+        if (!doc) {
+            send_error_json(req, 500, "out of memory");
+            return;
+        }
+        send_json(req, 200, doc);
+        free(doc);
+        return;
+    }
+    if (plen == 19 && strncmp(path, "/cluster/add-server", 19) == 0)
+        op = OP_ADD;
+    else if (plen == 22 && strncmp(path, "/cluster/remove-server", 22) == 0)
+        op = OP_REMOVE;
+    else if (plen == 23 && strncmp(path, "/cluster/replace-server", 23) == 0)
+        op = OP_REPLACE;
+    else {
+        send_error_json(req, 404, "not found: /cluster/ serves members, add-server, "
+                        "remove-server and replace-server");
+        return;
+    }
+    if (cmd != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        send_error_json(req, 405, "membership changes are POSTed");
+        return;
+    }
+    if (!a->has_token) {
+        send_error_json(req, 403, "membership changes need admin.token or admin.token_file "
+                        "in the config");
+        return;
+    }
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_matches(a, auth + 7, strlen(auth + 7))) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                          "Bearer realm=\"parley\"");
+        send_error_json(req, 401, auth ? "wrong operator token" : "missing header "
+                        "\"Authorization: Bearer TOKEN\" (the config's admin.token)");
+        return;
+    }
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
+    if (evhttp_parse_query_str(query ? query : "", &q) != 0) {
+        evhttp_clear_headers(&q);
+        send_error_json(req, 400, "the query string does not parse");
+        return;
+    }
+    const pl_members *cur = a->cluster.current(a->cluster.ud);
+    if (!cur) {
+        evhttp_clear_headers(&q);
+        send_error_json(req, 503, "this server does not know the cluster's membership yet");
+        return;
+    }
+    int rc = wanted(req, op, cur, &q, &want);
+    evhttp_clear_headers(&q);
+    if (rc != 0)
+        return;
+    admin_pending *h = calloc(1, sizeof *h);
+    if (!h) {
+        pl_members_clear(&want);
+        send_error_json(req, 500, "out of memory");
+        return;
+    }
+    h->a = a;
+    h->req = req;
+    h->next = a->pending;
+    if (a->pending)
+        a->pending->prev = h;
+    a->pending = h;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_pending_close, h);
+    /* change() may reply (and so free h) before it returns. */
+    a->cluster.change(a->cluster.ud, &want, pending_reply, h);
+    pl_members_clear(&want);
+}
+
+void pl_admin_set_cluster(pl_admin *a, const pl_admin_cluster *c, const char *token)
+{
+    if (!a)
+        return;
+    if (c)
+        a->cluster = *c;
+    else
+        memset(&a->cluster, 0, sizeof a->cluster);
+    a->has_token = token && token[0];
+    if (a->has_token)
+        crypto_generichash(a->token_hash, sizeof a->token_hash, (const unsigned char *)token,
+                           strlen(token), NULL, 0);
+    else
+        sodium_memzero(a->token_hash, sizeof a->token_hash);
+}
+
 static void on_http(struct evhttp_request *req, void *arg)
 {
     pl_admin *a = arg;
     const char *uri = evhttp_request_get_uri(req);
     size_t plen = strcspn(uri ? uri : "", "?#");
 
+    if (uri && plen >= 9 && strncmp(uri, "/cluster/", 9) == 0) {
+        on_cluster(a, req, uri, plen);
+        return;
+    }
     if (!uri || plen != 8 || strncmp(uri, "/metrics", 8) != 0) {
-        evhttp_send_error(req, HTTP_NOTFOUND, "only /metrics is served here");
+        evhttp_send_error(req, HTTP_NOTFOUND, "only /metrics and /cluster/ are served here");
+        return;
+    }
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        evhttp_send_error(req, 405, "/metrics is read with GET");
         return;
     }
     struct evbuffer *b = evbuffer_new();
@@ -216,9 +583,9 @@ pl_admin *pl_admin_new(struct event_base *base, const char *bind, uint16_t port,
         snprintf(err, errlen, "admin listener: cannot create the HTTP server");
         goto fail;
     }
-    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
     evhttp_set_max_headers_size(a->http, PL_ADMIN_HEADERS_MAX);
-    evhttp_set_max_body_size(a->http, 0);
+    evhttp_set_max_body_size(a->http, PL_ADMIN_BODY_MAX);
     evhttp_set_timeout(a->http, PL_ADMIN_TIMEOUT_S);
     evhttp_set_gencb(a->http, on_http, a);
     errno = 0;
@@ -241,7 +608,25 @@ void pl_admin_free(pl_admin *a)
 {
     if (!a)
         return;
+    /* Changes the server has not answered: their clients hear 503 now, and
+     * each handle stays valid, tied to nothing, until the server's reply()
+     * frees it (admin.h promises that). */
+    while (a->pending) {
+        admin_pending *h = a->pending;
+        a->pending = h->next;
+        h->prev = h->next = NULL;
+        h->a = NULL;
+        if (h->req) {
+            evhttp_connection_set_closecb(evhttp_request_get_connection(h->req), NULL, NULL);
+            /* Best effort: evhttp_free below may close the connection
+             * before this is written. */
+            send_json(h->req, 503, "{\"error\":\"the server is shutting down; the change may "
+                                   "or may not take effect: check GET /cluster/members\"}");
+            h->req = NULL;
+        }
+    }
     if (a->http)
         evhttp_free(a->http);
+    sodium_memzero(a->token_hash, sizeof a->token_hash);
     free(a);
 }
