@@ -9,6 +9,14 @@
  * life when no op committed in the window). The fetch is a plain blocking
  * HTTP/1.0 GET with timeouts: an operator tool talking to a loopback or LAN
  * listener needs nothing more, and it keeps the CLI free of an HTTP library.
+ *
+ * `members`, `add-server`, `remove-server` and `replace-server` use the
+ * /cluster/ endpoints of the same listener (core/admin.c, issue 9). A change
+ * is POSTed with the config's admin.token to the first server that answers;
+ * a backup answers 421 with the primary's index in its membership, and the
+ * request goes there. The primary answers only once the RECONFIG op is
+ * applied (after any new server has caught up), so the wait is long:
+ * --timeout, 180 s by default.
  */
 #include "admin.h"
 
@@ -27,14 +35,20 @@
 #include <parley/types.h>
 
 #include "config.h"
+#include "members.h"
 
 enum { ADMIN_OK = 0, ADMIN_SOME_FAILED = 1, ADMIN_USAGE = 2, ADMIN_NONE_ANSWERED = 3 };
+/* The same codes, as the membership commands use them. */
+enum { ADMIN_REFUSED = 1 };
 
 #define ADMIN_TIMEOUT_S 3
 #define ADMIN_BODY_MAX (4u * 1024u * 1024u)
 #define ADMIN_BUCKETS_MAX 256
 #define ADMIN_INTERVAL_DEFAULT_MS 1000
 #define ADMIN_INTERVAL_MAX_MS 600000
+#define ADMIN_CHANGE_TIMEOUT_S 180
+#define ADMIN_CHANGE_TIMEOUT_MAX_S 86400
+#define ADMIN_HOPS_MAX 4              /* 421 redirects followed per attempt */
 
 /* One scrape of one server: the values `stats` shows. */
 typedef struct scrape {
@@ -59,18 +73,25 @@ static double now_s(void)
 
 /* ------------------------------------------------------------ HTTP GET */
 
-/* GET http://host:port/path. On success *body is malloc'd (NUL-terminated,
- * caller frees). */
-static int http_get(const char *host, uint16_t port, const char *path, char **body,
-                    char *err, size_t errlen)
+/* METHOD http://host:port/path, with "Authorization: Bearer TOKEN" when
+ * token is not NULL, waiting up to timeout_s for connect and for each read.
+ * Returns 0 with *status and *body (malloc'd, NUL-terminated, caller frees;
+ * any status) on an answer; -1 with err when no answer came, and *sent set
+ * when the request had been sent (its outcome is then unknown). */
+static int http_do(const char *host, uint16_t port, const char *method, const char *path,
+                   const char *token, int timeout_s, int *status_out, char **body, int *sent,
+                   char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
-    char portstr[8], req[512];
+    char portstr[8], req[1024];
     char *buf = NULL;
     size_t len = 0;
     int fd = -1, rc;
 
     *body = NULL;
+    *status_out = 0;
+    if (sent)
+        *sent = 0;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -85,7 +106,7 @@ static int http_get(const char *host, uint16_t port, const char *path, char **bo
         if (fd < 0)
             continue;
         /* Linux applies SO_SNDTIMEO to connect() too. */
-        struct timeval tv = { ADMIN_TIMEOUT_S, 0 };
+        struct timeval tv = { timeout_s, 0 };
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
@@ -98,12 +119,16 @@ static int http_get(const char *host, uint16_t port, const char *path, char **bo
     if (fd < 0)
         return -1;
 
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s:%u\r\nUser-Agent: parley/%s\r\n\r\n",
-                     path, host, (unsigned)port, PARLEY_VERSION);
-    if (n < 0 || (size_t)n >= sizeof req || send(fd, req, (size_t)n, 0) != n) {
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: %s:%u\r\nUser-Agent: parley/%s\r\n"
+                     "%s%s%sContent-Length: 0\r\n\r\n", method, path, host, (unsigned)port,
+                     PARLEY_VERSION, token ? "Authorization: Bearer " : "", token ? token : "",
+                     token ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof req || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         snprintf(err, errlen, "cannot send the request: %s", strerror(errno));
         goto fail;
     }
+    if (sent)
+        *sent = 1;
     buf = malloc(ADMIN_BODY_MAX + 1);
     if (!buf) {
         snprintf(err, errlen, "out of memory");
@@ -114,7 +139,7 @@ static int http_get(const char *host, uint16_t port, const char *path, char **bo
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            snprintf(err, errlen, "no answer within %d s: %s", ADMIN_TIMEOUT_S, strerror(errno));
+            snprintf(err, errlen, "no answer within %d s: %s", timeout_s, strerror(errno));
             goto fail;
         }
         if (r == 0)
@@ -130,15 +155,13 @@ static int http_get(const char *host, uint16_t port, const char *path, char **bo
     fd = -1;
 
     int status = 0;
-    if (sscanf(buf, "HTTP/%*d.%*d %d", &status) != 1) {
+    if (sscanf(buf, "HTTP/%*d.%*d %d", &status) != 1 || len < 12) {
         snprintf(err, errlen, "not an HTTP answer");
         goto fail;
     }
-    if (status != 200) {
-        char *eol = strpbrk(buf, "\r\n");
-        snprintf(err, errlen, "HTTP %.*s", eol ? (int)(eol - buf) - 9 : 3, buf + 9);
-        goto fail;
-    }
+    /* The status line, for callers that report a status rather than a body. */
+    char *eol = strpbrk(buf, "\r\n");
+    snprintf(err, errlen, "HTTP %.*s", eol ? (int)(eol - buf) - 9 : 3, buf + 9);
     char *start = strstr(buf, "\r\n\r\n");
     if (!start) {
         snprintf(err, errlen, "HTTP answer without a body");
@@ -146,6 +169,7 @@ static int http_get(const char *host, uint16_t port, const char *path, char **bo
     }
     start += 4;
     memmove(buf, start, strlen(start) + 1);
+    *status_out = status;
     *body = buf;
     return 0;
 fail:
@@ -153,6 +177,23 @@ fail:
         close(fd);
     free(buf);
     return -1;
+}
+
+/* GET http://host:port/path that must answer 200. On success *body is
+ * malloc'd (NUL-terminated, caller frees). */
+static int http_get(const char *host, uint16_t port, const char *path, char **body,
+                    char *err, size_t errlen)
+{
+    int status;
+    if (http_do(host, port, "GET", path, NULL, ADMIN_TIMEOUT_S, &status, body, NULL, err,
+                errlen) != 0)
+        return -1;
+    if (status != 200) {
+        free(*body);
+        *body = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------ parsing */
@@ -479,14 +520,27 @@ static int admin_usage(const char *why)
     fprintf(why ? stderr : stdout,
             "usage: parley [-c CONFIG] [--json] admin stats [--interval MS]\n"
             "       parley [-c CONFIG] admin metrics ID\n"
+            "       parley [-c CONFIG] [--json] admin members\n"
+            "       parley [-c CONFIG] [--json] admin add-server HOST:PORT[:PEER_PORT] [--timeout S]\n"
+            "       parley [-c CONFIG] [--json] admin remove-server HOST:PORT[:PEER_PORT] [--timeout S]\n"
+            "       parley [-c CONFIG] [--json] admin replace-server OLD NEW [--timeout S]\n"
             "\n"
-            "Reads GET /metrics from each server's admin_port (see docs/operations.md).\n"
+            "Talks to each server's admin_port over HTTP (see docs/operations.md).\n"
             "  stats     one row per server: role, connections, subscribed connections,\n"
             "            requests/s (scraped twice, --interval apart; default %d ms,\n"
             "            0 = averages since start), commit latency p50/p95/p99, log\n"
             "            entries, bytes in the data directory, last view change\n"
-            "  metrics   the raw Prometheus text of server ID\n",
-            ADMIN_INTERVAL_DEFAULT_MS);
+            "  metrics   the raw Prometheus text of server ID\n"
+            "  members   the membership in force: epoch and servers in priority order\n"
+            "  add-server, remove-server, replace-server\n"
+            "            change the membership of the running cluster (the config's\n"
+            "            admin.token authorizes it); asks the primary and waits up to\n"
+            "            --timeout seconds (default %d) for the new epoch. PEER_PORT\n"
+            "            defaults to PORT+1000; an IPv6 host goes in brackets.\n"
+            "\n"
+            "exit status: 0 ok, 1 refused (the reason on stderr), 2 usage error,\n"
+            "3 no server reachable (or no answer: check 'admin members')\n",
+            ADMIN_INTERVAL_DEFAULT_MS, ADMIN_CHANGE_TIMEOUT_S);
     return why ? ADMIN_USAGE : 0;
 }
 
@@ -562,10 +616,343 @@ static int cmd_metrics(const pl_config *cfg, const char *id_text)
     return ADMIN_OK;
 }
 
+/* ------------------------------------------------------------ membership */
+
+typedef struct endpoint {
+    char host[256];
+    uint16_t port;
+} endpoint;
+
+/* Address of an admin listener for a server on host: the bind address,
+ * unless that is a wildcard (see admin_host). */
+static void endpoint_for(const pl_config *cfg, const char *host, uint16_t port, endpoint *e)
+{
+    const char *b = cfg->admin_bind ? cfg->admin_bind : PL_DEFAULT_HOST;
+    int wild = strcmp(b, "0.0.0.0") == 0 || strcmp(b, "::") == 0 || strcmp(b, "*") == 0;
+    snprintf(e->host, sizeof e->host, "%s", wild ? host : b);
+    e->port = port;
+}
+
+/* "HOST:PORT" with brackets around an IPv6 host. */
+static void fmt_addr(const char *host, double port, char *out, size_t len)
+{
+    snprintf(out, len, strchr(host, ':') ? "[%s]:%.0f" : "%s:%.0f", host, port);
+}
+
+/* The admin port of servers[j] of a /cluster/members document: the
+ * document's own admin_port when it has one, else the config's entry for
+ * the same server, else the offset every configured server shares. */
+static int admin_endpoint_of(const pl_config *cfg, const cJSON *doc, int j, endpoint *e)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(doc, "servers");
+    const cJSON *sv = cJSON_IsArray(arr) && j >= 0 ? cJSON_GetArrayItem(arr, j) : NULL;
+    const cJSON *h = sv ? cJSON_GetObjectItemCaseSensitive(sv, "host") : NULL;
+    const cJSON *p = sv ? cJSON_GetObjectItemCaseSensitive(sv, "port") : NULL;
+    const cJSON *pp = sv ? cJSON_GetObjectItemCaseSensitive(sv, "peer_port") : NULL;
+    const cJSON *ap = sv ? cJSON_GetObjectItemCaseSensitive(sv, "admin_port") : NULL;
+    if (!cJSON_IsString(h) || !cJSON_IsNumber(p))
+        return -1;
+    if (cJSON_IsNumber(ap) && ap->valuedouble >= 1 && ap->valuedouble <= 65535) {
+        endpoint_for(cfg, h->valuestring, (uint16_t)ap->valuedouble, e);
+        return 0;
+    }
+    for (size_t i = 0; i < cfg->n_servers; i++) {
+        const pl_server_conf *c = &cfg->servers[i];
+        if (!c->admin_port || strcmp(c->host, h->valuestring) != 0)
+            continue;
+        if ((cJSON_IsNumber(pp) && c->peer_port == (uint16_t)pp->valuedouble) ||
+            c->port == (uint16_t)p->valuedouble) {
+            endpoint_for(cfg, c->host, c->admin_port, e);
+            return 0;
+        }
+    }
+    /* A server the config does not list (added since): admin.port_offset
+     * gave every configured server admin_port = port + offset. */
+    long off = 0;
+    for (size_t i = 0; i < cfg->n_servers; i++) {
+        const pl_server_conf *c = &cfg->servers[i];
+        if (!c->admin_port)
+            return -1;
+        long o = (long)c->admin_port - (long)c->port;
+        if (i && o != off)
+            return -1;
+        off = o;
+    }
+    long port = (long)p->valuedouble + off;
+    if (!off || port < 1 || port > 65535)
+        return -1;
+    endpoint_for(cfg, h->valuestring, (uint16_t)port, e);
+    return 0;
+}
+
+/* "epoch 2: 127.0.0.1:8100 (primary), 127.0.0.1:8101" from a membership
+ * document ({"epoch", "servers", optional "primary"}). */
+static int print_membership(const cJSON *doc)
+{
+    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(doc, "epoch");
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(doc, "servers");
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(doc, "primary");
+    if (!cJSON_IsNumber(ep) || !cJSON_IsArray(arr))
+        return -1;
+    int primary = cJSON_IsNumber(pr) ? (int)pr->valuedouble : -1, i = 0;
+    printf("epoch %.0f:", ep->valuedouble);
+    for (const cJSON *sv = arr->child; sv; sv = sv->next, i++) {
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(sv, "host");
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(sv, "port");
+        char a[300];
+        fmt_addr(cJSON_IsString(h) ? h->valuestring : "?", cJSON_IsNumber(p) ? p->valuedouble : 0,
+                 a, sizeof a);
+        printf("%s %s%s", i ? "," : "", a, i == primary ? " (primary)" : "");
+    }
+    printf("\n");
+    return 0;
+}
+
+/* Prints an answer body: as is with --json, else as a membership line. */
+static void print_answer(const char *body, int json)
+{
+    cJSON *doc = cJSON_Parse(body);
+    if (json || !doc || print_membership(doc) != 0)
+        printf("%s%s", body, body[0] && body[strlen(body) - 1] == '\n' ? "" : "\n");
+    cJSON_Delete(doc);
+}
+
+/* The "error" of a JSON answer, else the body itself. */
+static void print_refusal(const endpoint *e, int status, const char *body)
+{
+    cJSON *doc = cJSON_Parse(body);
+    const cJSON *er = doc ? cJSON_GetObjectItemCaseSensitive(doc, "error") : NULL;
+    char a[300];
+    fmt_addr(e->host, e->port, a, sizeof a);
+    fprintf(stderr, "parley: %s: %d: %s\n", a, status,
+            cJSON_IsString(er) ? er->valuestring : body);
+    cJSON_Delete(doc);
+}
+
+static size_t config_endpoints(const pl_config *cfg, endpoint *eps)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->n_servers && n < PL_MEMBERS_MAX; i++)
+        if (cfg->servers[i].admin_port)
+            endpoint_for(cfg, cfg->servers[i].host, cfg->servers[i].admin_port, &eps[n++]);
+    if (!n)
+        fprintf(stderr, "parley: no server in %s has an admin_port (set servers[].admin_port "
+                "or admin.port_offset)\n", cfg->path ? cfg->path : "the default configuration");
+    return n;
+}
+
+static int cmd_members(const pl_config *cfg, int json)
+{
+    endpoint eps[PL_MEMBERS_MAX];
+    size_t n = config_endpoints(cfg, eps);
+    if (!n)
+        return ADMIN_USAGE;
+    for (size_t i = 0; i < n; i++) {
+        char err[300], a[300], *body = NULL;
+        fmt_addr(eps[i].host, eps[i].port, a, sizeof a);
+        if (http_get(eps[i].host, eps[i].port, "/cluster/members", &body, err, sizeof err) != 0) {
+            fprintf(stderr, "parley: %s: %s\n", a, err);
+            continue;
+        }
+        print_answer(body, json);
+        free(body);
+        return ADMIN_OK;
+    }
+    return ADMIN_NONE_ANSWERED;
+}
+
+/* Percent-encodes a query value (an address may hold [ ] : %). */
+static void url_encode(const char *s, char *out, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s && o + 4 < len; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+}
+
+/* POSTs path to the primary: each configured admin endpoint in turn, a 421
+ * followed to the primary it names, a server that cannot act yet (503, or
+ * a 421 without a reachable primary) retried each second until the
+ * deadline. */
+static int cmd_change(const pl_config *cfg, int json, const char *path, int timeout_s)
+{
+    endpoint eps[PL_MEMBERS_MAX];
+    size_t n = config_endpoints(cfg, eps);
+    if (!n)
+        return ADMIN_USAGE;
+    if (!cfg->admin_token) {
+        fprintf(stderr, "parley: %s has no admin.token or admin.token_file: membership changes "
+                "need the cluster's operator token\n",
+                cfg->path ? cfg->path : "the default configuration");
+        return ADMIN_USAGE;
+    }
+    double deadline = now_s() + timeout_s;
+    char last[1024] = "";
+    for (;;) {
+        int reached = 0;
+        for (size_t i = 0; i < n; i++) {
+            endpoint e = eps[i];
+            for (int hop = 0; hop <= ADMIN_HOPS_MAX; hop++) {
+                char err[300], a[300], *body = NULL;
+                int status, sent, left = (int)(deadline - now_s());
+                if (left < 1)
+                    left = 1;
+                fmt_addr(e.host, e.port, a, sizeof a);
+                if (http_do(e.host, e.port, "POST", path, cfg->admin_token, left, &status, &body,
+                            &sent, err, sizeof err) != 0) {
+                    if (sent) {
+                        fprintf(stderr, "parley: %s: %s; the change may or may not have taken "
+                                "effect: check 'parley admin members'\n", a, err);
+                        return ADMIN_NONE_ANSWERED;
+                    }
+                    snprintf(last, sizeof last, "%s: %s", a, err);
+                    break;
+                }
+                reached = 1;
+                if (status == 200) {
+                    print_answer(body, json);
+                    free(body);
+                    return ADMIN_OK;
+                }
+                if (status == 503) {
+                    cJSON *d = cJSON_Parse(body);
+                    const cJSON *er = d ? cJSON_GetObjectItemCaseSensitive(d, "error") : NULL;
+                    snprintf(last, sizeof last, "%s: %s", a, cJSON_IsString(er) ? er->valuestring
+                                                                                : body);
+                    cJSON_Delete(d);
+                    free(body);
+                    break;
+                }
+                if (status != 421) {
+                    print_refusal(&e, status, body);
+                    free(body);
+                    return ADMIN_REFUSED;
+                }
+                /* Not the primary: find where the primary's admin port is. */
+                cJSON *d = cJSON_Parse(body);
+                const cJSON *pr = d ? cJSON_GetObjectItemCaseSensitive(d, "primary") : NULL;
+                int j = cJSON_IsNumber(pr) ? (int)pr->valuedouble : -1;
+                cJSON_Delete(d);
+                free(body);
+                char *mdoc = NULL;
+                endpoint next;
+                int found = 0;
+                if (j >= 0 &&
+                    http_get(e.host, e.port, "/cluster/members", &mdoc, err, sizeof err) == 0) {
+                    cJSON *m = cJSON_Parse(mdoc);
+                    found = m && admin_endpoint_of(cfg, m, j, &next) == 0;
+                    cJSON_Delete(m);
+                    free(mdoc);
+                }
+                if (!found) {
+                    snprintf(last, sizeof last, "%s: not the primary, and the primary (%d) has no "
+                             "known admin port", a, j);
+                    break;
+                }
+                e = next;
+            }
+        }
+        if (!reached) {
+            fprintf(stderr, "parley: no admin endpoint answered (last: %s)\n", last);
+            return ADMIN_NONE_ANSWERED;
+        }
+        if (now_s() + 1 > deadline) {
+            fprintf(stderr, "parley: no primary took the change within %d s (last: %s)\n",
+                    timeout_s, last);
+            return ADMIN_NONE_ANSWERED;
+        }
+        struct timespec ts = { 1, 0 };
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+    }
+}
+
+/* add-server ADDR | remove-server ADDR | replace-server OLD NEW, with
+ * --timeout SECONDS and --json anywhere after the subcommand. */
+static int membership_main(const char *config_path, int json, int argc, char **argv)
+{
+    const char *cmd = argv[0], *pos[2] = { NULL, NULL };
+    int npos = 0, timeout_s = ADMIN_CHANGE_TIMEOUT_S;
+    int want = strcmp(cmd, "members") == 0 ? 0 : strcmp(cmd, "replace-server") == 0 ? 2 : 1;
+    char msg[200];
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+            return admin_usage(NULL);
+        if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
+            v = argv[++i];
+        else if (strncmp(argv[i], "--timeout=", 10) == 0)
+            v = argv[i] + 10;
+        if (v) {
+            char *end;
+            long t = strtol(v, &end, 10);
+            if (!v[0] || *end || t < 1 || t > ADMIN_CHANGE_TIMEOUT_MAX_S)
+                return admin_usage("--timeout must be 1-86400 seconds");
+            timeout_s = (int)t;
+            continue;
+        }
+        if (argv[i][0] == '-' || npos == want) {
+            snprintf(msg, sizeof msg, "admin %s: unexpected argument \"%.100s\"", cmd, argv[i]);
+            return admin_usage(msg);
+        }
+        pos[npos++] = argv[i];
+    }
+    if (npos != want) {
+        snprintf(msg, sizeof msg, "admin %s takes %s", cmd,
+                 want == 2 ? "OLD and NEW addresses (HOST:PORT[:PEER_PORT])"
+                           : "one address HOST:PORT[:PEER_PORT]");
+        return admin_usage(msg);
+    }
+    /* Checked here too, so a typo is a usage error, not a server's refusal. */
+    for (int i = 0; i < npos; i++) {
+        pl_server_conf s;
+        char err[400];
+        if (pl_members_parse_addr(pos[i], &s, err, sizeof err) != PL_OK) {
+            snprintf(msg, sizeof msg, "admin %s: %.150s", cmd, err);
+            return admin_usage(msg);
+        }
+        free(s.host);
+    }
+    pl_config *cfg = load_config(config_path);
+    if (!cfg)
+        return ADMIN_USAGE;
+    int rc;
+    if (want == 0) {
+        rc = cmd_members(cfg, json);
+    } else {
+        char a[800], b[800], path[1800];
+        url_encode(pos[0], a, sizeof a);
+        if (want == 2) {
+            url_encode(pos[1], b, sizeof b);
+            snprintf(path, sizeof path, "/cluster/replace-server?old=%s&new=%s", a, b);
+        } else {
+            snprintf(path, sizeof path, "/cluster/%s?addr=%s", cmd, a);
+        }
+        rc = cmd_change(cfg, json, path, timeout_s);
+    }
+    pl_config_free(cfg);
+    return rc;
+}
+
 int parley_admin_main(const char *config_path, int json, int argc, char **argv)
 {
     if (argc < 1)
-        return admin_usage("admin needs a subcommand: stats or metrics");
+        return admin_usage("admin needs a subcommand: stats, metrics, members, add-server, "
+                           "remove-server or replace-server");
     if (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0)
         return admin_usage(NULL);
     int rc, interval_ms = ADMIN_INTERVAL_DEFAULT_MS;
@@ -587,12 +974,16 @@ int parley_admin_main(const char *config_path, int json, int argc, char **argv)
                 return admin_usage("admin stats: --interval must be 0-600000 milliseconds");
             interval_ms = (int)ms;
         }
+    } else if (strcmp(argv[0], "members") == 0 || strcmp(argv[0], "add-server") == 0 ||
+               strcmp(argv[0], "remove-server") == 0 || strcmp(argv[0], "replace-server") == 0) {
+        return membership_main(config_path, json, argc, argv);
     } else if (strcmp(argv[0], "metrics") == 0) {
         if (argc != 2)
             return admin_usage("admin metrics takes one server ID");
         id = argv[1];
     } else {
-        return admin_usage("unknown admin subcommand (expected stats or metrics)");
+        return admin_usage("unknown admin subcommand (expected stats, metrics, members, "
+                           "add-server, remove-server or replace-server)");
     }
     pl_config *cfg = load_config(config_path);
     if (!cfg)
