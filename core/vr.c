@@ -617,12 +617,30 @@ static void on_new_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     vr->last_heard_ms = now;
     if (m->anchor_op > vr->op)
         return; /* an answer to an older request; a newer one is pending */
-    if (adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0) {
+    /* Within a view the primary's log only grows and all we hold above our
+     * commit came from it, so an answer ending at or below our last op is
+     * a late one with nothing new: adopting it would cut entries after it
+     * that we may have acknowledged already (I1). */
+    uint64_t last = m->n_entries ? m->entries[m->n_entries - 1].op : m->anchor_op;
+    if (last > vr->op &&
+        adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0) {
         /* our log diverges above the anchor: fall back to the committed prefix */
         begin_recovery(vr, vr->view, now);
         return;
     }
     if (vr->status == PL_VR_RECOVERING) {
+        if (vr->op < m->op) {
+            /* Normal in this view only once we hold its log up to the
+             * primary's op, which covers what its START-VIEW held: a
+             * DO-VIEW-CHANGE naming this view as our last normal one with
+             * only a prefix of that log would outrank longer logs of older
+             * views and drop ops committed there (I1), and neither may an
+             * acknowledgement count toward a commit before then. */
+            vr->last_getstate_ms = 0;
+            send_get_state(vr, now);
+            set_commit(vr, m->commit);
+            return;
+        }
         vr->status = PL_VR_NORMAL;
         vr->lnv = vr->view;
         save(vr, "lnv", vr->lnv);
@@ -717,11 +735,13 @@ static void on_dvc(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 
 /* A replica of an older epoch spoke to us: it missed the membership change
  * (or more). Send it the committed entries after its commit number — they
- * are the same on every replica (I2), so any replica in normal status may
- * answer, not only the primary — or a snapshot when they were compacted. */
+ * are the same on every replica (I2), so any replica may answer, not only
+ * the primary — or a snapshot when they were compacted. Whatever our
+ * status: the new epoch's replicas may all be in a view change that needs
+ * the very replicas still in the old epoch to complete. */
 static void answer_older_epoch(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
-    if (vr->status != PL_VR_NORMAL || m->from >= slots(vr) || m->from == vr->cfg.self)
+    if (m->from >= slots(vr) || m->from == vr->cfg.self)
         return;
     if (vr->last_epoch_ms[m->from] && now - vr->last_epoch_ms[m->from] < vr->cfg.heartbeat_ms)
         return;
@@ -878,12 +898,9 @@ void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op
     if (op > vr->commit)
         vr->commit = op;
     vr->last_heard_ms = now;
-    if (vr->status == PL_VR_RECOVERING) {
-        vr->status = PL_VR_NORMAL;
-        vr->lnv = vr->view;
-        save(vr, "lnv", vr->lnv);
-        vr->io.changed(vr->io.ud);
-    }
+    /* A recovering replica stays so until NEW_STATE brings it up to the
+     * primary's op (on_new_state): the snapshot is the primary's committed
+     * prefix, which may end below what the view's START-VIEW held. */
     pl_log(PL_LOG_INFO, "vr: installed a snapshot at op %llu; fetching the rest",
            (unsigned long long)op);
     vr->last_getstate_ms = 0;

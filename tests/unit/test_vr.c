@@ -80,6 +80,7 @@ typedef struct sim {
     uint32_t n_plan, plan_next;
     int crash_after_barrier_pct; /* crash a replica right after it applies a barrier */
     int crash_before_reconf_pct; /* ... or between applying it and entering the epoch */
+    int crash_after_propose_pct; /* crash or isolate the primary that proposed one */
     uint64_t barriers_proposed;
     uint64_t plan_gap_ms;        /* steady traffic between two changes */
     uint64_t plan_after_ms;      /* no change starts before this */
@@ -87,6 +88,11 @@ typedef struct sim {
 } sim;
 
 static sim *S;
+
+/* What the runs exercised (printed with VRSIM_DEBUG=1). */
+static struct {
+    unsigned long epoch_state, crash_after, crash_before, barriers, restarts_mid_epoch;
+} stats;
 
 static unsigned rnd(void)
 {
@@ -259,6 +265,11 @@ static void io_committed(void *ud, uint64_t commit)
         if (S->committed[op][0] == 0) {
             memcpy(S->committed[op], r->log[op].data, 24);
         } else if (strcmp(S->committed[op], r->log[op].data) != 0) {
+            if (getenv("VRSIM_DEBUG") && !S->failure[0])
+                fprintf(stderr, "t=%llu I2: replica %u applies %s (view %llx) at op %llu, committed was %s\n",
+                        (unsigned long long)S->now, i, r->log[op].data,
+                        (unsigned long long)r->log[op].view, (unsigned long long)op,
+                        S->committed[op]);
             sim_fail("I2 violated: two different ops committed at op %llu (replica %llu)",
                      (unsigned long long)op, i);
         }
@@ -319,6 +330,7 @@ static void start_replica(uint32_t i)
         /* stopped between applying a barrier and entering its epoch: resume
          * it the way core/seq.c does */
         d.view = PL_VR_EPOCH_VIEW(m->epoch);
+        stats.restarts_mid_epoch++;
         if (m->start_op && m->start_op <= d.op && r->log[m->start_op].data[0] == 'R') {
             if (d.commit < m->start_op)
                 d.commit = m->start_op;
@@ -392,6 +404,7 @@ static void reconfigure_pending(uint32_t g)
         return;
     if (S->crash_before_reconf_pct && (int)(rnd() % 100) < S->crash_before_reconf_pct &&
         may_crash(g)) {
+        stats.crash_before++;
         crash(g);
         return;
     }
@@ -411,8 +424,27 @@ static void reconfigure_pending(uint32_t g)
                 (unsigned long long)pl_vr_commit(r->vr), pl_vr_status(r->vr));
     io_committed((void *)(uintptr_t)g, pl_vr_commit(r->vr));
     if (S->crash_after_barrier_pct && (int)(rnd() % 100) < S->crash_after_barrier_pct &&
-        may_crash(g))
+        may_crash(g)) {
+        stats.crash_after++;
         crash(g);
+    }
+}
+
+/* VRSIM_DEBUG=2: every change of a replica's view, status or commit. */
+static void watch(uint32_t g, const char *why)
+{
+    static uint64_t seen[MAXN][3];
+    replica *r = &S->r[g];
+    if (!r->up || !getenv("VRSIM_DEBUG") || atoi(getenv("VRSIM_DEBUG")) < 2)
+        return;
+    uint64_t now3[3] = { pl_vr_view(r->vr), (uint64_t)pl_vr_status(r->vr), pl_vr_op(r->vr) };
+    if (!memcmp(now3, seen[g], sizeof now3))
+        return;
+    memcpy(seen[g], now3, sizeof now3);
+    fprintf(stderr, "t=%llu %u %-10s view %llx lnv %llx %s op %llu commit %llu\n",
+            (unsigned long long)S->now, g, why, (unsigned long long)now3[0],
+            (unsigned long long)r->lnv, pl_vr_role(r->vr, S->now), (unsigned long long)now3[2],
+            (unsigned long long)pl_vr_commit(r->vr));
 }
 
 static void free_msg(msg *q)
@@ -435,7 +467,13 @@ static void deliver_due(void)
                 uint32_t s = slot_of(q->to, q->from);
                 if (s != NOID) {
                     q->m.from = s;
+                    stats.epoch_state += q->m.type == PL_VR_EPOCH_STATE;
                     pl_vr_receive(S->r[q->to].vr, &q->m, S->now);
+                    static const char *names[] = { "?", "PREPARE", "PREP_OK", "COMMIT", "SVC", "DVC",
+                                                   "START_VIEW", "GET_STATE", "NEW_STATE", "EPOCH_ST" };
+                    char why[32];
+                    snprintf(why, sizeof why, "%s<-%u", q->m.type < 10 ? names[q->m.type] : "?", q->from);
+                    watch(q->to, why);
                 }
             }
             free_msg(q);
@@ -531,8 +569,17 @@ static void drive_membership(void)
                         (unsigned long long)S->now, g, buf, (unsigned long long)first,
                         (unsigned long long)pl_vr_view(r->vr));
             S->barriers_proposed++;
+            stats.barriers++;
             if (!pl_vr_barrier(r->vr))
                 sim_fail("barrier at op %llu not noted (epoch %llu)", first, t->epoch);
+            if (S->crash_after_propose_pct && (int)(rnd() % 100) < S->crash_after_propose_pct) {
+                if (rnd() % 2 && may_crash(g)) {
+                    crash(g);
+                } else {
+                    for (uint32_t j = 0; j < S->n; j++)
+                        S->cut[g][j] = S->cut[j][g] = (g != j);
+                }
+            }
         }
         return;
     }
@@ -545,8 +592,10 @@ static void step(void)
         reconfigure_pending(i);
     deliver_due();
     for (uint32_t i = 0; i < S->n; i++)
-        if (S->r[i].up)
+        if (S->r[i].up) {
             pl_vr_tick(S->r[i].vr, S->now);
+            watch(i, "tick");
+        }
     drive_membership();
 }
 
@@ -597,6 +646,28 @@ static void heal(void)
             start_replica(i);
 }
 
+static void dump(void)
+{
+    for (uint32_t g = 0; g < S->n; g++) {
+        replica *r = &S->r[g];
+        if (!r->exists)
+            continue;
+        fprintf(stderr, "  server %u %s epoch %llu (start %llu) n %u", g, r->up ? "up" : "down",
+                (unsigned long long)r->mem.epoch, (unsigned long long)r->mem.start_op, r->mem.n);
+        if (r->up)
+            fprintf(stderr, " view %llx lnv %llx status %d op %llu commit %llu applied %llu barrier %llu %s learners %u",
+                    (unsigned long long)pl_vr_view(r->vr), (unsigned long long)r->lnv,
+                    pl_vr_status(r->vr), (unsigned long long)pl_vr_op(r->vr),
+                    (unsigned long long)pl_vr_commit(r->vr), (unsigned long long)r->applied,
+                    (unsigned long long)pl_vr_barrier(r->vr), pl_vr_role(r->vr, S->now),
+                    r->n_learners);
+        for (uint32_t k = 0; r->up && k < r->n_learners; k++)
+            fprintf(stderr, " [%u acked %llu]", r->learners[k],
+                    (unsigned long long)pl_vr_acked(r->vr, r->mem.n + k));
+        fprintf(stderr, "%s\n", r->up && pl_vr_can_serve(r->vr, S->now) ? " SERVING" : "");
+    }
+}
+
 /* After healing, the members of `m` converge on one log and commit, and
  * exactly one replica of the whole universe serves: with want_first, the
  * membership's first server (priority failback). */
@@ -621,6 +692,8 @@ static void check_converged_in(const membership *m, int want_first)
     }
     ck_assert_msg(!S->failure[0], "seed %u: %s", S->seed0, S->failure);
     uint64_t c = pl_vr_commit(S->r[g0].vr);
+    if (c < S->max_committed && getenv("VRSIM_DEBUG"))
+        dump();
     ck_assert_msg(c >= S->max_committed,
                   "seed %u: I1: commit %llu below an op committed earlier (%llu)", S->seed0,
                   (unsigned long long)c, (unsigned long long)S->max_committed);
@@ -854,6 +927,8 @@ static void run_plan(int max_steps, int extra)
         propose_some();
     }
     ck_assert_msg(!S->failure[0], "seed %u: %s", S->seed0, S->failure);
+    if (S->plan_next < S->n_plan && getenv("VRSIM_DEBUG"))
+        dump();
     ck_assert_msg(S->plan_next == S->n_plan, "seed %u: stuck before epoch %llu (newest %llu)",
                   S->seed0, (unsigned long long)S->plan[S->plan_next < S->n_plan ? S->plan_next : 0].epoch,
                   (unsigned long long)newest_membership()->epoch);
@@ -906,6 +981,7 @@ static void member_fault_run(unsigned seed, int fault_steps)
     S->plan_gap_ms = S->plan_after_ms = 200 + rnd() % 800;
     S->crash_after_barrier_pct = 25;
     S->crash_before_reconf_pct = 10;
+    S->crash_after_propose_pct = 30;
     uint32_t n = S->n;
     for (int k = 0; k < fault_steps && !S->failure[0]; k++) {
         step();
@@ -933,7 +1009,7 @@ static void member_fault_run(unsigned seed, int fault_steps)
         }
     }
     ck_assert_msg(!S->failure[0], "seed %u: %s", seed, S->failure);
-    S->crash_after_barrier_pct = S->crash_before_reconf_pct = 0;
+    S->crash_after_barrier_pct = S->crash_before_reconf_pct = S->crash_after_propose_pct = 0;
     heal();
     run_plan(30000, 300);
     check_converged_in(&S->plan[S->n_plan - 1], 1);
@@ -948,10 +1024,17 @@ static void member_fault_run(unsigned seed, int fault_steps)
 
 START_TEST(test_membership_faults)
 {
-    for (unsigned seed = 900; seed < 920; seed++)
+    memset(&stats, 0, sizeof stats);
+    unsigned seeds = getenv("VRSIM_SEEDS") ? (unsigned)atoi(getenv("VRSIM_SEEDS")) : 20;
+    unsigned first = getenv("VRSIM_SEED") ? (unsigned)atoi(getenv("VRSIM_SEED")) : 900;
+    for (unsigned seed = first; seed < first + seeds; seed++)
         member_fault_run(seed, 4000);
     if (getenv("VRSIM_DEBUG"))
-        fprintf(stderr, "removed servers that learned it: %u of 40\n", removed_learned);
+        fprintf(stderr, "removed servers that learned it: %u of %u; EPOCH_STATE delivered %lu, "
+                "crashes after a barrier %lu, before entering its epoch %lu, restarts resuming "
+                "an epoch %lu, barriers proposed %lu (%u needed)\n", removed_learned, 2 * seeds,
+                stats.epoch_state, stats.crash_after, stats.crash_before,
+                stats.restarts_mid_epoch, stats.barriers, 4 * seeds);
 }
 END_TEST
 
