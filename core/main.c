@@ -49,6 +49,9 @@ static void usage(FILE *out)
             "  -i, --id N               this server's index in the config's \"servers\" (default 0)\n"
             "  -d, --data DIR           data directory (default: the config's data_dir, else %s)\n"
             "  -l, --log-level LEVEL    error, warn, info or debug (overrides the config)\n"
+            "      --join               join a running cluster: with an empty data directory,\n"
+            "                           wait as a learner until the primary adds this server\n"
+            "                           (parley admin add-server); see docs/operations.md\n"
             "      --check-config FILE  validate FILE, print \"FILE: ok\" or the error; exit 0/1\n"
             "  -V, --version            print the version and plugin ABI versions\n"
             "  -h, --help               this text\n",
@@ -216,13 +219,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_CHECK = 1000 };
+    enum { OPT_CHECK = 1000, OPT_JOIN };
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' },
         { "id", required_argument, NULL, 'i' },
         { "data", required_argument, NULL, 'd' },
         { "log-level", required_argument, NULL, 'l' },
         { "check-config", required_argument, NULL, OPT_CHECK },
+        { "join", no_argument, NULL, OPT_JOIN },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -230,7 +234,7 @@ int main(int argc, char **argv)
     const char *config_path = NULL, *data_dir = NULL, *level_name = NULL, *check = NULL;
     const char *id_text = NULL;
     uint32_t id = 0;
-    int c;
+    int c, join = 0;
 
     opterr = 0;
     while ((c = getopt_long(argc, argv, "c:i:d:l:Vh", opts, NULL)) != -1) {
@@ -240,6 +244,7 @@ int main(int argc, char **argv)
         case 'd': data_dir = optarg; break;
         case 'l': level_name = optarg; break;
         case OPT_CHECK: check = optarg; break;
+        case OPT_JOIN: join = 1; break;
         case 'V':
             printf("parleyd %s (store ABI %u, transport ABI %u)\n", PARLEY_VERSION,
                    PL_STORE_ABI_VERSION, PL_TRANSPORT_ABI_VERSION);
@@ -385,7 +390,7 @@ int main(int argc, char **argv)
         pl_log(PL_LOG_ERROR, "cannot install the SIGINT/SIGTERM handlers");
         goto done;
     }
-    srv = pl_server_new(base, cfg, id, data_dir, err, sizeof err);
+    srv = pl_server_new(base, cfg, id, data_dir, join, err, sizeof err);
     if (!srv) {
         pl_log(PL_LOG_ERROR, "cannot start: %s", err);
         goto done;

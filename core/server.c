@@ -27,6 +27,7 @@
 #include <event2/event.h>
 #include <inttypes.h>
 #include <sodium.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@
 #include "chat.h"
 #include "loader.h"
 #include "log.h"
+#include "members.h"
 #include "peer.h"
 #include "seq.h"
 #include "workers.h"
@@ -108,10 +110,32 @@ typedef struct pl_listener {
     pl_transport_server *tsrv;
 } pl_listener;
 
+/* A membership change this primary drives (admin POST /cluster/...): the
+ * new servers are learners until they have caught up, then one RECONFIG op
+ * makes the change. */
+typedef struct reconf_job {
+    pl_members want;
+    pl_server_conf learners[PL_VR_MAX_REPLICAS]; /* hosts point into want */
+    uint32_t n_learners;
+    pl_admin_reply_fn reply;
+    void *req;
+    uint64_t started_ms;
+    int proposed;
+    struct event *timer;
+} reconf_job;
+
+#define PL_RECONF_CATCHUP_MS 120000u
+#define PL_RECONF_POLL_MS 100
+
 struct pl_server {
     struct event_base *base;
     const pl_config *cfg;
-    uint32_t self;
+    uint32_t self;            /* our slot: index in members, or members.n when not one */
+    pl_server_conf me;        /* our own entry of the config file (host borrowed) */
+    pl_members members;       /* the membership in force (core/members.h) */
+    reconf_job *job;
+    int peers_stale;          /* members changed; the peer table follows VR (on_role_changed) */
+    pl_peer_cb pcb;
     char *data_dir;
     char address[300];
     char transport_desc[96];
@@ -439,7 +463,8 @@ static void reply_not_serving(pl_server *s, pl_conn *c, uint32_t method, uint64_
 {
     const pl_vr *vr = pl_seq_vr(s->seq);
     if (pl_vr_status(vr) == PL_VR_NORMAL && !pl_vr_is_primary(vr)) {
-        const pl_server_conf *p = &s->cfg->servers[pl_vr_primary(vr)];
+        uint32_t pi = pl_vr_primary(vr);
+        const pl_server_conf *p = &s->members.servers[pi < s->members.n ? pi : 0];
         char leader[300], text[360];
         snprintf(leader, sizeof leader, strchr(p->host, ':') ? "[%s]:%u" : "%s:%u", p->host,
                  (unsigned)p->port);
@@ -951,9 +976,10 @@ static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
     conn_ref(c);
     q->id = ++s->next_query_id;
     q->request_id = req->request_id;
-    q->n = (uint32_t)s->cfg->n_servers;
+    /* every member, and ourselves when we are not one */
+    q->n = (uint32_t)s->members.n + (s->self >= s->members.n ? 1u : 0u);
     for (uint32_t i = 0; i < q->n; i++) {
-        const pl_server_conf *sc = &s->cfg->servers[i];
+        const pl_server_conf *sc = i < s->members.n ? &s->members.servers[i] : &s->me;
         char addr[300];
         snprintf(addr, sizeof addr, strchr(sc->host, ':') ? "[%s]:%u" : "%s:%u", sc->host,
                  (unsigned)sc->port);
@@ -978,12 +1004,20 @@ static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
     evtimer_add(q->timer, &tv);
 }
 
+static int sync_peers(pl_server *s, char *err, size_t errlen);
+
 /* The replication role changed. A server that stops being the primary
  * closes its client connections, so clients (and their subscriptions) move
  * to the new primary at once instead of waiting on a backup. */
 static void on_role_changed(void *ud)
 {
     pl_server *s = ud;
+    if (s->peers_stale && (uint64_t)PL_VR_EPOCH(pl_vr_view(pl_seq_vr(s->seq))) >= s->members.epoch) {
+        char why[256];
+        s->peers_stale = 0;
+        if (sync_peers(s, why, sizeof why) != PL_OK)
+            pl_log(PL_LOG_ERROR, "membership epoch %" PRIu64 ": %s", s->members.epoch, why);
+    }
     int serving = pl_vr_is_primary(pl_seq_vr(s->seq));
     if (s->was_serving && !serving) {
         pl_log(PL_LOG_INFO, "no longer the primary: closing %u client connections", s->n_conns);
@@ -1021,6 +1055,328 @@ static void seq_send(void *ud, uint32_t to, const pl_vr_msg *m)
     pl_server *s = ud;
     if (s->peer)
         pl_peer_send(s->peer, to, m);
+}
+
+/* -------------------------------------------------------------- membership */
+
+/* Rebuild the peer table: the members in order, then the learners a primary
+ * streams to, then ourselves when we are not a member. Our slot is s->self.
+ * The peer network starts once there is anybody to talk to. */
+static int sync_peers(pl_server *s, char *err, size_t errlen)
+{
+    pl_server_conf t[PL_VR_MAX_REPLICAS];
+    size_t n = 0;
+    for (size_t i = 0; i < s->members.n; i++)
+        t[n++] = s->members.servers[i];
+    for (uint32_t j = 0; s->job && j < s->job->n_learners && n < PL_VR_MAX_REPLICAS; j++)
+        t[n++] = s->job->learners[j];
+    int me = pl_members_find(&s->members, s->me.host, s->me.peer_port);
+    if (me >= 0) {
+        s->self = (uint32_t)me;
+    } else {
+        if (n >= PL_VR_MAX_REPLICAS) {
+            snprintf(err, errlen, "more than %d servers", PL_VR_MAX_REPLICAS);
+            return PL_ERR_INVALID;
+        }
+        s->self = (uint32_t)n;
+        t[n++] = s->me;
+    }
+    if (s->peer)
+        return pl_peer_set_servers(s->peer, t, n, s->self);
+    if (n < 2)
+        return PL_OK;
+    char why[512];
+    s->peer = pl_peer_new(s->base, s->cfg, t, n, s->self, &s->pcb, why, sizeof why);
+    if (!s->peer) {
+        snprintf(err, errlen, "peer network: %s", why);
+        return PL_ERR_IO;
+    }
+    return PL_OK;
+}
+
+static void job_free(reconf_job *j)
+{
+    if (!j)
+        return;
+    if (j->timer)
+        event_free(j->timer);
+    pl_members_clear(&j->want);
+    free(j);
+}
+
+/* Answer the operator and forget the job (its learners leave the peer
+ * table unless the change made them members). */
+static void job_finish(pl_server *s, int http, const char *json)
+{
+    reconf_job *j = s->job;
+    if (!j)
+        return;
+    s->job = NULL;
+    if (j->n_learners) {
+        char why[256];
+        pl_seq_set_learners(s->seq, 0);
+        if (sync_peers(s, why, sizeof why) != PL_OK)
+            pl_log(PL_LOG_WARN, "membership: %s", why);
+    }
+    if (j->reply)
+        j->reply(j->req, http, json);
+    job_free(j);
+}
+
+static void job_fail(pl_server *s, int http, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void job_fail(pl_server *s, int http, const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pl_log(PL_LOG_WARN, "membership change refused or failed: %s", msg);
+    cJSON *o = cJSON_CreateObject();
+    char *text = NULL;
+    if (o && cJSON_AddStringToObject(o, "error", msg))
+        text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    job_finish(s, http, text ? text : "{\"error\":\"out of memory\"}");
+    free(text);
+}
+
+/* The JSON of GET /cluster/members: the membership plus what this server
+ * knows of the current view. */
+static char *members_doc(void *ud)
+{
+    pl_server *s = ud;
+    char *enc = NULL;
+    size_t len = 0;
+    if (pl_members_encode(&s->members, &enc, &len) != PL_OK || len < 2)
+        return NULL;
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    char tail[256];
+    snprintf(tail, sizeof tail, ",\"self\":%d,\"primary\":%u,\"view\":%" PRIu64 ",\"role\":\"%s\"}",
+             pl_vr_is_member(vr) ? (int)s->self : -1, pl_vr_primary(vr),
+             pl_vr_view(vr), pl_vr_role(vr, mono_ms()));
+    char *out = malloc(len + strlen(tail) + 1);
+    if (out) {
+        memcpy(out, enc, len - 1); /* without its closing brace */
+        strcpy(out + len - 1, tail);
+    }
+    free(enc);
+    return out;
+}
+
+static char *seq_members_json(void *ud)
+{
+    pl_server *s = ud;
+    char *enc = NULL;
+    size_t len = 0;
+    return pl_members_encode(&s->members, &enc, &len) == PL_OK ? enc : NULL;
+}
+
+static const pl_members *admin_current(void *ud)
+{
+    return &((pl_server *)ud)->members;
+}
+
+/* A RECONFIG op (or a newer epoch's snapshot) is being applied. */
+static int on_reconfigured(void *ud, const uint8_t *body, size_t len, uint64_t op,
+                           uint64_t *epoch, uint32_t *n, uint32_t *self, uint64_t *start)
+{
+    pl_server *s = ud;
+    pl_members m;
+    char why[512];
+    int rc = pl_members_decode(body, len, &m, why, sizeof why);
+    if (rc != PL_OK) {
+        pl_log(PL_LOG_ERROR, "membership change at op %" PRIu64 " does not decode: %s", op, why);
+        return rc;
+    }
+    if (op)
+        m.op = op;
+    if (m.epoch > s->members.epoch) {
+        /* Durable before the op counts as applied: a restart must find it. */
+        if ((rc = pl_members_save(s->data_dir, &m, why, sizeof why)) != PL_OK) {
+            pl_log(PL_LOG_ERROR, "membership epoch %" PRIu64 ": %s", m.epoch, why);
+            pl_members_clear(&m);
+            return rc;
+        }
+        pl_members_clear(&s->members);
+        s->members = m;
+        if (s->job) {
+            /* the learners are members now, or the change is over */
+            s->job->n_learners = 0;
+        }
+        /* The peer table changes once VR has entered the epoch (its last
+         * word to the old configuration goes out through the old table). */
+        s->peers_stale = 1;
+        int mi = pl_members_find(&s->members, s->me.host, s->me.peer_port);
+        s->self = mi >= 0 ? (uint32_t)mi : (uint32_t)s->members.n;
+        char desc[1024];
+        pl_members_describe(&s->members, desc, sizeof desc);
+        int me = pl_members_find(&s->members, s->me.host, s->me.peer_port);
+        if (me >= 0)
+            pl_log(PL_LOG_INFO, "membership changed at op %" PRIu64 ": %s; this server is "
+                   "number %d (priority order)", s->members.op, desc, me);
+        else
+            pl_log(PL_LOG_WARN, "membership changed at op %" PRIu64 ": %s; this server is not "
+                   "a member (it was removed, or waits to be added): it takes no part "
+                   "in replication", s->members.op, desc);
+    } else {
+        pl_members_clear(&m);
+    }
+    *epoch = s->members.epoch;
+    *n = (uint32_t)s->members.n;
+    *self = s->self;
+    *start = s->members.op;
+    return PL_OK;
+}
+
+static void job_op_done(void *ud, int err, uint64_t op, const pl_apply_result *res)
+{
+    (void)res;
+    pl_server *s = ud;
+    if (!s->job)
+        return;
+    if (err != PL_OK) {
+        job_fail(s, 503, "the membership change was not applied (%s); `parley admin members` "
+                 "tells whether it happened", pl_strerror(err));
+        return;
+    }
+    pl_log(PL_LOG_INFO, "membership change applied at op %" PRIu64, op);
+    char *doc = members_doc(s);
+    job_finish(s, 200, doc ? doc : "{}");
+    free(doc);
+}
+
+static void job_propose(pl_server *s)
+{
+    reconf_job *j = s->job;
+    pl_members next;
+    if (pl_members_copy(&next, &j->want) != PL_OK) {
+        job_fail(s, 500, "out of memory");
+        return;
+    }
+    next.epoch = s->members.epoch + 1;
+    next.op = 0;
+    char *enc = NULL;
+    size_t len = 0;
+    int rc = pl_members_encode(&next, &enc, &len);
+    pl_members_clear(&next);
+    if (rc != PL_OK) {
+        job_fail(s, 500, "encoding the membership: %s", pl_strerror(rc));
+        return;
+    }
+    pl_op o = { .kind = PL_OP_RECONFIG, .time_ms = op_time(s),
+                .body = { enc, (uint32_t)len } };
+    rc = pl_seq_submit(s->seq, &o, job_op_done, s);
+    free(enc);
+    if (rc != PL_OK) {
+        job_fail(s, 500, "proposing the membership change: %s", pl_strerror(rc));
+        return;
+    }
+    j->proposed = 1;
+}
+
+/* Poll the learners until each holds every committed op. */
+static void job_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pl_server *s = arg;
+    reconf_job *j = s->job;
+    if (!j || j->proposed)
+        return;
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    if (!pl_vr_is_primary(vr)) {
+        job_fail(s, 503, "this server stopped being the primary; retry");
+        return;
+    }
+    uint64_t commit = pl_vr_commit(vr);
+    uint32_t behind = 0;
+    const pl_server_conf *slow = NULL;
+    for (uint32_t k = 0; k < j->n_learners; k++)
+        if (pl_vr_acked(vr, (uint32_t)s->members.n + k) < commit ||
+            !pl_peer_connected(s->peer, (uint32_t)s->members.n + k)) {
+            behind++;
+            slow = &j->learners[k];
+        }
+    if (behind == 0) {
+        job_propose(s);
+        return;
+    }
+    if (mono_ms() - j->started_ms > PL_RECONF_CATCHUP_MS) {
+        job_fail(s, 504, "server %s:%u (peer port %u) did not catch up within %u s (is it "
+                 "running, with --join and this cluster's secret?)", slow->host,
+                 (unsigned)slow->port, (unsigned)slow->peer_port, PL_RECONF_CATCHUP_MS / 1000);
+        return;
+    }
+    struct timeval tv = { 0, PL_RECONF_POLL_MS * 1000 };
+    evtimer_add(j->timer, &tv);
+}
+
+static void reply_json_error(pl_admin_reply_fn reply, void *req, int http, const char *msg,
+                             int primary)
+{
+    cJSON *o = cJSON_CreateObject();
+    char *text = NULL;
+    if (o && cJSON_AddStringToObject(o, "error", msg) &&
+        (primary < 0 || cJSON_AddNumberToObject(o, "primary", primary)))
+        text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    reply(req, http, text ? text : "{\"error\":\"out of memory\"}");
+    free(text);
+}
+
+/* POST /cluster/...: change the membership to `want`. */
+static void admin_change(void *ud, const pl_members *want, pl_admin_reply_fn reply, void *req)
+{
+    pl_server *s = ud;
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    if (!pl_vr_is_primary(vr)) {
+        reply_json_error(reply, req, 421, "not the primary",
+                         pl_vr_status(vr) == PL_VR_NORMAL ? (int)pl_vr_primary(vr) : -1);
+        return;
+    }
+    if (s->job || pl_vr_barrier(vr)) {
+        reply_json_error(reply, req, 409, "a membership change is already in progress", -1);
+        return;
+    }
+    if (pl_members_same(want, &s->members)) {
+        reply_json_error(reply, req, 409, "that is the membership in force already", -1);
+        return;
+    }
+    reconf_job *j = calloc(1, sizeof *j);
+    if (!j || pl_members_copy(&j->want, want) != PL_OK ||
+        !(j->timer = evtimer_new(s->base, job_tick, s))) {
+        job_free(j);
+        reply_json_error(reply, req, 500, "out of memory", -1);
+        return;
+    }
+    for (size_t i = 0; i < j->want.n; i++)
+        if (pl_members_find(&s->members, j->want.servers[i].host,
+                            j->want.servers[i].peer_port) < 0)
+            j->learners[j->n_learners++] = j->want.servers[i];
+    if (s->members.n + j->n_learners > PL_VR_MAX_REPLICAS) {
+        job_free(j);
+        reply_json_error(reply, req, 400, "more than 16 servers during the change", -1);
+        return;
+    }
+    j->reply = reply;
+    j->req = req;
+    j->started_ms = mono_ms();
+    s->job = j;
+    char desc[1024];
+    pl_log(PL_LOG_INFO, "membership change requested: %s (%u new server%s to catch up first)",
+           pl_members_describe(&j->want, desc, sizeof desc), j->n_learners,
+           j->n_learners == 1 ? "" : "s");
+    if (j->n_learners) {
+        char why[256];
+        if (sync_peers(s, why, sizeof why) != PL_OK) {
+            job_fail(s, 500, "%s", why);
+            return;
+        }
+        pl_seq_set_learners(s->seq, j->n_learners);
+    }
+    job_tick(-1, 0, s);
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -1401,8 +1757,64 @@ static int start_extra_transports(pl_server *s, const pl_server_conf *me, char *
     return PL_OK;
 }
 
+/* The membership in force: DATA_DIR/membership.json (what the cluster
+ * replicated, newer than any config file), else the config's servers. A
+ * joining server with no file is not a member: it leaves itself out. */
+static int load_members(pl_server *s, int join, char *err, size_t errlen)
+{
+    const pl_config *cfg = s->cfg;
+    char why[512];
+    pl_members conf;
+    if (pl_members_from_config(&conf, cfg->servers, cfg->n_servers) != PL_OK) {
+        snprintf(err, errlen, "servers: 1 to %d servers needed", PL_MEMBERS_MAX);
+        return PL_ERR_CONFIG;
+    }
+    int rc = pl_members_load(s->data_dir, &s->members, why, sizeof why);
+    if (rc == PL_OK) {
+        if (!pl_members_same(&conf, &s->members)) {
+            char a[1024], b[1024];
+            pl_log(PL_LOG_WARN, "the config file is stale: it lists %s, but the cluster "
+                   "changed its membership to %s (%s/%s); using the cluster's",
+                   pl_members_describe(&conf, a, sizeof a),
+                   pl_members_describe(&s->members, b, sizeof b), s->data_dir,
+                   PL_MEMBERS_FILE);
+        } else {
+            pl_log(PL_LOG_INFO, "membership epoch %" PRIu64 " (%s/%s)", s->members.epoch,
+                   s->data_dir, PL_MEMBERS_FILE);
+        }
+        pl_members_clear(&conf);
+        return PL_OK;
+    }
+    if (rc != PL_ERR_NOT_FOUND) {
+        pl_members_clear(&conf);
+        snprintf(err, errlen, "%s", why);
+        return rc;
+    }
+    if (join) {
+        int me = pl_members_find(&conf, s->me.host, s->me.peer_port);
+        if (me >= 0) {
+            free(conf.servers[me].host);
+            memmove(&conf.servers[me], &conf.servers[me + 1],
+                    (conf.n - (size_t)me - 1) * sizeof conf.servers[0]);
+            conf.n--;
+        }
+        if (conf.n == 0) {
+            pl_members_clear(&conf);
+            snprintf(err, errlen, "--join: the config must list the running cluster's servers "
+                     "(besides this one) to reach them");
+            return PL_ERR_CONFIG;
+        }
+        char a[1024];
+        pl_log(PL_LOG_INFO, "joining the cluster of %s as a learner: waiting to be added "
+               "(parley admin add-server %s:%u:%u)", pl_members_describe(&conf, a, sizeof a),
+               s->me.host, (unsigned)s->me.port, (unsigned)s->me.peer_port);
+    }
+    s->members = conf;
+    return PL_OK;
+}
+
 pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t self,
-                         const char *data_dir, char *err, size_t errlen)
+                         const char *data_dir, int join, char *err, size_t errlen)
 {
     char why[1024];
     pl_server *s = NULL;
@@ -1428,6 +1840,9 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
     s->self = self;
     s->limits = cfg->limits;
     const pl_server_conf *me = &cfg->servers[self];
+    s->me = *me;
+    if (load_members(s, join, err, errlen) != PL_OK)
+        goto fail;
     snprintf(s->address, sizeof s->address, strchr(me->host, ':') ? "[%s]:%u" : "%s:%u",
              me->host, (unsigned)me->port);
 
@@ -1470,9 +1885,16 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         goto fail;
     }
 
+    s->pcb = (pl_peer_cb){ .ud = s, .vr = on_peer_vr, .status = on_peer_status,
+                           .status_reply = on_peer_status_reply, .snapshot = on_peer_snapshot };
+    {
+        /* our slot; the peer network itself starts after the sequencer */
+        int mi = pl_members_find(&s->members, me->host, me->peer_port);
+        s->self = mi >= 0 ? (uint32_t)mi : (uint32_t)s->members.n;
+    }
     s->vrcfg = (pl_vr_config){
-        .n = (uint32_t)cfg->n_servers,
-        .self = self,
+        .n = (uint32_t)s->members.n,
+        .self = s->self,
         .election_timeout_ms = cfg->election_timeout_ms,
         .heartbeat_ms = cfg->heartbeat_ms,
         .failback = cfg->failback,
@@ -1483,7 +1905,11 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
                              .send_snapshot = seq_send_snapshot,
                              .compact_ops = cfg->compact_ops,
                              .compact_bytes = cfg->compact_bytes,
-                             .keep_ops = cfg->compact_keep };
+                             .keep_ops = cfg->compact_keep,
+                             .reconfigured = on_reconfigured,
+                             .members_json = seq_members_json,
+                             .epoch = s->members.epoch,
+                             .epoch_start = s->members.op };
     s->seq = pl_seq_new(base, s->sp, s->st, s->chat, PL_SEQ_MAX_BATCH, &seq_host, why, sizeof why);
     if (!s->seq) {
         snprintf(err, errlen, "%s", why);
@@ -1496,21 +1922,14 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         goto fail;
     }
 
-    if (cfg->n_servers > 1) {
-        pl_peer_cb pcb = { .ud = s, .vr = on_peer_vr, .status = on_peer_status,
-                           .status_reply = on_peer_status_reply,
-                           .snapshot = on_peer_snapshot };
-        s->peer = pl_peer_new(base, cfg, cfg->servers, cfg->n_servers, self, &pcb, why,
-                              sizeof why);
-        if (!s->peer) {
-            snprintf(err, errlen, "peer network: %s", why);
-            goto fail;
-        }
-        if (cfg->n_servers % 2 == 0)
-            pl_log(PL_LOG_WARN, "%zu servers: an even number survives no more failures (%zu) "
-                   "than %zu servers would", cfg->n_servers, (cfg->n_servers - 1) / 2,
-                   cfg->n_servers - 1);
+    if (sync_peers(s, why, sizeof why) != PL_OK) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
     }
+    if (s->members.n > 1 && s->members.n % 2 == 0)
+        pl_log(PL_LOG_WARN, "%zu servers: an even number survives no more failures (%zu) "
+               "than %zu servers would", s->members.n, (s->members.n - 1) / 2,
+               s->members.n - 1);
     s->was_serving = pl_vr_is_primary(pl_seq_vr(s->seq));
 
     s->workers = pl_workers_new(base, cfg->hash_workers, s->limits.password_checks_queued,
@@ -1566,6 +1985,9 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
             snprintf(err, errlen, "%s", why);
             goto fail;
         }
+        pl_admin_cluster cl = { .ud = s, .members = members_doc, .current = admin_current,
+                                .change = admin_change };
+        pl_admin_set_cluster(s->admin, &cl, cfg->admin_token);
     }
     pl_log(PL_LOG_INFO, "parleyd %s serving %s (%s), store %s in %s, op %" PRIu64 ", %u hash workers",
            PARLEY_VERSION,
@@ -1632,6 +2054,11 @@ void pl_server_free(pl_server *s)
 {
     if (!s)
         return;
+    /* A membership change in progress is answered before the admin
+     * listener goes (the cluster may still finish it without us). */
+    if (s->job)
+        job_fail(s, 503, "the server is stopping; `parley admin members` tells whether "
+                 "the change happened");
     /* Transport first: conn_closed runs for every connection while the rest
      * of the server still exists. */
     pl_admin_free(s->admin);
@@ -1665,6 +2092,7 @@ void pl_server_free(pl_server *s)
         pl_plugin_unload(s->extra[i].plugin);
     free(s->extra);
     pl_plugin_unload(s->store_plugin);
+    pl_members_clear(&s->members);
     sodium_memzero(s->dummy_hash, sizeof s->dummy_hash);
     free(s->rl);
     free(s->rl_addr);

@@ -16,10 +16,13 @@ struct event_base;
 typedef struct pl_server pl_server;
 
 /* Load the plugins named in cfg, open the store in data_dir, replay the log,
- * start the workers and listen on cfg->servers[self]. cfg must outlive the
- * server. On failure returns NULL with a one-line reason in err. */
+ * start the workers and listen on cfg->servers[self]. The cluster's
+ * membership is DATA_DIR/membership.json when it exists (core/members.h),
+ * else the config's servers; join: with no membership.json, this server is
+ * not a member but a learner waiting to be added (parleyd --join). cfg must
+ * outlive the server. On failure returns NULL with a one-line reason in err. */
 pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t self,
-                         const char *data_dir, char *err, size_t errlen);
+                         const char *data_dir, int join, char *err, size_t errlen);
 
 /* Begin a graceful stop: stop accepting, refuse new work, finish queued hash
  * jobs and batches, answer what can be answered, close the connections, then
