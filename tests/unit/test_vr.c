@@ -8,6 +8,16 @@
  *      op-number once the cluster has healed and settled;
  *   I2 no two replicas ever commit different ops at the same op-number.
  * Each run prints its seed on failure so it replays exactly.
+ *
+ * Membership changes (issue 9) run the way core/seq.c and core/peer.c do:
+ * servers have fixed global ids; each has a durable membership (epoch,
+ * ordered ids, start op) and, as primary, a learner table; the network maps
+ * slots to servers and back per replica (unknown senders are dropped). A
+ * committed barrier entry "R<epoch>:<ids>" is made durable when applied and
+ * VR enters the epoch at the next step; a driver plays the sequencer
+ * (learners first, then the barrier alone). VRSIM_SEED=S VRSIM_SEEDS=N
+ * widens test_membership_faults; VRSIM_DEBUG=1 (2: every state change)
+ * traces a run.
  */
 #include <check.h>
 #include <stdio.h>
@@ -1025,7 +1035,7 @@ static void member_fault_run(unsigned seed, int fault_steps)
 START_TEST(test_membership_faults)
 {
     memset(&stats, 0, sizeof stats);
-    unsigned seeds = getenv("VRSIM_SEEDS") ? (unsigned)atoi(getenv("VRSIM_SEEDS")) : 20;
+    unsigned seeds = getenv("VRSIM_SEEDS") ? (unsigned)atoi(getenv("VRSIM_SEEDS")) : 100;
     unsigned first = getenv("VRSIM_SEED") ? (unsigned)atoi(getenv("VRSIM_SEED")) : 900;
     for (unsigned seed = first; seed < first + seeds; seed++)
         member_fault_run(seed, 4000);
