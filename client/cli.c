@@ -1316,8 +1316,16 @@ static int cmd_status(cli *k, args *a)
             char st[64];
             snprintf(st, sizeof st, "%.*s/%.*s", (int)s->store.len, s->store.ptr,
                      (int)s->transport.len, s->transport.ptr);
-            printf("%-12.*s %6llu %10llu %10llu %10llu %6llu  %-16s %.*s\n",
-                   (int)s->role.len, s->role.ptr, (unsigned long long)s->view,
+            /* After a membership change the view carries the epoch in its
+             * high bits (docs/replication.md): show it as EPOCH.VIEW. */
+            char view[32];
+            if (s->view >> 40)
+                snprintf(view, sizeof view, "%llu.%llu", (unsigned long long)(s->view >> 40),
+                         (unsigned long long)(s->view & ((1ull << 40) - 1)));
+            else
+                snprintf(view, sizeof view, "%llu", (unsigned long long)s->view);
+            printf("%-12.*s %6s %10llu %10llu %10llu %6llu  %-16s %.*s\n",
+                   (int)s->role.len, s->role.ptr, view,
                    (unsigned long long)s->op, (unsigned long long)s->commit,
                    (unsigned long long)s->applied,
                    (unsigned long long)(top > s->applied ? top - s->applied : 0), st,
