@@ -1199,6 +1199,7 @@ static int on_reconfigured(void *ud, const uint8_t *body, size_t len, uint64_t o
             pl_members_clear(&m);
             return rc;
         }
+        int was_member = pl_members_find(&s->members, s->me.host, s->me.peer_port) >= 0;
         pl_members_clear(&s->members);
         s->members = m;
         if (s->job) {
@@ -1216,10 +1217,13 @@ static int on_reconfigured(void *ud, const uint8_t *body, size_t len, uint64_t o
         if (me >= 0)
             pl_log(PL_LOG_INFO, "membership changed at op %" PRIu64 ": %s; this server is "
                    "number %d (priority order)", s->members.op, desc, me);
+        else if (was_member)
+            pl_log(PL_LOG_WARN, "membership changed at op %" PRIu64 ": %s; this server was "
+                   "removed from the cluster at epoch %" PRIu64 ": it takes no further part "
+                   "(stop it)", s->members.op, desc, s->members.epoch);
         else
-            pl_log(PL_LOG_WARN, "membership changed at op %" PRIu64 ": %s; this server is not "
-                   "a member (it was removed, or waits to be added): it takes no part "
-                   "in replication", s->members.op, desc);
+            pl_log(PL_LOG_INFO, "membership changed at op %" PRIu64 ": %s; this server is not "
+                   "a member yet (a learner waiting to be added)", s->members.op, desc);
     } else {
         pl_members_clear(&m);
     }
