@@ -110,6 +110,8 @@ struct pl_peer {
     peer_out *out[PL_VR_MAX_REPLICAS];  /* by slot; NULL for self */
     peer_out *retired;        /* links writing their last output before closing */
     uint64_t accepted;        /* incoming connections ever accepted */
+    struct dial_via *via;     /* PARLEY_PEER_DIAL entries */
+    size_t n_via;
     int auth;                 /* a cluster secret is configured */
     uint8_t key[crypto_auth_KEYBYTES]; /* derived from it (auth_setup) */
     SSL_CTX *tls;             /* mutual TLS on every link, or NULL */
@@ -549,6 +551,87 @@ int pl_peer_decode_frame(const uint8_t *buf, size_t len, pl_peer_frame *f)
 }
 
 /* ---- slot table ---- */
+
+/* PARLEY_PEER_DIAL="HOST:PORT=HOST:PORT,...": dial the peer address on the
+ * left at the address on the right. The fault harness (tests/fault) puts a
+ * proxy on every directed link this way while every server keeps the same
+ * server list, so identities stay the addresses servers listen on; the
+ * checks (Hello, TLS names, proofs) all use the address on the left. */
+typedef struct dial_via {
+    char *host, *via_host;
+    uint16_t port, via_port;
+} dial_via;
+
+/* "HOST:PORT" or "[HOST]:PORT" of len bytes into a malloc'd host and port. */
+static int parse_hostport(const char *s, size_t len, char **host, uint16_t *port)
+{
+    const char *colon = NULL;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == ':')
+            colon = s + i;
+    if (!colon || colon == s)
+        return PL_ERR_INVALID;
+    char digits[8];
+    size_t nd = len - (size_t)(colon + 1 - s);
+    if (nd < 1 || nd > 5)
+        return PL_ERR_INVALID;
+    memcpy(digits, colon + 1, nd);
+    digits[nd] = 0;
+    char *end;
+    unsigned long v = strtoul(digits, &end, 10);
+    if (*end || v < 1 || v > 65535)
+        return PL_ERR_INVALID;
+    size_t hl = (size_t)(colon - s);
+    if (hl >= 2 && s[0] == '[' && s[hl - 1] == ']') {
+        s++;
+        hl -= 2;
+    }
+    *host = strndup(s, hl);
+    if (!*host)
+        return PL_ERR_NOMEM;
+    if (!host_ok(*host)) {
+        free(*host);
+        *host = NULL;
+        return PL_ERR_INVALID;
+    }
+    *port = (uint16_t)v;
+    return PL_OK;
+}
+
+static int via_setup(pl_peer *p, char *err, size_t errlen)
+{
+    const char *env = getenv("PARLEY_PEER_DIAL");
+    if (!env || !*env)
+        return PL_OK;
+    size_t n = 1;
+    for (const char *c = env; *c; c++)
+        n += *c == ',';
+    p->via = calloc(n, sizeof *p->via);
+    if (!p->via) {
+        snprintf(err, errlen, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    const char *at = env;
+    for (size_t i = 0; i < n; i++) {
+        const char *end = strchr(at, ',');
+        size_t len = end ? (size_t)(end - at) : strlen(at);
+        const char *eq = memchr(at, '=', len);
+        dial_via *v = &p->via[p->n_via];
+        if (!eq || parse_hostport(at, (size_t)(eq - at), &v->host, &v->port) != PL_OK ||
+            parse_hostport(eq + 1, len - (size_t)(eq + 1 - at), &v->via_host,
+                           &v->via_port) != PL_OK) {
+            free(v->host);
+            v->host = NULL;
+            snprintf(err, errlen, "PARLEY_PEER_DIAL: entry %zu is not HOST:PORT=HOST:PORT", i + 1);
+            return PL_ERR_CONFIG;
+        }
+        p->n_via++;
+        at = end ? end + 1 : at + len;
+    }
+    pl_log(PL_LOG_WARN, "peer: PARLEY_PEER_DIAL set: %zu peer addresses are dialled elsewhere "
+           "(a test setting)", p->n_via);
+    return PL_OK;
+}
 
 static int same_addr(const char *h1, uint16_t p1, const char *h2, uint16_t p2)
 {
@@ -1051,8 +1134,15 @@ static void out_connect(peer_out *o)
     struct sockaddr_storage ss;
     int sslen = sizeof ss;
     char addr[300];
-    snprintf(addr, sizeof addr, strchr(o->host, ':') ? "[%s]:%u" : "%s:%u", o->host,
-             (unsigned)o->peer_port);
+    const char *host = o->host;
+    unsigned port = o->peer_port;
+    for (size_t i = 0; i < p->n_via; i++) {
+        if (same_addr(p->via[i].host, p->via[i].port, o->host, o->peer_port)) {
+            host = p->via[i].via_host;
+            port = p->via[i].via_port;
+        }
+    }
+    snprintf(addr, sizeof addr, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
     if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) != 0) {
         pl_log(PL_LOG_ERROR, "peer: server %u address %s is not numeric", o->to, addr);
         return;
@@ -1195,7 +1285,8 @@ pl_peer *pl_peer_new(struct event_base *base, const pl_config *cfg,
     p->self = self;
     p->n = (uint32_t)n;
     p->cb = *cb;
-    if (tls_setup(p, err, errlen) != PL_OK || auth_setup(p, err, errlen) != PL_OK)
+    if (tls_setup(p, err, errlen) != PL_OK || auth_setup(p, err, errlen) != PL_OK ||
+        via_setup(p, err, errlen) != PL_OK)
         goto fail;
     const pl_server_conf *me = &p->servers[self];
     char addr[300];
@@ -1319,6 +1410,11 @@ void pl_peer_free(pl_peer *p)
         out_free(p->retired);
     for (uint32_t i = 0; i < PL_VR_MAX_REPLICAS; i++)
         free(p->servers[i].host);
+    for (size_t i = 0; i < p->n_via; i++) {
+        free(p->via[i].host);
+        free(p->via[i].via_host);
+    }
+    free(p->via);
     SSL_CTX_free(p->tls);
     free(p);
 }

@@ -60,7 +60,10 @@ typedef struct pl_peer_cb {
  * call); `self` is our own slot: we listen on servers[self].peer_port and
  * dial every other slot. cfg supplies the cluster secret, TLS and limits and
  * must outlive the pl_peer. n is 1..PL_VR_MAX_REPLICAS; hosts are numeric
- * and no two slots share an address. NULL with err on failure. */
+ * and no two slots share an address. NULL with err on failure.
+ * The environment variable PARLEY_PEER_DIAL="HOST:PORT=HOST:PORT,..." makes
+ * it dial the address on the left of an entry at the one on the right (the
+ * fault harness's proxy, tests/fault); identities are unaffected. */
 pl_peer *pl_peer_new(struct event_base *base, const pl_config *cfg,
                      const pl_server_conf *servers, size_t n, uint32_t self,
                      const pl_peer_cb *cb, char *err, size_t errlen);

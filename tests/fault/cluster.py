@@ -1,11 +1,10 @@
 """A cluster of real parleyd processes whose peer links run through the fault
 proxy (proxy.py), and the `parley` CLI that drives it.
 
-Server i gets its own config file: its own entry has its real peer_port; the
-entry of every other server j names the proxy port of the directed link i>j.
-The client ports are the real ones in every file, so a backup's redirect to
-the primary and the clients' own config (client.json, real ports throughout)
-agree. Everything started here is stopped by close(), which the harness calls
+Every server gets the same server list, with the real ports (a server's
+identity on the peer network is the (host, peer_port) it listens on), and
+the environment variable PARLEY_PEER_DIAL makes server i dial every other
+server j's peer address at the proxy port of the directed link i>j instead. Everything started here is stopped by close(), which the harness calls
 from a finally block and from atexit; parleyd and the proxy also carry
 PR_SET_PDEATHSIG=SIGKILL (setpriv) so even a SIGKILLed harness leaves nothing
 behind.
@@ -63,10 +62,8 @@ class FaultCluster:
         base.update(extra or {})
         self.configs = []
         for i in range(n):
-            servers = []
-            for j in range(n):
-                pp = self.peer_ports[j] if j == i else self.proxy.ports["%d>%d" % (i, j)]
-                servers.append({"host": "127.0.0.1", "port": self.ports[j], "peer_port": pp})
+            servers = [{"host": "127.0.0.1", "port": self.ports[j], "peer_port": self.peer_ports[j]}
+                       for j in range(n)]
             path = os.path.join(self.dir, "server%d.json" % i)
             with open(path, "w") as f:
                 own = dict(base, servers=servers)
@@ -102,9 +99,18 @@ class FaultCluster:
         cmd = self.server_cmd + [self.configs[i], str(i), self.data_dir(i)]
         if os.path.exists("/usr/bin/setpriv"):
             cmd = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] + cmd
-        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        env = dict(os.environ, PARLEY_PEER_DIAL=self.peer_dial(i))
+        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         env=env)
         log.close()
         self.paused.discard(i)
+
+    def peer_dial(self, i):
+        """PARLEY_PEER_DIAL for server i: each other server's peer address
+        dialled at the proxy port of the link i>j."""
+        return ",".join("127.0.0.1:%d=127.0.0.1:%d" % (self.peer_ports[j],
+                                                        self.proxy.ports["%d>%d" % (i, j)])
+                        for j in range(self.n) if j != i)
 
     def alive(self, i):
         p = self.procs[i]

@@ -3,7 +3,8 @@ harness itself (fault.py --fake, and the meson test fault-selftest).
 
 `fake_parley.py server CONFIG ID DATA` listens on the server's client port
 and peer port, keeps a heartbeat connection to every other server's
-peer_port as its config names it (so through the fault proxy), and executes
+peer_port, dialled where PARLEY_PEER_DIAL says as parleyd does (so through
+the fault proxy), and executes
 client requests on one SQLite file shared by all servers: a "perfectly
 replicated" cluster. Killed or paused servers make clients fail over or time
 out as with the real thing, but no acknowledged data is ever lost.
@@ -205,10 +206,17 @@ def server(config, sid, data):
             threading.Thread(target=lambda c=c: [None for _ in iter(lambda: c.recv(4096), b"")],
                              daemon=True).start()
 
+    via = {}
+    for entry in filter(None, os.environ.get("PARLEY_PEER_DIAL", "").split(",")):
+        addr, dial = entry.split("=")
+        via[addr] = dial
+
     def peer_dial(j):
+        addr = "%s:%d" % (servers[j]["host"], servers[j]["peer_port"])
+        host, port = via.get(addr, addr).rsplit(":", 1)
         while True:
             try:
-                s = socket.create_connection(("127.0.0.1", servers[j]["peer_port"]), timeout=1)
+                s = socket.create_connection((host, int(port)), timeout=1)
                 while True:
                     s.sendall(b"heartbeat from %d\n" % sid)
                     time.sleep(0.1)
