@@ -215,16 +215,28 @@ static void run_for(unsigned ms)
         ck_assert_msg((cond), "timed out after %u ms waiting for %s", (unsigned)(ms), #cond); \
     } while (0)
 
+/* A port below the kernel's ephemeral range (32768 and up by default), so
+ * no outgoing connection of another process on this machine can take it
+ * between this probe and our bind; probed on all addresses because one
+ * case listens there. */
 static uint16_t free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof sa;
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
+    static unsigned seed;
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    for (int tries = 0; tries < 1000; tries++) {
+        uint16_t port = (uint16_t)(20000 + rand_r(&seed) % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
+                                  .sin_addr.s_addr = htonl(INADDR_ANY) };
+        ck_assert_int_ge(fd, 0);
+        int ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+        close(fd);
+        if (ok)
+            return port;
+    }
+    ck_abort_msg("no free port between 20000 and 32000");
+    return 0;
 }
 
 static pl_server_conf srv(int i)
@@ -481,6 +493,42 @@ START_TEST(dialler_checks_the_acceptors_address)
 }
 END_TEST
 
+/* PARLEY_PEER_DIAL: A dials B's address at C's port. C answers with its
+ * own address, which is not the one A meant, so A refuses it: the dial went
+ * elsewhere while the identity check kept B's address. A malformed setting
+ * fails pl_peer_new with a message naming it. */
+START_TEST(dial_elsewhere_keeps_the_identity)
+{
+    net_setup(0);
+    static const int ab[] = { 0, 1 }, c_only[] = { 2 };
+    char via[128];
+    snprintf(via, sizeof via, "127.0.0.1:%u=127.0.0.1:%u", ports[1], ports[2]);
+    setenv("PARLEY_PEER_DIAL", via, 1);
+    start(0, ab, 2);
+    unsetenv("PARLEY_PEER_DIAL");
+    start(1, ab, 2);
+    start(2, c_only, 1);
+    RUN_UNTIL(counts(2).accepted >= 2, 5000);
+    ck_assert(!pl_peer_connected(nodes[0].p, 1));
+    ck_assert_uint_eq(counts(1).accepted, 0);
+
+    static const char *const bad[] = { "127.0.0.1:1", "127.0.0.1:1=", "=127.0.0.1:2",
+                                       "127.0.0.1:0=127.0.0.1:2", "127.0.0.1:1=a b:2",
+                                       "127.0.0.1:1=127.0.0.1:2,,", "x" };
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        setenv("PARLEY_PEER_DIAL", bad[k], 1);
+        pl_server_conf t[1] = { { .host = "127.0.0.1", .port = 1, .peer_port = free_port() } };
+        pl_peer_cb cb = { .vr = on_vr, .status = on_status, .status_reply = on_status_reply };
+        char err[256] = "";
+        pl_peer *p = pl_peer_new(base, cfg, t, 1, 0, &cb, err, sizeof err);
+        unsetenv("PARLEY_PEER_DIAL");
+        ck_assert_msg(p == NULL, "PARLEY_PEER_DIAL=%s accepted", bad[k]);
+        ck_assert_msg(strstr(err, "PARLEY_PEER_DIAL") != NULL, "%s: %s", bad[k], err);
+    }
+    net_teardown();
+}
+END_TEST
+
 /* Raw connections that complete a Hello from unlisted addresses: at most
  * PL_PEER_MAX_UNMAPPED stay open. Without a secret, the Hello is all the
  * handshake there is. */
@@ -535,6 +583,7 @@ int main(void)
     tcase_add_loop_test(net, set_servers_adds_removes_and_ignores_unlisted, 0, 2);
     tcase_add_loop_test(net, dialler_checks_the_acceptors_address, 0, 2);
     tcase_add_test(net, unlisted_connections_are_capped);
+    tcase_add_test(net, dial_elsewhere_keeps_the_identity);
     suite_add_tcase(s, net);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
