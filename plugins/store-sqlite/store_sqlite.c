@@ -25,17 +25,24 @@
  *   Names, bodies and opaque bytes are BLOBs, so ORDER BY is memcmp-then-
  *   length exactly as store.h requires, and no text encoding is applied.
  *
- *   Every message query is an index range scan over one user's messages,
- *   never a scan of the whole table (EXPLAIN QUERY PLAN, see sq_sql):
- *     msg_unread (to_uid) WHERE (flags & 5) = 0   PL_Q_UNREAD, unread count
- *     msg_read   (to_uid) WHERE (flags & 5) = 1   PL_Q_READ, read count
- *     msg_recv   (to_uid) WHERE (flags & 4) = 0   PL_Q_RECEIVED
- *     msg_sent   (from_uid) WHERE (flags & 2) = 0 PL_Q_SENT
- *     msg_pair   (from_uid, to_uid)               PL_Q_CONVO (merge of both directions)
+ *   Two indexes serve every message query, each an index range scan over
+ *   one user's messages, never a scan of the whole table (EXPLAIN QUERY
+ *   PLAN, see sq_sql):
+ *     msg_to   (to_uid, flags & 1) WHERE (flags & 4) = 0
+ *              PL_Q_UNREAD (read bit 0), PL_Q_READ (read bit 1), both
+ *              counts, PL_Q_RECEIVED (the two ranges merged by id)
+ *     msg_pair (from_uid, to_uid)
+ *              PL_Q_CONVO (both directions merged by id), PL_Q_SENT (the
+ *              from_uid range, sorted by id: the core never asks for it)
+ *   Schema version 1 had five indexes (unread, read, received, sent, pair);
+ *   four took an entry per send, each on a leaf page of its own per user,
+ *   so a batch of sends wrote about four pages per send. Version 2 writes
+ *   two; sq_migrate converts a version 1 file when it is opened.
  *   The rowid (message id) is the implicit last column of every index, so
- *   each scan comes out in id order without a sort. The partial indexes only
- *   help when a query repeats the index's WHERE expression verbatim, which
- *   is why the flag tests are written exactly the same way in both places.
+ *   each equality range comes out in id order without a sort. A partial or
+ *   expression index only helps when a query repeats the index's expression
+ *   verbatim, which is why the flag tests are written exactly the same way
+ *   in both places.
  *
  * uint64 values are stored as sqlite3_int64 (two's complement bit pattern),
  * so every value round-trips. Ordering is numeric only below 2^63: message
@@ -61,7 +68,9 @@
 
 #include <parley/store.h>
 
-#define SQ_SCHEMA_VERSION 1
+#define SQ_SCHEMA_VERSION 2
+#define SQ_STR_(x) #x
+#define SQ_STR(x) SQ_STR_(x)
 #define SQ_DB_FILE "parley.db"
 #define SQ_BUSY_TIMEOUT_MS 5000
 #define SQ_CACHE_KB_MAX (16u * 1024u * 1024u) /* 16 GiB of page cache */
@@ -128,14 +137,16 @@ static const char *const sq_sql[ST__COUNT] = {
     [ST_MSG_SET_FLAGS] = "UPDATE messages SET flags = ?2 WHERE id = ?1",
     [ST_MSG_DELETE] = "DELETE FROM messages WHERE id = ?1",
     /* Each count walks only this user's entries of a partial index. */
-    [ST_MSG_COUNTS] = "SELECT (SELECT count(*) FROM messages WHERE to_uid = ?1 AND (flags & 5) = 0),"
-                      " (SELECT count(*) FROM messages WHERE to_uid = ?1 AND (flags & 5) = 1)",
+    [ST_MSG_COUNTS] = "SELECT (SELECT count(*) FROM messages WHERE to_uid = ?1 AND (flags & 1) = 0"
+                      " AND (flags & 4) = 0),"
+                      " (SELECT count(*) FROM messages WHERE to_uid = ?1 AND (flags & 1) = 1"
+                      " AND (flags & 4) = 0)",
 
     [ST_Q_UNREAD] = "SELECT " SQ_MSG_COLS " FROM messages"
-                    " WHERE to_uid = ?1 AND (flags & 5) = 0 AND id > ?2"
+                    " WHERE to_uid = ?1 AND (flags & 1) = 0 AND (flags & 4) = 0 AND id > ?2"
                     " ORDER BY id LIMIT ?3 OFFSET ?4",
     [ST_Q_READ] = "SELECT " SQ_MSG_COLS " FROM messages"
-                  " WHERE to_uid = ?1 AND (flags & 5) = 1"
+                  " WHERE to_uid = ?1 AND (flags & 1) = 1 AND (flags & 4) = 0"
                   " ORDER BY id DESC LIMIT ?3 OFFSET ?4",
     /* Both directions, each an ordered msg_pair range, merged by SQLite
      * (MERGE (UNION ALL)) without a temporary sort. */
@@ -152,9 +163,15 @@ static const char *const sq_sql[ST__COUNT] = {
     [ST_Q_CONVO_SELF] = "SELECT " SQ_MSG_COLS " FROM messages"
                         " WHERE from_uid = ?1 AND to_uid = ?1 AND (flags & 6) <> 6"
                         " ORDER BY id DESC LIMIT ?3 OFFSET ?4",
+    /* The unread and the read range of msg_to, merged by id. */
     [ST_Q_RECEIVED] = "SELECT " SQ_MSG_COLS " FROM messages"
-                      " WHERE to_uid = ?1 AND (flags & 4) = 0"
+                      " WHERE to_uid = ?1 AND (flags & 1) = 0 AND (flags & 4) = 0"
+                      " UNION ALL"
+                      " SELECT " SQ_MSG_COLS " FROM messages"
+                      " WHERE to_uid = ?1 AND (flags & 1) = 1 AND (flags & 4) = 0"
                       " ORDER BY id LIMIT ?3 OFFSET ?4",
+    /* msg_pair's from_uid range, then a sort: the core does not use this
+     * query, and an index of its own would cost a page write per send. */
     [ST_Q_SENT] = "SELECT " SQ_MSG_COLS " FROM messages"
                   " WHERE from_uid = ?1 AND (flags & 2) = 0"
                   " ORDER BY id LIMIT ?3 OFFSET ?4",
@@ -171,6 +188,9 @@ static const char *const sq_sql[ST__COUNT] = {
                        " WHERE client_id < 0 ORDER BY client_id",
 };
 
+#define SQ_MSG_TO_INDEX \
+    "CREATE INDEX msg_to ON messages(to_uid, flags & 1) WHERE (flags & 4) = 0;"
+
 static const char sq_schema[] =
     "CREATE TABLE meta(key TEXT PRIMARY KEY, val INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL, data BLOB NOT NULL);"
@@ -182,13 +202,18 @@ static const char sq_schema[] =
     "CREATE TABLE messages(id INTEGER PRIMARY KEY, from_uid INTEGER NOT NULL,"
     " to_uid INTEGER NOT NULL, from_name BLOB NOT NULL, to_name BLOB NOT NULL,"
     " body BLOB NOT NULL, time INTEGER NOT NULL, flags INTEGER NOT NULL);"
-    "CREATE INDEX msg_unread ON messages(to_uid) WHERE (flags & 5) = 0;"
-    "CREATE INDEX msg_read ON messages(to_uid) WHERE (flags & 5) = 1;"
-    "CREATE INDEX msg_recv ON messages(to_uid) WHERE (flags & 4) = 0;"
-    "CREATE INDEX msg_sent ON messages(from_uid) WHERE (flags & 2) = 0;"
+    SQ_MSG_TO_INDEX
     "CREATE INDEX msg_pair ON messages(from_uid, to_uid);"
     "CREATE TABLE clients(client_id INTEGER PRIMARY KEY, request_no INTEGER NOT NULL,"
     " op INTEGER NOT NULL, reply BLOB NOT NULL);";
+
+/* Version 1 -> 2: the five message indexes become msg_to and msg_pair. */
+static const char sq_upgrade_1[] =
+    "DROP INDEX msg_unread;"
+    "DROP INDEX msg_read;"
+    "DROP INDEX msg_recv;"
+    "DROP INDEX msg_sent;"
+    SQ_MSG_TO_INDEX;
 
 struct pl_store {
     pl_store_host host;       /* copied: the caller's struct may be on its stack */
@@ -699,20 +724,26 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
         goto fail_rc;
     }
 
-    if (version == 0) {
-        /* Schema and version in one transaction: a crash leaves either an
-         * empty file or the whole schema. */
+    if (version < SQ_SCHEMA_VERSION) {
+        /* Schema (or its upgrade) and version in one transaction: a crash
+         * leaves the file as it was or the whole new schema. */
         char *msg = NULL;
 
+        if (version > 0)
+            sq_log(s, PL_LOG_WARN, "%s: upgrading schema version %lld to %d (rebuilding the"
+                   " message indexes; a large database takes a while)", s->path,
+                   (long long)version, SQ_SCHEMA_VERSION);
         rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
         if (rc == SQLITE_OK)
-            rc = sqlite3_exec(s->db, sq_schema, NULL, NULL, &msg);
+            rc = sqlite3_exec(s->db, version == 0 ? sq_schema : sq_upgrade_1, NULL, NULL, &msg);
         if (rc == SQLITE_OK)
-            rc = sqlite3_exec(s->db, "PRAGMA user_version=1", NULL, NULL, &msg);
+            rc = sqlite3_exec(s->db, "PRAGMA user_version=" SQ_STR(SQ_SCHEMA_VERSION), NULL,
+                              NULL, &msg);
         if (rc == SQLITE_OK)
             rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
-            snprintf(err, errlen, "cannot create the schema in %s: %s", s->path,
+            snprintf(err, errlen, "cannot %s the schema in %s: %s",
+                     version == 0 ? "create" : "upgrade", s->path,
                      msg ? msg : sqlite3_errmsg(s->db));
             sqlite3_free(msg);
             if (!sqlite3_get_autocommit(s->db))
