@@ -31,17 +31,19 @@ LSAN_EXIT = 23  # ASan and LeakSanitizer (tools/ci-sanitize.sh sets ASAN_OPTIONS
 SLOW = 5.0 if VALGRIND else 1.0  # start-up and shutdown under valgrind
 
 
-def free_port(avoid=()):
-    """A loopback port that is free now, and whose peer port (+1000) is too."""
+def free_port(avoid=(), offsets=(1000,)):
+    """A loopback port that is free now, and whose peer port (+1000) is too
+    (and port + each of offsets, e.g. an admin port_offset)."""
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port + 1000 > 65535 or port in avoid or port + 1000 in avoid:
+        if port in avoid or any(port + o > 65535 or port + o in avoid for o in offsets):
             continue
         try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1000))
+            for o in offsets:
+                with socket.socket() as s2:
+                    s2.bind(("127.0.0.1", port + o))
         except OSError:
             continue
         return port
@@ -67,10 +69,16 @@ class Cluster:
         self.parleyd = parleyd
         self.parley = parley
         self.dir = tempfile.mkdtemp(prefix="parley-e2e-")
+        # ports each server uses besides its own: peer (+1000), admin
+        self.offsets = [1000]
+        admin = (extra or {}).get("admin")
+        if isinstance(admin, dict) and admin.get("port_offset"):
+            self.offsets.append(admin["port_offset"])
         ports = []
         for _ in range(n):
-            ports.append(free_port(avoid=ports + [p + 1000 for p in ports]))
+            ports.append(free_port(avoid=self._taken(ports), offsets=self.offsets))
         self.ports = ports
+        self.n = n
         cfg = {"servers": [{"host": "127.0.0.1", "port": p} for p in ports],
                "store": store,
                "password_hash": PWHASH_FAST}
@@ -91,19 +99,50 @@ class Cluster:
         self.logs = [os.path.join(self.dir, "s%d.log" % i) for i in range(n)]
         self.exit_failures = []  # memory-checker exits seen (CHECK_EXIT)
 
+    def _taken(self, ports):
+        return list(ports) + [p + o for p in ports for o in self.offsets]
+
     def data_dir(self, i):
         return os.path.join(self.dir, "data%d" % i)
 
-    def start(self, i, wait=True):
-        cfg = self.config
-        if self.stores:
+    def add_slot(self):
+        """Room for one more server beyond the config's (membership tests):
+        a fresh port (and peer/admin ports), a log and a data directory. It
+        is in no config file; write one with write_config(). Returns its
+        index."""
+        self.ports.append(free_port(avoid=self._taken(self.ports), offsets=self.offsets))
+        self.procs.append(None)
+        self.logs.append(os.path.join(self.dir, "s%d.log" % (len(self.ports) - 1)))
+        return len(self.ports) - 1
+
+    def admin_port(self, i):
+        return self.ports[i] + self.offsets[-1] if len(self.offsets) > 1 else None
+
+    def write_config(self, name, servers, **over):
+        """A config file like the cluster's, listing the servers of the given
+        indices in that order (over: keys to replace); returns its path."""
+        c = dict(self.cfg)
+        c["servers"] = [{"host": "127.0.0.1", "port": self.ports[i]} for i in servers]
+        c.update(over)
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            json.dump(c, f)
+        return path
+
+    def start(self, i, wait=True, config=None, server_id=None, join=False):
+        """Start server i: by default with the cluster's config and id i;
+        config/server_id start it from another file (its index there), join
+        adds --join."""
+        cfg = config or self.config
+        if self.stores and config is None:
             c = dict(self.cfg)
             c["store"] = self.stores[i]
             cfg = os.path.join(self.dir, "parley-s%d.json" % i)
             with open(cfg, "w") as f:
                 json.dump(c, f)
         log = open(self.logs[i], "ab")
-        cmd = [self.parleyd, cfg, str(i), self.data_dir(i)]
+        cmd = [self.parleyd] + (["--join"] if join else []) + \
+            [cfg, str(i if server_id is None else server_id), self.data_dir(i)]
         if VALGRIND:
             cmd = ["valgrind", "--quiet", "--error-exitcode=%d" % VALGRIND_EXIT,
                    "--leak-check=full", "--errors-for-leak-kinds=definite",
@@ -114,9 +153,10 @@ class Cluster:
             self.wait_listening(i)
 
     def start_all(self):
-        for i in range(len(self.ports)):
+        """Start the config's servers (not those of add_slot())."""
+        for i in range(self.n):
             self.start(i, wait=False)
-        for i in range(len(self.ports)):
+        for i in range(self.n):
             self.wait_listening(i)
 
     def wait_listening(self, i, timeout=15.0):
@@ -188,11 +228,11 @@ class Cluster:
             raise AssertionError("\n\n".join(failures))
 
     # ---- the CLI ----
-    def cli(self, user, *args, stdin=None, check=None, timeout=30, server=None):
+    def cli(self, user, *args, stdin=None, check=None, timeout=30, server=None, config=None):
         env = dict(os.environ)
         env["PARLEY_SESSION"] = os.path.join(self.dir, "%s.session" % user)
         env.pop("PARLEY_CONFIG", None)
-        cmd = [self.parley, "-c", self.config]
+        cmd = [self.parley, "-c", config or self.config]
         if server is not None:
             cmd += ["--server", "127.0.0.1:%d" % self.ports[server]]
         cmd += ["--json"] + list(args)
