@@ -20,6 +20,7 @@ import time
 from proxy import ProxyProcess
 
 PWHASH_FAST = {"opslimit": 1, "memlimit": 8192}  # Argon2id at its minimum cost
+ADMIN_TOKEN = "fault-harness-operator-token-0123"  # membership changes (nemesis "member")
 
 
 def reserve_ports(k):
@@ -41,15 +42,19 @@ def reserve_ports(k):
 
 
 class FaultCluster:
-    def __init__(self, server_cmd, cli_cmd, n, workdir, seed, extra=None, stores=None):
+    def __init__(self, server_cmd, cli_cmd, n, workdir, seed, extra=None, stores=None,
+                 admin=False):
+        """admin: every server gets an admin_port and the config an
+        admin.token, so `parley admin` can change the membership."""
         self.server_cmd = list(server_cmd)   # [parleyd], or the fake for self-tests
         self.cli_cmd = list(cli_cmd)         # [parley]
         self.n = n
         self.dir = workdir
         os.makedirs(self.dir, exist_ok=True)
-        ports, held = reserve_ports(2 * n)
+        ports, held = reserve_ports((3 if admin else 2) * n)
         self.ports = ports[:n]
-        self.peer_ports = ports[n:]
+        self.peer_ports = ports[n:2 * n]
+        self.admin_ports = ports[2 * n:] if admin else None
         links = {"%d>%d" % (i, j): ["127.0.0.1", self.peer_ports[j]]
                  for i in range(n) for j in range(n) if i != j}
         try:
@@ -60,10 +65,11 @@ class FaultCluster:
         base = {"store": "sqlite", "password_hash": PWHASH_FAST,
                 "election_timeout_ms": 1000, "heartbeat_ms": 100}
         base.update(extra or {})
+        if admin:
+            base["admin"] = {"token": ADMIN_TOKEN}
         self.configs = []
         for i in range(n):
-            servers = [{"host": "127.0.0.1", "port": self.ports[j], "peer_port": self.peer_ports[j]}
-                       for j in range(n)]
+            servers = [self.server_entry(j) for j in range(n)]
             path = os.path.join(self.dir, "server%d.json" % i)
             with open(path, "w") as f:
                 own = dict(base, servers=servers)
@@ -73,9 +79,7 @@ class FaultCluster:
             self.configs.append(path)
         self.client_config = os.path.join(self.dir, "client.json")
         with open(self.client_config, "w") as f:
-            json.dump(dict(base, servers=[{"host": "127.0.0.1", "port": self.ports[j],
-                                           "peer_port": self.peer_ports[j]}
-                                          for j in range(n)]), f, indent=1)
+            json.dump(dict(base, servers=[self.server_entry(j) for j in range(n)]), f, indent=1)
         self.procs = [None] * n
         self.paused = set()
         self.killed_pids = set()
@@ -83,6 +87,16 @@ class FaultCluster:
         self.crashes = []
         self.logs = [os.path.join(self.dir, "server%d.log" % i) for i in range(n)]
         self.t0 = time.monotonic()
+
+    def server_entry(self, j):
+        e = {"host": "127.0.0.1", "port": self.ports[j], "peer_port": self.peer_ports[j]}
+        if self.admin_ports:
+            e["admin_port"] = self.admin_ports[j]
+        return e
+
+    def address(self, i):
+        """Server i as `parley admin` names it: HOST:PORT:PEER_PORT."""
+        return "127.0.0.1:%d:%d" % (self.ports[i], self.peer_ports[i])
 
     def data_dir(self, i):
         return os.path.join(self.dir, "data%d" % i)
@@ -92,11 +106,13 @@ class FaultCluster:
         with open(self.logs[i], "a") as f:
             f.write("=== fault harness t=%.3f: %s ===\n" % (time.monotonic() - self.t0, what))
 
-    def start(self, i):
+    def start(self, i, join=False):
+        """Start server i; join: with --join (a learner until it is added)."""
         self._check_exit(i)
-        self._note(i, "start server %d" % i)
+        self._note(i, "start server %d%s" % (i, " --join" if join else ""))
         log = open(self.logs[i], "ab")
-        cmd = self.server_cmd + [self.configs[i], str(i), self.data_dir(i)]
+        cmd = self.server_cmd + (["--join"] if join else []) + \
+            [self.configs[i], str(i), self.data_dir(i)]
         if os.path.exists("/usr/bin/setpriv"):
             cmd = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] + cmd
         env = dict(os.environ, PARLEY_PEER_DIAL=self.peer_dial(i))
@@ -208,9 +224,17 @@ class FaultCluster:
             return None, out, "timed out after %.1fs" % timeout
         return r.returncode, r.stdout, r.stderr
 
-    def status_row(self, i, timeout=5.0):
-        """Server i's own status row, asked of server i itself (not through
-        its peers, whose links may be cut), or None."""
+    def admin(self, args, timeout):
+        """`parley admin ARGS` with the client config (its admin.token);
+        returns (exit code or None on timeout, stdout, stderr)."""
+        return self.cli(os.path.join(self.dir, "admin.session"),
+                        ["admin"] + list(args) + (["--timeout", str(int(timeout))]
+                                                  if args and args[0] != "members" else []),
+                        timeout=timeout + 30)
+
+    def status_rows(self, i, timeout=5.0):
+        """The status rows server i answers with (its own row included), or
+        None."""
         rc, out, _ = self.cli(os.path.join(self.dir, "admin.session"), ["status"],
                               timeout=timeout, server=i)
         if rc != 0:
@@ -219,8 +243,23 @@ class FaultCluster:
             rows = json.loads(out)["servers"]
         except (ValueError, KeyError, TypeError):
             return None
-        for row in rows:
-            if isinstance(row, dict) and row.get("id") == i:
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else None
+
+    def index_of(self, row):
+        """The harness's index of the server a status row describes: by its
+        client address (row ids are positions in the membership in force,
+        which membership changes reorder), else by id."""
+        a = row.get("address")
+        for j in range(self.n):
+            if a == "127.0.0.1:%d" % self.ports[j]:
+                return j
+        return row.get("id") if a in (None, "fake") else None
+
+    def status_row(self, i, timeout=5.0):
+        """Server i's own status row, asked of server i itself (not through
+        its peers, whose links may be cut), or None."""
+        for row in self.status_rows(i, timeout) or []:
+            if self.index_of(row) == i:
                 return row
         return None
 
@@ -231,14 +270,17 @@ class FaultCluster:
         for i in range(self.n):
             if not self.running(i):
                 continue
-            row = self.status_row(i, timeout=3.0)
+            rows = self.status_rows(i, timeout=3.0) or []
+            row = next((r for r in rows if self.index_of(r) == i), None)
             if row is None:
                 continue
             view = row.get("view", 0)
             if row.get("role") == "primary" and (best is None or view > best[0]):
                 best = (view, i)
-            elif best is None or view > best[0]:
-                # a backup in view v knows the primary is v mod n
-                if row.get("role") in ("backup", "primary"):
-                    best = (view, view % self.n)
+            elif row.get("role") == "backup" and (best is None or view > best[0]):
+                # a backup's status lists the primary it follows
+                p = next((self.index_of(r) for r in rows
+                          if r.get("role") == "primary" and r.get("reachable")), None)
+                if p is not None:
+                    best = (view, p)
         return None if best is None else best[1]

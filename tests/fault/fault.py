@@ -54,6 +54,10 @@ def parse_args(argv):
     ap.add_argument("--compact", type=int, default=0, metavar="OPS",
                     help="compact the log every OPS ops (keeping OPS/5), so lagging servers "
                          "catch up by snapshot; default: the server's own setting")
+    ap.add_argument("--membership", action="store_true",
+                    help="mix membership changes into the schedule: remove a random backup, "
+                         "wipe it, and add it back empty through `parley admin` (needs the "
+                         "servers' admin ports and a token, which this sets up)")
     ap.add_argument("--keep", action="store_true", help="keep the servers' data directories")
     ap.add_argument("--keep-logs", action="store_true",
                     help="copy the servers' logs to --out even when there is no violation")
@@ -144,7 +148,8 @@ class Run:
         for attempt in range(3):
             self.cluster = c = FaultCluster(server_cmd, cli_cmd, a.servers,
                                             os.path.join(self.workdir, "cluster%d" % attempt),
-                                            a.seed, extra=extra, stores=a.store.split(","))
+                                            a.seed, extra=extra, stores=a.store.split(","),
+                                            admin=a.membership)
             c.t0 = t0  # the markers in server logs use the history's clock
             failed = self.start_cluster(c)
             if failed is None:
@@ -170,7 +175,7 @@ class Run:
         for cl in self.clients:
             cl.start()
         nem = self.nemesis = Nemesis(c, h, a.seed)
-        schedule = make_schedule(a.seed, c.n, a.duration)
+        schedule = make_schedule(a.seed, c.n, a.duration, membership=a.membership)
         sched = [(at + start, kinds, hold, params) for at, kinds, hold, params in schedule]
         nem.run(sched, start + a.duration,
                 stop=lambda: any(not cl.is_alive() for cl in self.clients))
@@ -190,7 +195,21 @@ class Run:
         for p in workload.final_reads(c, h, users, sessions, deadline):
             self.problem("final-problem", "after healing: " + p)
         self.final_digests(max(deadline, time.monotonic() + 15))
+        if a.membership:
+            self.final_members()
         self.note_crashes()
+
+    def final_members(self):
+        """After membership changes: every server is a member again."""
+        c = self.cluster
+        rc, out, err = c.admin(["members"], 30)
+        try:
+            ports = sorted(s["port"] for s in json.loads(out)["servers"])
+        except (ValueError, KeyError, TypeError):
+            ports = None
+        if rc != 0 or ports != sorted(c.ports):
+            self.problem("final-problem", "after healing, the membership is not every server: "
+                         "admin members exit %s: %s %s" % (rc, out.strip()[:600], err.strip()[-300:]))
 
     @staticmethod
     def start_cluster(c):
@@ -269,6 +288,7 @@ def report(a, run, records, violations, elapsed):
                  % (a.seed, a.servers, a.clients, a.duration, a.store,
                     (" --transport '%s'" % a.transport if a.transport else "")
                     + (" --compact %d" % a.compact if a.compact else "")
+                    + (" --membership" if a.membership else "")
                     + (" --election-ms %d" % a.election_ms if a.election_ms != 1000 else "")))
     return "\n".join(lines)
 

@@ -27,9 +27,16 @@ episode in four combines a process fault with a link fault):
                  restart it 0.1-0.8 s later, faster than an election timeout
   flap           every 0.3-1.5 s a new random partition (isolate, split or
                  none), so view changes race each other
+  member         (--membership runs only) a membership change through the
+                 operator CLI: remove a random non-primary server
+                 (`parley admin remove-server`), stop it, wipe its data
+                 directory, start it empty with --join and add it back
+                 (`parley admin add-server`); it comes back last in priority
 Cut links are reset-style or blackhole-style at random (see proxy.py).
 """
+import json
 import random
+import shutil
 import time
 
 KINDS = ["kill", "pause", "isolate", "split", "bridge", "ring", "oneway", "slow", "lossy",
@@ -37,14 +44,19 @@ KINDS = ["kill", "pause", "isolate", "split", "bridge", "ring", "oneway", "slow"
 
 
 PROCESS_KINDS = ("kill", "pause")
-SOLO_KINDS = ("crashall", "bounce", "flap")   # never combined with another fault
+SOLO_KINDS = ("crashall", "bounce", "flap", "member")   # never combined with another fault
+MEMBER_SHARE = 0.3    # with membership changes on: the share of episodes that are one
+MEMBER_TIMEOUT = 90   # seconds `parley admin` waits for one change
 
 
-def make_schedule(seed, n, duration, quiet=3.0):
+def make_schedule(seed, n, duration, quiet=3.0, membership=False):
     """[(at_seconds, [kinds], hold_seconds, params)] for a run of `duration` s.
     An episode is one fault, or (one time in four) a process fault and a
-    link fault together, such as a crash during a partition."""
+    link fault together, such as a crash during a partition. membership:
+    about MEMBER_SHARE of the episodes are a "member" change instead (the
+    schedule without it is unchanged, so old seeds replay as before)."""
     rng = random.Random("%d/schedule/%d" % (seed, n))
+    mrng = random.Random("%d/member/%d" % (seed, n))
     kinds = [k for k in KINDS if not (k == "ring" and n < 5)]
     links = [k for k in kinds if k not in PROCESS_KINDS + SOLO_KINDS]
     out = []
@@ -58,6 +70,8 @@ def make_schedule(seed, n, duration, quiet=3.0):
             ks = [rng.choice(PROCESS_KINDS), rng.choice(links)]
         else:
             ks = [kind]
+        if membership and n >= 2 and mrng.random() < MEMBER_SHARE:
+            ks = ["member"]
         params = {"style": rng.choice(["reset", "blackhole"]),
                   "on_primary": rng.random() < 0.5,
                   "count": rng.randint(1, max(1, (n - 1) // 2)),
@@ -79,6 +93,7 @@ class Nemesis:
         self.paused = set()
         self.ticker = None          # a generator stepped during a hold (bounce, flap)
         self.restart_order = None
+        self.outside = None         # a server removed by "member" and not yet added back
 
     def links(self):
         return ["%d>%d" % (i, j) for i in range(self.n) for j in range(self.n) if i != j]
@@ -117,6 +132,8 @@ class Nemesis:
                     self.c.pause(v)
                     self.paused.add(v)
             return "%s servers %s" % (kind, victims)
+        if kind == "member":
+            return self.member_change(rng)
         if kind == "crashall":
             order = list(range(n))
             rng.shuffle(order)
@@ -182,6 +199,43 @@ class Nemesis:
         self.cut |= cut
         return "%s (%s links %s)" % (what, params["style"], sorted(cut))
 
+    def member_change(self, rng):
+        """Remove a random running non-primary server, wipe it, start it
+        empty with --join and add it back, as an operator would (the steps
+        of docs/operations.md). A step that fails leaves the server outside;
+        heal() tries to add it back, and the run's end checks the
+        membership."""
+        p = self.c.primary()
+        cands = [s for s in range(self.n) if s != p and self.c.running(s)]
+        if p is None or not cands:
+            return "member change skipped (primary %s, candidates %s)" % (p, cands)
+        v = rng.choice(cands)
+        rc, out, err = self.c.admin(["remove-server", self.c.address(v)], MEMBER_TIMEOUT)
+        if rc != 0:
+            return "remove-server %d refused or failed (exit %s): %s" % (v, rc, err.strip()[-300:])
+        self.outside = v
+        self.c.kill(v)
+        shutil.rmtree(self.c.data_dir(v), ignore_errors=True)
+        self.c.start(v, join=True)
+        return "removed server %d, wiped it, restarted it with --join; %s" % (v, self.add_back())
+
+    def add_back(self):
+        v = self.outside
+        deadline = time.monotonic() + 15
+        while not self.c.listening(v) and self.c.alive(v) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rc, out, err = self.c.admin(["add-server", self.c.address(v)], MEMBER_TIMEOUT)
+        if rc != 0:
+            return "add-server %d failed (exit %s): %s" % (v, rc, err.strip()[-300:])
+        self.outside = None
+        try:
+            doc = json.loads(out)
+            return "added back: epoch %s, order %s" % (doc.get("epoch"), [
+                self.c.ports.index(sv["port"]) if sv.get("port") in self.c.ports else sv
+                for sv in doc.get("servers", [])])
+        except ValueError:
+            return "added back"
+
     def bounce_tick(self, rng, params):
         """A generator stepped every 0.1 s during the hold."""
         while True:
@@ -232,6 +286,12 @@ class Nemesis:
                 self.c.start(s)
         self.killed = set()
         self.restart_order = None
+        if self.outside is not None:
+            start = self.h.now()
+            if not self.c.alive(self.outside):
+                self.c.start(self.outside, join=True)
+            self.record("fault", "retry adding server %d: %s" % (self.outside, self.add_back()),
+                        start, fault="member-retry")
 
     def run(self, schedule, t_end, stop=None):
         """Apply the schedule against the history clock; returns at t_end
