@@ -741,12 +741,30 @@ static size_t config_endpoints(const pl_config *cfg, endpoint *eps)
     return n;
 }
 
+/* Rank of a /cluster/members answer: a newer epoch first, then a member's
+ * answer over a non-member's (a removed server keeps the epoch it left in). */
+static double members_rank(const cJSON *doc)
+{
+    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(doc, "epoch");
+    const cJSON *self = cJSON_GetObjectItemCaseSensitive(doc, "self");
+    if (!cJSON_IsNumber(ep))
+        return -1;
+    return ep->valuedouble * 2 + (cJSON_IsNumber(self) && self->valuedouble >= 0 ? 1 : 0);
+}
+
+/* Ask every configured server, then the members the best answer names:
+ * print the newest membership a member reports. A config file may be
+ * stale (servers removed or added since), so no single server is trusted
+ * to know. */
 static int cmd_members(const pl_config *cfg, int json)
 {
-    endpoint eps[PL_MEMBERS_MAX];
+    endpoint eps[2 * PL_MEMBERS_MAX];
     size_t n = config_endpoints(cfg, eps);
     if (!n)
         return ADMIN_USAGE;
+    char *best = NULL;
+    double best_rank = -1;
+    int extended = 0;
     for (size_t i = 0; i < n; i++) {
         char err[300], a[300], *body = NULL;
         fmt_addr(eps[i].host, eps[i].port, a, sizeof a);
@@ -754,11 +772,40 @@ static int cmd_members(const pl_config *cfg, int json)
             fprintf(stderr, "parley: %s: %s\n", a, err);
             continue;
         }
-        print_answer(body, json);
+        cJSON *doc = cJSON_Parse(body);
+        double r = doc ? members_rank(doc) : -1;
+        if (r > best_rank) {
+            free(best);
+            best = body;
+            body = NULL;
+            best_rank = r;
+        }
         free(body);
-        return ADMIN_OK;
+        cJSON_Delete(doc);
+        if (i + 1 == n && !extended && best) {
+            /* once: also ask the members the best answer lists */
+            extended = 1;
+            cJSON *bd = cJSON_Parse(best);
+            const cJSON *arr = bd ? cJSON_GetObjectItemCaseSensitive(bd, "servers") : NULL;
+            int cnt = cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : 0;
+            for (int j = 0; j < cnt && n < 2 * PL_MEMBERS_MAX; j++) {
+                endpoint e;
+                if (admin_endpoint_of(cfg, bd, j, &e) != 0)
+                    continue;
+                int dup = 0;
+                for (size_t k = 0; k < n; k++)
+                    dup |= eps[k].port == e.port && strcmp(eps[k].host, e.host) == 0;
+                if (!dup)
+                    eps[n++] = e;
+            }
+            cJSON_Delete(bd);
+        }
     }
-    return ADMIN_NONE_ANSWERED;
+    if (!best)
+        return ADMIN_NONE_ANSWERED;
+    print_answer(best, json);
+    free(best);
+    return ADMIN_OK;
 }
 
 /* Percent-encodes a query value (an address may hold [ ] : %). */
@@ -784,7 +831,8 @@ static void url_encode(const char *s, char *out, size_t len)
  * followed to the primary it names, a server that cannot act yet (503, or
  * a 421 without a reachable primary) retried each second until the
  * deadline. */
-static int cmd_change(const pl_config *cfg, int json, const char *path, int timeout_s)
+static int cmd_change(const pl_config *cfg, int json, const char *path, const char *what,
+                      int timeout_s)
 {
     endpoint eps[PL_MEMBERS_MAX];
     size_t n = config_endpoints(cfg, eps);
@@ -811,8 +859,9 @@ static int cmd_change(const pl_config *cfg, int json, const char *path, int time
                 if (http_do(e.host, e.port, "POST", path, cfg->admin_token, left, &status, &body,
                             &sent, err, sizeof err) != 0) {
                     if (sent) {
-                        fprintf(stderr, "parley: %s: %s; the change may or may not have taken "
-                                "effect: check 'parley admin members'\n", a, err);
+                        fprintf(stderr, "parley: %s: %s to \"%s\"; the change may or may "
+                                "not have taken effect: check 'parley admin members'\n", a, err,
+                                what);
                         return ADMIN_NONE_ANSWERED;
                     }
                     snprintf(last, sizeof last, "%s: %s", a, err);
@@ -867,7 +916,7 @@ static int cmd_change(const pl_config *cfg, int json, const char *path, int time
             return ADMIN_NONE_ANSWERED;
         }
         if (now_s() + 1 > deadline) {
-            fprintf(stderr, "parley: no primary took the change within %d s (last: %s)\n",
+            fprintf(stderr, "parley: no primary took \"%s\" within %d s (last: %s)\n", what,
                     timeout_s, last);
             return ADMIN_NONE_ANSWERED;
         }
@@ -942,7 +991,10 @@ static int membership_main(const char *config_path, int json, int argc, char **a
         } else {
             snprintf(path, sizeof path, "/cluster/%s?addr=%s", cmd, a);
         }
-        rc = cmd_change(cfg, json, path, timeout_s);
+        char what[1800];
+        snprintf(what, sizeof what, "%s %s%s%s", cmd, pos[0], want == 2 ? " " : "",
+                 want == 2 ? pos[1] : "");
+        rc = cmd_change(cfg, json, path, what, timeout_s);
     }
     pl_config_free(cfg);
     return rc;
