@@ -70,9 +70,6 @@ class Load(threading.Thread):
         self.halt.set()
         self.join(60)
 
-    def acked_since(self, k):
-        return len(self.acked) - k
-
 
 class MembershipTest(unittest.TestCase):
     n = 3
