@@ -135,6 +135,7 @@ struct pl_server {
     pl_members members;       /* the membership in force (core/members.h) */
     reconf_job *job;
     int peers_stale;          /* members changed; the peer table follows VR (on_role_changed) */
+    int removed;              /* a membership change left this server out */
     pl_peer_cb pcb;
     char *data_dir;
     char address[300];
@@ -847,7 +848,7 @@ static int own_status(pl_server *s, pl_server_status *row)
         .id = s->self,
         .address = pl_str_c(s->address),
         .reachable = 1,
-        .role = pl_str_c(pl_vr_role(vr, mono_ms())),
+        .role = pl_str_c(s->removed ? "removed" : pl_vr_role(vr, mono_ms())),
         .view = pl_vr_view(vr),
         .op = pl_vr_op(vr),
         .commit = pl_vr_commit(vr),
@@ -1155,7 +1156,7 @@ static char *members_doc(void *ud)
     char tail[256];
     snprintf(tail, sizeof tail, ",\"self\":%d,\"primary\":%u,\"view\":%" PRIu64 ",\"role\":\"%s\"}",
              pl_vr_is_member(vr) ? (int)s->self : -1, pl_vr_primary(vr),
-             pl_vr_view(vr), pl_vr_role(vr, mono_ms()));
+             pl_vr_view(vr), s->removed ? "removed" : pl_vr_role(vr, mono_ms()));
     char *out = malloc(len + strlen(tail) + 1);
     if (out) {
         memcpy(out, enc, len - 1); /* without its closing brace */
@@ -1213,11 +1214,12 @@ static int on_reconfigured(void *ud, const uint8_t *body, size_t len, uint64_t o
         s->self = mi >= 0 ? (uint32_t)mi : (uint32_t)s->members.n;
         char desc[1024];
         pl_members_describe(&s->members, desc, sizeof desc);
-        int me = pl_members_find(&s->members, s->me.host, s->me.peer_port);
+        int me = mi;
+        s->removed = me < 0 && (was_member || s->removed);
         if (me >= 0)
             pl_log(PL_LOG_INFO, "membership changed at op %" PRIu64 ": %s; this server is "
                    "number %d (priority order)", s->members.op, desc, me);
-        else if (was_member)
+        else if (s->removed)
             pl_log(PL_LOG_WARN, "membership changed at op %" PRIu64 ": %s; this server was "
                    "removed from the cluster at epoch %" PRIu64 ": it takes no further part "
                    "(stop it)", s->members.op, desc, s->members.epoch);
@@ -1775,6 +1777,11 @@ static int load_members(pl_server *s, int join, char *err, size_t errlen)
     }
     int rc = pl_members_load(s->data_dir, &s->members, why, sizeof why);
     if (rc == PL_OK) {
+        s->removed = pl_members_find(&s->members, s->me.host, s->me.peer_port) < 0 && !join;
+        if (s->removed)
+            pl_log(PL_LOG_WARN, "this server is not in the cluster's membership (epoch %"
+                   PRIu64 "): it was removed and takes no part (start it with --join on an "
+                   "empty data directory to add it again)", s->members.epoch);
         if (!pl_members_same(&conf, &s->members)) {
             char a[1024], b[1024];
             pl_log(PL_LOG_WARN, "the config file is stale: it lists %s, but the cluster "
