@@ -1257,6 +1257,7 @@ static void bench_free(pb_bench *b)
             b->tp->client_free(b->reg[i].cli);
         if (b->reg[i].retry_ev)
             event_free(b->reg[i].retry_ev);
+        free(b->reg[i].slots);
     }
     free(b->conns);
     free(b->reg);
