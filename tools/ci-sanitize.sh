@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 san=${SAN_BUILD:-build-sanitize}
 main=${MAIN_BUILD:-build}
-suites=${SAN_SUITES:-unit conformance e2e fuzz-regress}
+suites=${SAN_SUITES:-unit conformance e2e fuzz-regress cluster}
 vg_tests=${VALGRIND_TESTS:---suite e2e}
 
 # UBSan's default is to print and carry on: make every finding fatal.
