@@ -1441,6 +1441,24 @@ static peer_out *link_up(const pl_peer *p, uint32_t to)
     return p->out[to];
 }
 
+/* bufferevent_write only queues: the bytes would leave on the loop's next
+ * pass, after whatever the caller does next. For a PREPARE that is the
+ * primary's own log sync, which pl_vr_propose sends first precisely so the
+ * backups sync in parallel with it (VR 4.1 steps 2-3); a backup's
+ * PREPARE-OK would wait for the rest of its pass too. Hand the socket what
+ * it takes now; libevent writes any rest when the socket is writable. A
+ * TLS link's bytes must go through SSL_write: it keeps libevent's path. */
+static void send_now(struct bufferevent *bev)
+{
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (fd < 0 || bufferevent_openssl_get_ssl(bev) || evbuffer_get_length(out) == 0)
+        return;
+    /* A failed write leaves the bytes queued; libevent's own write then
+     * reports the error through the link's event callback. */
+    (void)evbuffer_write(out, fd);
+}
+
 void pl_peer_send(pl_peer *p, uint32_t to, const pl_vr_msg *m)
 {
     peer_out *o = link_up(p, to);
@@ -1485,6 +1503,8 @@ void pl_peer_send(pl_peer *p, uint32_t to, const pl_vr_msg *m)
     if (write_frame(o->bev, &f) != PL_OK)
         pl_log(PL_LOG_WARN, "peer: message to server %u (%s:%u) too large or out of memory; "
                "dropped", to, o->host, (unsigned)o->peer_port);
+    else
+        send_now(o->bev);
 out:
     free(es);
     free(ep);

@@ -64,7 +64,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-base_port=$((20000 + RANDOM % 20000))
+# Below Linux's ephemeral range (32768-60999 by default), with room for the
+# peer ports (port + 1000): a client socket of any process on the machine
+# could otherwise hold a port a server is about to listen on.
+base_port=$((20000 + RANDOM % 10000))
 # The "transport" value of the configs written (JSON); the wires and grpc10k
 # figures change it.
 transport='"tcp"'

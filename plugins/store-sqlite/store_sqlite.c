@@ -80,7 +80,7 @@ enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 
 /* Every statement the store runs, prepared once at open. */
 enum sq_stmt {
-    ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
+    ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
     ST_META_GET, ST_META_SET,
     ST_LOG_BOUNDS, ST_LOG_APPEND, ST_LOG_READ, ST_LOG_TRUNCATE, ST_LOG_COMPACT,
     ST_ACC_PUT, ST_ACC_GET_NAME, ST_ACC_GET_UID, ST_ACC_DELETE, ST_ACC_SCAN,
@@ -101,6 +101,8 @@ static const char *const sq_sql[ST__COUNT] = {
     /* IMMEDIATE takes the write lock up front, so a transaction never fails
      * half-way with SQLITE_BUSY when another process reads the file. */
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    /* The shared read transaction (sq_read_begin): locks on first read. */
+    [ST_BEGIN_READ] = "BEGIN DEFERRED",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
 
@@ -223,6 +225,7 @@ struct pl_store {
     int sync_on;              /* opt->sync */
     int cur_sync;             /* enum sq_sync currently set on the connection */
     int in_txn;               /* between begin() and commit()/abort() */
+    int rd_txn;               /* the shared read transaction is open */
     uint64_t applied;         /* cached meta "applied", updated on commit */
     uint8_t *buf;             /* getter results live here until the next call */
     size_t cap;
@@ -403,11 +406,14 @@ static int sq_keep(pl_store *s, pl_str *f[], int n)
     return PL_OK;
 }
 
+static void sq_read_end(pl_store *s);
+
 /* SQLite rolls a transaction back by itself after some errors (disk full,
  * I/O error, out of memory). Statements after that would autocommit one by
  * one, making part of an operation visible, so refuse them until abort(). */
 static int sq_txn_ok(pl_store *s)
 {
+    sq_read_end(s);
     if (s->in_txn && sqlite3_get_autocommit(s->db)) {
         sq_log(s, PL_LOG_ERROR, "the transaction was rolled back after an earlier error;"
                " call abort() before new changes");
@@ -471,6 +477,50 @@ static void sq_rollback(pl_store *s)
 {
     if (!sqlite3_get_autocommit(s->db))
         sq_simple(s, ST_ROLLBACK);
+}
+
+/* Reads outside a state transaction share one read transaction, kept open
+ * from the first read until the next write (sq_read_end). In autocommit
+ * mode every statement took and dropped the database's shared lock and a
+ * WAL read mark (several fcntl calls and a WAL-index check each), and the
+ * core reads a session and an account per request: that was ~15 % of the
+ * server's CPU under load. The snapshot cannot go stale: this connection is
+ * the database's only writer (one parleyd per data directory), and every
+ * write ends the read transaction first. Other processes reading the file
+ * (an online backup) are not blocked by it in WAL mode. If BEGIN fails the
+ * reads simply run in autocommit mode as before. */
+static void sq_read_begin(pl_store *s)
+{
+    if (s->in_txn)
+        return;
+    /* SQLite ends a transaction by itself after some errors. */
+    if (s->rd_txn && sqlite3_get_autocommit(s->db))
+        s->rd_txn = 0;
+    /* Already open, or inside log_append's own write transaction. */
+    if (s->rd_txn || !sqlite3_get_autocommit(s->db))
+        return;
+    if (sq_simple(s, ST_BEGIN_READ) == PL_OK)
+        s->rd_txn = 1;
+}
+
+/* End the shared read transaction before any write or pragma. */
+static void sq_read_end(pl_store *s)
+{
+    if (!s->rd_txn)
+        return;
+    s->rd_txn = 0;
+    if (!sqlite3_get_autocommit(s->db) && sq_simple(s, ST_COMMIT) != PL_OK)
+        sq_rollback(s);
+}
+
+/* The statement for a read: inside the shared read transaction. */
+static sqlite3_stmt *sq_read_stmt(pl_store *s, enum sq_stmt id)
+{
+    sqlite3_stmt *st = sq_stmt(s, id);
+
+    if (st)
+        sq_read_begin(s);
+    return st;
 }
 
 /* ---- lifecycle ---- */
@@ -802,6 +852,7 @@ static void sq_close(pl_store *s)
         sq_log(s, PL_LOG_WARN, "closed inside a transaction; its changes are discarded");
         sq_rollback(s);
     }
+    sq_read_end(s);
     sq_free(s);
 }
 
@@ -814,7 +865,7 @@ static int sq_meta_get(pl_store *s, const char *key, uint64_t *val)
 
     if (!key || !val)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_META_GET)))
+    if (!(st = sq_read_stmt(s, ST_META_GET)))
         return PL_ERR_INTERNAL;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
@@ -857,7 +908,7 @@ static int sq_meta_set(pl_store *s, const char *key, uint64_t val)
 
 static int sq_log_last(pl_store *s, uint64_t *first, uint64_t *last)
 {
-    sqlite3_stmt *st = sq_stmt(s, ST_LOG_BOUNDS);
+    sqlite3_stmt *st = sq_read_stmt(s, ST_LOG_BOUNDS);
     int rc, err = PL_OK;
 
     if (!st)
@@ -880,6 +931,7 @@ static int sq_log_last(pl_store *s, uint64_t *first, uint64_t *last)
  * cannot join a state transaction, whose commit does not sync. */
 static int sq_outside_txn(pl_store *s, const char *what)
 {
+    sq_read_end(s);
     if (s->in_txn) {
         sq_log(s, PL_LOG_ERROR, "%s inside a state transaction: it must be durable on"
                " return, so call it before begin() or after commit()", what);
@@ -956,7 +1008,7 @@ static int sq_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, vo
         return PL_ERR_INVALID;
     if (from > to || from > (uint64_t)INT64_MAX)
         return PL_OK;
-    if (!(st = sq_stmt(s, ST_LOG_READ)))
+    if (!(st = sq_read_stmt(s, ST_LOG_READ)))
         return PL_ERR_INTERNAL;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
     sqlite3_bind_int64(st, 2, sq_clamp(to));
@@ -1016,6 +1068,7 @@ static int sq_begin(pl_store *s)
         sq_log(s, PL_LOG_ERROR, "begin: a transaction is already open");
         return PL_ERR_INVALID;
     }
+    sq_read_end(s);
     /* State commits need not sync: the durable log replays them. */
     if ((err = sq_set_sync(s, SQ_SYNC_NORMAL)) != PL_OK)
         return err;
@@ -1133,7 +1186,7 @@ static int sq_account_get_name(pl_store *s, pl_str name, pl_account_rec *out)
 
     if (!out)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_ACC_GET_NAME)))
+    if (!(st = sq_read_stmt(s, ST_ACC_GET_NAME)))
         return PL_ERR_INTERNAL;
     sq_bind_str(st, 1, name);
     return sq_account_get(s, st, out, "account_get_name");
@@ -1145,7 +1198,7 @@ static int sq_account_get_uid(pl_store *s, uint64_t uid, pl_account_rec *out)
 
     if (!out)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_ACC_GET_UID)))
+    if (!(st = sq_read_stmt(s, ST_ACC_GET_UID)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, uid);
     return sq_account_get(s, st, out, "account_get_uid");
@@ -1171,7 +1224,7 @@ static int sq_account_scan(pl_store *s, pl_str start, pl_account_cb cb, void *ud
 
     if (!cb)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_ACC_SCAN)))
+    if (!(st = sq_read_stmt(s, ST_ACC_SCAN)))
         return PL_ERR_INTERNAL;
     sq_bind_str(st, 1, start);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1194,7 +1247,7 @@ static int sq_account_count(pl_store *s, uint64_t *n)
 
     if (!n)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_ACC_COUNT)))
+    if (!(st = sq_read_stmt(s, ST_ACC_COUNT)))
         return PL_ERR_INTERNAL;
     if (sqlite3_step(st) == SQLITE_ROW)
         *n = sq_col_u64(st, 0);
@@ -1237,7 +1290,7 @@ static int sq_session_get(pl_store *s, pl_str token_hash, pl_session_rec *out)
 
     if (!out)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_SES_GET)))
+    if (!(st = sq_read_stmt(s, ST_SES_GET)))
         return PL_ERR_INTERNAL;
     sq_bind_str(st, 1, token_hash);
     rc = sqlite3_step(st);
@@ -1289,7 +1342,7 @@ static int sq_session_scan(pl_store *s, pl_session_cb cb, void *ud)
 
     if (!cb)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_SES_SCAN)))
+    if (!(st = sq_read_stmt(s, ST_SES_SCAN)))
         return PL_ERR_INTERNAL;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         pl_session_rec r;
@@ -1348,7 +1401,7 @@ static int sq_message_get(pl_store *s, uint64_t id, pl_message_rec *out)
 
     if (!out)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_MSG_GET)))
+    if (!(st = sq_read_stmt(s, ST_MSG_GET)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, id);
     rc = sqlite3_step(st);
@@ -1412,7 +1465,7 @@ static int sq_message_scan(pl_store *s, const pl_msg_query *q, pl_message_cb cb,
         sq_log(s, PL_LOG_ERROR, "message_scan: unknown query kind %" PRIu32, q->kind);
         return PL_ERR_INVALID;
     }
-    if (!(st = sq_stmt(s, id)))
+    if (!(st = sq_read_stmt(s, id)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, q->uid);
     if (q->kind == PL_Q_CONVO)
@@ -1442,7 +1495,7 @@ static int sq_message_counts(pl_store *s, uint64_t uid, uint64_t *unread, uint64
 
     if (!unread || !read)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_MSG_COUNTS)))
+    if (!(st = sq_read_stmt(s, ST_MSG_COUNTS)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, uid);
     if (sqlite3_step(st) == SQLITE_ROW) {
@@ -1472,7 +1525,7 @@ static int sq_client_get(pl_store *s, uint64_t client_id, pl_client_rec *out)
 
     if (!out)
         return PL_ERR_INVALID;
-    if (!(st = sq_stmt(s, ST_CLI_GET)))
+    if (!(st = sq_read_stmt(s, ST_CLI_GET)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, client_id);
     rc = sqlite3_step(st);
@@ -1516,7 +1569,7 @@ static int sq_client_scan(pl_store *s, pl_client_cb cb, void *ud)
     if (!cb)
         return PL_ERR_INVALID;
     for (h = 0; h < 2 && !stop && err == PL_OK; h++) {
-        sqlite3_stmt *st = sq_stmt(s, halves[h]);
+        sqlite3_stmt *st = sq_read_stmt(s, halves[h]);
 
         if (!st)
             return PL_ERR_INTERNAL;
