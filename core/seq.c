@@ -35,6 +35,8 @@
 #define PL_COMPACT_OPS_DEFAULT 100000u
 #define PL_COMPACT_BYTES_DEFAULT (64u * 1024u * 1024u)
 #define PL_KEEP_OPS_DEFAULT 10000u
+#define PL_COMPACT_STEP 8192u
+#define PL_COMPACT_STEP_US 20000u
 #define PL_SNAPSHOT_MAX (4ull * 1024u * 1024u * 1024u)
 
 typedef struct seq_item {
@@ -69,6 +71,11 @@ struct pl_seq {
     pl_vr *vr;
     uint32_t n;               /* servers */
     uint64_t appended_bytes;  /* log bytes appended since the last compaction */
+    uint64_t compact_to;      /* a compaction round in progress drops ops below this */
+    uint32_t compact_steps;
+    uint64_t compact_us;
+    uint32_t compact_slow;    /* steps in a row over PL_COMPACT_STEP_US */
+    int compact_whole;        /* this store's compaction does not get cheaper in steps */
     uint64_t snap_sent_ms[PL_VR_MAX_REPLICAS]; /* last snapshot sent to each */
     uint8_t *snap_buf;        /* snapshot being received */
     uint64_t snap_total, snap_got, snap_view;
@@ -87,6 +94,13 @@ struct pl_seq {
     uint8_t **data;
     size_t *len;
 };
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static uint64_t mono_ms(void)
 {
@@ -457,6 +471,7 @@ static void snap_install(pl_seq *q)
     if ((rc = q->sp->log_truncate(q->st, 0)) != PL_OK)
         pl_log(PL_LOG_ERROR, "clearing the log after the snapshot: %s", pl_strerror(rc));
     q->appended_bytes = 0;
+    q->compact_to = 0;
     pl_log(PL_LOG_INFO, "installed a snapshot from server %u at op %llu (%llu bytes)",
            q->snap_from, (unsigned long long)op, (unsigned long long)q->snap_total);
     pl_vr_snapshot_installed(q->vr, q->snap_view, op, op_view, mono_ms());
@@ -503,17 +518,51 @@ static void maybe_compact(pl_seq *q)
     uint64_t bytes = q->host.compact_bytes ? q->host.compact_bytes : PL_COMPACT_BYTES_DEFAULT;
     uint64_t keep = q->host.keep_ops ? q->host.keep_ops : PL_KEEP_OPS_DEFAULT;
     uint64_t first = 0, last = 0;
-    if (q->applied <= keep || q->sp->log_bounds(q->st, &first, &last) != PL_OK || first == 0)
+    if (q->applied <= keep || q->sp->log_bounds(q->st, &first, &last) != PL_OK || first == 0) {
+        q->compact_to = 0;
         return;
-    if (last - first + 1 <= ops && q->appended_bytes <= bytes)
+    }
+    if (!q->compact_to) {
+        if (last - first + 1 <= ops && q->appended_bytes <= bytes)
+            return;
+        q->compact_to = q->applied - keep + 1;
+        q->compact_steps = 0;
+        q->compact_us = 0;
+        q->appended_bytes = 0;
+    }
+    if (q->compact_to <= first) {
+        q->compact_to = 0;
         return;
-    uint64_t before = q->applied - keep + 1;
-    if (before <= first)
-        return;
+    }
+    /* A round runs in steps of PL_COMPACT_STEP ops, one per tick, so the
+     * loop never stalls for long: dropping 90,000 SQLite log rows at once
+     * took ~90 ms, the whole p99.9 of a 10,000 sends/s run. A store whose
+     * steps cost more than PL_COMPACT_STEP_US anyway, three in a row (the
+     * JSON store rewrites its log file whatever the step), gets the rest of
+     * each round in one call. */
+    uint64_t before = q->compact_to;
+    if (!q->compact_whole && before - first > PL_COMPACT_STEP)
+        before = first + PL_COMPACT_STEP;
+    uint64_t t0 = mono_us();
     int rc = q->sp->log_compact(q->st, before);
-    q->appended_bytes = 0;
-    pl_log(rc == PL_OK ? PL_LOG_INFO : PL_LOG_ERROR, "log compaction below op %llu: %s",
-           (unsigned long long)before, rc == PL_OK ? "done" : pl_strerror(rc));
+    uint64_t dt = mono_us() - t0;
+    q->compact_steps++;
+    q->compact_us += dt;
+    q->compact_slow = dt > PL_COMPACT_STEP_US ? q->compact_slow + 1 : 0;
+    if (q->compact_slow >= 3) /* not one noisy step: the store's steps are slow */
+        q->compact_whole = 1;
+    if (rc != PL_OK) {
+        pl_log(PL_LOG_ERROR, "log compaction below op %llu: %s", (unsigned long long)before,
+               pl_strerror(rc));
+        q->compact_to = 0;
+        return;
+    }
+    if (before >= q->compact_to) {
+        pl_log(PL_LOG_INFO, "log compaction below op %llu: done (%u step%s, %.1f ms)",
+               (unsigned long long)before, q->compact_steps, q->compact_steps == 1 ? "" : "s",
+               (double)q->compact_us / 1000.0);
+        q->compact_to = 0;
+    }
 }
 
 static int io_truncate(void *ud, uint64_t after)
