@@ -56,7 +56,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,19 +229,6 @@ struct pl_store {
     uint64_t applied;         /* cached meta "applied", updated on commit */
     uint8_t *buf;             /* getter results live here until the next call */
     size_t cap;
-    /* Background checkpoints (sq_ck_*): a second connection on a thread of
-     * its own copies the WAL into the database file and syncs it, so the
-     * event loop never waits for that (a 64 MiB checkpoint took ~10 ms,
-     * the p99 of a 10,000 sends/s run). The mutex guards the fields below. */
-    sqlite3 *ck_db;
-    pthread_t ck_thread;
-    int ck_started;
-    pthread_mutex_t ck_mu;
-    pthread_cond_t ck_cv;
-    int ck_want;              /* a checkpoint is asked for */
-    int ck_stop;
-    int ck_err;               /* last SQLite error of the thread, logged by the loop */
-    int ck_busy_logged;
 };
 
 /* ---- small helpers ---- */
@@ -539,127 +525,12 @@ static sqlite3_stmt *sq_read_stmt(pl_store *s, enum sq_stmt id)
 
 /* ---- lifecycle ---- */
 
-/* ---- background checkpoints ---- */
-
-/* WAL pages before a checkpoint is asked for (64 MiB of 4 KiB pages), and
- * the size at which the writer stops waiting for the thread and checkpoints
- * itself (the thread fell far behind: keep the WAL bounded). */
-#define SQ_CK_PAGES 16384
-#define SQ_CK_PAGES_MAX (4 * SQ_CK_PAGES)
-
-static void *sq_ck_main(void *arg)
-{
-    pl_store *s = arg;
-
-    pthread_mutex_lock(&s->ck_mu);
-    for (;;) {
-        while (!s->ck_want && !s->ck_stop)
-            pthread_cond_wait(&s->ck_cv, &s->ck_mu);
-        if (s->ck_stop)
-            break;
-        s->ck_want = 0;
-        pthread_mutex_unlock(&s->ck_mu);
-        /* PASSIVE: copies what no reader still needs, never blocks the
-         * writer; the writer restarts the WAL from its start once it is
-         * all copied. */
-        int rc = sqlite3_wal_checkpoint_v2(s->ck_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        pthread_mutex_lock(&s->ck_mu);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-            s->ck_err = rc;
-    }
-    pthread_mutex_unlock(&s->ck_mu);
-    return NULL;
-}
-
-/* Called by SQLite on the loop thread after each commit to the WAL. */
-static int sq_wal_hook(void *ud, sqlite3 *db, const char *name, int pages)
-{
-    pl_store *s = ud;
-    int err;
-
-    (void)db;
-    (void)name;
-    if (pages < SQ_CK_PAGES)
-        return SQLITE_OK;
-    pthread_mutex_lock(&s->ck_mu);
-    err = s->ck_err;
-    s->ck_err = 0;
-    s->ck_want = 1;
-    pthread_cond_signal(&s->ck_cv);
-    pthread_mutex_unlock(&s->ck_mu);
-    if (err)
-        sq_log(s, PL_LOG_WARN, "background checkpoint of %s: %s", s->path, sqlite3_errstr(err));
-    if (pages >= SQ_CK_PAGES_MAX) {
-        if (!s->ck_busy_logged)
-            sq_log(s, PL_LOG_WARN, "the WAL of %s holds %d pages: checkpointing on the "
-                   "writer's thread", s->path, pages);
-        s->ck_busy_logged = 1;
-        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    }
-    return SQLITE_OK;
-}
-
-/* Open the checkpoint connection and start its thread; on any failure the
- * writer keeps SQLite's own automatic checkpoints (same durability, the
- * stalls come back). */
-static void sq_ck_start(pl_store *s)
-{
-    if (pthread_mutex_init(&s->ck_mu, NULL) != 0)
-        return;
-    if (pthread_cond_init(&s->ck_cv, NULL) != 0) {
-        pthread_mutex_destroy(&s->ck_mu);
-        return;
-    }
-    int rc = sqlite3_open_v2(s->path, &s->ck_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
-    /* The checkpoint syncs the database file before the WAL may be reused
-     * (synchronous FULL or NORMAL both do; OFF only with sync off). */
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(s->ck_db, s->sync_on ? "PRAGMA synchronous=FULL"
-                                                : "PRAGMA synchronous=OFF", NULL, NULL, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_busy_timeout(s->ck_db, 0);
-    if (rc == SQLITE_OK && pthread_create(&s->ck_thread, NULL, sq_ck_main, s) == 0) {
-        s->ck_started = 1;
-        sqlite3_wal_hook(s->db, sq_wal_hook, s);
-        return;
-    }
-    sq_log(s, PL_LOG_WARN, "no background checkpoints for %s (%s): checkpointing on the "
-           "writer's thread", s->path, s->ck_db ? sqlite3_errmsg(s->ck_db) : "out of memory");
-    sqlite3_close(s->ck_db);
-    s->ck_db = NULL;
-    pthread_cond_destroy(&s->ck_cv);
-    pthread_mutex_destroy(&s->ck_mu);
-}
-
-static void sq_ck_stop(pl_store *s)
-{
-    if (!s->ck_started)
-        return;
-    pthread_mutex_lock(&s->ck_mu);
-    s->ck_stop = 1;
-    pthread_cond_signal(&s->ck_cv);
-    pthread_mutex_unlock(&s->ck_mu);
-    pthread_join(s->ck_thread, NULL);
-    s->ck_started = 0;
-    /* Closed before the writer: the writer's close, the last, checkpoints
-     * everything and removes the -wal and -shm files. */
-    sqlite3_close(s->ck_db);
-    s->ck_db = NULL;
-    if (s->db)
-        sqlite3_wal_hook(s->db, NULL, NULL);
-    pthread_cond_destroy(&s->ck_cv);
-    pthread_mutex_destroy(&s->ck_mu);
-}
-
-
 static void sq_free(pl_store *s)
 {
     int i;
 
     if (!s)
         return;
-    sq_ck_stop(s);
     for (i = 0; i < ST__COUNT; i++)
         sqlite3_finalize(s->st[i]);
     /* The last connection to close checkpoints the WAL into the database
@@ -888,9 +759,7 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
     /* Checkpoint every 16384 pages (64 MiB of WAL) instead of SQLite's 1000:
      * a checkpoint writes and syncs the database file, and with ~10 pages
      * dirtied per send the default ran one every few batches; hot index
-     * pages written many times in the WAL are copied once per checkpoint.
-     * Once open, a thread of its own does them (sq_ck_start); this setting
-     * is what applies if it cannot start. */
+     * pages written many times in the WAL are copied once per checkpoint. */
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(s->db, "PRAGMA wal_autocheckpoint=16384", NULL, NULL, NULL);
     if (rc == SQLITE_OK && cache_kb >= 0) {
@@ -958,7 +827,6 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
     if (rc != SQLITE_OK)
         goto fail_rc;
     s->applied = (uint64_t)applied;
-    sq_ck_start(s);
 
     *out = s;
     return PL_OK;
