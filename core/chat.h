@@ -59,6 +59,10 @@ int pl_op_encode(const pl_op *op, uint8_t **out, size_t *len);
  * caller frees; NULL when no ids). Returns PL_ERR_CORRUPT on bad input,
  * never crashes on any input. */
 int pl_op_decode(const uint8_t *buf, size_t len, pl_op *op, uint64_t **ids_owner);
+/* The kind of an encoded op without decoding the rest, or -1 when buf is
+ * not an op of this encoding (the sequencer looks for membership changes
+ * in log entries this way). */
+int64_t pl_op_kind(const uint8_t *buf, size_t len);
 
 /* The reply recorded in the client table for exactly-once requests: method,
  * status, error, id, time_ms, unread, read, more and msgs (the other

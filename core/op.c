@@ -185,6 +185,15 @@ int pl_op_encode(const pl_op *op, uint8_t **out, size_t *len)
     return wb_finish(&w, out, len);
 }
 
+int64_t pl_op_kind(const uint8_t *buf, size_t len)
+{
+    rbuf r = { buf, buf ? len : 0, 0, 0 };
+    if (rb_u8(&r) != OP_VERSION)
+        return -1;
+    uint32_t kind = rb_u32(&r);
+    return r.bad ? -1 : (int64_t)kind;
+}
+
 int pl_op_decode(const uint8_t *buf, size_t len, pl_op *op, uint64_t **ids_owner)
 {
     rbuf r = { buf, buf ? len : 0, 0, 0 };

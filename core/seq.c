@@ -69,7 +69,6 @@ struct pl_seq {
     int was_primary;
     uint64_t fail_gen;        /* bumped whenever fail_inflight runs */
     pl_vr *vr;
-    uint32_t n;               /* servers */
     uint64_t appended_bytes;  /* log bytes appended since the last compaction */
     uint64_t compact_to;      /* a compaction round in progress drops ops below this */
     uint32_t compact_steps;
@@ -126,16 +125,6 @@ static void finish(pl_seq *q, seq_item *it, int err, uint64_t op, const pl_apply
 
 static void schedule(pl_seq *q, int now);
 static void fail_inflight(pl_seq *q, int err);
-
-/* The kind of an encoded op (core/op.c: a version byte, then the kind as a
- * little-endian u32), or -1. */
-static int64_t op_kind(const uint8_t *d, size_t len)
-{
-    if (!d || len < 5)
-        return -1;
-    return (int64_t)((uint32_t)d[1] | (uint32_t)d[2] << 8 | (uint32_t)d[3] << 16 |
-                     (uint32_t)d[4] << 24);
-}
 
 /* A membership change: the sequencer makes it durable (host.reconfigured)
  * before the op counts as applied, and VR enters the new epoch right after
@@ -625,7 +614,7 @@ static void fail_inflight(pl_seq *q, int err)
 static int io_is_barrier(void *ud, const pl_log_entry *e)
 {
     (void)ud;
-    return op_kind(e->data, e->len) == PL_OP_RECONFIG;
+    return pl_op_kind(e->data, e->len) == PL_OP_RECONFIG;
 }
 
 static void on_reconf(evutil_socket_t fd, short what, void *arg)
@@ -720,7 +709,7 @@ static int flush_batch(pl_seq *q)
     size_t n = 0;
     for (seq_item *it = q->head; it && n < q->max_batch; it = it->next) {
         q->items[n++] = it;
-        if (op_kind(it->data, it->len) == PL_OP_RECONFIG)
+        if (pl_op_kind(it->data, it->len) == PL_OP_RECONFIG)
             break; /* a membership change ends the epoch: nothing after it */
     }
     uint64_t first = pl_vr_op(q->vr) + 1;
@@ -818,7 +807,7 @@ typedef struct barrier_scan {
 
 static int barrier_cb(void *ud, const pl_log_entry *e)
 {
-    if (op_kind(e->data, e->len) == PL_OP_RECONFIG)
+    if (pl_op_kind(e->data, e->len) == PL_OP_RECONFIG)
         ((barrier_scan *)ud)->found = e->op;
     return 0;
 }
@@ -913,7 +902,6 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     }
     pl_vr_config single = { .n = 1, .self = 0 };
     const pl_vr_config *cfg = q->host.vr ? q->host.vr : &single;
-    q->n = cfg->n;
     pl_vr_durable d = {
         .view = meta_or_zero(q, "vr_view"),
         .lnv = meta_or_zero(q, "vr_lnv"),

@@ -83,6 +83,10 @@ START_TEST(round_trip_every_kind)
         ck_assert_int_eq(pl_op_encode(&back, &buf2, &len2), PL_OK);
         ck_assert_uint_eq(len, len2);
         ck_assert_msg(memcmp(buf, buf2, len) == 0, "kind %u re-encodes differently", k);
+        ck_assert_msg(pl_op_kind(buf, len) == (int64_t)k, "pl_op_kind reads kind %u", k);
+        ck_assert_msg(pl_op_kind(buf, 4) == -1, "pl_op_kind: a buffer too short for a kind");
+        buf[0] ^= 0xff;
+        ck_assert_msg(pl_op_kind(buf, len) == -1, "pl_op_kind: another encoding version");
         free(buf2);
         free(ids);
         free(buf);
