@@ -752,20 +752,11 @@ static double members_rank(const cJSON *doc)
     return ep->valuedouble * 2 + (cJSON_IsNumber(self) && self->valuedouble >= 0 ? 1 : 0);
 }
 
-/* Ask every configured server, then the members the best answer names:
- * print the newest membership a member reports. A config file may be
- * stale (servers removed or added since), so no single server is trusted
- * to know. */
-static int cmd_members(const pl_config *cfg, int json)
+/* Ask endpoints [from, n) for /cluster/members; keep the best answer. */
+static void members_ask(const endpoint *eps, size_t from, size_t n, char **best,
+                        double *best_rank)
 {
-    endpoint eps[2 * PL_MEMBERS_MAX];
-    size_t n = config_endpoints(cfg, eps);
-    if (!n)
-        return ADMIN_USAGE;
-    char *best = NULL;
-    double best_rank = -1;
-    int extended = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < n; i++) {
         char err[300], a[300], *body = NULL;
         fmt_addr(eps[i].host, eps[i].port, a, sizeof a);
         if (http_get(eps[i].host, eps[i].port, "/cluster/members", &body, err, sizeof err) != 0) {
@@ -774,33 +765,44 @@ static int cmd_members(const pl_config *cfg, int json)
         }
         cJSON *doc = cJSON_Parse(body);
         double r = doc ? members_rank(doc) : -1;
-        if (r > best_rank) {
-            free(best);
-            best = body;
-            body = NULL;
-            best_rank = r;
-        }
-        free(body);
         cJSON_Delete(doc);
-        if (i + 1 == n && !extended && best) {
-            /* once: also ask the members the best answer lists */
-            extended = 1;
-            cJSON *bd = cJSON_Parse(best);
-            const cJSON *arr = bd ? cJSON_GetObjectItemCaseSensitive(bd, "servers") : NULL;
-            int cnt = cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : 0;
-            for (int j = 0; j < cnt && n < 2 * PL_MEMBERS_MAX; j++) {
-                endpoint e;
-                if (admin_endpoint_of(cfg, bd, j, &e) != 0)
-                    continue;
-                int dup = 0;
-                for (size_t k = 0; k < n; k++)
-                    dup |= eps[k].port == e.port && strcmp(eps[k].host, e.host) == 0;
-                if (!dup)
-                    eps[n++] = e;
-            }
-            cJSON_Delete(bd);
+        if (r > *best_rank) {
+            free(*best);
+            *best = body;
+            *best_rank = r;
+        } else {
+            free(body);
         }
     }
+}
+
+/* Ask every configured server, then the members the best answer names
+ * that the config does not: print the newest membership a member reports.
+ * A config file may be stale (servers removed or added since), so no
+ * single server is trusted to know. */
+static int cmd_members(const pl_config *cfg, int json)
+{
+    endpoint eps[2 * PL_MEMBERS_MAX];
+    size_t n = config_endpoints(cfg, eps);
+    if (!n)
+        return ADMIN_USAGE;
+    char *best = NULL;
+    double best_rank = -1;
+    members_ask(eps, 0, n, &best, &best_rank);
+    cJSON *bd = best ? cJSON_Parse(best) : NULL;
+    const cJSON *arr = bd ? cJSON_GetObjectItemCaseSensitive(bd, "servers") : NULL;
+    size_t more = n;
+    for (int j = 0; cJSON_IsArray(arr) && j < cJSON_GetArraySize(arr) &&
+                    more < 2 * PL_MEMBERS_MAX; j++) {
+        endpoint e;
+        int dup = admin_endpoint_of(cfg, bd, j, &e) != 0;
+        for (size_t k = 0; !dup && k < more; k++)
+            dup = eps[k].port == e.port && strcmp(eps[k].host, e.host) == 0;
+        if (!dup)
+            eps[more++] = e;
+    }
+    cJSON_Delete(bd);
+    members_ask(eps, n, more, &best, &best_rank);
     if (!best)
         return ADMIN_NONE_ANSWERED;
     print_answer(best, json);

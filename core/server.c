@@ -1063,6 +1063,20 @@ static void seq_send(void *ud, uint32_t to, const pl_vr_msg *m)
 /* Rebuild the peer table: the members in order, then the learners a primary
  * streams to, then ourselves when we are not a member. Our slot is s->self.
  * The peer network starts once there is anybody to talk to. */
+/* Our index among the members, or -1 when we are not one. */
+static int member_index(const pl_server *s)
+{
+    return pl_members_find(&s->members, s->me.host, s->me.peer_port);
+}
+
+/* Our slot in VR and the peer table: our member index, or the slot right
+ * after the members (a non-member drives no change, so has no learners). */
+static uint32_t my_slot(const pl_server *s)
+{
+    int i = member_index(s);
+    return i >= 0 ? (uint32_t)i : (uint32_t)s->members.n;
+}
+
 static int sync_peers(pl_server *s, char *err, size_t errlen)
 {
     pl_server_conf t[PL_VR_MAX_REPLICAS];
@@ -1071,15 +1085,12 @@ static int sync_peers(pl_server *s, char *err, size_t errlen)
         t[n++] = s->members.servers[i];
     for (uint32_t j = 0; s->job && j < s->job->n_learners && n < PL_VR_MAX_REPLICAS; j++)
         t[n++] = s->job->learners[j];
-    int me = pl_members_find(&s->members, s->me.host, s->me.peer_port);
-    if (me >= 0) {
-        s->self = (uint32_t)me;
-    } else {
+    s->self = my_slot(s);
+    if (s->self == n) {
         if (n >= PL_VR_MAX_REPLICAS) {
             snprintf(err, errlen, "more than %d servers", PL_VR_MAX_REPLICAS);
             return PL_ERR_INVALID;
         }
-        s->self = (uint32_t)n;
         t[n++] = s->me;
     }
     if (s->peer)
@@ -1124,6 +1135,19 @@ static void job_finish(pl_server *s, int http, const char *json)
     job_free(j);
 }
 
+/* {"error": msg} (plus "primary" when primary >= 0) for the admin
+ * listener; malloc'd, NULL when out of memory. */
+static char *error_json(const char *msg, int primary)
+{
+    cJSON *o = cJSON_CreateObject();
+    char *text = NULL;
+    if (o && cJSON_AddStringToObject(o, "error", msg) &&
+        (primary < 0 || cJSON_AddNumberToObject(o, "primary", primary)))
+        text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return text;
+}
+
 static void job_fail(pl_server *s, int http, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void job_fail(pl_server *s, int http, const char *fmt, ...)
@@ -1134,11 +1158,7 @@ static void job_fail(pl_server *s, int http, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     pl_log(PL_LOG_WARN, "membership change refused or failed: %s", msg);
-    cJSON *o = cJSON_CreateObject();
-    char *text = NULL;
-    if (o && cJSON_AddStringToObject(o, "error", msg))
-        text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
+    char *text = error_json(msg, -1);
     job_finish(s, http, text ? text : "{\"error\":\"out of memory\"}");
     free(text);
 }
@@ -1200,7 +1220,7 @@ static int on_reconfigured(void *ud, const uint8_t *body, size_t len, uint64_t o
             pl_members_clear(&m);
             return rc;
         }
-        int was_member = pl_members_find(&s->members, s->me.host, s->me.peer_port) >= 0;
+        int was_member = member_index(s) >= 0;
         pl_members_clear(&s->members);
         s->members = m;
         if (s->job) {
@@ -1210,11 +1230,10 @@ static int on_reconfigured(void *ud, const uint8_t *body, size_t len, uint64_t o
         /* The peer table changes once VR has entered the epoch (its last
          * word to the old configuration goes out through the old table). */
         s->peers_stale = 1;
-        int mi = pl_members_find(&s->members, s->me.host, s->me.peer_port);
-        s->self = mi >= 0 ? (uint32_t)mi : (uint32_t)s->members.n;
+        int me = member_index(s);
+        s->self = my_slot(s);
         char desc[1024];
         pl_members_describe(&s->members, desc, sizeof desc);
-        int me = mi;
         s->removed = me < 0 && (was_member || s->removed);
         if (me >= 0)
             pl_log(PL_LOG_INFO, "membership changed at op %" PRIu64 ": %s; this server is "
@@ -1322,12 +1341,7 @@ static void job_tick(evutil_socket_t fd, short what, void *arg)
 static void reply_json_error(pl_admin_reply_fn reply, void *req, int http, const char *msg,
                              int primary)
 {
-    cJSON *o = cJSON_CreateObject();
-    char *text = NULL;
-    if (o && cJSON_AddStringToObject(o, "error", msg) &&
-        (primary < 0 || cJSON_AddNumberToObject(o, "primary", primary)))
-        text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
+    char *text = error_json(msg, primary);
     reply(req, http, text ? text : "{\"error\":\"out of memory\"}");
     free(text);
 }
@@ -1777,7 +1791,7 @@ static int load_members(pl_server *s, int join, char *err, size_t errlen)
     }
     int rc = pl_members_load(s->data_dir, &s->members, why, sizeof why);
     if (rc == PL_OK) {
-        s->removed = pl_members_find(&s->members, s->me.host, s->me.peer_port) < 0 && !join;
+        s->removed = member_index(s) < 0 && !join;
         if (s->removed)
             pl_log(PL_LOG_WARN, "this server is not in the cluster's membership (epoch %"
                    PRIu64 "): it was removed and takes no part (start it with --join on an "
@@ -1898,11 +1912,7 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
 
     s->pcb = (pl_peer_cb){ .ud = s, .vr = on_peer_vr, .status = on_peer_status,
                            .status_reply = on_peer_status_reply, .snapshot = on_peer_snapshot };
-    {
-        /* our slot; the peer network itself starts after the sequencer */
-        int mi = pl_members_find(&s->members, me->host, me->peer_port);
-        s->self = mi >= 0 ? (uint32_t)mi : (uint32_t)s->members.n;
-    }
+    s->self = my_slot(s); /* the peer network itself starts after the sequencer */
     s->vrcfg = (pl_vr_config){
         .n = (uint32_t)s->members.n,
         .self = s->self,
