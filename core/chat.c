@@ -66,6 +66,12 @@ struct pl_chat {
     char acct_name[PL_USERNAME_MAX + 1];
     char *acct_pwhash;
     size_t acct_pwhash_cap;
+
+    /* The lookup cache (below): entries count only when their gen is gen. */
+    uint64_t gen;
+    struct acct_ent *by_uid, *by_name;
+    struct sess_ent *sess;
+    struct cli_ent *cli;
 };
 
 /* ------------------------------------------------------------------ arena */
@@ -305,6 +311,144 @@ int pl_chat_check_pattern(pl_str pattern)
     return pattern_problem(pattern, NULL, 0);
 }
 
+/* ----------------------------------------------------------- lookup cache */
+
+/* A send reads its session, the sender's account, the recipient's account
+ * and the client-table record: four store lookups, a quarter of a server's
+ * CPU under load. These direct-mapped tables keep those answers in memory.
+ *
+ * They stay equal to the store because every write of those records goes
+ * through this file, and the store's state changes otherwise only by
+ * pl_snapshot_import, after which the sequencer calls pl_chat_forget. A
+ * batch that aborts may have cached rows it wrote or read inside its
+ * transaction, so abort forgets everything too. Forgetting is O(1): an
+ * entry counts only if it was filled in the current generation. Only
+ * positive answers are kept. A miss or a collision reads the store, so no
+ * key pattern makes a lookup cost more than it would without the cache. */
+#define CACHE_BITS 16u
+#define CACHE_SLOTS (1u << CACHE_BITS)
+
+typedef struct acct_ent {
+    uint64_t gen, uid;
+    uint8_t len;
+    char name[PL_USERNAME_MAX];
+} acct_ent;
+
+typedef struct sess_ent {
+    uint64_t gen, uid, created_ms;
+    uint8_t th[32];
+} sess_ent;
+
+typedef struct cli_ent {
+    uint64_t gen, client_id, request_no;
+} cli_ent;
+
+static size_t slot_of(uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> (64u - CACHE_BITS));
+}
+
+static size_t slot_of_name(pl_str name)
+{
+    uint64_t h = 0xcbf29ce484222325ull;    /* FNV-1a */
+    for (uint32_t i = 0; i < name.len; i++)
+        h = (h ^ (uint8_t)name.ptr[i]) * 0x100000001b3ull;
+    return slot_of(h);
+}
+
+static size_t slot_of_token(const uint8_t th[32])
+{
+    uint64_t k;
+    memcpy(&k, th, sizeof k);   /* a BLAKE2b output: already uniform */
+    return slot_of(k);
+}
+
+void pl_chat_forget(pl_chat *c)
+{
+    c->gen++;
+}
+
+static void cache_account(pl_chat *c, uint64_t uid, pl_str name)
+{
+    if (name.len > PL_USERNAME_MAX)
+        return;
+    acct_ent e = { c->gen, uid, (uint8_t)name.len, { 0 } };
+    if (name.len)
+        memcpy(e.name, name.ptr, name.len);
+    c->by_uid[slot_of(uid)] = e;
+    c->by_name[slot_of_name(name)] = e;
+}
+
+/* The account's uid and name: from the cache, else from the store (and
+ * then cached). name points into the cache entry or the store's buffer,
+ * valid until the next store call or cache change. */
+static int account_by_uid(pl_chat *c, uint64_t uid, pl_str *name)
+{
+    acct_ent *e = &c->by_uid[slot_of(uid)];
+    if (e->gen == c->gen && e->uid == uid) {
+        *name = (pl_str){ e->name, e->len };
+        return PL_OK;
+    }
+    pl_account_rec a;
+    int rc = c->sp->account_get_uid(c->st, uid, &a);
+    if (rc)
+        return rc;
+    cache_account(c, a.uid, a.name);
+    *name = a.name;
+    return PL_OK;
+}
+
+static int account_by_name(pl_chat *c, pl_str name, uint64_t *uid)
+{
+    acct_ent *e = &c->by_name[slot_of_name(name)];
+    if (e->gen == c->gen && e->len == name.len && memcmp(e->name, name.ptr, name.len) == 0) {
+        *uid = e->uid;
+        return PL_OK;
+    }
+    pl_account_rec a;
+    int rc = c->sp->account_get_name(c->st, name, &a);
+    if (rc)
+        return rc;
+    cache_account(c, a.uid, a.name);
+    *uid = a.uid;
+    return PL_OK;
+}
+
+static void cache_session(pl_chat *c, const uint8_t th[32], uint64_t uid, uint64_t created_ms)
+{
+    sess_ent *e = &c->sess[slot_of_token(th)];
+    e->gen = c->gen;
+    e->uid = uid;
+    e->created_ms = created_ms;
+    memcpy(e->th, th, 32);
+}
+
+static void drop_session(pl_chat *c, const uint8_t th[32])
+{
+    sess_ent *e = &c->sess[slot_of_token(th)];
+    if (memcmp(e->th, th, 32) == 0)
+        e->gen = 0;
+}
+
+static int session_by_hash(pl_chat *c, const uint8_t th[32], uint64_t *uid, uint64_t *created_ms)
+{
+    sess_ent *e = &c->sess[slot_of_token(th)];
+    if (e->gen == c->gen && memcmp(e->th, th, 32) == 0) {
+        *uid = e->uid;
+        *created_ms = e->created_ms;
+        return PL_OK;
+    }
+    pl_session_rec s;
+    int rc = c->sp->session_get(c->st, (pl_str){ (const char *)th, 32 }, &s);
+    if (rc)
+        return rc;
+    if (s.token_hash.len == 32 && memcmp(s.token_hash.ptr, th, 32) == 0)
+        cache_session(c, th, s.uid, s.created_ms);
+    *uid = s.uid;
+    *created_ms = s.created_ms;
+    return PL_OK;
+}
+
 /* -------------------------------------------------------------- lifecycle */
 
 pl_chat *pl_chat_new(const pl_store_plugin *sp, pl_store *st)
@@ -316,6 +460,16 @@ pl_chat *pl_chat_new(const pl_store_plugin *sp, pl_store *st)
         return NULL;
     c->sp = sp;
     c->st = st;
+    c->gen = 1;
+    /* Zeroed pages from the kernel: only slots in use become resident. */
+    c->by_uid = calloc(CACHE_SLOTS, sizeof *c->by_uid);
+    c->by_name = calloc(CACHE_SLOTS, sizeof *c->by_name);
+    c->sess = calloc(CACHE_SLOTS, sizeof *c->sess);
+    c->cli = calloc(CACHE_SLOTS, sizeof *c->cli);
+    if (!c->by_uid || !c->by_name || !c->sess || !c->cli) {
+        pl_chat_free(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -327,6 +481,10 @@ void pl_chat_free(pl_chat *c)
     free(c->arena);
     free(c->refs);
     free(c->acct_pwhash);
+    free(c->by_uid);
+    free(c->by_name);
+    free(c->sess);
+    free(c->cli);
     free(c);
 }
 
@@ -419,16 +577,16 @@ static uint32_t op_method(uint32_t kind)
  * account's name is copied into the arena. */
 static int acting_account(pl_chat *c, uint64_t uid, pl_str *name, int *gone)
 {
-    pl_account_rec a;
+    pl_str n;
     *gone = 0;
-    int rc = c->sp->account_get_uid(c->st, uid, &a);
-    if (rc == PL_ERR_NOT_FOUND || (rc == PL_OK && uid == 0)) {
+    int rc = uid ? account_by_uid(c, uid, &n) : PL_ERR_NOT_FOUND;
+    if (rc == PL_ERR_NOT_FOUND) {
         *gone = 1;
         return PL_OK;
     }
     if (rc)
         return rc;
-    return name ? arena_dup(c, a.name, name) : PL_OK;
+    return name ? arena_dup(c, n, name) : PL_OK;
 }
 
 #define NOT_LOGGED_IN_MSG "account %" PRIu64 " no longer exists; log in again"
@@ -445,8 +603,8 @@ static int op_register(pl_chat *c, const pl_op *op, pl_apply_result *res)
     if (op->pwhash.len == 0 || op->pwhash.len > 1024)
         return reject(c, r, PL_ERR_INVALID, "password hash is %" PRIu32
                       " bytes; it must be 1-1024", op->pwhash.len);
-    pl_account_rec a;
-    rc = c->sp->account_get_name(c->st, op->name, &a);
+    uint64_t taken;
+    rc = account_by_name(c, op->name, &taken);
     if (rc == PL_OK)
         return reject(c, r, PL_ERR_USER_EXISTS, "username \"%.*s\" is already taken",
                       (int)op->name.len, op->name.ptr);
@@ -455,6 +613,7 @@ static int op_register(pl_chat *c, const pl_op *op, pl_apply_result *res)
     pl_account_rec na = { c->next_uid, op->name, op->pwhash, op->time_ms };
     if ((rc = c->sp->account_put(c->st, &na)))
         return rc;
+    cache_account(c, na.uid, na.name);
     c->next_uid++;
     c->counters_dirty = 1;
     return PL_OK;
@@ -463,9 +622,9 @@ static int op_register(pl_chat *c, const pl_op *op, pl_apply_result *res)
 static int op_login(pl_chat *c, const pl_op *op, pl_apply_result *res)
 {
     pl_response *r = &res->reply;
-    pl_account_rec a;
-    int rc = c->sp->account_get_uid(c->st, op->uid, &a);
-    if (rc == PL_ERR_NOT_FOUND || (rc == PL_OK && !pl_str_eq(a.name, op->name)))
+    pl_str name;
+    int rc = account_by_uid(c, op->uid, &name);
+    if (rc == PL_ERR_NOT_FOUND || (rc == PL_OK && !pl_str_eq(name, op->name)))
         return reject(c, r, PL_ERR_AUTH, "%s", pl_strerror(PL_ERR_AUTH));
     if (rc)
         return rc;
@@ -475,6 +634,7 @@ static int op_login(pl_chat *c, const pl_op *op, pl_apply_result *res)
     pl_session_rec s = { op->token_hash, op->uid, op->time_ms };
     if ((rc = c->sp->session_put(c->st, &s)))
         return rc;
+    cache_session(c, (const uint8_t *)op->token_hash.ptr, op->uid, op->time_ms);
     uint64_t unread = 0, read = 0;
     if ((rc = c->sp->message_counts(c->st, op->uid, &unread, &read)))
         return rc;
@@ -488,14 +648,17 @@ static int op_logout(pl_chat *c, const pl_op *op, pl_apply_result *res)
     if (op->token_hash.len != 32)
         return reject(c, r, PL_ERR_INVALID, "token hash is %" PRIu32
                       " bytes; it must be 32", op->token_hash.len);
-    pl_session_rec s;
-    int rc = c->sp->session_get(c->st, op->token_hash, &s);
-    if (rc == PL_OK && s.uid != op->uid)
+    const uint8_t *th = (const uint8_t *)op->token_hash.ptr;
+    uint64_t owner, created;
+    int rc = session_by_hash(c, th, &owner, &created);
+    if (rc == PL_OK && owner != op->uid)
         return reject(c, r, PL_ERR_NOT_LOGGED_IN, "that session belongs to another account");
     /* Already gone (a retried logout, or the account was deleted): the goal
      * of logout holds, so it succeeds. */
-    if (rc == PL_OK && (rc = c->sp->session_delete(c->st, op->token_hash)))
-        return rc;
+    if (rc == PL_OK) {
+        drop_session(c, th);
+        rc = c->sp->session_delete(c->st, op->token_hash);
+    }
     if (rc && rc != PL_ERR_NOT_FOUND)
         return rc;
     return arena_dup(c, op->token_hash, &res->revoked_token_hash);
@@ -513,8 +676,8 @@ static int op_send(pl_chat *c, const pl_op *op, pl_apply_result *res)
         return reject(c, r, PL_ERR_NOT_LOGGED_IN, NOT_LOGGED_IN_MSG, op->uid);
     if ((rc = body_problem(op->body, msg, sizeof msg)))
         return reject(c, r, rc, "%s", msg);
-    pl_account_rec to;
-    rc = c->sp->account_get_name(c->st, op->name, &to);
+    uint64_t to_uid;
+    rc = account_by_name(c, op->name, &to_uid);
     if (rc == PL_ERR_NOT_FOUND) {
         if (username_problem(op->name, NULL, 0))
             return reject(c, r, PL_ERR_NO_SUCH_USER, "no such user (not a valid username)");
@@ -524,14 +687,13 @@ static int op_send(pl_chat *c, const pl_op *op, pl_apply_result *res)
     if (rc)
         return rc;
     pl_message_rec m = {
-        .id = c->next_msg_id, .from_uid = op->uid, .to_uid = to.uid,
+        .id = c->next_msg_id, .from_uid = op->uid, .to_uid = to_uid,
         .from_name = from_name, .to_name = op->name, .body = op->body,
         .time_ms = op->time_ms, .flags = 0
     };
     pl_str to_name;
     if ((rc = arena_dup(c, op->name, &to_name)))
         return rc;
-    uint64_t to_uid = to.uid;
     if ((rc = c->sp->message_put(c->st, &m)))
         return rc;
     c->next_msg_id++;
@@ -726,6 +888,8 @@ static int op_delete_account(pl_chat *c, const pl_op *op, pl_apply_result *res)
     rc = c->sp->message_scan(c->st, &q, refs_cb, &x);
     if (rc || (rc = x.err))
         return rc;
+    /* Its sessions are not indexed by uid here: forget every entry. */
+    pl_chat_forget(c);
     if ((rc = c->sp->session_delete_uid(c->st, op->uid)) ||
         (rc = c->sp->account_delete(c->st, op->uid)))
         return rc;
@@ -793,7 +957,12 @@ static int apply_one(pl_chat *c, uint64_t opno, const pl_op *op, pl_apply_result
 {
     int rc;
     int recorded = op->client_id != 0 && op->kind != PL_OP_LOGIN;
-    if (recorded) {
+    cli_ent *ce = &c->cli[slot_of(op->client_id)];
+    /* A client's next request, as known from the cache, needs no lookup:
+     * only a retry (equal number) or a stale one (lower) does. */
+    int newer = ce->gen == c->gen && ce->client_id == op->client_id &&
+                ce->request_no < op->request_no;
+    if (recorded && !newer) {
         pl_client_rec rec;
         rc = c->sp->client_get(c->st, op->client_id, &rec);
         if (rc && rc != PL_ERR_NOT_FOUND)
@@ -821,6 +990,8 @@ static int apply_one(pl_chat *c, uint64_t opno, const pl_op *op, pl_apply_result
                            { (const char *)enc, (uint32_t)len } };
     rc = c->sp->client_put(c->st, &nrec);
     free(enc);
+    if (rc == PL_OK)
+        *ce = (cli_ent){ c->gen, op->client_id, op->request_no };
     return rc;
 }
 
@@ -884,6 +1055,7 @@ int pl_chat_apply_batch(pl_chat *c, uint64_t first_op, const pl_op *ops,
     return PL_OK;
 fail:
     c->sp->abort(c->st);
+    pl_chat_forget(c);
     for (size_t i = 0; i < n; i++) {
         memset(&results[i], 0, sizeof results[i]);
         results[i].reply.method = op_method(ops[i].kind);
@@ -986,8 +1158,8 @@ int pl_chat_query(pl_chat *c, uint64_t uid, const pl_request *req, pl_response *
         return q_page(c, q, req->limit, resp);
     }
     case PL_M_CONVERSATION: {
-        pl_account_rec peer;
-        rc = c->sp->account_get_name(c->st, req->peer, &peer);
+        uint64_t peer_uid;
+        rc = account_by_name(c, req->peer, &peer_uid);
         if (rc == PL_ERR_NOT_FOUND) {
             if (username_problem(req->peer, NULL, 0))
                 return reject(c, resp, PL_ERR_NO_SUCH_USER, "no such user (not a valid username)");
@@ -996,7 +1168,7 @@ int pl_chat_query(pl_chat *c, uint64_t uid, const pl_request *req, pl_response *
         }
         if (rc)
             return rc;
-        pl_msg_query q = { .kind = PL_Q_CONVO, .uid = uid, .peer_uid = peer.uid,
+        pl_msg_query q = { .kind = PL_Q_CONVO, .uid = uid, .peer_uid = peer_uid,
                            .offset = req->offset };
         return q_page(c, q, req->limit, resp);
     }
@@ -1018,33 +1190,35 @@ int pl_chat_query(pl_chat *c, uint64_t uid, const pl_request *req, pl_response *
 
 /* --------------------------------------------------------------- lookups */
 
-int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name)
+int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name,
+                    uint64_t *created_ms)
 {
     uint8_t h[32];
-    pl_session_rec s;
-    pl_account_rec a;
+    uint64_t su, created;
+    pl_str an;
     if (token.len == 0 || token.len > PL_TOKEN_MAX)
         return PL_ERR_NOT_LOGGED_IN;
     pl_chat_token_hash(token, h);
-    int rc = c->sp->session_get(c->st, (pl_str){ (const char *)h, 32 }, &s);
+    int rc = session_by_hash(c, h, &su, &created);
     if (rc == PL_ERR_NOT_FOUND)
         return PL_ERR_NOT_LOGGED_IN;
     if (rc)
         return rc;
-    uint64_t su = s.uid;
-    rc = c->sp->account_get_uid(c->st, su, &a);
+    rc = account_by_uid(c, su, &an);
     if (rc == PL_ERR_NOT_FOUND)
         return PL_ERR_NOT_LOGGED_IN;
     if (rc)
         return rc;
-    if (a.name.len > PL_USERNAME_MAX)
+    if (an.len > PL_USERNAME_MAX)
         return PL_ERR_CORRUPT;
-    if (a.name.len)
-        memcpy(c->sess_name, a.name.ptr, a.name.len);
-    c->sess_name[a.name.len] = 0;
+    if (an.len)
+        memcpy(c->sess_name, an.ptr, an.len);
+    c->sess_name[an.len] = 0;
     *uid = su;
     if (name)
-        *name = (pl_str){ c->sess_name, a.name.len };
+        *name = (pl_str){ c->sess_name, an.len };
+    if (created_ms)
+        *created_ms = created;
     return PL_OK;
 }
 
@@ -1075,6 +1249,13 @@ static int keep_account(pl_chat *c, const pl_account_rec *a, pl_str *name, pl_st
 
 int pl_chat_account(pl_chat *c, pl_str name, uint64_t *uid, pl_str *pwhash)
 {
+    if (!pwhash) {    /* the cache keeps no hashes */
+        uint64_t u;
+        int rc = account_by_name(c, name, &u);
+        if (rc == PL_OK && uid)
+            *uid = u;
+        return rc;
+    }
     pl_account_rec a;
     int rc = c->sp->account_get_name(c->st, name, &a);
     if (rc)

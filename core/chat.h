@@ -125,9 +125,12 @@ int pl_chat_apply_batch(pl_chat *c, uint64_t first_op, const pl_op *ops,
  * (ascending, one page at most). resp points into c's memory. */
 int pl_chat_query(pl_chat *c, uint64_t uid, const pl_request *req, pl_response *resp);
 
-/* Session lookup: token text -> account. PL_ERR_NOT_LOGGED_IN when the token
- * is unknown or revoked. name points into c's memory. */
-int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name);
+/* Session lookup: token text -> account, and when the session was created
+ * (the op time of its login). PL_ERR_NOT_LOGGED_IN when the token is
+ * unknown or revoked. name points into c's memory; name and created_ms may
+ * be NULL. */
+int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name,
+                    uint64_t *created_ms);
 /* BLAKE2b-256 of a token, as stored in sessions (out: 32 bytes). */
 void pl_chat_token_hash(pl_str token, uint8_t out[32]);
 
@@ -135,6 +138,11 @@ void pl_chat_token_hash(pl_str token, uint8_t out[32]);
  * c's memory. PL_ERR_NOT_FOUND when there is no such account. */
 int pl_chat_account(pl_chat *c, pl_str name, uint64_t *uid, pl_str *pwhash);
 int pl_chat_account_by_uid(pl_chat *c, uint64_t uid, pl_str *name, pl_str *pwhash);
+
+/* Drop every cached lookup (accounts, sessions, client-table numbers): for
+ * when the store's state changed behind the chat's back, i.e. a snapshot
+ * was installed. */
+void pl_chat_forget(pl_chat *c);
 
 /* Hex BLAKE2b-256 digest of the logical state (accounts, sessions, messages,
  * client table, counters) in a canonical order: equal on every replica

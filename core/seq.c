@@ -442,6 +442,7 @@ static void snap_install(pl_seq *q)
     }
     fail_inflight(q, PL_ERR_UNAVAILABLE);
     rc = pl_snapshot_import(q->sp, q->st, snap, sl);
+    pl_chat_forget(q->chat);   /* whatever the outcome, the state changed */
     if (rc != PL_OK) {
         pl_log(PL_LOG_ERROR, "installing the snapshot at op %llu failed: %s",
                (unsigned long long)op, pl_strerror(rc));

@@ -1451,18 +1451,6 @@ static int rate_admit(pl_server *s, pl_conn *c, uint32_t m, uint64_t request_id)
  * sequenced it; only a primary answers clients, so comparing it with this
  * primary's clock at use needs no agreement among replicas (the session
  * stays in the replicated state until a logout removes it). */
-static uint64_t session_expires(pl_server *s, pl_str token)
-{
-    if (!s->limits.session_ttl_s)
-        return 0;
-    uint8_t th[32];
-    pl_session_rec rec;
-    pl_chat_token_hash(token, th);
-    if (s->sp->session_get(s->st, (pl_str){ (const char *)th, sizeof th }, &rec) != PL_OK)
-        return 1; /* unreadable: treat as expired rather than as immortal */
-    return rec.created_ms + s->limits.session_ttl_s * 1000u;
-}
-
 static uint64_t clock_now_ms(pl_server *s)
 {
     uint64_t t = wall_ms();
@@ -1513,8 +1501,8 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
         return;
     }
 
-    uint64_t uid = 0;
-    int rc = pl_chat_session(s->chat, req->token, &uid, NULL);
+    uint64_t uid = 0, created_ms = 0;
+    int rc = pl_chat_session(s->chat, req->token, &uid, NULL, &created_ms);
     if (rc != PL_OK) {
         reply_err(c, m, req->request_id, rc,
                   rc == PL_ERR_NOT_LOGGED_IN ? "not logged in (missing, expired or revoked session token)"
@@ -1522,7 +1510,7 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
         return;
     }
     /* An expired token may still log out, which removes its session. */
-    uint64_t expires = session_expires(s, req->token);
+    uint64_t expires = s->limits.session_ttl_s ? created_ms + s->limits.session_ttl_s * 1000u : 0;
     if (expires && m != PL_M_LOGOUT && clock_now_ms(s) >= expires) {
         char text[160];
         snprintf(text, sizeof text, "not logged in: the session expired (older than "

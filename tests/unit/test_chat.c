@@ -19,6 +19,7 @@
 
 #include "chat.h"
 #include "loader.h"
+#include "snapshot.h"
 
 #define ERRLEN 1024
 #define FAKE_HASH "$argon2id$v=19$m=65536,t=2,p=1$ZmFrZXNhbHQ$ZmFrZWhhc2g"
@@ -347,12 +348,12 @@ START_TEST(login_logout)
 
     uint64_t uid = 0;
     pl_str name;
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, &name), PL_OK);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, &name, NULL), PL_OK);
     ck_assert_uint_eq(uid, a);
     ck_assert(pl_str_eq(name, pl_str_c("alice")));
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-x"), &uid, &name),
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-x"), &uid, &name, NULL),
                      PL_ERR_NOT_LOGGED_IN);
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c(""), &uid, &name), PL_ERR_NOT_LOGGED_IN);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c(""), &uid, &name, NULL), PL_ERR_NOT_LOGGED_IN);
 
     /* A second session for the same account is independent. */
     ck_assert_uint_eq(login(a, "alice", "tok-a2"), PL_OK);
@@ -365,9 +366,9 @@ START_TEST(login_logout)
     ck_assert_uint_eq(apply(lo), PL_OK);
     ck_assert_uint_eq(R.revoked_token_hash.len, 32);
     ck_assert(memcmp(R.revoked_token_hash.ptr, hash_of("tok-a").ptr, 32) == 0);
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, &name),
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, &name, NULL),
                      PL_ERR_NOT_LOGGED_IN);
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a2"), &uid, &name), PL_OK);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a2"), &uid, &name, NULL), PL_OK);
     /* Logging out twice is fine: the session is gone either way. */
     lo.token_hash = hash_of("tok-a");
     ck_assert_uint_eq(apply(lo), PL_OK);
@@ -384,8 +385,8 @@ START_TEST(login_deleted_account)
     ck_assert_uint_eq(R.revoked_uid, a);
     ck_assert_uint_eq(login(a, "alice", "tok-2"), PL_ERR_AUTH);
     uint64_t uid;
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-1"), &uid, NULL), PL_ERR_NOT_LOGGED_IN);
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-2"), &uid, NULL), PL_ERR_NOT_LOGGED_IN);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-1"), &uid, NULL, NULL), PL_ERR_NOT_LOGGED_IN);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-2"), &uid, NULL, NULL), PL_ERR_NOT_LOGGED_IN);
     /* Same name re-registered: the old uid still does not log in. */
     uint64_t a2 = reg("alice");
     ck_assert_uint_ne(a2, a);
@@ -647,7 +648,7 @@ START_TEST(delete_account_rules)
     ck_assert_int_eq(pl_chat_account_by_uid(F.chat, a, &nm, &ph), PL_ERR_NOT_FOUND);
     ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("alice"), NULL, &ph), PL_ERR_NOT_FOUND);
     uint64_t uid;
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, NULL),
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, NULL, NULL),
                      PL_ERR_NOT_LOGGED_IN);
 
     /* Its mailbox is gone, hidden messages included. */
@@ -780,8 +781,8 @@ START_TEST(exactly_once)
     li.token_hash = hash_of("t2");
     ck_assert_uint_eq(apply(li), PL_OK);
     uint64_t uid;
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("t1"), &uid, NULL), PL_OK);
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("t2"), &uid, NULL), PL_OK);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("t1"), &uid, NULL, NULL), PL_OK);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("t2"), &uid, NULL, NULL), PL_OK);
     pl_client_rec cr;
     ck_assert_int_eq(F.sp->client_get(F.st, 70, &cr), PL_ERR_NOT_FOUND);
 }
@@ -1093,12 +1094,12 @@ START_TEST(query_misc)
     /* The session name outlives a following query. */
     ck_assert_uint_eq(login(a, "alice", "tok"), PL_OK);
     uint64_t uid;
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok"), &uid, &nm), PL_OK);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok"), &uid, &nm, NULL), PL_OK);
     list("", 0, 0);
     ck_assert(pl_str_eq(nm, pl_str_c("alice")));
     /* A token longer than any issued one is rejected without a lookup. */
     char *longtok = filled(PL_TOKEN_MAX + 1, 't');
-    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c(longtok), &uid, &nm),
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c(longtok), &uid, &nm, NULL),
                      PL_ERR_NOT_LOGGED_IN);
     free(longtok);
 }
@@ -1160,6 +1161,119 @@ START_TEST(digest_equal_and_different)
 }
 END_TEST
 
+/* ---- the lookup cache (core/chat.c) must never answer what the store
+ * would not: not after a batch that rolled back, not after a snapshot
+ * replaced the state. */
+
+static pl_store_plugin failing_sp;   /* F's plugin, message_put failing on cue */
+static int puts_left;                /* that many more puts succeed; < 0: all */
+
+static int failing_message_put(pl_store *st, const pl_message_rec *m)
+{
+    if (puts_left == 0)
+        return PL_ERR_IO;
+    if (puts_left > 0)
+        puts_left--;
+    return F.sp->message_put(st, m);
+}
+
+START_TEST(cache_follows_rolled_back_batch)
+{
+    failing_sp = *F.sp;
+    failing_sp.message_put = failing_message_put;
+    puts_left = -1;
+    pl_chat_free(F.chat);
+    F.chat = pl_chat_new(&failing_sp, F.st);
+    ck_assert_ptr_nonnull(F.chat);
+
+    uint64_t a = reg("alice");
+    ck_assert_uint_eq(login(a, "alice", "tok-a"), PL_OK);
+    ck_assert_uint_eq(send_req(77, 1, a, "alice", "first"), PL_OK);
+    /* One batch registers carol, logs alice in with a second token, sends
+     * client 77's request 2 to carol (all of which the cache learns), then
+     * a send fails in the store: the whole batch rolls back. */
+    pl_op ops[4] = {
+        { .kind = PL_OP_REGISTER, .time_ms = 1000, .name = pl_str_c("carol"),
+          .pwhash = pl_str_c(FAKE_HASH) },
+        { .kind = PL_OP_LOGIN, .time_ms = 2000, .uid = a, .name = pl_str_c("alice"),
+          .token_hash = hash_of("tok-gone") },
+        { .kind = PL_OP_SEND, .client_id = 77, .request_no = 2, .time_ms = 3000, .uid = a,
+          .name = pl_str_c("carol"), .body = pl_str_c("to carol") },
+        { .kind = PL_OP_SEND, .time_ms = 3001, .uid = a, .name = pl_str_c("alice"),
+          .body = pl_str_c("fails in the store") },
+    };
+    pl_apply_result res[4];
+    puts_left = 1;
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, F.next_op, ops, 4, res), PL_ERR_IO);
+    puts_left = -1;
+
+    uint64_t uid;
+    pl_str name;
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("carol"), &uid, NULL), PL_ERR_NOT_FOUND);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-gone"), &uid, &name, NULL),
+                     PL_ERR_NOT_LOGGED_IN);
+    ck_assert_uint_eq(send_body(a, "carol", pl_str_c("x")), PL_ERR_NO_SUCH_USER);
+    counts(a, 1, 0);
+    /* The same batch again, without the failure, does everything. */
+    ck_assert_int_eq(pl_chat_apply_batch(F.chat, F.next_op, ops, 3, res), PL_OK);
+    F.next_op += 3;
+    ck_assert_uint_eq(res[0].reply.status, PL_OK);
+    ck_assert_uint_eq(res[1].reply.status, PL_OK);
+    ck_assert_uint_eq(res[2].reply.status, PL_OK);
+    counts(uid_of("carol"), 1, 0);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-gone"), &uid, &name, NULL), PL_OK);
+    ck_assert_uint_eq(uid, a);
+}
+END_TEST
+
+START_TEST(cache_forgets_replaced_state)
+{
+    /* F: bob (uid 1) logged in, client 77 at request 1; all of it cached. */
+    uint64_t b = reg("bob");
+    ck_assert_uint_eq(login(b, "bob", "tok-b"), PL_OK);
+    ck_assert_uint_eq(send_req(77, 1, b, "bob", "mine"), PL_OK);
+    uint64_t uid, created;
+    pl_str name;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-b"), &uid, &name, NULL), PL_OK);
+
+    /* f2: alice is uid 1, logged in with tok-a; client 77 is at request 5. */
+    fx f2;
+    fx_open(&f2);
+    pl_op r = { .kind = PL_OP_REGISTER, .time_ms = 1000, .name = pl_str_c("alice"),
+                .pwhash = pl_str_c(FAKE_HASH) };
+    ck_assert_uint_eq(apply_on(&f2, r), PL_OK);
+    pl_op l = { .kind = PL_OP_LOGIN, .time_ms = 2500, .uid = 1, .name = pl_str_c("alice"),
+                .token_hash = hash_of("tok-a") };
+    ck_assert_uint_eq(apply_on(&f2, l), PL_OK);
+    pl_op snd = { .kind = PL_OP_SEND, .client_id = 77, .request_no = 5, .time_ms = 3000,
+                  .uid = 1, .name = pl_str_c("alice"), .body = pl_str_c("hers") };
+    ck_assert_uint_eq(apply_on(&f2, snd), PL_OK);
+    uint8_t *snap;
+    size_t len;
+    uint64_t op;
+    ck_assert_int_eq(pl_snapshot_export(f2.sp, f2.st, 1, &snap, &len, &op), PL_OK);
+    fx_close(&f2);
+
+    /* Installed the way the sequencer does it: import, then forget. */
+    ck_assert_int_eq(pl_snapshot_import(F.sp, F.st, snap, len), PL_OK);
+    free(snap);
+    pl_chat_forget(F.chat);
+    F.next_op = op + 1;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-b"), &uid, &name, NULL),
+                     PL_ERR_NOT_LOGGED_IN);
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("tok-a"), &uid, &name, &created), PL_OK);
+    ck_assert_uint_eq(uid, 1);
+    ck_assert_msg(pl_str_eq(name, pl_str_c("alice")), "uid 1 is %.*s, not alice",
+                  (int)name.len, name.ptr);
+    ck_assert_uint_eq(created, 2500);
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("bob"), &uid, NULL), PL_ERR_NOT_FOUND);
+    /* Client 77 is at request 5 now: 3 is stale, 6 is new. */
+    ck_assert_uint_eq(send_req(77, 3, 1, "alice", "old"), PL_ERR_STALE_REQUEST);
+    ck_assert_uint_eq(send_req(77, 6, 1, "alice", "new"), PL_OK);
+    counts(1, 2, 0);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -1203,6 +1317,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, subscribe_backlog);
     tcase_add_test(tc, query_misc);
     tcase_add_test(tc, digest_equal_and_different);
+    tcase_add_test(tc, cache_follows_rolled_back_batch);
+    tcase_add_test(tc, cache_forgets_replaced_state);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
