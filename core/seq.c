@@ -63,6 +63,7 @@ struct pl_seq {
     struct event *tick_ev;
     int scheduled;            /* flush_ev is active or its timer pending */
     int need_apply;           /* an apply failed: retry on the next tick */
+    int apply_later;          /* a backup left committed ops for the next tick */
     int applying;             /* apply_upto is running (re-entrancy guard) */
     uint64_t applied;         /* the store's applied op */
     uint64_t seen_view;       /* view when in-flight ops were proposed */
@@ -593,6 +594,19 @@ static void io_committed(void *ud, uint64_t commit)
 {
     pl_seq *q = ud;
     char err[256];
+    /* A backup answers nobody, so it applies in chunks: on the next tick,
+     * or once max_batch ops wait. Each store transaction rewrites the same
+     * hot pages (the tables' last leaves, the counters, every recipient's
+     * index leaf), so ten small commits cost several times one big one.
+     * The ops are durable in its log meanwhile; becoming primary applies
+     * at once (io_changed), and nothing is served from a state behind the
+     * commit number (pl_seq_can_serve). */
+    if (!pl_vr_is_primary(q->vr) && !q->fl_head && commit > q->applied &&
+        commit - q->applied < q->max_batch) {
+        q->apply_later = 1;
+        return;
+    }
+    q->apply_later = 0;
     if (apply_upto(q, commit, err, sizeof err) != PL_OK)
         pl_log(PL_LOG_ERROR, "%s (retrying)", err);
     if (q->head)
@@ -648,6 +662,12 @@ static void io_changed(void *ud)
                (unsigned long long)view, pl_vr_primary(q->vr));
     q->seen_view = view;
     q->was_primary = primary;
+    if (primary && q->applied < pl_vr_commit(q->vr)) {
+        char err[256];
+        q->apply_later = 0;
+        if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
+            pl_log(PL_LOG_ERROR, "%s (retrying)", err);
+    }
     if (q->host.changed)
         q->host.changed(q->host.ud);
     if (q->head)
@@ -789,8 +809,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     pl_seq *q = arg;
     pl_vr_tick(q->vr, mono_ms());
-    if (q->need_apply) {
+    if (q->need_apply || q->apply_later) {
         char err[256];
+        q->apply_later = 0;
         if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
             pl_log(PL_LOG_ERROR, "%s (retrying)", err);
     }
@@ -1011,7 +1032,8 @@ const pl_vr *pl_seq_vr(const pl_seq *q)
 
 int pl_seq_can_serve(const pl_seq *q)
 {
-    return pl_vr_can_serve(q->vr, mono_ms());
+    /* Reads come from the applied state: it must hold every committed op. */
+    return pl_vr_can_serve(q->vr, mono_ms()) && q->applied >= pl_vr_commit(q->vr);
 }
 
 uint32_t pl_seq_pending(const pl_seq *q)

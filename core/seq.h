@@ -107,7 +107,8 @@ void pl_seq_snapshot_chunk(pl_seq *q, uint32_t from, uint64_t view, uint64_t off
 
 /* The replication state (role, view, op, commit, lease). */
 const pl_vr *pl_seq_vr(const pl_seq *q);
-/* May this server answer clients now (primary with a valid lease)? */
+/* May this server answer clients now (primary with a valid lease, its
+ * state applied through the commit number)? */
 int pl_seq_can_serve(const pl_seq *q);
 
 /* Ops submitted whose done callback has not run yet. */
