@@ -5,11 +5,14 @@
 #
 # FIGURE is one of
 #   fsync      the disk's durable append rate (tools/fsync-rate.py)
-#   send1      1 server, 64 connections, acknowledged sends (body 100 bytes)
+#   send1      1 server, 64 connections, acknowledged sends (body 100 bytes):
+#              one request in flight per connection, then 16 (pipelined)
 #   send3      the same against 3 servers
 #   deliver3   3 servers, offered 10,000 sends/s, send -> push latency
+#   deliver1   the same against 1 server
 #   listen10k  1 server, 10,000 logged-in listening connections, then send1
-#              and a 10,000 sends/s deliver run with them connected; parleyd RSS
+#              (1 and 16 in flight) and a 10,000 sends/s deliver run with them
+#              connected; parleyd RSS
 #   restart    1 server with 1,000,000 stored messages: restart until it answers
 #   json       send1 and deliver1 with the JSON-file store
 #   wire       bytes per frame in every wire format
@@ -40,11 +43,11 @@ while getopts "B:r:d:h" o; do
     B) build=$(cd "$OPTARG" && pwd) ;;
     r) runs=$OPTARG ;;
     d) dur=$OPTARG ;;
-    *) sed -n '2,31p' "$0"; exit 2 ;;
+    *) sed -n '2,34p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { sed -n '2,31p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,34p' "$0"; exit 2; }
 parleyd="$build/core/parleyd"
 bench="$build/client/parley-bench"
 for f in "$parleyd" "$bench"; do
@@ -153,9 +156,16 @@ run_figure() {
 
 fig_fsync() { python3 "$here/tools/fsync-rate.py" "$work" | tee "$out/fsync.json" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print("fsync: %s small appends+fdatasync/s (p50 %s ms), %s 64 KiB appends/s" % (d["small"]["syncs_per_s"], d["small"]["p50_ms"], d["batch_64k"]["syncs_per_s"]))'; }
-fig_send1() { run_figure send1 1 sqlite -n 64 -w send; }
-fig_send3() { run_figure send3 3 sqlite -n 64 -w send; }
+fig_send1() {
+    run_figure send1 1 sqlite -n 64 -w send
+    run_figure send1-p16 1 sqlite -n 64 -p 16 -w send
+}
+fig_send3() {
+    run_figure send3 3 sqlite -n 64 -w send
+    run_figure send3-p16 3 sqlite -n 64 -p 16 -w send
+}
 fig_deliver3() { run_figure deliver3 3 sqlite -n 64 -w deliver --rate 10000; }
+fig_deliver1() { run_figure deliver1 1 sqlite -n 64 -w deliver --rate 10000; }
 fig_json() {
     run_figure json-send1 1 json -n 64 -w send
     run_figure json-deliver1 1 json -n 64 -w deliver --rate 5000
@@ -202,23 +212,27 @@ fig_grpc10k() {
 fig_wire() { "$bench" --wire-sizes | tee "$out/wire-sizes.txt"; }
 
 fig_listen10k() {
-    local r files=() dfiles=() l10k=${1:-listen10k}
+    local r files=() pfiles=() dfiles=() l10k=${1:-listen10k}
     for ((r = 1; r <= runs; r++)); do
         start_servers 1 sqlite
         # 10,064 users: listener j is user j, so a send pushes to one listener.
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w send \
             --pid "${pids[0]}" >"$out/$l10k-$r.json"
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -p 16 -u 10064 -L 10000 -w send \
+            --pid "${pids[0]}" >"$out/$l10k-p16-$r.json"
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w deliver \
             --rate 10000 --pid "${pids[0]}" >"$out/$l10k-deliver-$r.json"
         files+=("$out/$l10k-$r.json")
+        pfiles+=("$out/$l10k-p16-$r.json")
         dfiles+=("$out/$l10k-deliver-$r.json")
         stop_servers
     done
-    local ops rss push
+    local ops pops rss push
     ops=$(median throughput/ops_per_s "${files[@]}")
+    pops=$(median throughput/ops_per_s "${pfiles[@]}")
     push=$(median latency_ms/send_to_push/p99 "${dfiles[@]}")
-    rss=$(python3 -c 'import json,sys; print(max(json.load(open(f))["rss_kib"][1]["peak"] for f in sys.argv[1:]) // 1024)' "${files[@]}" "${dfiles[@]}")
-    echo "$l10k: 10,000 listeners + 64 senders: ops/s median ${ops%% *} (runs: ${ops#* }); parleyd peak RSS ${rss} MiB"
+    rss=$(python3 -c 'import json,sys; print(max(json.load(open(f))["rss_kib"][1]["peak"] for f in sys.argv[1:]) // 1024)' "${files[@]}" "${pfiles[@]}" "${dfiles[@]}")
+    echo "$l10k: 10,000 listeners + 64 senders: ops/s median ${ops%% *} (runs: ${ops#* }); 16 in flight each: median ${pops%% *} (runs: ${pops#* }); parleyd peak RSS ${rss} MiB"
     echo "$l10k: with them connected, offered 10,000/s deliver: send->push p99 ms median ${push%% *} (runs: ${push#* })"
 }
 
@@ -260,8 +274,8 @@ EOF
 
 for f in "$@"; do
     case $f in
-    all) for g in fsync wire send1 send3 deliver3 listen10k json restart wires grpc10k; do "fig_$g"; done ;;
-    fsync | send1 | send3 | deliver3 | listen10k | restart | json | wire | wires | grpc10k) "fig_$f" ;;
+    all) for g in fsync wire send1 send3 deliver3 deliver1 listen10k json restart wires grpc10k; do "fig_$g"; done ;;
+    fsync | send1 | send3 | deliver3 | deliver1 | listen10k | restart | json | wire | wires | grpc10k) "fig_$f" ;;
     *) echo "bench.sh: unknown figure \"$f\"" >&2; exit 2 ;;
     esac
 done
