@@ -31,6 +31,9 @@
 #include "snapshot.h"
 
 #define PL_SEQ_BATCH_DEFAULT 512u
+/* A batch also ends at this many bytes of encoded ops (but holds at least
+ * one): 2,048 sends of the largest body would be a 128 MiB PREPARE. */
+#define PL_SEQ_BATCH_BYTES (4u * 1024u * 1024u)
 #define PL_SEQ_TICK_MS 10
 #define PL_COMPACT_OPS_DEFAULT 100000u
 #define PL_COMPACT_BYTES_DEFAULT (64u * 1024u * 1024u)
@@ -727,8 +730,11 @@ static int flush_batch(pl_seq *q)
                                                                      : PL_ERR_UNAVAILABLE);
         return 0;
     }
-    size_t n = 0;
+    size_t n = 0, bytes = 0;
     for (seq_item *it = q->head; it && n < q->max_batch; it = it->next) {
+        if (n && bytes + it->len > PL_SEQ_BATCH_BYTES)
+            break;
+        bytes += it->len;
         q->items[n++] = it;
         if (pl_op_kind(it->data, it->len) == PL_OP_RECONFIG)
             break; /* a membership change ends the epoch: nothing after it */

@@ -42,7 +42,7 @@
 #include "seq.h"
 #include "workers.h"
 
-#define PL_SEQ_MAX_BATCH 512u
+#define PL_SEQ_MAX_BATCH 2048u        /* ops per batch (seq.c also caps its bytes) */
 #define PL_SUB_BUCKETS 4096u          /* subscription chains, by uid */
 #define PL_TOKEN_BYTES 32u
 #define PL_TOKEN_TEXT_LEN 43u         /* base64url of 32 bytes, no padding */
