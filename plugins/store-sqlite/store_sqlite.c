@@ -181,7 +181,11 @@ static const char *const sq_sql[ST__COUNT] = {
                  " WHERE id > ?2 ORDER BY id LIMIT ?3 OFFSET ?4",
 
     [ST_CLI_GET] = "SELECT client_id, request_no, op, reply FROM clients WHERE client_id = ?1",
-    [ST_CLI_PUT] = "INSERT OR REPLACE INTO clients(client_id, request_no, op, reply) VALUES (?1, ?2, ?3, ?4)",
+    /* An upsert updates the row in place; REPLACE would delete and
+     * reinsert it, a b-tree delete per op for every client's next request. */
+    [ST_CLI_PUT] = "INSERT INTO clients(client_id, request_no, op, reply) VALUES (?1, ?2, ?3, ?4)"
+                   " ON CONFLICT(client_id) DO UPDATE SET request_no = excluded.request_no,"
+                   " op = excluded.op, reply = excluded.reply",
     /* uint64 order: ids below 2^63 are the non-negative int64s, the rest
      * are the negative ones, each half ascending. */
     [ST_CLI_SCAN_LO] = "SELECT client_id, request_no, op, reply FROM clients"
