@@ -6,12 +6,12 @@
 # FIGURE is one of
 #   fsync      the disk's durable append rate (tools/fsync-rate.py)
 #   send1      1 server, 64 connections, acknowledged sends (body 100 bytes):
-#              one request in flight per connection, then 16 (pipelined)
+#              one request in flight per connection, then 32 (pipelined)
 #   send3      the same against 3 servers
 #   deliver3   3 servers, offered 10,000 sends/s, send -> push latency
 #   deliver1   the same against 1 server
 #   listen10k  1 server, 10,000 logged-in listening connections, then send1
-#              (1 and 16 in flight) and a 10,000 sends/s deliver run with them
+#              (1 and 32 in flight) and a 10,000 sends/s deliver run with them
 #              connected; parleyd RSS
 #   restart    1 server with 1,000,000 stored messages: restart until it answers
 #   json       send1 and deliver1 with the JSON-file store
@@ -158,11 +158,11 @@ fig_fsync() { python3 "$here/tools/fsync-rate.py" "$work" | tee "$out/fsync.json
     python3 -c 'import json,sys; d=json.load(sys.stdin); print("fsync: %s small appends+fdatasync/s (p50 %s ms), %s 64 KiB appends/s" % (d["small"]["syncs_per_s"], d["small"]["p50_ms"], d["batch_64k"]["syncs_per_s"]))'; }
 fig_send1() {
     run_figure send1 1 sqlite -n 64 -w send
-    run_figure send1-p16 1 sqlite -n 64 -p 16 -w send
+    run_figure send1-p32 1 sqlite -n 64 -p 32 -w send
 }
 fig_send3() {
     run_figure send3 3 sqlite -n 64 -w send
-    run_figure send3-p16 3 sqlite -n 64 -p 16 -w send
+    run_figure send3-p32 3 sqlite -n 64 -p 32 -w send
 }
 fig_deliver3() { run_figure deliver3 3 sqlite -n 64 -w deliver --rate 10000; }
 fig_deliver1() { run_figure deliver1 1 sqlite -n 64 -w deliver --rate 10000; }
@@ -218,12 +218,12 @@ fig_listen10k() {
         # 10,064 users: listener j is user j, so a send pushes to one listener.
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w send \
             --pid "${pids[0]}" >"$out/$l10k-$r.json"
-        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -p 16 -u 10064 -L 10000 -w send \
-            --pid "${pids[0]}" >"$out/$l10k-p16-$r.json"
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -p 32 -u 10064 -L 10000 -w send \
+            --pid "${pids[0]}" >"$out/$l10k-p32-$r.json"
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w deliver \
             --rate 10000 --pid "${pids[0]}" >"$out/$l10k-deliver-$r.json"
         files+=("$out/$l10k-$r.json")
-        pfiles+=("$out/$l10k-p16-$r.json")
+        pfiles+=("$out/$l10k-p32-$r.json")
         dfiles+=("$out/$l10k-deliver-$r.json")
         stop_servers
     done
@@ -232,7 +232,7 @@ fig_listen10k() {
     pops=$(median throughput/ops_per_s "${pfiles[@]}")
     push=$(median latency_ms/send_to_push/p99 "${dfiles[@]}")
     rss=$(python3 -c 'import json,sys; print(max(json.load(open(f))["rss_kib"][1]["peak"] for f in sys.argv[1:]) // 1024)' "${files[@]}" "${pfiles[@]}" "${dfiles[@]}")
-    echo "$l10k: 10,000 listeners + 64 senders: ops/s median ${ops%% *} (runs: ${ops#* }); 16 in flight each: median ${pops%% *} (runs: ${pops#* }); parleyd peak RSS ${rss} MiB"
+    echo "$l10k: 10,000 listeners + 64 senders: ops/s median ${ops%% *} (runs: ${ops#* }); 32 in flight each: median ${pops%% *} (runs: ${pops#* }); parleyd peak RSS ${rss} MiB"
     echo "$l10k: with them connected, offered 10,000/s deliver: send->push p99 ms median ${push%% *} (runs: ${push#* })"
 }
 
