@@ -135,6 +135,10 @@ struct pl_transport_conn {
     int in_ng;                /* inside nghttp2 (mem_recv / mem_send): no flushing */
     int closing;              /* GOAWAY sent; close once output has left */
     int reaping;              /* teardown scheduled or running: no more core calls */
+    int refusing;             /* refused by the core: the first call gets the reason */
+    uint32_t refusal_status;  /* its gRPC status */
+    uint32_t refusal_code;    /* and the HTTP/2 error of the GOAWAY that follows */
+    char refusal[200];        /* the core's reason */
     uint64_t seq;             /* request counter (upper bits of request ids) */
     size_t in_bytes;          /* request bytes buffered over all calls */
     gr_call *calls;
@@ -762,6 +766,18 @@ int gr_conn_send(pl_transport_conn *c, const pl_response *r)
         return PL_ERR_IO;
     if (r->method == PL_M_PUSH) {
         deliver_push(c, r);
+    } else if (r->request_id == 0 && r->method == PL_M_NONE && r->status != PL_OK) {
+        /* The core refuses the connection (e.g. limits.conns_per_address)
+         * and closes it next. No call exists yet to carry the reason, and
+         * a bare GOAWAY only makes gRPC runtimes reconnect until their
+         * deadline, so gr_conn_close waits for the first call and answers
+         * it with this status; the GOAWAY after it carries the text too. */
+        snprintf(c->refusal, sizeof c->refusal, "%.*s", (int)r->error.len,
+                 r->error.ptr ? r->error.ptr : "");
+        int limited = r->status == PL_ERR_RATE_LIMITED;
+        c->refusal_status = limited ? GR_RESOURCE_EXHAUSTED : GR_UNAVAILABLE;
+        c->refusal_code = limited ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_INTERNAL_ERROR;
+        return PL_OK;
     } else if ((r->request_id & GR_SID_MASK) == 0) {
         internal_answer(c, r);
     } else {
@@ -794,8 +810,18 @@ int gr_conn_send(pl_transport_conn *c, const pl_response *r)
 
 void gr_conn_close(pl_transport_conn *c)
 {
-    if (c && !c->reaping)
-        conn_begin_close(c, NGHTTP2_NO_ERROR);
+    if (!c || c->reaping)
+        return;
+    if (c->refusal[0] && !c->calls && !c->closing) {
+        /* Refused before any call: wait (GR_CLOSE_SECS at most) for the
+         * first one, to answer it with the reason (call_headers_done). */
+        struct timeval tv = { GR_CLOSE_SECS, 0 };
+        c->refusing = 1;
+        bufferevent_set_timeouts(c->bev, &tv, &tv);
+        conn_flush(c);
+        return;
+    }
+    conn_begin_close(c, NGHTTP2_NO_ERROR);
 }
 
 /* -------------------------------------------------------- request intake */
@@ -1055,9 +1081,18 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     return 0;
 }
 
+static void conn_begin_close(pl_transport_conn *c, uint32_t h2err);
+
 /* The request headers are in: refuse what is not a gRPC call we serve. */
 static void call_headers_done(gr_call *call)
 {
+    pl_transport_conn *c = call->conn;
+    if (c->refusing) {
+        c->refusing = 0;
+        call_finish(call, c->refusal_status, c->refusal);
+        conn_begin_close(c, NGHTTP2_NO_ERROR);
+        return;
+    }
     if (call->bad_method || call->bad_ct) {
         /* Not gRPC at all: plain HTTP 415, as the gRPC spec asks. */
         nghttp2_nv nv[1] = { NV(":status", "415") };
@@ -1236,9 +1271,11 @@ static void conn_begin_close(pl_transport_conn *c, uint32_t h2err)
         for (gr_call *call = c->calls; call; call = call->next)
             if (!call->finished)
                 call_finish(call, GR_UNAVAILABLE, "the server closed the connection; retry");
+        size_t rl = strlen(c->refusal);
         nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(c->ng), NGHTTP2_NO_ERROR,
-                              NULL, 0);
+                              nghttp2_session_get_last_proc_stream_id(c->ng),
+                              rl ? c->refusal_code : NGHTTP2_NO_ERROR,
+                              (const uint8_t *)c->refusal, rl);
     }
     struct timeval tv = { GR_CLOSE_SECS, 0 };
     bufferevent_set_timeouts(c->bev, &tv, &tv);

@@ -561,6 +561,53 @@ def retryable(e):
         e.code() == grpc.StatusCode.PERMISSION_DENIED and (e.details() or "").startswith("Not leader"))
 
 
+class Refused(unittest.TestCase):
+    """A connection over limits.conns_per_address: the runtime's call fails
+    with RESOURCE_EXHAUSTED and the limit's name, not with a deadline after
+    reconnecting in silence; the connections within the limit keep working,
+    and a connection is accepted again once one of them closes."""
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=1, transport="grpc",
+                         extra={"limits": {"conns_per_address": 2}})
+        self.c.start(0)
+        self.chans = []
+
+    def tearDown(self):
+        for ch in self.chans:
+            ch.close()
+        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+            sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
+        self.c.close()
+
+    def stub(self):
+        ch = channel(self.c.ports[0])
+        self.chans.append(ch)
+        return rpc.ChatServiceStub(ch)
+
+    def test_over_the_limit_is_told_why(self):
+        a, b = self.stub(), self.stub()
+        for s in (a, b):
+            self.assertEqual(s.Health(pb.Empty(), timeout=5), pb.Empty())
+        e = rpc_error(self.stub().Health, pb.Empty(), timeout=5)
+        self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, e.details())
+        self.assertIn("limits.conns_per_address is 2", e.details())
+        self.assertEqual(a.Health(pb.Empty(), timeout=5), pb.Empty())
+        self.chans[0].close()
+        self.chans.pop(0)
+        wait_until(lambda: self.try_health(), 10, what="a connection accepted again")
+
+    def try_health(self):
+        ch = channel(self.c.ports[0])
+        try:
+            rpc.ChatServiceStub(ch).Health(pb.Empty(), timeout=2)
+            return True
+        except grpc.RpcError:
+            return False
+        finally:
+            ch.close()
+
+
 class ThreeServers(unittest.TestCase):
     def setUp(self):
         self.c = Cluster(PARLEYD, PARLEY, n=3, transport="grpc")
