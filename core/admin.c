@@ -174,6 +174,19 @@ static void render(pl_admin *a, struct evbuffer *b)
     metric(b, "parley_ops_pending", "gauge", "Ops submitted and not yet committed.",
            g.seq_pending);
     metric(b, "parley_pushes_total", "counter", "New-message pushes sent.", m->pushes);
+    metric(b, "parley_peer_links_up", "gauge",
+           "Outgoing links to the other servers with the handshake done.", g.peer_links_up);
+    metric(b, "parley_peer_links_retiring", "gauge",
+           "Links to removed servers still flushing their last messages.",
+           g.peer_links_retiring);
+    metric(b, "parley_peer_incoming", "gauge",
+           "Incoming peer connections past the Hello from servers in the configuration.",
+           g.peer_in_members);
+    metric(b, "parley_peer_incoming_unlisted", "gauge",
+           "Incoming peer connections from addresses not in the configuration (ignored).",
+           g.peer_in_unlisted);
+    metric(b, "parley_peer_connections_accepted_total", "counter",
+           "Incoming peer connections accepted.", g.peer_accepted);
     metric(b, "parley_view_changes_total", "counter", "Views entered since start.",
            m->view_changes);
     metric(b, "parley_last_view_change_time_seconds", "gauge",

@@ -63,6 +63,9 @@ typedef struct pl_admin_gauges {
     uint64_t connections;
     uint64_t subscribed;               /* connections with a live subscription */
     uint64_t hash_pending, seq_pending;
+    /* The peer network (0 for a single server). */
+    uint64_t peer_links_up, peer_links_retiring;
+    uint64_t peer_in_members, peer_in_unlisted, peer_accepted;
     const char *data_dir;              /* admin.c sums the bytes of its files */
     const char *store, *transport;
 } pl_admin_gauges;

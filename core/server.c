@@ -1677,6 +1677,15 @@ static void admin_fill(void *ud, pl_admin_gauges *g)
         g->subscribed += c->subscribed != 0;
     g->hash_pending = pl_workers_pending(s->workers);
     g->seq_pending = pl_seq_pending(s->seq);
+    if (s->peer) {
+        pl_peer_counters pc;
+        pl_peer_counts(s->peer, &pc);
+        g->peer_links_up = pc.links_up;
+        g->peer_links_retiring = pc.links_retiring;
+        g->peer_in_members = pc.incoming_mapped;
+        g->peer_in_unlisted = pc.incoming_unmapped;
+        g->peer_accepted = pc.accepted;
+    }
     g->data_dir = s->data_dir;
     g->store = s->sp->name;
     g->transport = s->transport_desc;

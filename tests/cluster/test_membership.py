@@ -249,6 +249,19 @@ class MembershipTest(unittest.TestCase):
         return s3, s4
 
 
+def metric(self, i, name):
+    """One value from server i's GET /metrics."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.c.admin_port(i),
+                                timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.split()[-1])
+    raise AssertionError("no %s in server %d's /metrics" % (name, i))
+
+
+MembershipTest.metric = metric
+
+
 class Grow(MembershipTest):
     # small compaction bounds: the joiners come up by snapshot + log tail
     extra = {"compaction": {"ops": 2000, "keep_ops": 400},
@@ -288,6 +301,12 @@ class Grow(MembershipTest):
         self.assertEqual(self.member_ports(doc), [self.c.ports[i] for i in (0, 1, 2, s3, s4)], doc)
         self.assertEqual(doc["primary"], 0, doc)
         self.wait_converged([self.c.ports[i] for i in range(5)])
+        # every server links to the four others, both ways
+        for i in (0, 1, 2, s3, s4):
+            for name in ("parley_peer_links_up", "parley_peer_incoming"):
+                wait_until(lambda: self.metric(i, name) == 4, 20,
+                           what="server %d's %s to be 4" % (i, name))
+            self.assertEqual(self.metric(i, "parley_peer_incoming_unlisted"), 0)
         self.assert_delivered_once("bob", [la, lc])
         sys.stderr.write("[grow: %d CLI sends acked during the change, %d unknown; parley-bench "
                          "%d sends, errors %s] " % (during, len(la.maybe) + len(lc.maybe),
@@ -523,14 +542,6 @@ class DiskBound(MembershipTest):
     # (reused by later messages), the WAL (journal_size_limit 64 MiB) and
     # membership/meta files.
     OVERHEAD_BOUND = 96 << 20
-
-    def metric(self, i, name):
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.c.admin_port(i),
-                                    timeout=10) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(name + " ") or line.startswith(name + "{"):
-                    return float(line.split()[-1])
-        raise AssertionError("no %s in server %d's /metrics" % (name, i))
 
     def applied(self):
         st = self.status()
