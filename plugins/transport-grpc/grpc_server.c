@@ -1087,7 +1087,9 @@ static void conn_begin_close(pl_transport_conn *c, uint32_t h2err);
 static void call_headers_done(gr_call *call)
 {
     pl_transport_conn *c = call->conn;
-    if (c->refusing) {
+    if (c->refusal[0]) {
+        /* Refused: this call (and any that raced the GOAWAY) gets the
+         * reason; none reaches the core. */
         c->refusing = 0;
         call_finish(call, c->refusal_status, c->refusal);
         conn_begin_close(c, NGHTTP2_NO_ERROR);
