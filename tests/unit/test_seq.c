@@ -28,9 +28,15 @@ static pl_store_plugin counting;
 static const pl_store_plugin *real;
 static int appends;
 static size_t appended;
+static size_t max_append_bytes;   /* the largest batch, in encoded op bytes */
 
 static int count_append(pl_store *s, const pl_log_entry *e, size_t n)
 {
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += e[i].len;
+    if (bytes > max_append_bytes)
+        max_append_bytes = bytes;
     appends++;
     appended += n;
     return real->log_append(s, e, n);
@@ -132,6 +138,7 @@ static void fx_open(fx *f, uint32_t max_batch, int fresh)
     ck_assert_msg(pl_seq_replay(f->seq, err, sizeof err) == PL_OK, "replay: %s", err);
     appends = 0;
     appended = 0;
+    max_append_bytes = 0;
     n_done = n_applied = 0;
 }
 
@@ -273,6 +280,32 @@ START_TEST(batch_limit)
 }
 END_TEST
 
+/* A batch also ends at 4 MiB of encoded ops (core/seq.c
+ * PL_SEQ_BATCH_BYTES), whatever max_batch allows: 100 sends of 60,000-byte
+ * bodies, ~6 MB, take two batches. */
+START_TEST(batch_byte_limit)
+{
+    static char body[60000];
+    memset(body, 'x', sizeof body);
+    fx_open(&F, 0, 1);
+    n_noop_done = 0;
+    for (int i = 0; i < 100; i++) {
+        pl_op op = { .kind = PL_OP_SEND, .time_ms = 1000, .uid = 1, .name = pl_str_c("nobody"),
+                     .body = { body, sizeof body } };
+        ck_assert_int_eq(pl_seq_submit(F.seq, &op, noop_done, NULL), PL_OK);
+    }
+    run_until_idle(&F);
+    ck_assert_int_eq(n_noop_done, 100);
+    ck_assert_uint_eq(appended, 100);
+    ck_assert_msg(appends == 2, "~6 MB of ops in batches of at most 4 MiB: 2 appends, got %d",
+                  appends);
+    ck_assert_msg(max_append_bytes <= 4u * 1024u * 1024u, "a batch of %zu bytes",
+                  max_append_bytes);
+    fx_close(&F);
+    fx_remove(&F);
+}
+END_TEST
+
 /* A crash after the log append but before the state commit: the ops are in
  * the log only. Replay must apply them, and numbering must continue. */
 START_TEST(replay_after_crash)
@@ -336,6 +369,7 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, group_commit);
     tcase_add_test(tc, batch_limit);
+    tcase_add_test(tc, batch_byte_limit);
     tcase_add_test(tc, compaction_in_steps);
     tcase_add_test(tc, replay_after_crash);
     tcase_add_test(tc, free_flushes);
