@@ -107,9 +107,7 @@ static uint64_t mono_us(void)
 
 static uint64_t mono_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return mono_us() / 1000u;
 }
 
 static void item_free(seq_item *it)
@@ -277,6 +275,17 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
         pl_log(PL_LOG_DEBUG, "applied ops %llu-%llu", (unsigned long long)start,
                (unsigned long long)q->applied);
     return rc;
+}
+
+/* Apply through upto now, logging a failure (need_apply retries it on the
+ * next tick). What an early return left (a call already running, a
+ * membership change pending) the next tick applies too. */
+static void apply_now(pl_seq *q, uint64_t upto)
+{
+    char err[256];
+    if (apply_upto(q, upto, err, sizeof err) != PL_OK)
+        pl_log(PL_LOG_ERROR, "%s (retrying)", err);
+    q->apply_later = q->applied < upto;
 }
 
 /* ---- VR io ---- */
@@ -596,7 +605,6 @@ static void io_send(void *ud, uint32_t to, const pl_vr_msg *m)
 static void io_committed(void *ud, uint64_t commit)
 {
     pl_seq *q = ud;
-    char err[256];
     /* A backup answers nobody, so it applies in chunks: on the next tick,
      * or once max_batch ops wait. Each store transaction rewrites the same
      * hot pages (the tables' last leaves, the counters, every recipient's
@@ -609,9 +617,7 @@ static void io_committed(void *ud, uint64_t commit)
         q->apply_later = 1;
         return;
     }
-    q->apply_later = 0;
-    if (apply_upto(q, commit, err, sizeof err) != PL_OK)
-        pl_log(PL_LOG_ERROR, "%s (retrying)", err);
+    apply_now(q, commit);
     if (q->head)
         schedule(q, 0); /* the window may have room again */
 }
@@ -645,9 +651,7 @@ static void on_reconf(evutil_socket_t fd, short what, void *arg)
     q->reconf_pending = 0;
     pl_vr_reconfigure(q->vr, q->reconf_epoch, q->reconf_n, q->reconf_self, q->reconf_op,
                       mono_ms());
-    char err[256];
-    if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
-        pl_log(PL_LOG_ERROR, "%s (retrying)", err);
+    apply_now(q, pl_vr_commit(q->vr));
     if (q->head)
         schedule(q, 0);
 }
@@ -665,12 +669,8 @@ static void io_changed(void *ud)
                (unsigned long long)view, pl_vr_primary(q->vr));
     q->seen_view = view;
     q->was_primary = primary;
-    if (primary && q->applied < pl_vr_commit(q->vr)) {
-        char err[256];
-        q->apply_later = 0;
-        if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
-            pl_log(PL_LOG_ERROR, "%s (retrying)", err);
-    }
+    if (primary && q->applied < pl_vr_commit(q->vr))
+        apply_now(q, pl_vr_commit(q->vr));
     if (q->host.changed)
         q->host.changed(q->host.ud);
     if (q->head)
@@ -815,12 +815,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     pl_seq *q = arg;
     pl_vr_tick(q->vr, mono_ms());
-    if (q->need_apply || q->apply_later) {
-        char err[256];
-        q->apply_later = 0;
-        if (apply_upto(q, pl_vr_commit(q->vr), err, sizeof err) != PL_OK)
-            pl_log(PL_LOG_ERROR, "%s (retrying)", err);
-    }
+    if (q->need_apply || q->apply_later)
+        apply_now(q, pl_vr_commit(q->vr));
     if (!q->need_apply && !q->applying)
         maybe_compact(q);
     if (q->head)

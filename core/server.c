@@ -477,10 +477,11 @@ static void reply_not_serving(pl_server *s, pl_conn *c, uint32_t method, uint64_
         conn_send(c, &r);
         return;
     }
-    reply_err(c, method, request_id, PL_ERR_UNAVAILABLE,
-              !pl_vr_is_primary(vr) ? "a view change is in progress; retry"
-              : pl_vr_can_serve(vr, mono_ms()) ? "the primary is still applying committed ops; retry"
-                                                   : "the primary has not heard from a majority yet; retry");
+    const char *why = "a view change is in progress; retry";
+    if (pl_vr_is_primary(vr))
+        why = pl_vr_can_serve(vr, mono_ms()) ? "the primary is still applying committed ops; retry"
+                                             : "the primary has not heard from a majority yet; retry";
+    reply_err(c, method, request_id, PL_ERR_UNAVAILABLE, why);
 }
 
 /* ---------------------------------------------------------------- pending */
