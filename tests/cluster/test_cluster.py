@@ -13,7 +13,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
-from harness import Cluster, wait_until  # noqa: E402
+from harness import Cluster, test_failed, wait_until  # noqa: E402
 
 PARLEYD = PARLEY = None
 
@@ -36,9 +36,7 @@ class ClusterTest(unittest.TestCase):
         self.wait_primary()
 
     def tearDown(self):
-        failed = any(err for _, err in getattr(self._outcome, "errors", []) if err) \
-            if hasattr(self._outcome, "errors") else False
-        if failed or os.environ.get("PARLEY_TEST_LOGS"):
+        if test_failed(self) or os.environ.get("PARLEY_TEST_LOGS"):
             for i in range(self.n):
                 sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
         self.c.close()

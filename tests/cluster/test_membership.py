@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
-from harness import Cluster, free_port, wait_until  # noqa: E402
+from harness import Cluster, free_port, test_failed, wait_until  # noqa: E402
 
 PARLEYD = PARLEY = BENCH = None
 TOKEN = "membership-test-token-0123456789"
@@ -88,7 +88,7 @@ class MembershipTest(unittest.TestCase):
     def tearDown(self):
         for ld in self.loads:
             ld.halt.set()
-        failed = self.failed()
+        failed = test_failed(self)
         keep = os.environ.get("PARLEY_TEST_LOG_DIR")  # whole logs kept there on failure
         if keep and (failed or os.environ.get("PARLEY_TEST_LOGS")):
             os.makedirs(keep, exist_ok=True)
@@ -106,14 +106,6 @@ class MembershipTest(unittest.TestCase):
         sys.stderr.write("[%s: %.1f s] " % (self._testMethodName, time.monotonic() - self.t0))
 
     # ---- helpers ----
-    def failed(self):
-        """Whether this test has failed so far (Python 3.11 reports a
-        failure to the result at once, earlier ones keep it in errors)."""
-        r = getattr(self._outcome, "result", None)
-        if r is not None and any(t is self for t, _ in r.failures + r.errors):
-            return True
-        return any(err for _, err in getattr(self._outcome, "errors", []) if err)
-
     def addr(self, i, peer=False):
         a = "127.0.0.1:%d" % self.c.ports[i]
         return a + ":%d" % (self.c.ports[i] + 1000) if peer else a
@@ -491,7 +483,7 @@ class Refused(MembershipTest):
             self.assertIn("admin.token", e.exception.read().decode())
         finally:
             for i in range(len(cl.ports)):
-                if self.failed():
+                if test_failed(self):
                     sys.stderr.write("---- single server log ----\n%s\n" % cl.log(i))
             cl.close()
 

@@ -50,6 +50,19 @@ def free_port(avoid=(), offsets=(1000,)):
     raise RuntimeError("no free port pair found")
 
 
+def test_failed(tc):
+    """Whether the unittest case tc has failed so far, for a tearDown that
+    prints the servers' logs only then (Python 3.11 reports a failure to the
+    result at once; earlier versions keep it in _outcome.errors)."""
+    outcome = getattr(tc, "_outcome", None)
+    if outcome is None:
+        return False
+    r = getattr(outcome, "result", None)
+    if r is not None and any(t is tc for t, _ in r.failures + r.errors):
+        return True
+    return any(err for _, err in getattr(outcome, "errors", None) or [] if err)
+
+
 def wait_until(pred, timeout=10.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     last = None

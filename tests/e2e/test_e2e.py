@@ -14,7 +14,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Cluster, wait_until  # noqa: E402
+from harness import Cluster, test_failed, wait_until  # noqa: E402
 
 PARLEYD, PARLEY, TRANSPORT, STORE = None, None, None, None
 
@@ -32,16 +32,9 @@ class E2E(unittest.TestCase):
         self.c.start(0)
 
     def tearDown(self):
-        if self._outcome_failed():
+        if test_failed(self):
             sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
         self.c.close()
-
-    def _outcome_failed(self):
-        res = getattr(self, "_outcome", None)
-        if res is None:
-            return False
-        errs = getattr(res, "errors", None) or getattr(getattr(res, "result", None), "errors", [])
-        return any(e for _, e in errs if e) if errs else False
 
     # ---- the feature table ----
     def test_feature_table(self):

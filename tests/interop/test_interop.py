@@ -24,7 +24,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
-from harness import Cluster, wait_until  # noqa: E402
+from harness import Cluster, test_failed, wait_until  # noqa: E402
 
 PARLEYD, PARLEY, CHAT_PROTO = None, None, None
 STUB_DIR = None
@@ -125,7 +125,7 @@ class OneServer(unittest.TestCase):
     def tearDown(self):
         for cl in self.clients:
             cl.close()
-        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+        if test_failed(self):
             sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
         self.c.close()
 
@@ -388,7 +388,7 @@ class ManyStreams(unittest.TestCase):
             p.stdout.close()
         for ch in self.chans:
             ch.close()
-        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+        if test_failed(self):
             sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
         self.c.close()
 
@@ -576,7 +576,7 @@ class Refused(unittest.TestCase):
     def tearDown(self):
         for ch in self.chans:
             ch.close()
-        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+        if test_failed(self):
             sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
         self.c.close()
 
@@ -614,7 +614,7 @@ class ThreeServers(unittest.TestCase):
         self.c.start_all()
 
     def tearDown(self):
-        if any(e for _, e in (getattr(self._outcome, "errors", None) or []) if e):
+        if test_failed(self):
             for i in range(3):
                 sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
         self.c.close()
