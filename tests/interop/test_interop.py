@@ -115,9 +115,12 @@ def rpc_error(fn, *args, **kw):
     raise AssertionError("%s succeeded; an error status was expected" % fn)
 
 
-class OneServer(unittest.TestCase):
+class OneServerBase(unittest.TestCase):
+    """One gRPC server (config additions in `extra`) and its clients."""
+    extra = None
+
     def setUp(self):
-        self.c = Cluster(PARLEYD, PARLEY, n=1, transport="grpc")
+        self.c = Cluster(PARLEYD, PARLEY, n=1, transport="grpc", extra=self.extra)
         self.c.start(0)
         self.port = self.c.ports[0]
         self.clients = []
@@ -133,6 +136,9 @@ class OneServer(unittest.TestCase):
         cl = Client(self.port)
         self.clients.append(cl)
         return cl
+
+
+class OneServer(OneServerBase):
 
     def register(self, *users):
         s = self.client().stub
@@ -561,44 +567,27 @@ def retryable(e):
         e.code() == grpc.StatusCode.PERMISSION_DENIED and (e.details() or "").startswith("Not leader"))
 
 
-class Refused(unittest.TestCase):
+class Refused(OneServerBase):
     """A connection over limits.conns_per_address: the runtime's call fails
     with RESOURCE_EXHAUSTED and the limit's name, not with a deadline after
     reconnecting in silence; the connections within the limit keep working,
     and a connection is accepted again once one of them closes."""
 
-    def setUp(self):
-        self.c = Cluster(PARLEYD, PARLEY, n=1, transport="grpc",
-                         extra={"limits": {"conns_per_address": 2}})
-        self.c.start(0)
-        self.chans = []
-
-    def tearDown(self):
-        for ch in self.chans:
-            ch.close()
-        if test_failed(self):
-            sys.stderr.write("---- server log ----\n%s\n" % self.c.log(0))
-        self.c.close()
-
-    def stub(self):
-        ch = channel(self.c.ports[0])
-        self.chans.append(ch)
-        return rpc.ChatServiceStub(ch)
+    extra = {"limits": {"conns_per_address": 2}}
 
     def test_over_the_limit_is_told_why(self):
-        a, b = self.stub(), self.stub()
+        a, b = self.client().stub, self.client().stub
         for s in (a, b):
             self.assertEqual(s.Health(pb.Empty(), timeout=5), pb.Empty())
-        e = rpc_error(self.stub().Health, pb.Empty(), timeout=5)
+        e = rpc_error(self.client().stub.Health, pb.Empty(), timeout=5)
         self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, e.details())
         self.assertIn("limits.conns_per_address is 2", e.details())
         self.assertEqual(a.Health(pb.Empty(), timeout=5), pb.Empty())
-        self.chans[0].close()
-        self.chans.pop(0)
+        self.clients.pop(0).close()
         wait_until(lambda: self.try_health(), 10, what="a connection accepted again")
 
     def try_health(self):
-        ch = channel(self.c.ports[0])
+        ch = channel(self.port)
         try:
             rpc.ChatServiceStub(ch).Health(pb.Empty(), timeout=2)
             return True
