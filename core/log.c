@@ -24,6 +24,7 @@
 #define PL_LOG_TAG_MAX 32
 
 static atomic_int log_level = PL_LOG_INFO;
+static atomic_bool log_quiet = false;
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static char log_tag[PL_LOG_TAG_MAX] = "";
 
@@ -80,9 +81,14 @@ static void write_all(const char *buf, size_t len)
     }
 }
 
+void pl_log_set_quiet(bool quiet)
+{
+    atomic_store(&log_quiet, quiet);
+}
+
 void pl_logv(int level, const char *fmt, va_list ap)
 {
-    if (level > atomic_load(&log_level))
+    if (level > atomic_load(&log_level) || atomic_load(&log_quiet))
         return;
     if (level < PL_LOG_ERROR)
         level = PL_LOG_ERROR;

@@ -7,10 +7,13 @@
 #define PL_CORE_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <parley/common.h>
 
 void pl_log_set_level(int level);
 int pl_log_get_level(void);
+/* Nothing at all is written (tests whose faults make every error expected). */
+void pl_log_set_quiet(bool quiet);
 void pl_log_set_tag(const char *tag); /* e.g. "s0"; copied */
 int pl_log_level_parse(const char *s); /* -1 if unknown */
 void pl_log(int level, const char *fmt, ...) PL_PRINTF(2, 3);

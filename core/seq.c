@@ -412,9 +412,14 @@ static void snap_reset(pl_seq *q)
 }
 
 /* Install a complete snapshot: the state first (one store transaction that
- * commits with applied = its op), then drop the whole log, whose entries are
- * all at or below the state now. A crash between the two leaves a log that
- * ends below the applied op, which pl_seq_new recognises and clears. */
+ * commits with applied = its op), then drop the log entries at or below that
+ * op, which the state now holds. Entries above it stay: they may be ops we
+ * acknowledged in our last normal view, and VR cuts them only where the
+ * primary's log disagrees (vr.c, merge_suffix); dropping them here let a
+ * later view change lose a committed op. A crash between the two leaves a
+ * log that ends below the applied op, which pl_seq_new recognises and
+ * clears, or one that starts below it, whose entries up to it are then
+ * skipped like any applied entry. */
 static void snap_install(pl_seq *q)
 {
     uint64_t op = 0, op_view = 0;
@@ -467,12 +472,9 @@ static void snap_install(pl_seq *q)
      * syncs its state only at checkpoints would otherwise come back after a
      * crash with the old state and no log to replay it forward (found by the
      * fault suite: tests/fault/scenario_snapshot_crash.py). log_compact
-     * promises exactly that durability (store.h); the truncate then drops
-     * whatever is left. */
+     * promises exactly that durability (store.h). */
     if ((rc = q->sp->log_compact(q->st, op + 1)) != PL_OK)
         pl_log(PL_LOG_ERROR, "making the snapshot's state durable: %s", pl_strerror(rc));
-    if ((rc = q->sp->log_truncate(q->st, 0)) != PL_OK)
-        pl_log(PL_LOG_ERROR, "clearing the log after the snapshot: %s", pl_strerror(rc));
     q->appended_bytes = 0;
     q->compact_to = 0;
     pl_log(PL_LOG_INFO, "installed a snapshot from server %u at op %llu (%llu bytes)",
@@ -929,6 +931,7 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     pl_vr_durable d = {
         .view = meta_or_zero(q, "vr_view"),
         .lnv = meta_or_zero(q, "vr_lnv"),
+        .prepared = meta_or_zero(q, "vr_prepared"),
         .op = last ? last : q->applied,
         .op_view = le.view,
         /* Alone, every op in the log was committed when it was appended; in

@@ -40,6 +40,10 @@ struct pl_vr {
     uint64_t commit;
     uint64_t epoch_start;       /* op that started the current epoch */
     uint64_t barrier;           /* epoch-ending entry above epoch_start, or 0 */
+    /* Recovering: our log agrees with the primary's up to here (at least
+     * the commit number); entries after it are from earlier views and not
+     * yet compared with the primary's. */
+    uint64_t sync_op;
 
     /* backup */
     uint64_t last_heard_ms;     /* last PREPARE/COMMIT/START-VIEW from the primary */
@@ -58,6 +62,7 @@ struct pl_vr {
     uint64_t ack_ts[PL_VR_MAX_REPLICAS]; /* our clock when we sent what i acked last */
     uint64_t last_send_ms;
     uint64_t primary_since_ms;
+    uint64_t prepared;          /* durable: 1 + last view we sent a PREPARE in */
 };
 
 /* ---- small helpers ---- */
@@ -147,8 +152,11 @@ static void send_heartbeat(pl_vr *vr, uint64_t now);
 
 static void set_commit(pl_vr *vr, uint64_t c)
 {
-    if (c > vr->op)
-        c = vr->op;
+    /* Recovering, only the part of our log known to agree with the
+     * primary's may be applied. */
+    uint64_t top = vr->status == PL_VR_RECOVERING ? vr->sync_op : vr->op;
+    if (c > top)
+        c = top;
     if (c > vr->commit) {
         vr->commit = c;
         /* A primary committing a membership change tells the old
@@ -182,47 +190,102 @@ static int save(pl_vr *vr, const char *key, uint64_t val)
     return rc;
 }
 
-/*
- * Replace our log after `anchor_op` with entries (the suffix of somebody's
- * log starting at anchor_op + 1). Entries at or below our commit number are
- * committed, hence identical everywhere (I2), and are kept as they are.
- * Returns 0 on success, -1 when our log does not reach the anchor or holds
- * another view there (state transfer needed).
- */
-static int adopt_suffix(pl_vr *vr, uint64_t anchor_op, uint64_t anchor_view,
-                        const pl_log_entry *e, uint32_t n)
+/* Cut our log after `after`; entries after it must be known not to be
+ * committed (see merge_suffix). */
+static int cut_log(pl_vr *vr, uint64_t after)
 {
-    uint64_t keep; /* our entries <= keep stay */
-    if (anchor_op <= vr->commit) {
-        keep = vr->commit;
-    } else {
+    if (vr->op <= after)
+        return 0;
+    if (after < vr->commit)
+        return -1; /* committed entries are the same everywhere (I2): never */
+    if (vr->io.truncate(vr->io.ud, after) != PL_OK)
+        return -1;
+    cut_barrier(vr, after);
+    vr->op = after;
+    if (entry_view(vr, after, &vr->op_view) != 0)
+        vr->op_view = 0;
+    if (vr->sync_op > after)
+        vr->sync_op = after;
+    return 0;
+}
+
+/*
+ * Bring our log into agreement with entries e[0..n) of an authoritative log:
+ * the log of the primary of our view, or the log a view change selected.
+ * They follow (anchor_op, anchor_view) there. Such a log holds every op that
+ * is, or can ever be, committed in an earlier view.
+ *
+ * Only entries that disagree with it are cut: one with another view at the
+ * same op-number (and everything after it), never one that agrees. An entry
+ * that agrees may be committed on the strength of our own PREPARE-OK; cutting
+ * it while we keep our last normal view would let a later view change pick a
+ * log without it and commit another op at its number (I1, I2). That is why
+ * nothing here cuts back to the commit number first, as the paper's state
+ * transfer does (§5.2): a crash between the cut and the rest of the transfer
+ * leaves a log that lost acknowledged ops. With only disagreeing entries cut,
+ * every intermediate state (a crash after the cut, or after a prefix of the
+ * append) is a log that still holds every committed op it ever held.
+ *
+ * Entries at the same op-number with the same view are the same entry with
+ * the same log before it (one primary per view assigns each op-number once),
+ * so the first disagreement is found by comparing views, with a binary
+ * search over the overlap.
+ *
+ * Returns 0 and sets *verified to the last op-number now known to agree
+ * with the authority (the last entry, or the anchor when there are none);
+ * -1 when our log does not reach the anchor, holds another view there, the
+ * entries are not consecutive, or the store failed.
+ */
+static int merge_suffix(pl_vr *vr, uint64_t anchor_op, uint64_t anchor_view,
+                        const pl_log_entry *e, uint32_t n, uint64_t *verified)
+{
+    if (anchor_op > vr->op)
+        return -1;
+    if (anchor_op > vr->commit) {
         uint64_t v;
         if (entry_view(vr, anchor_op, &v) != 0 || v != anchor_view)
             return -1;
-        keep = anchor_op;
     }
-    /* the suffix must reach past what we keep, or at least not leave a hole */
-    uint64_t last = n ? e[n - 1].op : anchor_op;
-    if (vr->op > keep) {
-        if (vr->io.truncate(vr->io.ud, keep) != PL_OK)
+    for (uint32_t i = 0; i < n; i++)
+        if (e[i].op != anchor_op + 1 + i)
             return -1;
-        cut_barrier(vr, keep);
-        vr->op = keep;
-        if (entry_view(vr, keep, &vr->op_view) != 0)
-            vr->op_view = 0;
+    uint64_t last = anchor_op + n;
+    /* Entries at or below our commit number are committed: ours are the
+     * same (I2). Compare the rest of the overlap. */
+    uint64_t lo = anchor_op > vr->commit ? anchor_op : vr->commit; /* agrees */
+    uint64_t hi = last < vr->op ? last : vr->op;                   /* overlap end */
+    uint64_t diverge = 0; /* first op-number that disagrees, 0 if none */
+    if (hi > lo) {
+        uint64_t v;
+        if (entry_view(vr, hi, &v) != 0)
+            return -1;
+        if (v != e[hi - anchor_op - 1].view) {
+            /* lo agrees, hi does not: find the first that does not */
+            uint64_t a = lo, b = hi;
+            while (b - a > 1) {
+                uint64_t mid = a + (b - a) / 2;
+                if (entry_view(vr, mid, &v) != 0)
+                    return -1;
+                if (v == e[mid - anchor_op - 1].view)
+                    a = mid;
+                else
+                    b = mid;
+            }
+            diverge = b;
+        }
     }
-    uint32_t skip = 0;
-    while (skip < n && e[skip].op <= keep)
-        skip++;
-    if (skip < n) {
-        if (e[skip].op != vr->op + 1)
+    if (diverge && cut_log(vr, diverge - 1) != 0)
+        return -1;
+    if (last > vr->op) {
+        const pl_log_entry *tail = e + (vr->op - anchor_op);
+        size_t k = last - vr->op;
+        if (vr->io.append(vr->io.ud, tail, k) != PL_OK)
             return -1;
-        if (vr->io.append(vr->io.ud, e + skip, n - skip) != PL_OK)
-            return -1;
-        note_barriers(vr, e + skip, n - skip);
+        note_barriers(vr, tail, k);
         vr->op = last;
         vr->op_view = e[n - 1].view;
     }
+    *verified = last;
     return 0;
 }
 
@@ -305,7 +368,10 @@ static void send_get_state(pl_vr *vr, uint64_t now)
     if (vr->last_getstate_ms && now - vr->last_getstate_ms < vr->cfg.heartbeat_ms * 2)
         return;
     vr->last_getstate_ms = now;
-    pl_vr_msg m = { .type = PL_VR_GET_STATE, .view = vr->view, .op = vr->op,
+    /* Recovering, ask from what is known to agree with the primary's log;
+     * otherwise our log is a prefix of it. */
+    uint64_t from = vr->status == PL_VR_RECOVERING ? vr->sync_op : vr->op;
+    pl_vr_msg m = { .type = PL_VR_GET_STATE, .view = vr->view, .op = from,
                     .commit = vr->commit };
     send_to(vr, primary_of(vr, vr->view), &m);
 }
@@ -325,7 +391,10 @@ static void try_finish_view_change(pl_vr *vr, uint64_t now);
 static uint64_t lease_ms(const pl_vr *vr);
 
 /* A replica whose log is not known to match the current view's primary
- * truncates to its committed prefix and fetches the rest (§5.2). */
+ * fetches the primary's log from its commit number (§5.2). It keeps its own
+ * log meanwhile, cutting only what disagrees with the primary's (see
+ * merge_suffix): until it is normal in this view, that log with its last
+ * normal view is what it brings to the next view change. */
 static void begin_recovery(pl_vr *vr, uint64_t v, uint64_t now)
 {
     int changed = vr->view != v || vr->status != PL_VR_RECOVERING;
@@ -336,14 +405,7 @@ static void begin_recovery(pl_vr *vr, uint64_t v, uint64_t now)
     vr->status = PL_VR_RECOVERING;
     vr->last_heard_ms = now;
     dvc_clear(vr);
-    if (vr->op > vr->commit) {
-        if (vr->io.truncate(vr->io.ud, vr->commit) == PL_OK) {
-            cut_barrier(vr, vr->commit);
-            vr->op = vr->commit;
-            if (entry_view(vr, vr->op, &vr->op_view) != 0)
-                vr->op_view = 0;
-        }
-    }
+    vr->sync_op = vr->commit;
     vr->last_getstate_ms = 0;
     send_get_state(vr, now);
     if (changed)
@@ -506,11 +568,14 @@ static void try_finish_view_change(pl_vr *vr, uint64_t now)
     if (have < vr->f + 1 || !vr->dvc[vr->cfg.self].have)
         return;
     /* The log with the highest (last normal view, op) holds every committed
-     * op (I1); make ours equal to it. */
+     * op (I1); make ours equal to it. What we hold beyond it was never
+     * committed, so it may go. */
     vr_dvc *b = &vr->dvc[best];
+    uint64_t verified = 0;
     if ((uint32_t)best != vr->cfg.self &&
-        (adopt_suffix(vr, b->anchor_op, b->anchor_view, b->entries, b->n_entries) != 0 ||
-         vr->op != b->op)) {
+        (merge_suffix(vr, b->anchor_op, b->anchor_view, b->entries, b->n_entries,
+                      &verified) != 0 ||
+         verified != b->op || cut_log(vr, b->op) != 0)) {
         pl_log(PL_LOG_WARN, "vr: view %llu: cannot adopt the log of replica %d "
                "(anchor %llu): this view will time out and the next one is tried",
                (unsigned long long)vr->view, best, (unsigned long long)b->anchor_op);
@@ -615,32 +680,38 @@ static void on_new_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     if (m->from != primary_of(vr, vr->view) || vr->status == PL_VR_VIEW_CHANGE)
         return;
     vr->last_heard_ms = now;
-    if (m->anchor_op > vr->op)
-        return; /* an answer to an older request; a newer one is pending */
-    /* Within a view the primary's log only grows and all we hold above our
-     * commit came from it, so an answer ending at or below our last op is
-     * a late one with nothing new: adopting it would cut entries after it
-     * that we may have acknowledged already (I1). */
-    uint64_t last = m->n_entries ? m->entries[m->n_entries - 1].op : m->anchor_op;
-    if (last > vr->op &&
-        adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0) {
-        /* our log diverges above the anchor: fall back to the committed prefix */
-        begin_recovery(vr, vr->view, now);
-        return;
-    }
-    if (vr->status == PL_VR_RECOVERING) {
-        if (vr->op < m->op) {
+    /* Normal, our log is a prefix of the primary's (its log only grows
+     * within a view), so this only appends; a late answer ending below our
+     * last op changes nothing. Recovering, it also cuts what disagrees. */
+    int recovering = vr->status == PL_VR_RECOVERING;
+    uint64_t before = recovering ? vr->sync_op : vr->op;
+    uint64_t verified;
+    if (merge_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries,
+                     &verified) != 0)
+        return; /* an answer to an older request: our log moved since */
+    if (recovering && verified > vr->sync_op)
+        vr->sync_op = verified;
+    /* Ask for the next part at once only when this answer moved us on: a
+     * repeated or late answer must not start a second chain of requests
+     * (each answer asking again, chains would multiply). */
+    if ((recovering ? vr->sync_op : vr->op) > before)
+        vr->last_getstate_ms = 0;
+    if (recovering) {
+        if (vr->sync_op < m->op) {
             /* Normal in this view only once we hold its log up to the
              * primary's op, which covers what its START-VIEW held: a
              * DO-VIEW-CHANGE naming this view as our last normal one with
              * only a prefix of that log would outrank longer logs of older
              * views and drop ops committed there (I1), and neither may an
              * acknowledgement count toward a commit before then. */
-            vr->last_getstate_ms = 0;
             send_get_state(vr, now);
             set_commit(vr, m->commit);
             return;
         }
+        /* What we hold beyond it is from earlier views and not in the
+         * primary's log, so never committed. */
+        if (cut_log(vr, vr->sync_op) != 0)
+            return;
         vr->status = PL_VR_NORMAL;
         vr->lnv = vr->view;
         save(vr, "lnv", vr->lnv);
@@ -648,7 +719,6 @@ static void on_new_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
                (unsigned long long)vr->view, (unsigned long long)vr->op);
         vr->io.changed(vr->io.ud);
     }
-    vr->last_getstate_ms = 0;
     if (vr->op < m->op)
         send_get_state(vr, now);
     send_prepare_ok(vr, m->ts);
@@ -659,18 +729,24 @@ static void on_start_view(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
     if (m->from != primary_of(vr, m->view))
         return;
-    if (m->view == vr->view && vr->status == PL_VR_NORMAL)
-        return; /* duplicate */
+    if (m->view == vr->view && vr->status != PL_VR_VIEW_CHANGE)
+        return; /* a duplicate, or one we recover from by NEW-STATE: the primary's
+                   log has only grown since it sent this */
     if (m->view != vr->view) {
         vr->view = m->view;
         save(vr, "view", vr->view);
     }
     vr->last_heard_ms = now;
     dvc_clear(vr);
-    /* §4.2 step 5: replace our log with the new primary's. */
-    if (adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0 ||
-        vr->op != m->op) {
+    /* §4.2 step 5: make our log the new primary's: what we hold beyond its
+     * op is not in it, so never committed. */
+    uint64_t verified = 0;
+    int merged = merge_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries,
+                              &verified) == 0;
+    if (!merged || verified < m->op || cut_log(vr, m->op) != 0) {
         begin_recovery(vr, m->view, now);
+        if (merged && verified > vr->sync_op)
+            vr->sync_op = verified;
         return;
     }
     vr->status = PL_VR_NORMAL;
@@ -791,15 +867,20 @@ static void on_epoch_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
         return; /* not an answer to our latest request */
     int was = vr->status;
     int primary = is_primary(vr);
+    if (was != PL_VR_RECOVERING)
+        vr->sync_op = vr->commit;
     vr->status = PL_VR_RECOVERING;
     vr->last_heard_ms = now;
     if (was != PL_VR_RECOVERING || primary)
         vr->io.changed(vr->io.ud); /* fail what we had in flight: we cannot answer for it */
-    if (adopt_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries) != 0)
+    /* The entries are committed, so whatever disagrees with them was not. */
+    uint64_t c;
+    if (merge_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries, &c) != 0)
         return;
-    uint64_t c = m->n_entries ? m->entries[m->n_entries - 1].op : m->anchor_op;
     if (c > m->commit)
         c = m->commit;
+    if (c > vr->sync_op)
+        vr->sync_op = c;
     uint64_t epoch = PL_VR_EPOCH(vr->view);
     set_commit(vr, c);
     if (PL_VR_EPOCH(vr->view) == epoch && vr->op < m->commit) {
@@ -890,13 +971,19 @@ void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op
         save(vr, "view", view);
         vr->status = PL_VR_RECOVERING;
     }
-    vr->barrier = 0;
-    /* The state is the primary's committed prefix up to op, and our log is
-     * empty above it: exactly a backup that holds entries up to op. */
-    vr->op = op;
-    vr->op_view = op_view;
+    if (vr->barrier <= op)
+        vr->barrier = 0;
+    /* The state is the primary's committed prefix up to op. What our log
+     * held above op is still there (the server drops only entries up to
+     * op): it may hold ops we acknowledged in our last normal view, so it
+     * stays until the primary's log says otherwise (merge_suffix). */
+    if (vr->op <= op) {
+        vr->op = op;
+        vr->op_view = op_view;
+    }
     if (op > vr->commit)
         vr->commit = op;
+    vr->sync_op = op;
     vr->last_heard_ms = now;
     /* A recovering replica stays so until NEW_STATE brings it up to the
      * primary's op (on_new_state): the snapshot is the primary's committed
@@ -954,6 +1041,7 @@ void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uin
             vr->primary_since_ms = now - lease_ms(vr);
     } else {
         vr->status = PL_VR_RECOVERING;
+        vr->sync_op = vr->commit;
     }
     pl_log(PL_LOG_INFO, "vr: epoch %llu from op %llu: %u servers, %s%s",
            (unsigned long long)epoch, (unsigned long long)start_op, n,
@@ -1060,6 +1148,14 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint
         return PL_ERR_UNAVAILABLE; /* a membership change ends this epoch */
     if (vr->op - vr->commit + n > vr->cfg.window)
         return PL_ERR_BUSY;
+    if (vr->prepared != vr->view + 1) {
+        /* once per view, before its first PREPARE leaves: a restart must
+         * know whether backups may hold ops of this view (pl_vr_new) */
+        int rc = save(vr, "prepared", vr->view + 1);
+        if (rc != PL_OK)
+            return rc;
+        vr->prepared = vr->view + 1;
+    }
     uint64_t anchor = vr->op, av = vr->op_view;
     for (size_t i = 0; i < n; i++) {
         e[i].op = vr->op + 1 + i;
@@ -1100,9 +1196,11 @@ bool pl_vr_can_serve(const pl_vr *vr, uint64_t now)
     /* a new primary waits out any lease the previous one may still hold */
     if (now - vr->primary_since_ms < lease)
         return false;
+    /* ours, shortened by the clock drift the lease design allows (vr.h) */
+    uint64_t hold = lease * (1000000u - PL_VR_CLOCK_DRIFT_PPM) / (1000000u + PL_VR_CLOCK_DRIFT_PPM);
     uint32_t fresh = 0;
     for (uint32_t i = 0; i < vr->cfg.n; i++)
-        if (i != vr->cfg.self && vr->ack_ts[i] + lease > now)
+        if (i != vr->cfg.self && vr->ack_ts[i] + hold > now)
             fresh++;
     return fresh >= vr->f;
 }
@@ -1142,11 +1240,38 @@ pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
     vr->status = d->lnv == d->view ? PL_VR_NORMAL : PL_VR_VIEW_CHANGE;
     if (vr->status == PL_VR_VIEW_CHANGE && !is_member(vr))
         vr->status = PL_VR_RECOVERING;
+    vr->sync_op = vr->commit;
     vr->last_heard_ms = now;
     vr->vc_start_ms = now;
     vr->primary_since_ms = now;
     vr->svc_mask = 1u << cfg->self;
     vr->svc_commit_min = vr->commit;
+    vr->prepared = d->prepared;
+    /* The caller may have moved view and last normal view on (a restart
+     * that resumes entering a membership epoch, core/seq.c): make them
+     * durable before we act on them. Otherwise a replica that acknowledged
+     * ops as normal in that view and crashed again would come back with an
+     * older last normal view than the log it holds, and a view change
+     * would rank that log below shorter ones (I1). */
+    if (save(vr, "view", vr->view) != PL_OK || save(vr, "lnv", vr->lnv) != PL_OK) {
+        free(vr);
+        return NULL;
+    }
+    if (is_primary(vr) && vr->cfg.n > 1 && vr->prepared == vr->view + 1) {
+        /* We were the primary of this view and sent PREPAREs in it. They
+         * leave before our own append is durable (so backups sync while we
+         * do), so backups may hold op-numbers of this view that our log lost
+         * in the crash; proposing again would give them to other ops (I2).
+         * Leave the view for our own next one: its view change decides what
+         * the log holds. Durable now, announced at the first tick (the SVC
+         * repeat), since nothing may be sent yet. */
+        vr->view = next_view_for(vr, vr->cfg.self);
+        vr->status = PL_VR_VIEW_CHANGE;
+        if (save(vr, "view", vr->view) != PL_OK) {
+            free(vr);
+            return NULL;
+        }
+    }
     return vr;
 }
 

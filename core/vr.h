@@ -35,6 +35,14 @@
 
 #define PL_VR_MAX_REPLICAS 16
 
+/* Leases assume every server's clock advances at a rate within this many
+ * parts per million of real time (1%: far beyond what quartz or NTP-slewed
+ * clocks do, so a VM's stolen ticks fit too). A primary counts its lease as
+ * lease_ms * (1 - drift) / (1 + drift) of its own clock, a new primary waits
+ * a whole lease_ms of its own: in real time the first never outlasts the
+ * second, however the two clocks drift within the bound. */
+#define PL_VR_CLOCK_DRIFT_PPM 10000u
+
 /* Membership epochs live in the view number's high bits, so every view
  * comparison orders epochs first: view = (epoch << 40) | view-in-epoch. A
  * new epoch starts at view-in-epoch 0, whose primary is the new
@@ -78,7 +86,7 @@ typedef struct pl_vr_io {
     int (*append)(void *ud, const pl_log_entry *e, size_t n);
     int (*truncate)(void *ud, uint64_t after);
     int (*read)(void *ud, uint64_t from, uint64_t to, pl_log_cb cb, void *cbud);
-    /* Durable replica metadata: "view", "lnv". */
+    /* Durable replica metadata: "view", "lnv", "prepared". */
     int (*save_meta)(void *ud, const char *key, uint64_t val);
     /* Send to replica `to` (best effort; may be dropped). */
     void (*send)(void *ud, uint32_t to, const pl_vr_msg *m);
@@ -120,6 +128,8 @@ typedef struct pl_vr_durable {
     uint64_t commit;               /* known committed (the store's applied op) */
     uint64_t epoch_start;          /* op that started the current epoch (0 for epoch 0) */
     uint64_t barrier;              /* an epoch-ending entry above epoch_start in the log, or 0 */
+    uint64_t prepared;             /* saved as "prepared": 1 + the last view in which this
+                                      replica sent a PREPARE as primary (0: never) */
 } pl_vr_durable;
 
 enum pl_vr_status { PL_VR_NORMAL = 0, PL_VR_VIEW_CHANGE = 1, PL_VR_RECOVERING = 2 };
