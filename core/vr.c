@@ -48,6 +48,10 @@ struct pl_vr {
     /* backup */
     uint64_t last_heard_ms;     /* last PREPARE/COMMIT/START-VIEW from the primary */
     uint64_t last_getstate_ms;
+    /* asking a newer epoch has a rate limit of its own: a recovering
+     * replica's requests to the primary of its old view (which may be a
+     * removed server that knows nothing newer) must not starve it */
+    uint64_t last_epoch_ask_ms;
     uint64_t last_epoch_ms[PL_VR_MAX_REPLICAS]; /* last cross-epoch answer to i */
 
     /* view change (§4.2) */
@@ -850,9 +854,9 @@ static void ask_newer_epoch(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
     if (m->from >= slots(vr) || m->from == vr->cfg.self)
         return;
-    if (vr->last_getstate_ms && now - vr->last_getstate_ms < vr->cfg.heartbeat_ms * 2)
+    if (vr->last_epoch_ask_ms && now - vr->last_epoch_ask_ms < vr->cfg.heartbeat_ms * 2)
         return;
-    vr->last_getstate_ms = now;
+    vr->last_epoch_ask_ms = now;
     pl_vr_msg r = { .type = PL_VR_GET_STATE, .view = vr->view, .op = vr->commit,
                     .commit = vr->commit };
     send_to(vr, m->from, &r);
@@ -874,7 +878,7 @@ static void on_epoch_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     if (was != PL_VR_RECOVERING || primary)
         vr->io.changed(vr->io.ud); /* fail what we had in flight: we cannot answer for it */
     /* The entries are committed, so whatever disagrees with them was not. */
-    uint64_t c;
+    uint64_t before = vr->sync_op, c;
     if (merge_suffix(vr, m->anchor_op, m->anchor_view, m->entries, m->n_entries, &c) != 0)
         return;
     if (c > m->commit)
@@ -883,8 +887,11 @@ static void on_epoch_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
         vr->sync_op = c;
     uint64_t epoch = PL_VR_EPOCH(vr->view);
     set_commit(vr, c);
-    if (PL_VR_EPOCH(vr->view) == epoch && vr->op < m->commit) {
-        vr->last_getstate_ms = 0; /* more to fetch */
+    if (PL_VR_EPOCH(vr->view) == epoch && vr->sync_op < m->commit) {
+        /* more to fetch: at once if this answer moved us on (a duplicate
+         * must not start a second chain of requests) */
+        if (vr->sync_op > before)
+            vr->last_epoch_ask_ms = 0;
         ask_newer_epoch(vr, m, now);
     }
 }
@@ -1030,6 +1037,7 @@ void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uin
     vr->vc_start_ms = now;
     vr->last_send_ms = 0;
     vr->last_getstate_ms = 0;
+    vr->last_epoch_ask_ms = 0;
     if (natural) {
         /* Every replica entering the epoch this way holds exactly the log
          * up to start_op: view 0 of the epoch is already agreed. */

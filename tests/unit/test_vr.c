@@ -114,6 +114,7 @@ typedef struct sim {
     uint32_t n;            /* replicas in the universe (global ids 0..n-1) */
     replica r[MAXN];
     msg *queue;
+    uint64_t queued;       /* messages in flight */
     uint64_t now;
     unsigned seed, seed0;
     int cut[MAXN][MAXN];   /* 1 = link i->j drops everything (global ids) */
@@ -389,6 +390,10 @@ static void enqueue(uint32_t from, uint32_t g, const pl_vr_msg *m, uint64_t dela
     q->m.entries = q->e;
     q->next = S->queue;
     S->queue = q;
+    /* A protocol that answers messages with more messages than it got
+     * (a request chain per duplicate, say) floods the network. */
+    if (++S->queued > 100000)
+        sim_fail("message storm: %llu messages in flight (%llu)", (unsigned long long)S->queued, 0);
 }
 
 static void io_send(void *ud, uint32_t to, const pl_vr_msg *m)
@@ -681,6 +686,7 @@ static void watch(uint32_t g, const char *why)
 
 static void free_msg(msg *q)
 {
+    S->queued--;
     for (uint32_t k = 0; k < q->m.n_entries; k++)
         free((void *)q->e[k].data);
     free(q->e);
@@ -1539,8 +1545,12 @@ static void run_member(unsigned seed) { member_fault_run(seed, 4000); }
 
 /* Issue 17: the same cut, across membership epochs. */
 static const unsigned regress_member[] = { 100301, 732094, 203806, 302457, 0 };
+/* A server recovering in an old epoch asked the primary of its old view (a
+ * removed server, behind it) every tick and, on the same rate limit, never
+ * got to ask the new epoch's servers: stuck at op 1536 of 1880. */
+static const unsigned regress_member_swarm[] = { 1146135166, 0 };
 static const seed_case case_member = { "membership", run_member, 900, 100, 1, 20,
-                                       regress_member, NULL };
+                                       regress_member, regress_member_swarm };
 
 START_TEST(test_membership_faults)
 {
