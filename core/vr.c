@@ -1294,6 +1294,7 @@ void pl_vr_free(pl_vr *vr)
 bool pl_vr_is_primary(const pl_vr *vr) { return is_primary(vr); }
 uint32_t pl_vr_primary(const pl_vr *vr) { return primary_of(vr, vr->view); }
 uint64_t pl_vr_view(const pl_vr *vr) { return vr->view; }
+uint64_t pl_vr_lnv(const pl_vr *vr) { return vr->lnv; }
 uint64_t pl_vr_op(const pl_vr *vr) { return vr->op; }
 uint64_t pl_vr_commit(const pl_vr *vr) { return vr->commit; }
 int pl_vr_status(const pl_vr *vr) { return vr->status; }

@@ -185,6 +185,7 @@ bool pl_vr_can_serve(const pl_vr *vr, uint64_t now_ms);
 bool pl_vr_is_primary(const pl_vr *vr);
 uint32_t pl_vr_primary(const pl_vr *vr);  /* primary of the current view */
 uint64_t pl_vr_view(const pl_vr *vr);
+uint64_t pl_vr_lnv(const pl_vr *vr);        /* last normal view */
 uint64_t pl_vr_op(const pl_vr *vr);
 uint64_t pl_vr_commit(const pl_vr *vr);
 int pl_vr_status(const pl_vr *vr);        /* enum pl_vr_status */
