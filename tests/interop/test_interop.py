@@ -25,6 +25,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 from harness import Cluster, test_failed, wait_until  # noqa: E402
+from proto_client import PrototypeClient  # noqa: E402
 
 PARLEYD, PARLEY, CHAT_PROTO = None, None, None
 STUB_DIR = None
@@ -657,6 +658,103 @@ class ThreeServers(unittest.TestCase):
         self.assertEqual(missing, [], "acknowledged sends lost across the failover")
         cl.close()
         reader.close()
+
+
+class PrototypeFailover(unittest.TestCase):
+    """Issue 18: the prototype's client logic (proto_client.py) through
+    kill -9 of the primary in the middle of a send loop and of a live
+    stream: every acknowledged send is readable afterwards, the stream
+    resumes on the new primary, and nothing raises. It works only because a
+    server that cannot name a serving primary holds Health (and every first
+    call) until the view settles (docs/protocol.md, "Failover")."""
+    n = 3
+    SENDS = 60
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=self.n, transport="grpc")
+        self.c.start_all()
+        self.clients = []
+
+    def tearDown(self):
+        for cl in self.clients:
+            cl.close()
+        if test_failed(self):
+            for i in range(self.n):
+                sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
+            for cl in self.clients:
+                sys.stderr.write("%s discoveries: %r\n" % (cl.name, cl.discoveries))
+        self.c.close()
+
+    def client(self, name):
+        cl = PrototypeClient(pb, rpc, self.c.ports, name)
+        self.clients.append(cl)
+        return cl.start()
+
+    def index(self, cl):
+        return self.c.ports.index(cl.leader[1])
+
+    def stream_live(self, sender, receiver, tag, timeout=30):
+        """Send probes until one arrives on receiver's stream."""
+        k = [0]
+
+        def arrived():
+            k[0] += 1
+            body = "%s probe %d" % (tag, k[0])
+            sender.send("bob", body)
+            t = time.monotonic() + 1
+            while time.monotonic() < t:
+                if any(m.content == body for m in receiver.got):
+                    return True
+                time.sleep(0.02)
+            return False
+        wait_until(arrived, timeout, interval=0, what="bob's stream delivering (%s)" % tag)
+
+    def send_loop(self, alice, kills):
+        """Send SENDS messages; after kills[i][0] acknowledged ones, kill
+        server kills[i][1]() (an index). Returns the acknowledged bodies and
+        the slowest send in seconds."""
+        acked, slowest, i = [], 0.0, 0
+        kills = list(kills)
+        while len(acked) < self.SENDS:
+            body = "msg %d" % i
+            t = time.monotonic()
+            alice.send("bob", body)   # three tries; raises if they all fail
+            slowest = max(slowest, time.monotonic() - t)
+            acked.append(body)
+            i += 1
+            while kills and len(acked) == kills[0][0]:
+                self.c.kill(kills.pop(0)[1]())
+        return acked, slowest
+
+    def check_after(self, alice, bob, acked, killed):
+        self.assertNotIn(self.index(alice), killed)
+        self.stream_live(alice, bob, "after")
+        self.assertNotIn(self.index(bob), killed, "bob's stream is on a live server")
+        readable = {m.content for m in bob.got} | {m.content for m in bob.pop_unread()} | \
+            {m.content for m in bob.read_messages()}
+        missing = [b for b in acked if b not in readable]
+        self.assertEqual(missing, [], "acknowledged sends lost across the failover")
+        for cl in (alice, bob):
+            self.assertEqual(cl.errors, [], "%s's subscribe thread raised" % cl.name)
+            self.assertTrue(all(d[1] is not None for d in cl.discoveries),
+                            "%s: a discovery failed: %r" % (cl.name, cl.discoveries))
+        held = max((t for cl in (alice, bob) for d in cl.discoveries for (_, t, _) in d[2]),
+                   default=0)
+        return held
+
+    def test_kill_primary_mid_send_loop_and_stream(self):
+        bob = self.client("bob")
+        alice = self.client("alice")
+        for cl, u in ((alice, "alice"), (bob, "bob")):
+            self.assertFalse(cl.create_account(u, PW).error)
+            self.assertFalse(cl.login(u, PW).error)
+        self.stream_live(alice, bob, "before")
+        primary = self.index(alice)
+        acked, slowest = self.send_loop(alice, [(20, lambda: primary)])
+        held = self.check_after(alice, bob, acked, [primary])
+        sys.stderr.write("prototype failover: slowest send %.2f s, longest Health %.2f s; "
+                         "alice %r; bob %r\n" % (slowest, held, alice.discoveries[1:],
+                                                 bob.discoveries[1:]))
 
 
 def main():
