@@ -191,6 +191,7 @@ struct pl_server {
     pl_held *held_head, *held_tail; /* oldest first; all expire in that order */
     uint32_t n_held;
     uint64_t held_bytes;
+    int serving_told;         /* what the transports were told (-1: nothing yet) */
     pl_conn *subs[PL_SUB_BUCKETS];
     /* Verified against when a login names no account, so a missing user
      * costs the same time as a wrong password. */
@@ -1647,11 +1648,45 @@ static void held_drop_conn(pl_server *s, pl_conn *c)
     }
 }
 
+/* What the transports say about this server's health (standard health
+ * services, transport.h server_serving, v2): whether it serves now. */
+static void tell_serving(pl_server *s)
+{
+    int serving = !s->stopping && pl_seq_can_serve(s->seq);
+    if (serving == s->serving_told)
+        return;
+    s->serving_told = serving;
+    if (s->tsrv && s->tp->abi_version >= 2 && s->tp->server_serving)
+        s->tp->server_serving(s->tsrv, serving);
+    for (size_t i = 0; s->extra && i < s->cfg->n_transports; i++) {
+        const pl_listener *l = &s->extra[i];
+        if (l->tsrv && l->tp->abi_version >= 2 && l->tp->server_serving)
+            l->tp->server_serving(l->tsrv, serving);
+    }
+}
+
+/* The client of a request stopped waiting (transport.h request_gone, v2):
+ * if it is still held, forget it; otherwise its answer is simply dropped. */
+static void on_request_gone(void *ud, void *ctx, uint64_t request_id)
+{
+    pl_server *s = ud;
+    pl_conn *c = ctx;
+    for (pl_held *h = c->held_head; h; h = h->cnext)
+        if (h->req.request_id == request_id) {
+            pl_log(PL_LOG_DEBUG, "%s: held %s request %" PRIu64 " given up by its client",
+                   c->peer, pl_method_name(h->req.method), request_id);
+            held_unlink(s, h);
+            held_free(h);
+            return;
+        }
+}
+
 /* Every replication tick and role change: time alone moves leases. */
 static void on_seq_tick(void *ud)
 {
     pl_server *s = ud;
     held_release(s);
+    tell_serving(s);
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -1999,6 +2034,11 @@ static void on_extra_conn_closed(void *ud, void *ctx)
     on_conn_closed(((pl_listener *)ud)->srv, ctx);
 }
 
+static void on_extra_request_gone(void *ud, void *ctx, uint64_t request_id)
+{
+    on_request_gone(((pl_listener *)ud)->srv, ctx, request_id);
+}
+
 /* The config's "transports": each its own plugin and listener on
  * port + port_offset, feeding the same pipeline as the main transport. */
 static int start_extra_transports(pl_server *s, const pl_server_conf *me, char *err,
@@ -2029,6 +2069,7 @@ static int start_extra_transports(pl_server *s, const pl_server_conf *me, char *
         l->host.conn_open = on_extra_conn_open;
         l->host.request = on_extra_request;
         l->host.conn_closed = on_extra_conn_closed;
+        l->host.request_gone = on_extra_request_gone;
         pl_transport_options xo = { .host = me->host, .port = port, .max_frame = cfg->max_frame,
                                     .options_json = xt->plugin.options_json };
         why[0] = '\0';
@@ -2250,6 +2291,7 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         .conn_open = on_conn_open,
         .request = on_request,
         .conn_closed = on_conn_closed,
+        .request_gone = on_request_gone,
     };
     pl_transport_options topt = { .host = me->host, .port = me->port,
                                   .max_frame = cfg->max_frame,
@@ -2265,6 +2307,8 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
     if (start_extra_transports(s, me, err, errlen) != PL_OK)
         goto fail;
     describe_transport(s);
+    s->serving_told = -1;
+    tell_serving(s);
     s->metrics.start_ms = wall_ms();
     s->metrics_view = pl_vr_view(pl_seq_vr(s->seq));
     if (me->admin_port) {
@@ -2330,6 +2374,7 @@ void pl_server_shutdown(pl_server *s, const char *why)
             s->extra[i].tp->server_stop_accepting(s->extra[i].tsrv);
     pl_workers_stop(s->workers);
     held_release(s); /* every held request: "shutting down" */
+    tell_serving(s);
     s->drain_ev = event_new(s->base, -1, EV_PERSIST, on_drain, s);
     struct timeval tick = { 0, PL_DRAIN_TICK_MS * 1000 };
     if (!s->drain_ev || event_add(s->drain_ev, &tick) != 0) {

@@ -165,6 +165,7 @@ struct gr_call {
     struct evbuffer *out;
     struct event *deadline;
     int dispatched;
+    int answered;             /* the core's answer to rid came */
     int streaming;            /* a subscribe stream: stays open for pushes */
     int legacy_sub;           /* accepted chat.ChatService subscribe stream */
     int list_none;            /* ListUsers limit 0: answer an empty page */
@@ -785,6 +786,7 @@ int gr_conn_send(pl_transport_conn *c, const pl_response *r)
         gr_call *call = nghttp2_session_get_stream_user_data(c->ng, sid);
         if (!call || call->rid != r->request_id || call->finished)
             return PL_OK; /* the call ended meanwhile: nobody to tell */
+        call->answered = 1;
         if (call->rpc == R_NATIVE) {
             pl_response copy = *r;
             uint8_t *frame = NULL;
@@ -1156,10 +1158,17 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t sid, const 
 static int on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t err, void *ud)
 {
     gr_call *call = nghttp2_session_get_stream_user_data(ng, sid);
+    pl_transport_conn *c = ud;
 
     (void)err;
-    (void)ud;
     if (call) {
+        /* Reset, cancelled or past its deadline before the core answered:
+         * a request the core holds for a primary is not kept for nobody
+         * (transport.h request_gone, v 2). */
+        const pl_transport_host *h = &c->srv->host;
+        if (call->rid && !call->answered && !c->reaping && c->ctx && h->abi_version >= 2 &&
+            h->request_gone)
+            h->request_gone(h->ud, c->ctx, call->rid);
         nghttp2_session_set_stream_user_data(ng, sid, NULL);
         call_free(call);
     }

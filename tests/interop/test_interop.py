@@ -660,6 +660,81 @@ class ThreeServers(unittest.TestCase):
         reader.close()
 
 
+def metric(c, i, name):
+    """One value from server i's GET /metrics (admin port)."""
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % c.admin_port(i), timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError("metric %s missing" % name)
+
+
+class HeldCalls(unittest.TestCase):
+    """Docs/protocol.md "Failover": one server of three, alone, never learns
+    of a primary, so it holds every call; the holds are bounded per
+    connection (the limit names itself), end at three election timeouts, at
+    the client's deadline, and when the connection closes."""
+    ET = 400
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=3, transport="grpc",
+                         extra={"election_timeout_ms": self.ET, "heartbeat_ms": 50,
+                                "admin": {"port_offset": 90},
+                                "limits": {"held_per_connection": 2}})
+        self.c.start(1)
+        self.cl = Client(self.c.ports[1])
+
+    def tearDown(self):
+        self.cl.close()
+        if test_failed(self):
+            sys.stderr.write("---- server 1 log ----\n%s\n" % self.c.log(1))
+        self.c.close()
+
+    def held(self):
+        return metric(self.c, 1, "parley_requests_held")
+
+    def test_limits_deadline_and_close(self):
+        stub = self.cl.stub
+        t0 = time.monotonic()
+        done = {}
+        futs = [stub.Health.future(pb.Empty()) for _ in range(3)]
+        for i, f in enumerate(futs):
+            f.add_done_callback(lambda _f, i=i: done.setdefault(i, time.monotonic() - t0))
+        wait_until(lambda: len(done) == 3, 30, what="three answers")
+        errs = []
+        for i, f in enumerate(futs):
+            try:
+                f.result(timeout=30)
+                errs.append(None)
+            except grpc.RpcError as e:
+                errs.append((e.code(), e.details(), done[i]))
+        over = [e for e in errs if e and "limits.held_per_connection" in e[1]]
+        self.assertEqual(len(over), 1, errs)
+        self.assertEqual(over[0][0], grpc.StatusCode.UNAVAILABLE)
+        self.assertLess(over[0][2], self.ET / 1000.0, "the one over the limit is answered at once")
+        out = [e for e in errs if e and e not in over]
+        self.assertEqual(len(out), 2, errs)
+        for code, details, took in out:
+            self.assertEqual(code, grpc.StatusCode.UNAVAILABLE, details)
+            self.assertIn("no serving primary after %d ms (3 election timeouts)" % (3 * self.ET),
+                          details)
+            self.assertGreaterEqual(took, 3 * self.ET / 1000.0 - 0.05, details)
+        # A client deadline ends the hold at once (request_gone), not after
+        # three election timeouts.
+        e = rpc_error(stub.Health, pb.Empty(), timeout=0.3)
+        self.assertEqual(e.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        wait_until(lambda: self.held() == 0, 0.5,
+                   what="the timed-out call forgotten long before its hold ran out")
+        # A closed connection takes its held calls along.
+        f = stub.Health.future(pb.Empty())
+        wait_until(lambda: self.held() == 1, 5, what="one call held")
+        self.cl.close()
+        wait_until(lambda: self.held() == 0, 0.5, what="held call dropped with its connection")
+        self.assertTrue(f.done())
+        self.assertEqual(metric(self.c, 1, "parley_requests_held_refused_total"), 1)
+
+
 class PrototypeFailover(unittest.TestCase):
     """Issue 18: the prototype's client logic (proto_client.py) through
     kill -9 of the primary in the middle of a send loop and of a live
