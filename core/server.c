@@ -1046,6 +1046,7 @@ static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
 
 static int sync_peers(pl_server *s, char *err, size_t errlen);
 static void on_seq_tick(void *ud);
+static void tell_serving(pl_server *s);
 
 /* The replication role changed. A server that stops being the primary
  * closes its client connections, so clients (and their subscriptions) move
@@ -1060,6 +1061,8 @@ static void on_role_changed(void *ud)
             pl_log(PL_LOG_ERROR, "membership epoch %" PRIu64 ": %s", s->members.epoch, why);
     }
     int serving = pl_vr_is_primary(pl_seq_vr(s->seq));
+    /* Health watchers hear "not serving" before their connection closes. */
+    tell_serving(s);
     if (s->was_serving && !serving) {
         pl_log(PL_LOG_INFO, "no longer the primary: closing %u client connections", s->n_conns);
         for (pl_conn *c = s->conns, *next; c; c = next) {

@@ -76,6 +76,8 @@ void gr_server_stop_accepting(pl_transport_server *srv);
 void gr_server_free(pl_transport_server *srv);
 int gr_conn_send(pl_transport_conn *conn, const pl_response *resp);
 void gr_conn_close(pl_transport_conn *conn);
+/* (v 2) What the standard health service (grpc.health.v1) reports. */
+void gr_server_serving(pl_transport_server *srv, int serving);
 
 /* Client half (grpc_client.c). */
 int gr_client_connect(struct event_base *base, const pl_transport_options *opt,

@@ -65,6 +65,7 @@
 
 #include "chat.pb-c.h"
 #include "grpc_int.h"
+#include "health.pb-c.h"
 
 #define GR_SID_MASK 0x7fffffffull
 #define GR_OUT_HIGH (1u << 20)            /* socket output queued: stop producing */
@@ -79,6 +80,7 @@ enum gr_rpc {
     R_NATIVE,
     R_CREATE, R_LOGIN, R_LOGOUT, R_DELETE_ACCOUNT, R_LIST, R_SEND, R_UNREAD, R_READ,
     R_POP, R_GETREAD, R_DELETE, R_SUBSCRIBE, R_HEALTH,
+    R_STD_CHECK, R_STD_WATCH,   /* grpc.health.v1.Health: the plugin answers, not the core */
     R__COUNT
 };
 
@@ -102,6 +104,8 @@ static const struct {
     [R_DELETE] = { "/chat.ChatService/DeleteMessages", &chat__delete_messages_request__descriptor },
     [R_SUBSCRIBE] = { "/chat.ChatService/SubscribeToMessages", &chat__subscribe_request__descriptor },
     [R_HEALTH] = { "/chat.ChatService/Health", &chat__empty__descriptor },
+    [R_STD_CHECK] = { "/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor },
+    [R_STD_WATCH] = { "/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor },
 };
 
 /* Internal requests: what the answer is for. */
@@ -122,6 +126,7 @@ struct pl_transport_server {
     pl_transport_conn *conns;
     char addr[80];
     int freeing;
+    int serving;              /* server_serving (v 2): 1, 0, or -1 before the core said */
 };
 
 struct pl_transport_conn {
@@ -169,6 +174,9 @@ struct gr_call {
     int streaming;            /* a subscribe stream: stays open for pushes */
     int legacy_sub;           /* accepted chat.ChatService subscribe stream */
     int list_none;            /* ListUsers limit 0: answer an empty page */
+    int watch;                /* grpc.health.v1 Watch: sends each change */
+    int watch_known;          /* ... of a service we report on */
+    int watch_sent;           /* the status it sent last */
     int headers_sent;
     int deferred;
     int finished;             /* status decided; trailers follow the data */
@@ -180,6 +188,7 @@ struct gr_call {
 
 static void conn_flush(pl_transport_conn *c);
 static void conn_begin_close(pl_transport_conn *c, uint32_t h2err);
+static void call_malformed(gr_call *call, const char *what);
 
 static void srv_log(pl_transport_server *srv, int level, const char *fmt, ...) PL_PRINTF(3, 4);
 static void srv_log(pl_transport_server *srv, int level, const char *fmt, ...)
@@ -688,6 +697,94 @@ static void legacy_answer(gr_call *call, const pl_response *r)
     finish_error(call, r);
 }
 
+/* ------------------------------------------- grpc.health.v1.Health */
+
+/* The standard health service (grpc/health/v1/health.proto), for load
+ * balancers, Envoy and Kubernetes gRPC probes: SERVING on the primary that
+ * holds its lease, NOT_SERVING elsewhere, from what the core reports
+ * (server_serving); the core is not asked per call, so a probe is answered
+ * at once also during a view change. Services reported: the whole server
+ * (""), the prototype's chat.ChatService and parley's own service. */
+static int std_known(const char *svc)
+{
+    return !svc || !*svc || strcmp(svc, "chat.ChatService") == 0 ||
+           strcmp(svc, "parley.grpcish.Parley") == 0;
+}
+
+static int std_status(const pl_transport_server *srv)
+{
+    return srv->serving < 0 ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__UNKNOWN
+           : srv->serving   ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+static int std_send(gr_call *call, int status)
+{
+    Grpc__Health__V1__HealthCheckResponse m = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    m.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+    call->watch_sent = status;
+    return call_send_msg(call, &m.base);
+}
+
+static void dispatch_std_health(gr_call *call, const uint8_t *msg, size_t n)
+{
+    Grpc__Health__V1__HealthCheckRequest *m = (Grpc__Health__V1__HealthCheckRequest *)
+        protobuf_c_message_unpack(&grpc__health__v1__health_check_request__descriptor, NULL, n, msg);
+    if (!m) {
+        call_malformed(call, "HealthCheckRequest");
+        return;
+    }
+    int known = std_known(m->service);
+    if (call->rpc == R_STD_CHECK) {
+        if (known) {
+            finish_sent(call, std_send(call, std_status(call->conn->srv)));
+        } else {
+            char text[GR_MSG_TEXT];
+            snprintf(text, sizeof text, "unknown service \"%.100s\" (this server reports on \"\", "
+                     "chat.ChatService and parley.grpcish.Parley)", m->service);
+            call_finish(call, GR_NOT_FOUND, text);
+        }
+    } else {
+        /* Watch: the status now, then every change, until the client ends
+         * the call or the connection closes. An unknown service stays
+         * SERVICE_UNKNOWN (the service list never changes). */
+        call->streaming = 1;
+        call->watch = 1;
+        call->watch_known = known;
+        int rc = std_send(call, known ? std_status(call->conn->srv)
+                                      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN);
+        if (rc != PL_OK)
+            finish_sent(call, rc);
+    }
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+}
+
+void gr_server_serving(pl_transport_server *srv, int serving)
+{
+    if (!srv)
+        return;
+    srv->serving = serving ? 1 : 0;
+    int status = std_status(srv);
+    for (pl_transport_conn *c = srv->conns; c; c = c->next) {
+        if (c->reaping)
+            continue;
+        int sent = 0;
+        for (gr_call *call = c->calls; call; call = call->next) {
+            if (!call->watch || !call->watch_known || call->finished || call->watch_sent == status)
+                continue;
+            if (evbuffer_get_length(call->out) > GR_STREAM_OUT_MAX) {
+                evbuffer_drain(call->out, evbuffer_get_length(call->out));
+                call_finish(call, GR_RESOURCE_EXHAUSTED, "health watcher too slow");
+            } else if (std_send(call, status) != PL_OK) {
+                call_finish(call, GR_RESOURCE_EXHAUSTED, "out of memory");
+            }
+            sent = 1;
+        }
+        if (sent)
+            conn_flush(c);
+    }
+}
+
 /* ---------------------------------------------------------- core replies */
 
 static void internal_answer(pl_transport_conn *c, const pl_response *r)
@@ -1008,6 +1105,10 @@ static void call_dispatch(gr_call *call)
     }
     if (len < GR_PREFIX || pl_grpcish_get_be32(p + 1) != len - GR_PREFIX) {
         call_finish(call, GR_INTERNAL, "a unary request carries exactly one message");
+        return;
+    }
+    if (call->rpc == R_STD_CHECK || call->rpc == R_STD_WATCH) {
+        dispatch_std_health(call, p + GR_PREFIX, len - GR_PREFIX);
         return;
     }
     call->rid = next_rid(c, call->sid);
@@ -1504,6 +1605,7 @@ int gr_server_start(const pl_transport_host *host, const pl_transport_options *o
         (rc = gr_resolve(opt->host, opt->port, 1, &ss, &sslen, err, errlen)) != PL_OK)
         goto fail;
     srv->host = *host;
+    srv->serving = -1;
     gr_sockaddr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
     srv->lis = evconnlistener_new_bind(host->base, accept_cb, srv,
                                        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |

@@ -7,8 +7,13 @@ the prototype's file, and the prototype's proto3 text is rebuilt from it
 here (syntax line, plain fields, the two `optional string error`), so the
 Python side encodes exactly as the prototype's clients do.
 
+The standard services (grpc.health.v1.Health, server reflection) are
+driven with stubs generated the same way from the official .proto files of
+Debian's grpc-proto package (GRPC_PROTO_DIR), copied into the stub
+directory first: a client nobody here wrote.
+
 Run by meson (suite interop) as:
-  /usr/bin/python3 test_interop.py PARLEYD PARLEY CHAT_PROTO
+  /usr/bin/python3 test_interop.py PARLEYD PARLEY CHAT_PROTO GRPC_PROTO_DIR
 """
 import os
 import re
@@ -27,9 +32,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 from harness import Cluster, test_failed, wait_until  # noqa: E402
 from proto_client import PrototypeClient  # noqa: E402
 
-PARLEYD, PARLEY, CHAT_PROTO = None, None, None
+PARLEYD, PARLEY, CHAT_PROTO, GRPC_PROTO_DIR = None, None, None, None
 STUB_DIR = None
 grpc = pb = rpc = None
+hpb = hrpc = None       # grpc.health.v1
 
 PW = "correct horse"
 
@@ -45,15 +51,24 @@ def build_stubs():
     text = re.sub(r"^  optional (?!string error)", "  ", text, flags=re.M)
     with open(os.path.join(STUB_DIR, "chat.proto"), "w") as f:
         f.write(text)
-    subprocess.run(["protoc", "--experimental_allow_proto3_optional", "-I", STUB_DIR,
-                    "--python_out=" + STUB_DIR, "--grpc_python_out=" + STUB_DIR,
-                    "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin"),
-                    os.path.join(STUB_DIR, "chat.proto")], check=True)
+    # The official protos under names of their own: a module named after
+    # their package directory (grpc/...) would shadow grpcio itself.
+    for src, dst in (("grpc/health/v1/health.proto", "std_health.proto"),):
+        shutil.copy(os.path.join(GRPC_PROTO_DIR, src), os.path.join(STUB_DIR, dst))
+    for name in ("chat.proto", "std_health.proto"):
+        subprocess.run(["protoc", "--experimental_allow_proto3_optional", "-I", STUB_DIR,
+                        "--python_out=" + STUB_DIR, "--grpc_python_out=" + STUB_DIR,
+                        "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin"),
+                        os.path.join(STUB_DIR, name)], check=True)
     sys.path.insert(0, STUB_DIR)
     import grpc as _grpc
     import chat_pb2 as _pb
     import chat_pb2_grpc as _rpc
+    import std_health_pb2 as _hpb
+    import std_health_pb2_grpc as _hrpc
     grpc, pb, rpc = _grpc, _pb, _rpc
+    global hpb, hrpc
+    hpb, hrpc = _hpb, _hrpc
 
 
 def channel(port):
@@ -735,6 +750,68 @@ class HeldCalls(unittest.TestCase):
         self.assertEqual(metric(self.c, 1, "parley_requests_held_refused_total"), 1)
 
 
+class StandardHealth(unittest.TestCase):
+    """grpc.health.v1.Health from the official stubs: SERVING on the
+    primary, NOT_SERVING on backups, for "" and chat.ChatService; NOT_FOUND
+    for another service; Watch streams the change at a failover."""
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=3, transport="grpc")
+        self.c.start_all()
+        self.chans = []
+
+    def tearDown(self):
+        for ch in self.chans:
+            ch.close()
+        if test_failed(self):
+            for i in range(3):
+                sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
+        self.c.close()
+
+    def health(self, i):
+        ch = channel(self.c.ports[i])
+        self.chans.append(ch)
+        return hrpc.HealthStub(ch)
+
+    def status(self, i, service):
+        return self.health(i).Check(hpb.HealthCheckRequest(service=service), timeout=5).status
+
+    def test_check_and_watch_across_failover(self):
+        S = hpb.HealthCheckResponse
+        wait_until(lambda: self.status(0, "") == S.SERVING, 15, what="server 0 SERVING")
+        for svc in ("", "chat.ChatService"):
+            self.assertEqual(self.status(0, svc), S.SERVING, svc)
+            for i in (1, 2):
+                self.assertEqual(self.status(i, svc), S.NOT_SERVING, (i, svc))
+        e = rpc_error(self.health(0).Check, hpb.HealthCheckRequest(service="no.Such"), timeout=5)
+        self.assertEqual(e.code(), grpc.StatusCode.NOT_FOUND)
+        # The chat service answers on the same connection as the health service.
+        ch = channel(self.c.ports[0])
+        self.chans.append(ch)
+        self.assertEqual(hrpc.HealthStub(ch).Check(hpb.HealthCheckRequest(), timeout=5).status,
+                         S.SERVING)
+        self.assertEqual(rpc.ChatServiceStub(ch).Health(pb.Empty(), timeout=5), pb.Empty())
+
+        watches = {i: self.health(i).Watch(hpb.HealthCheckRequest(service="chat.ChatService"))
+                   for i in (1, 2)}
+        unknown = self.health(1).Watch(hpb.HealthCheckRequest(service="no.Such"))
+        self.assertEqual(next(unknown).status, S.SERVICE_UNKNOWN)
+        for i, w in watches.items():
+            self.assertEqual(next(w).status, S.NOT_SERVING, i)
+        t0 = time.monotonic()
+        self.c.kill(0)
+        got = []
+        t = threading.Thread(target=lambda: got.append(next(watches[1]).status), daemon=True)
+        t.start()
+        t.join(15)
+        took = time.monotonic() - t0
+        self.assertEqual(got, [S.SERVING], "server 1's Watch streams SERVING once it is primary")
+        self.assertEqual(self.status(2, "chat.ChatService"), S.NOT_SERVING)
+        sys.stderr.write("health watch: SERVING on the new primary %.2f s after kill -9\n" % took)
+        for w in list(watches.values()) + [unknown]:
+            w.cancel()
+
+
 class PrototypeFailover(unittest.TestCase):
     """Issue 18: the prototype's client logic (proto_client.py) through
     kill -9 of the primary in the middle of a send loop and of a live
@@ -833,9 +910,9 @@ class PrototypeFailover(unittest.TestCase):
 
 
 def main():
-    global PARLEYD, PARLEY, CHAT_PROTO
-    PARLEYD, PARLEY, CHAT_PROTO = sys.argv[1], sys.argv[2], sys.argv[3]
-    del sys.argv[1:4]
+    global PARLEYD, PARLEY, CHAT_PROTO, GRPC_PROTO_DIR
+    PARLEYD, PARLEY, CHAT_PROTO, GRPC_PROTO_DIR = sys.argv[1:5]
+    del sys.argv[1:5]
     # Each connection is a descriptor in parleyd and in the swarms, which
     # inherit this limit (ManyStreams).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
