@@ -81,6 +81,7 @@ enum gr_rpc {
     R_CREATE, R_LOGIN, R_LOGOUT, R_DELETE_ACCOUNT, R_LIST, R_SEND, R_UNREAD, R_READ,
     R_POP, R_GETREAD, R_DELETE, R_SUBSCRIBE, R_HEALTH,
     R_STD_CHECK, R_STD_WATCH,   /* grpc.health.v1.Health: the plugin answers, not the core */
+    R_REFLECT, R_REFLECT_ALPHA, /* server reflection: the plugin answers, message by message */
     R__COUNT
 };
 
@@ -106,6 +107,8 @@ static const struct {
     [R_HEALTH] = { "/chat.ChatService/Health", &chat__empty__descriptor },
     [R_STD_CHECK] = { "/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor },
     [R_STD_WATCH] = { "/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor },
+    [R_REFLECT] = { "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", NULL },
+    [R_REFLECT_ALPHA] = { "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", NULL },
 };
 
 /* Internal requests: what the answer is for. */
@@ -127,6 +130,7 @@ struct pl_transport_server {
     char addr[80];
     int freeing;
     int serving;              /* server_serving (v 2): 1, 0, or -1 before the core said */
+    gr_reflect *reflect;      /* built at the first reflection call */
 };
 
 struct pl_transport_conn {
@@ -785,6 +789,83 @@ void gr_server_serving(pl_transport_server *srv, int serving)
     }
 }
 
+/* --------------------------------------------------- server reflection */
+
+static int is_reflect(const gr_call *call)
+{
+    return call->rpc == R_REFLECT || call->rpc == R_REFLECT_ALPHA;
+}
+
+/* ServerReflectionInfo is a bidirectional stream: clients (grpcurl) send a
+ * request and wait for its answer before the next, so each complete message
+ * is answered as it arrives (grpc_reflect.c), and END_STREAM ends the call
+ * once all are. at_end: the client half-closed. A client that keeps asking
+ * without reading is ended like a slow subscriber. */
+static void reflect_drain(gr_call *call, int at_end)
+{
+    pl_transport_conn *c = call->conn;
+    pl_transport_server *srv = c->srv;
+
+    while (!call->finished) {
+        size_t have = evbuffer_get_length(call->in);
+        uint8_t hdr[GR_PREFIX];
+        if (have < GR_PREFIX || evbuffer_copyout(call->in, hdr, GR_PREFIX) != GR_PREFIX)
+            break;
+        if (hdr[0] != 0) {
+            call_finish(call, GR_UNIMPLEMENTED, "compressed messages are not supported; send identity");
+            return;
+        }
+        size_t n = pl_grpcish_get_be32(hdr + 1);
+        if (n + GR_PREFIX > srv->opts.max_msg) {
+            call_finish(call, GR_RESOURCE_EXHAUSTED, "reflection request exceeds max_frame");
+            return;
+        }
+        if (have < GR_PREFIX + n)
+            break;
+        if (evbuffer_get_length(call->out) > GR_STREAM_OUT_MAX) {
+            evbuffer_drain(call->out, evbuffer_get_length(call->out));
+            call_finish(call, GR_RESOURCE_EXHAUSTED, "reflection client does not read its answers");
+            return;
+        }
+        if (!srv->reflect && !(srv->reflect = gr_reflect_new())) {
+            call_finish(call, GR_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        const uint8_t *msg = evbuffer_pullup(call->in, (ssize_t)(GR_PREFIX + n));
+        uint8_t *ans = NULL;
+        size_t ans_len = 0;
+        int rc = msg ? gr_reflect_answer(srv->reflect, msg + GR_PREFIX, n, &ans, &ans_len)
+                     : PL_ERR_NOMEM;
+        evbuffer_drain(call->in, GR_PREFIX + n);
+        c->in_bytes -= GR_PREFIX + n;
+        if (rc == PL_ERR_MALFORMED) {
+            call_malformed(call, "ServerReflectionRequest");
+            return;
+        }
+        if (rc == PL_OK && ans_len + GR_PREFIX > srv->opts.max_msg)
+            rc = PL_ERR_FRAME_TOO_LARGE;
+        if (rc == PL_OK) {
+            hdr[0] = 0;
+            pl_grpcish_put_be32(hdr + 1, (uint32_t)ans_len);
+            rc = evbuffer_add(call->out, hdr, sizeof hdr) == 0 &&
+                 evbuffer_add(call->out, ans, ans_len) == 0 ? PL_OK : PL_ERR_NOMEM;
+        }
+        free(ans);
+        if (rc != PL_OK) {
+            call_finish(call, (uint32_t)gr_status_of(rc), pl_strerror(rc));
+            return;
+        }
+        call_start_response(call);
+        call_resume(call);
+    }
+    if (at_end && !call->finished) {
+        if (evbuffer_get_length(call->in))
+            call_finish(call, GR_INTERNAL, "the last reflection request was cut short");
+        else
+            call_finish(call, GR_OK, NULL);
+    }
+}
+
 /* ---------------------------------------------------------- core replies */
 
 static void internal_answer(pl_transport_conn *c, const pl_response *r)
@@ -1094,6 +1175,10 @@ static void call_dispatch(gr_call *call)
     if (call->finished || call->dispatched || c->reaping)
         return;
     call->dispatched = 1;
+    if (is_reflect(call)) {
+        reflect_drain(call, 1);
+        return;
+    }
     size_t len = evbuffer_get_length(call->in);
     const uint8_t *p = len ? evbuffer_pullup(call->in, -1) : NULL;
     if (len >= 1 && p[0] != 0) {
@@ -1253,6 +1338,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t sid, const 
         return 0;
     }
     c->in_bytes += len;
+    if (is_reflect(call))
+        reflect_drain(call, 0);
     return 0;
 }
 
@@ -1653,5 +1740,6 @@ void gr_server_free(pl_transport_server *srv)
     srv->lis = NULL;
     while (srv->conns)
         conn_destroy(srv->conns);
+    gr_reflect_free(srv->reflect);
     free(srv);
 }

@@ -36,6 +36,7 @@ PARLEYD, PARLEY, CHAT_PROTO, GRPC_PROTO_DIR = None, None, None, None
 STUB_DIR = None
 grpc = pb = rpc = None
 hpb = hrpc = None       # grpc.health.v1
+refl = {}               # "v1" / "v1alpha": (pb2, pb2_grpc) of grpc.reflection
 
 PW = "correct horse"
 
@@ -53,9 +54,12 @@ def build_stubs():
         f.write(text)
     # The official protos under names of their own: a module named after
     # their package directory (grpc/...) would shadow grpcio itself.
-    for src, dst in (("grpc/health/v1/health.proto", "std_health.proto"),):
+    std = (("grpc/health/v1/health.proto", "std_health.proto"),
+           ("grpc/reflection/v1/reflection.proto", "std_reflection_v1.proto"),
+           ("grpc/reflection/v1alpha/reflection.proto", "std_reflection_v1alpha.proto"))
+    for src, dst in std:
         shutil.copy(os.path.join(GRPC_PROTO_DIR, src), os.path.join(STUB_DIR, dst))
-    for name in ("chat.proto", "std_health.proto"):
+    for name in ["chat.proto"] + [dst for _, dst in std]:
         subprocess.run(["protoc", "--experimental_allow_proto3_optional", "-I", STUB_DIR,
                         "--python_out=" + STUB_DIR, "--grpc_python_out=" + STUB_DIR,
                         "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin"),
@@ -69,6 +73,10 @@ def build_stubs():
     grpc, pb, rpc = _grpc, _pb, _rpc
     global hpb, hrpc
     hpb, hrpc = _hpb, _hrpc
+    import importlib
+    for v in ("v1", "v1alpha"):
+        refl[v] = (importlib.import_module("std_reflection_%s_pb2" % v),
+                   importlib.import_module("std_reflection_%s_pb2_grpc" % v))
 
 
 def channel(port):
@@ -748,6 +756,87 @@ class HeldCalls(unittest.TestCase):
         wait_until(lambda: self.held() == 0, 0.5, what="held call dropped with its connection")
         self.assertTrue(f.done())
         self.assertEqual(metric(self.c, 1, "parley_requests_held_refused_total"), 1)
+
+
+class Reflection(OneServerBase):
+    """Server reflection (v1 and v1alpha) from the official stubs: list the
+    services, fetch chat.ChatService's descriptor, and call it with message
+    classes built from that descriptor alone, as grpcurl and evans do."""
+
+    def reflect(self, version, *reqs):
+        rpb, rrpc = refl[version]
+        stub = rrpc.ServerReflectionStub(self.client().ch)
+        out = list(stub.ServerReflectionInfo(iter(reqs), timeout=10))
+        self.assertEqual(len(out), len(reqs), "one answer per request on one stream")
+        return out
+
+    def test_list_describe_and_call_without_a_proto(self):
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        rpb = refl["v1"][0]
+        R = rpb.ServerReflectionRequest
+        want = {"chat.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"}
+        for v in ("v1", "v1alpha"):
+            (ls,) = self.reflect(v, refl[v][0].ServerReflectionRequest(host="h", list_services=""))
+            self.assertEqual(ls.valid_host, "h")
+            self.assertEqual({x.name for x in ls.list_services_response.service}, want, v)
+
+        sym, name, meth, msg, bad, ext = self.reflect(
+            "v1", R(file_containing_symbol="chat.ChatService"), R(file_by_filename="chat.proto"),
+            R(file_containing_symbol="chat.ChatService.Login"),
+            R(file_containing_symbol="chat.MessageNotification"),
+            R(file_containing_symbol="chat.NoSuchThing"),
+            R(all_extension_numbers_of_type="chat.Message"))
+        self.assertEqual(bad.error_response.error_code, grpc.StatusCode.NOT_FOUND.value[0])
+        self.assertIn("chat.NoSuchThing", bad.error_response.error_message)
+        self.assertEqual(ext.all_extension_numbers_response.base_type_name, "chat.Message")
+        blobs = [r.file_descriptor_response.file_descriptor_proto for r in (sym, name, meth, msg)]
+        for b in blobs:
+            self.assertEqual(list(b), list(blobs[0]), "every lookup serves chat.proto")
+        fdp = descriptor_pb2.FileDescriptorProto.FromString(blobs[0][0])
+        self.assertEqual((fdp.name, fdp.package), ("chat.proto", "chat"))
+        (h,) = self.reflect("v1alpha", refl["v1alpha"][0].ServerReflectionRequest(
+            file_containing_symbol="grpc.health.v1.Health"))
+        hfd = descriptor_pb2.FileDescriptorProto.FromString(
+            h.file_descriptor_response.file_descriptor_proto[0])
+        self.assertEqual(hfd.name, "grpc/health/v1/health.proto")
+
+        # A client with nothing but the descriptor: register, log in, list.
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(fdp)
+        service = pool.FindServiceByName("chat.ChatService")
+        get = getattr(message_factory, "GetMessageClass", None) or \
+            message_factory.MessageFactory(pool).GetPrototype
+        ch = self.client().ch
+
+        def call(method, **fields):
+            m = service.FindMethodByName(method)
+            req_cls, resp_cls = get(m.input_type), get(m.output_type)
+            fn = ch.unary_unary("/chat.ChatService/" + method,
+                                request_serializer=req_cls.SerializeToString,
+                                response_deserializer=resp_cls.FromString)
+            return fn(req_cls(**fields), timeout=10)
+        self.assertFalse(call("CreateAccount", username="dyn", password=PW).HasField("error"))
+        self.assertFalse(call("Login", username="dyn", password=PW).HasField("error"))
+        self.assertEqual(list(call("ListUsers", pattern="d*", limit=-1).usernames), ["dyn"])
+
+    def test_bad_reflection_input(self):
+        cl = self.client()
+        path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        bidi = cl.ch.stream_stream(path, request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        # an empty request: an error response naming the choices, stream goes on
+        rpb = refl["v1"][0]
+        out = [rpb.ServerReflectionResponse.FromString(b)
+               for b in bidi(iter([b"", rpb.ServerReflectionRequest(list_services="").SerializeToString()]),
+                             timeout=10)]
+        self.assertEqual(out[0].error_response.error_code, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        self.assertTrue(out[1].HasField("list_services_response"))
+        # bytes that are not a ServerReflectionRequest: that connection is
+        # closed at once (INTERNAL, or UNAVAILABLE when the GOAWAY wins)
+        e = rpc_error(lambda: list(bidi(iter([b"\xff\xff\xff"]), timeout=10)))
+        self.assertIn(e.code(), (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE))
+        self.assertEqual(self.client().stub.Health(pb.Empty(), timeout=5), pb.Empty())
 
 
 class StandardHealth(unittest.TestCase):
