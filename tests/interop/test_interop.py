@@ -901,13 +901,13 @@ class StandardHealth(unittest.TestCase):
             w.cancel()
 
 
-class PrototypeFailover(unittest.TestCase):
+class FailoverBase(unittest.TestCase):
     """Issue 18: the prototype's client logic (proto_client.py) through
-    kill -9 of the primary in the middle of a send loop and of a live
-    stream: every acknowledged send is readable afterwards, the stream
-    resumes on the new primary, and nothing raises. It works only because a
-    server that cannot name a serving primary holds Health (and every first
-    call) until the view settles (docs/protocol.md, "Failover")."""
+    kill -9 in the middle of a send loop and of a live stream: every
+    acknowledged send is readable afterwards, the stream resumes on the new
+    primary, and nothing raises. It works only because a server that cannot
+    name a serving primary holds Health (and every first call) until the
+    view settles (docs/protocol.md, "Failover")."""
     n = 3
     SENDS = 60
 
@@ -983,19 +983,45 @@ class PrototypeFailover(unittest.TestCase):
                    default=0)
         return held
 
-    def test_kill_primary_mid_send_loop_and_stream(self):
+    def users(self):
         bob = self.client("bob")
         alice = self.client("alice")
         for cl, u in ((alice, "alice"), (bob, "bob")):
             self.assertFalse(cl.create_account(u, PW).error)
             self.assertFalse(cl.login(u, PW).error)
         self.stream_live(alice, bob, "before")
+        return alice, bob
+
+    def report(self, what, alice, bob, slowest, held):
+        sys.stderr.write("%s: slowest send %.2f s, longest Health %.2f s; alice %r; bob %r\n"
+                         % (what, slowest, held, alice.discoveries[1:], bob.discoveries[1:]))
+
+
+class PrototypeFailover(FailoverBase):
+
+    def test_kill_primary_mid_send_loop_and_stream(self):
+        alice, bob = self.users()
         primary = self.index(alice)
         acked, slowest = self.send_loop(alice, [(20, lambda: primary)])
-        held = self.check_after(alice, bob, acked, [primary])
-        sys.stderr.write("prototype failover: slowest send %.2f s, longest Health %.2f s; "
-                         "alice %r; bob %r\n" % (slowest, held, alice.discoveries[1:],
-                                                 bob.discoveries[1:]))
+        self.report("prototype failover (3 servers)", alice, bob, slowest,
+                    self.check_after(alice, bob, acked, [primary]))
+
+
+class PrototypeFailoverOtherOrder(FailoverBase):
+    """The other order: first the server the client would try first (the
+    next in config order after its leader, which is also the next view's
+    primary) dies, then the primary. Five servers survive both. The client
+    finds that server refused and the one after it holding Health through
+    two view changes (the first one's would-be primary is dead)."""
+    n = 5
+
+    def test_kill_first_candidate_then_primary(self):
+        alice, bob = self.users()
+        primary = self.index(alice)
+        first = next(i for i in range(self.n) if i != primary)
+        acked, slowest = self.send_loop(alice, [(15, lambda: first), (30, lambda: primary)])
+        self.report("prototype failover, other order (5 servers)", alice, bob, slowest,
+                    self.check_after(alice, bob, acked, [first, primary]))
 
 
 def main():
