@@ -1045,7 +1045,6 @@ static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
 }
 
 static int sync_peers(pl_server *s, char *err, size_t errlen);
-static void on_seq_tick(void *ud);
 static void tell_serving(pl_server *s);
 
 /* The replication role changed. A server that stops being the primary
@@ -1078,7 +1077,8 @@ static void on_role_changed(void *ud)
         s->metrics.view_changes++;
         s->metrics.last_view_change_ms = wall_ms();
     }
-    on_seq_tick(s);
+    /* Held requests are released by the next tick (a few ms), not from
+     * inside the replication code that reported this change. */
 }
 
 static int seq_send_snapshot(void *ud, uint32_t to, uint64_t view, const uint8_t *data,
@@ -1616,7 +1616,7 @@ static void reply_held_out(pl_server *s, pl_held *h)
 
 /* Answer what can be answered: everything once the server is settled (in
  * arrival order, as if it came in now), else what waited too long. Called
- * on every replication tick, role change and request, and at shutdown. */
+ * on every replication tick (every 10 ms) and request, and at shutdown. */
 static void held_release(pl_server *s)
 {
     uint64_t now = mono_ms();
@@ -1684,7 +1684,7 @@ static void on_request_gone(void *ud, void *ctx, uint64_t request_id)
         }
 }
 
-/* Every replication tick and role change: time alone moves leases. */
+/* Every replication tick: time alone moves leases. */
 static void on_seq_tick(void *ud)
 {
     pl_server *s = ud;
