@@ -280,6 +280,18 @@ fail:
 
 /* ------------------------------------------------------------ answers */
 
+/* A name from the network in an error text: printable ASCII only (the
+ * text is a proto3 string, which must be UTF-8), at most 200 bytes. */
+static const char *shown(const char *name, char *buf, size_t len)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)(name ? name : ""); *p && o + 1 < len &&
+         o < 200; p++)
+        buf[o++] = *p >= 0x20 && *p < 0x7f ? (char)*p : '?';
+    buf[o] = 0;
+    return buf;
+}
+
 static const gr_sym *find_sym(const gr_reflect *g, const char *name)
 {
     if (name && name[0] == '.')
@@ -304,17 +316,49 @@ int gr_reflect_answer(const gr_reflect *g, const uint8_t *req, size_t len, uint8
     Grpc__Reflection__V1__ExtensionNumberResponse en =
         GRPC__REFLECTION__V1__EXTENSION_NUMBER_RESPONSE__INIT;
     Grpc__Reflection__V1__ErrorResponse er = GRPC__REFLECTION__V1__ERROR_RESPONSE__INIT;
+    Grpc__Reflection__V1__ExtensionRequest ext = GRPC__REFLECTION__V1__EXTENSION_REQUEST__INIT;
     Grpc__Reflection__V1__ServiceResponse *svc = NULL, **svcp = NULL;
     ProtobufCBinaryData blob;
-    char text[GR_SYM_MAX + 64];
+    char text[GR_SYM_MAX + 64], nm[GR_SYM_MAX];
     int rc = PL_ERR_NOMEM;
 
     *out = NULL;
     *outlen = 0;
     if (!q)
         return PL_ERR_MALFORMED;
+    /* The request echoed as we understood it: fields we do not know (kept
+     * by protobuf-c as unknown fields) are not sent back, since what a
+     * client sent under field number 0 would make our answer undecodable. */
+    Grpc__Reflection__V1__ServerReflectionRequest orig =
+        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+    orig.host = q->host;
+    orig.message_request_case = q->message_request_case;
+    switch (q->message_request_case) {
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME:
+        orig.file_by_filename = q->file_by_filename;
+        break;
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL:
+        orig.file_containing_symbol = q->file_containing_symbol;
+        break;
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION:
+        if (q->file_containing_extension) {
+            ext.containing_type = q->file_containing_extension->containing_type;
+            ext.extension_number = q->file_containing_extension->extension_number;
+        }
+        orig.file_containing_extension = &ext;
+        break;
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE:
+        orig.all_extension_numbers_of_type = q->all_extension_numbers_of_type;
+        break;
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES:
+        orig.list_services = q->list_services;
+        break;
+    default:
+        orig.message_request_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST__NOT_SET;
+        break;
+    }
     r.valid_host = q->host;
-    r.original_request = q;
+    r.original_request = &orig;
     er.error_code = GR_NOT_FOUND;
     er.error_message = text;
     r.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE;
@@ -327,14 +371,15 @@ int gr_reflect_answer(const gr_reflect *g, const uint8_t *req, size_t len, uint8
             if (strcmp(g->files[i].name, q->file_by_filename) == 0)
                 file = &g->files[i];
         if (!file)
-            snprintf(text, sizeof text, "file not found: %.200s", q->file_by_filename);
+            snprintf(text, sizeof text, "file not found: %s", shown(q->file_by_filename, nm, sizeof nm));
         break;
     case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL: {
         const gr_sym *s = find_sym(g, q->file_containing_symbol);
         if (s)
             file = &g->files[s->file];
         else
-            snprintf(text, sizeof text, "symbol not found: %.200s", q->file_containing_symbol);
+            snprintf(text, sizeof text, "symbol not found: %s",
+                     shown(q->file_containing_symbol, nm, sizeof nm));
         break;
     }
     case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION:
@@ -349,8 +394,8 @@ int gr_reflect_answer(const gr_reflect *g, const uint8_t *req, size_t len, uint8
                 GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
             r.all_extension_numbers_response = &en;
         } else {
-            snprintf(text, sizeof text, "message type not found: %.200s",
-                     q->all_extension_numbers_of_type);
+            snprintf(text, sizeof text, "message type not found: %s",
+                     shown(q->all_extension_numbers_of_type, nm, sizeof nm));
         }
         break;
     }
