@@ -174,6 +174,15 @@ static void render(pl_admin *a, struct evbuffer *b)
     metric(b, "parley_ops_pending", "gauge", "Ops submitted and not yet committed.",
            g.seq_pending);
     metric(b, "parley_pushes_total", "counter", "New-message pushes sent.", m->pushes);
+    metric(b, "parley_requests_held", "gauge",
+           "Client requests waiting for a serving primary to be known.", g.held);
+    metric(b, "parley_requests_held_total", "counter",
+           "Client requests held until a serving primary was known.", m->held);
+    metric(b, "parley_requests_held_expired_total", "counter",
+           "Held requests answered unserved when the hold ran out.", m->held_expired);
+    metric(b, "parley_requests_held_refused_total", "counter",
+           "Requests answered at once because a limits.held_* limit was reached.",
+           m->held_refused);
     metric(b, "parley_peer_links_up", "gauge",
            "Outgoing links to the other servers with the handshake done.", g.peer_links_up);
     metric(b, "parley_peer_links_retiring", "gauge",

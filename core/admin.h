@@ -50,6 +50,9 @@ typedef struct pl_metrics {
     uint64_t conns_accepted;
     uint64_t view_changes;             /* views entered since start */
     uint64_t last_view_change_ms;      /* wall clock; 0 = none since start */
+    uint64_t held;                     /* requests held until a primary was known */
+    uint64_t held_expired;             /* ... and answered when the hold ran out */
+    uint64_t held_refused;             /* not held: over a limits.held_* limit */
     pl_hist commit_latency;            /* submit to durable-and-applied, per op */
 } pl_metrics;
 
@@ -63,6 +66,7 @@ typedef struct pl_admin_gauges {
     uint64_t connections;
     uint64_t subscribed;               /* connections with a live subscription */
     uint64_t hash_pending, seq_pending;
+    uint64_t held;                     /* requests held now (core/server.c) */
     /* The peer network (0 for a single server). */
     uint64_t peer_links_up, peer_links_retiring;
     uint64_t peer_in_members, peer_in_unlisted, peer_accepted;

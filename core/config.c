@@ -542,7 +542,8 @@ static int parse_limits(cfg_ctx *x, const cJSON *v, pl_config *c)
     static const char *const known[] = {
         "conns_per_address", "requests_per_second", "request_burst",
         "password_checks_queued", "login_failures_per_user",
-        "login_failures_per_address", "login_backoff_max_ms", "session_ttl_s", NULL
+        "login_failures_per_address", "login_backoff_max_ms", "session_ttl_s",
+        "held_per_connection", "held_total", "held_bytes", NULL
     };
     static const struct {
         const char *key;
@@ -565,6 +566,10 @@ static int parse_limits(cfg_ctx *x, const cJSON *v, pl_config *c)
           offsetof(pl_limits, login_backoff_max_ms), 4 },
         { "session_ttl_s", 0, (uint64_t)100 * 365 * 86400, " (seconds, 0 = never)",
           offsetof(pl_limits, session_ttl_s), 8 },
+        { "held_per_connection", 0, 1000000, " (0 = hold none)",
+          offsetof(pl_limits, held_per_connection), 4 },
+        { "held_total", 1, 10000000, NULL, offsetof(pl_limits, held_total), 4 },
+        { "held_bytes", 65536, (uint64_t)1 << 40, " (bytes)", offsetof(pl_limits, held_bytes), 8 },
     };
     char key[64];
     int rc;
@@ -994,6 +999,9 @@ pl_config *pl_config_default(void)
         .login_failures_per_address = PL_LIMITS_DEFAULT_FAILS_ADDRESS,
         .login_backoff_max_ms = PL_LIMITS_DEFAULT_BACKOFF_MAX_MS,
         .session_ttl_s = PL_LIMITS_DEFAULT_SESSION_TTL_S,
+        .held_per_connection = PL_LIMITS_DEFAULT_HELD_PER_CONN,
+        .held_total = PL_LIMITS_DEFAULT_HELD_TOTAL,
+        .held_bytes = PL_LIMITS_DEFAULT_HELD_BYTES,
     };
     limits_derive(c);
     return c;

@@ -33,7 +33,8 @@
  *   limits: {conns_per_address, requests_per_second, request_burst,
  *            password_checks_queued, login_failures_per_user,
  *            login_failures_per_address, login_backoff_max_ms,
- *            session_ttl_s} — struct pl_limits below; docs/operations.md
+ *            session_ttl_s, held_per_connection, held_total,
+ *            held_bytes} — struct pl_limits below; docs/operations.md
  *   cluster_secret: text of at least 32 bytes, or cluster_secret_file: a
  *             file holding it — servers prove it to each other (peer.c)
  *   tls: {"cert", "key", "ca", "peer": true, "clients": true,
@@ -75,6 +76,12 @@ typedef struct pl_limits {
     uint32_t login_failures_per_address; /* same, per client IP */
     uint32_t login_backoff_max_ms;       /* back-off doubles from 1 s up to this */
     uint64_t session_ttl_s;              /* session lifetime; 0 = never expires */
+    /* Requests held while no serving primary is known (core/server.c,
+     * docs/protocol.md "Failover"): per connection (0 = hold none: answer
+     * at once), on the whole server, and their bytes on the whole server. */
+    uint32_t held_per_connection;
+    uint32_t held_total;
+    uint64_t held_bytes;
 } pl_limits;
 
 #define PL_LIMITS_DEFAULT_CONNS_PER_ADDRESS 256u
@@ -83,6 +90,9 @@ typedef struct pl_limits {
 #define PL_LIMITS_DEFAULT_FAILS_USER 5u
 #define PL_LIMITS_DEFAULT_FAILS_ADDRESS 50u
 #define PL_LIMITS_DEFAULT_BACKOFF_MAX_MS 60000u
+#define PL_LIMITS_DEFAULT_HELD_PER_CONN 64u
+#define PL_LIMITS_DEFAULT_HELD_TOTAL 16384u
+#define PL_LIMITS_DEFAULT_HELD_BYTES (16u * 1024u * 1024u)
 #define PL_LIMITS_DEFAULT_SESSION_TTL_S (30u * 24u * 3600u)
 #define PL_CLUSTER_SECRET_MIN 32u
 #define PL_CLUSTER_SECRET_MAX 4096u

@@ -389,9 +389,13 @@ pl_plugin *pl_plugin_load(const char *kind, const char *name,
             set_err(err, errlen, "%s: %s() returned NULL", who, sym_name);
             goto fail;
         }
-        if (d->abi_version != PL_TRANSPORT_ABI_VERSION) {
-            set_err(err, errlen, "%s: ABI version %u, this parley speaks %u",
-                    who, (unsigned)d->abi_version, (unsigned)PL_TRANSPORT_ABI_VERSION);
+        /* Older transports keep loading: the core reads their newer
+         * members only after checking the version (transport.h). */
+        if (d->abi_version < PL_TRANSPORT_ABI_MIN || d->abi_version > PL_TRANSPORT_ABI_VERSION) {
+            set_err(err, errlen, "%s: ABI version %u, this parley speaks %u (and loads "
+                    "transports of %u to %u)", who, (unsigned)d->abi_version,
+                    (unsigned)PL_TRANSPORT_ABI_VERSION, (unsigned)PL_TRANSPORT_ABI_MIN,
+                    (unsigned)PL_TRANSPORT_ABI_VERSION);
             goto fail;
         }
         miss = transport_missing_member(d);

@@ -161,6 +161,7 @@ static void reload(sig_ctx *x)
         PL_LIM(request_burst, 0), PL_LIM(password_checks_queued, 0),
         PL_LIM(login_failures_per_user, 0), PL_LIM(login_failures_per_address, 0),
         PL_LIM(login_backoff_max_ms, 0), PL_LIM(session_ttl_s, 1),
+        PL_LIM(held_per_connection, 0), PL_LIM(held_total, 0), PL_LIM(held_bytes, 1),
 #undef PL_LIM
     };
     for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++) {

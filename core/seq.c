@@ -823,6 +823,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         maybe_compact(q);
     if (q->head)
         schedule(q, 0);
+    if (q->host.tick)
+        q->host.tick(q->host.ud);
 }
 
 /* ---- lifecycle ---- */

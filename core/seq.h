@@ -50,6 +50,10 @@ typedef struct pl_seq_host {
     /* Role or view changed (after the sequencer failed the ops it can no
      * longer answer for). */
     void (*changed)(void *ud);
+    /* Called after every replication tick (every few ms): what depends on
+     * time alone, such as a lease that starts or stops holding, is looked
+     * at here. NULL: nothing to do. */
+    void (*tick)(void *ud);
     /* Send a snapshot of the whole state to server `to` (state transfer past
      * a compacted log). Returns PL_OK if it was queued. */
     int (*send_snapshot)(void *ud, uint32_t to, uint64_t view, const uint8_t *data, size_t len);

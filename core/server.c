@@ -69,7 +69,18 @@ typedef struct addr_count {
     char ip[64];
 } addr_count;
 
+/* How long a held request waits for a serving primary (docs/protocol.md,
+ * "Failover"), in election timeouts: one for the backups to notice that the
+ * primary is gone, one for a view change whose would-be primary is down too
+ * (5 servers, two of them down), and the rest for the new primary's lease
+ * and for a slow machine. A plain failover settles in about 1.5. */
+#define PL_HOLD_ELECTIONS 3u
+/* A backup names the primary as serving while it heard it within this many
+ * heartbeats (pl_vr_vouches). */
+#define PL_HOLD_FRESH_HEARTBEATS 2u
+
 typedef struct pl_conn pl_conn;
+typedef struct pl_held pl_held;
 struct pl_conn {
     pl_server *srv;
     const pl_transport_plugin *tp; /* the transport it came in on */
@@ -91,6 +102,25 @@ struct pl_conn {
     uint64_t tokens_ms;
     uint64_t reject_window_ms;
     uint32_t rejected;
+    /* Requests held until a primary is known (pl_held), oldest first. */
+    pl_held *held_head, *held_tail;
+    uint32_t n_held;
+};
+
+/* A request that arrived while this server could not name a serving
+ * primary: a view change, a primary silent for a while, a new primary
+ * waiting out its lease. It waits (on the loop, in this list) until the
+ * server serves or can name the primary, or PL_HOLD_ELECTIONS election
+ * timeouts pass, and is then answered as if it had just arrived. The
+ * request is copied whole into the bytes after the struct: a transport's
+ * pl_request is only valid during its call. */
+struct pl_held {
+    pl_held *prev, *next;     /* the server's list, oldest first */
+    pl_held *cprev, *cnext;   /* its connection's list */
+    pl_conn *conn;            /* holds a reference */
+    uint64_t since_ms, expires_ms; /* monotonic */
+    size_t bytes;             /* the whole allocation */
+    pl_request req;
 };
 
 typedef struct rl_slot {
@@ -158,6 +188,10 @@ struct pl_server {
     pl_listener *extra;       /* cfg->n_transports more transports */
     pl_conn *conns;
     uint32_t n_conns;
+    pl_held *held_head, *held_tail; /* oldest first; all expire in that order */
+    uint32_t n_held;
+    uint64_t held_bytes;
+    int serving_told;         /* what the transports were told (-1: nothing yet) */
     pl_conn *subs[PL_SUB_BUCKETS];
     /* Verified against when a login names no account, so a missing user
      * costs the same time as a wrong password. */
@@ -320,6 +354,8 @@ static void addr_put(pl_server *s, addr_count *a)
         }
 }
 
+static void held_drop_conn(pl_server *s, pl_conn *c);
+
 static void *conn_open_on(pl_server *s, const pl_transport_plugin *tp, pl_transport_conn *tc,
                           const char *peer)
 {
@@ -388,6 +424,7 @@ static void on_conn_closed(void *ud, void *ctx)
     pl_log(PL_LOG_DEBUG, "connection from %s closed", c->peer);
     c->tc = NULL;
     sub_unlink(s, c);
+    held_drop_conn(s, c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -1008,6 +1045,7 @@ static void do_status(pl_server *s, pl_conn *c, const pl_request *req)
 }
 
 static int sync_peers(pl_server *s, char *err, size_t errlen);
+static void tell_serving(pl_server *s);
 
 /* The replication role changed. A server that stops being the primary
  * closes its client connections, so clients (and their subscriptions) move
@@ -1022,6 +1060,8 @@ static void on_role_changed(void *ud)
             pl_log(PL_LOG_ERROR, "membership epoch %" PRIu64 ": %s", s->members.epoch, why);
     }
     int serving = pl_vr_is_primary(pl_seq_vr(s->seq));
+    /* Health watchers hear "not serving" before their connection closes. */
+    tell_serving(s);
     if (s->was_serving && !serving) {
         pl_log(PL_LOG_INFO, "no longer the primary: closing %u client connections", s->n_conns);
         for (pl_conn *c = s->conns, *next; c; c = next) {
@@ -1037,6 +1077,8 @@ static void on_role_changed(void *ud)
         s->metrics.view_changes++;
         s->metrics.last_view_change_ms = wall_ms();
     }
+    /* Held requests are released by the next tick (a few ms), not from
+     * inside the replication code that reported this change. */
 }
 
 static int seq_send_snapshot(void *ud, uint32_t to, uint64_t view, const uint8_t *data,
@@ -1401,6 +1443,255 @@ static void admin_change(void *ud, const pl_members *want, pl_admin_reply_fn rep
     job_tick(-1, 0, s);
 }
 
+/* ------------------------------------------------------------ held calls */
+
+/* docs/protocol.md, "Failover". A client that lost its primary asks the
+ * other servers; one that cannot say who serves keeps the request here
+ * instead of failing it, so the client sees one slow answer, not a storm of
+ * errors (the Python prototype's client gives up after one failed round). */
+
+static void serve_request(pl_server *s, pl_conn *c, const pl_request *req);
+
+static uint64_t hold_ms(const pl_server *s)
+{
+    return (uint64_t)PL_HOLD_ELECTIONS * s->vrcfg.election_timeout_ms;
+}
+
+/* Could this server answer a client right now: it serves, or it can name a
+ * primary that does (it hears that primary and its link to it is up, so a
+ * primary killed a moment ago is not named), or it is no member at all (a
+ * removed server or a learner answers at once, as before)? */
+static int settled(pl_server *s, uint64_t now)
+{
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    if (s->stopping || pl_seq_can_serve(s->seq) || s->removed || !pl_vr_is_member(vr))
+        return 1;
+    uint64_t fresh = (uint64_t)PL_HOLD_FRESH_HEARTBEATS * s->vrcfg.heartbeat_ms;
+    return pl_vr_vouches(vr, now, fresh) &&
+           (!s->peer || pl_peer_connected(s->peer, pl_vr_primary(vr)));
+}
+
+static void held_unlink(pl_server *s, pl_held *h)
+{
+    pl_conn *c = h->conn;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        s->held_head = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    else
+        s->held_tail = h->prev;
+    if (h->cprev)
+        h->cprev->cnext = h->cnext;
+    else
+        c->held_head = h->cnext;
+    if (h->cnext)
+        h->cnext->cprev = h->cprev;
+    else
+        c->held_tail = h->cprev;
+    s->n_held--;
+    s->held_bytes -= h->bytes;
+    c->n_held--;
+}
+
+/* The request may carry a password: wiped with the rest. */
+static void held_free(pl_held *h)
+{
+    pl_conn *c = h->conn;
+    sodium_memzero(h, h->bytes);
+    free(h);
+    conn_unref(c);
+}
+
+static pl_str held_copy(char **at, pl_str v)
+{
+    pl_str r = { *at, v.len };
+    if (v.len)
+        memcpy(*at, v.ptr, v.len);
+    *at += v.len;
+    return r;
+}
+
+/* Keep req for later, or answer it now with the limit it would exceed. */
+static void hold(pl_server *s, pl_conn *c, const pl_request *req)
+{
+    const pl_limits *l = &s->limits;
+    size_t ids = (size_t)req->n_ids * sizeof *req->ids;
+    size_t bytes = sizeof(pl_held) + ids + req->token.len + req->username.len +
+                   req->password.len + req->pattern.len + req->to.len + req->body.len +
+                   req->peer.len;
+    char text[240];
+    const char *limit = NULL;
+
+    if (c->n_held >= l->held_per_connection) {
+        snprintf(text, sizeof text, "no primary is known yet and %u requests already wait "
+                 "for one on this connection (limits.held_per_connection); retry",
+                 l->held_per_connection);
+        limit = text;
+    } else if (s->n_held >= l->held_total) {
+        snprintf(text, sizeof text, "no primary is known yet and %u requests already wait "
+                 "for one on this server (limits.held_total); retry", l->held_total);
+        limit = text;
+    } else if (s->held_bytes + bytes > l->held_bytes) {
+        snprintf(text, sizeof text, "no primary is known yet and the requests waiting for one "
+                 "hold %" PRIu64 " bytes (limits.held_bytes = %" PRIu64 "); retry",
+                 s->held_bytes, l->held_bytes);
+        limit = text;
+    }
+    if (limit) {
+        s->metrics.held_refused++;
+        reply_err(c, req->method, req->request_id, PL_ERR_UNAVAILABLE, limit);
+        return;
+    }
+    pl_held *h = calloc(1, bytes);
+    if (!h) {
+        reply_not_serving(s, c, req->method, req->request_id);
+        return;
+    }
+    h->bytes = bytes;
+    h->req = *req;
+    char *at = (char *)(h + 1);
+    if (req->n_ids) {
+        /* right after the struct: aligned for uint64_t */
+        memcpy(at, req->ids, ids);
+        h->req.ids = (const uint64_t *)(void *)at;
+        at += ids;
+    } else {
+        h->req.ids = NULL;
+    }
+    h->req.token = held_copy(&at, req->token);
+    h->req.username = held_copy(&at, req->username);
+    h->req.password = held_copy(&at, req->password);
+    h->req.pattern = held_copy(&at, req->pattern);
+    h->req.to = held_copy(&at, req->to);
+    h->req.body = held_copy(&at, req->body);
+    h->req.peer = held_copy(&at, req->peer);
+    h->conn = c;
+    conn_ref(c);
+    h->since_ms = mono_ms();
+    h->expires_ms = h->since_ms + hold_ms(s);
+    h->prev = s->held_tail;
+    if (s->held_tail)
+        s->held_tail->next = h;
+    else
+        s->held_head = h;
+    s->held_tail = h;
+    h->cprev = c->held_tail;
+    if (c->held_tail)
+        c->held_tail->cnext = h;
+    else
+        c->held_head = h;
+    c->held_tail = h;
+    s->n_held++;
+    s->held_bytes += bytes;
+    c->n_held++;
+    s->metrics.held++;
+    pl_log(PL_LOG_DEBUG, "%s: %s request %" PRIu64 " held until a primary is known",
+           c->peer, pl_method_name(req->method), req->request_id);
+}
+
+/* The hold ran out: a backup names the primary it knows of (the client
+ * goes there), anything else says why nobody serves. */
+static void reply_held_out(pl_server *s, pl_held *h)
+{
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    if (s->stopping) {
+        reply_err(h->conn, h->req.method, h->req.request_id, PL_ERR_UNAVAILABLE,
+                  "server is shutting down; retry");
+        return;
+    }
+    if (pl_vr_status(vr) == PL_VR_NORMAL && !pl_vr_is_primary(vr)) {
+        reply_not_serving(s, h->conn, h->req.method, h->req.request_id);
+        return;
+    }
+    char text[200];
+    snprintf(text, sizeof text, "no serving primary after %" PRIu64 " ms (%u election "
+             "timeouts): %s; retry", hold_ms(s), PL_HOLD_ELECTIONS,
+             pl_vr_status(vr) == PL_VR_VIEW_CHANGE ? "a view change is in progress"
+             : pl_vr_is_primary(vr) ? "this primary has not heard from a majority"
+                                    : "this server is catching up");
+    reply_err(h->conn, h->req.method, h->req.request_id, PL_ERR_UNAVAILABLE, text);
+}
+
+/* Answer what can be answered: everything once the server is settled (in
+ * arrival order, as if it came in now), else what waited too long. Called
+ * on every replication tick (every 10 ms) and request, and at shutdown. */
+static void held_release(pl_server *s)
+{
+    uint64_t now = mono_ms();
+    while (s->held_head) {
+        pl_held *h = s->held_head;
+        int ready = settled(s, now);
+        if (!ready && now < h->expires_ms)
+            break;
+        held_unlink(s, h);
+        if (h->conn->tc) {
+            if (ready && !s->stopping) {
+                pl_log(PL_LOG_DEBUG, "%s: %s request %" PRIu64 " released after %" PRIu64 " ms",
+                       h->conn->peer, pl_method_name(h->req.method), h->req.request_id,
+                       now - h->since_ms);
+                serve_request(s, h->conn, &h->req);
+            } else {
+                s->metrics.held_expired += !s->stopping;
+                reply_held_out(s, h);
+            }
+        }
+        held_free(h);
+    }
+}
+
+/* The connection is gone: its held requests with it. */
+static void held_drop_conn(pl_server *s, pl_conn *c)
+{
+    while (c->held_head) {
+        pl_held *h = c->held_head;
+        held_unlink(s, h);
+        held_free(h);
+    }
+}
+
+/* What the transports say about this server's health (standard health
+ * services, transport.h server_serving, v2): whether it serves now. */
+static void tell_serving(pl_server *s)
+{
+    int serving = !s->stopping && pl_seq_can_serve(s->seq);
+    if (serving == s->serving_told)
+        return;
+    s->serving_told = serving;
+    if (s->tsrv && s->tp->abi_version >= 2 && s->tp->server_serving)
+        s->tp->server_serving(s->tsrv, serving);
+    for (size_t i = 0; s->extra && i < s->cfg->n_transports; i++) {
+        const pl_listener *l = &s->extra[i];
+        if (l->tsrv && l->tp->abi_version >= 2 && l->tp->server_serving)
+            l->tp->server_serving(l->tsrv, serving);
+    }
+}
+
+/* The client of a request stopped waiting (transport.h request_gone, v2):
+ * if it is still held, forget it; otherwise its answer is simply dropped. */
+static void on_request_gone(void *ud, void *ctx, uint64_t request_id)
+{
+    pl_server *s = ud;
+    pl_conn *c = ctx;
+    for (pl_held *h = c->held_head; h; h = h->cnext)
+        if (h->req.request_id == request_id) {
+            pl_log(PL_LOG_DEBUG, "%s: held %s request %" PRIu64 " given up by its client",
+                   c->peer, pl_method_name(h->req.method), request_id);
+            held_unlink(s, h);
+            held_free(h);
+            return;
+        }
+}
+
+/* Every replication tick: time alone moves leases. */
+static void on_seq_tick(void *ud)
+{
+    pl_server *s = ud;
+    held_release(s);
+    tell_serving(s);
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static int mutating(uint32_t m)
@@ -1487,11 +1778,25 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
         reply_err(c, m, req->request_id, PL_ERR_UNAVAILABLE, "server is shutting down; retry");
         return;
     }
+    /* Requests held earlier go first, in the order they came. */
+    held_release(s);
+    serve_request(s, c, req);
+}
+
+/* A request past admission, new or released from the hold. */
+static void serve_request(pl_server *s, pl_conn *c, const pl_request *req)
+{
+    uint32_t m = req->method;
+
     /* Only a primary holding its lease answers anything that reads or
      * changes chat state: a backup's or a deposed primary's copy may be
-     * stale (DESIGN.md §4, leases). */
+     * stale (DESIGN.md §4, leases). A server that cannot even name a
+     * serving primary holds the request until it can. */
     if (!pl_seq_can_serve(s->seq)) {
-        reply_not_serving(s, c, m, req->request_id);
+        if (s->limits.held_per_connection && !settled(s, mono_ms()))
+            hold(s, c, req);
+        else
+            reply_not_serving(s, c, m, req->request_id);
         return;
     }
     if (m == PL_M_REGISTER) {
@@ -1677,6 +1982,7 @@ static void admin_fill(void *ud, pl_admin_gauges *g)
     for (pl_conn *c = s->conns; c; c = c->next)
         g->subscribed += c->subscribed != 0;
     g->hash_pending = pl_workers_pending(s->workers);
+    g->held = s->n_held;
     g->seq_pending = pl_seq_pending(s->seq);
     if (s->peer) {
         pl_peer_counters pc;
@@ -1731,6 +2037,11 @@ static void on_extra_conn_closed(void *ud, void *ctx)
     on_conn_closed(((pl_listener *)ud)->srv, ctx);
 }
 
+static void on_extra_request_gone(void *ud, void *ctx, uint64_t request_id)
+{
+    on_request_gone(((pl_listener *)ud)->srv, ctx, request_id);
+}
+
 /* The config's "transports": each its own plugin and listener on
  * port + port_offset, feeding the same pipeline as the main transport. */
 static int start_extra_transports(pl_server *s, const pl_server_conf *me, char *err,
@@ -1761,6 +2072,7 @@ static int start_extra_transports(pl_server *s, const pl_server_conf *me, char *
         l->host.conn_open = on_extra_conn_open;
         l->host.request = on_extra_request;
         l->host.conn_closed = on_extra_conn_closed;
+        l->host.request_gone = on_extra_request_gone;
         pl_transport_options xo = { .host = me->host, .port = port, .max_frame = cfg->max_frame,
                                     .options_json = xt->plugin.options_json };
         why[0] = '\0';
@@ -1922,6 +2234,7 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
     };
     pl_seq_host seq_host = { .ud = s, .applied = on_applied, .vr = &s->vrcfg,
                              .send = seq_send, .changed = on_role_changed,
+                             .tick = on_seq_tick,
                              .send_snapshot = seq_send_snapshot,
                              .compact_ops = cfg->compact_ops,
                              .compact_bytes = cfg->compact_bytes,
@@ -1981,6 +2294,7 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         .conn_open = on_conn_open,
         .request = on_request,
         .conn_closed = on_conn_closed,
+        .request_gone = on_request_gone,
     };
     pl_transport_options topt = { .host = me->host, .port = me->port,
                                   .max_frame = cfg->max_frame,
@@ -1996,6 +2310,8 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
     if (start_extra_transports(s, me, err, errlen) != PL_OK)
         goto fail;
     describe_transport(s);
+    s->serving_told = -1;
+    tell_serving(s);
     s->metrics.start_ms = wall_ms();
     s->metrics_view = pl_vr_view(pl_seq_vr(s->seq));
     if (me->admin_port) {
@@ -2060,6 +2376,8 @@ void pl_server_shutdown(pl_server *s, const char *why)
         if (s->extra[i].tsrv)
             s->extra[i].tp->server_stop_accepting(s->extra[i].tsrv);
     pl_workers_stop(s->workers);
+    held_release(s); /* every held request: "shutting down" */
+    tell_serving(s);
     s->drain_ev = event_new(s->base, -1, EV_PERSIST, on_drain, s);
     struct timeval tick = { 0, PL_DRAIN_TICK_MS * 1000 };
     if (!s->drain_ev || event_add(s->drain_ev, &tick) != 0) {
@@ -2090,6 +2408,12 @@ void pl_server_free(pl_server *s)
         if (s->extra[i].tsrv)
             s->extra[i].tp->server_free(s->extra[i].tsrv);
         s->extra[i].tsrv = NULL;
+    }
+    /* Every connection closed above took its held requests along. */
+    while (s->held_head) {
+        pl_held *h = s->held_head;
+        held_unlink(s, h);
+        held_free(h);
     }
     /* Running hash jobs finish; their callbacks may still submit ops. */
     pl_workers_free(s->workers);

@@ -47,6 +47,13 @@ struct pl_vr {
 
     /* backup */
     uint64_t last_heard_ms;     /* last PREPARE/COMMIT/START-VIEW from the primary */
+    /* What a backup can tell a client about the primary (pl_vr_vouches):
+     * the view it last heard the primary of, as a backup in normal status,
+     * and when it first and last did so in that view. last_heard_ms above
+     * is also reset by view changes and recovery, so it cannot say this. */
+    uint64_t pv_view;
+    uint64_t pv_first_ms, pv_last_ms;
+    int pv_valid;
     uint64_t last_getstate_ms;
     /* asking a newer epoch has a rate limit of its own: a recovering
      * replica's requests to the primary of its old view (which may be a
@@ -896,6 +903,24 @@ static void on_epoch_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     }
 }
 
+/* A message of the current view's primary reached us while we are its
+ * backup in normal status: remember when (pl_vr_vouches). */
+static void note_primary(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
+{
+    if (m->view != vr->view || vr->status != PL_VR_NORMAL || is_primary(vr) ||
+        m->from != primary_of(vr, vr->view))
+        return;
+    if (m->type != PL_VR_PREPARE && m->type != PL_VR_COMMIT && m->type != PL_VR_NEW_STATE &&
+        m->type != PL_VR_START_VIEW)
+        return;
+    if (!vr->pv_valid || vr->pv_view != vr->view) {
+        vr->pv_valid = 1;
+        vr->pv_view = vr->view;
+        vr->pv_first_ms = now;
+    }
+    vr->pv_last_ms = now;
+}
+
 void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
     if (m->from >= slots(vr) || m->type == 0 || m->type >= PL_VR__COUNT)
@@ -927,6 +952,7 @@ void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
             break;
         case PL_VR_START_VIEW:
             on_start_view(vr, m, now);
+            note_primary(vr, m, now);
             return;
         case PL_VR_PREPARE:
         case PL_VR_COMMIT:
@@ -963,6 +989,7 @@ void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
         on_dvc(vr, m, now);
         break;
     }
+    note_primary(vr, m, now);
 }
 
 void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op_view,
@@ -1289,6 +1316,18 @@ void pl_vr_free(pl_vr *vr)
         return;
     dvc_clear(vr);
     free(vr);
+}
+
+bool pl_vr_vouches(const pl_vr *vr, uint64_t now, uint64_t fresh_ms)
+{
+    /* A new primary serves one lease after it took over (pl_vr_can_serve);
+     * a backup that joined its view less than a lease ago cannot tell
+     * whether it does yet. Both clocks are ours, and START-VIEW reaches the
+     * backup after the primary's lease wait began, so waiting a lease here
+     * ends no earlier than the primary's own wait. */
+    return vr->status == PL_VR_NORMAL && !is_primary(vr) && vr->cfg.n > 1 && vr->pv_valid &&
+           vr->pv_view == vr->view && now - vr->pv_last_ms < fresh_ms &&
+           now - vr->pv_first_ms >= lease_ms(vr);
 }
 
 bool pl_vr_is_primary(const pl_vr *vr) { return is_primary(vr); }

@@ -182,6 +182,15 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *entries, size_t n, uint64_t *first_op
  * passed since it became primary). */
 bool pl_vr_can_serve(const pl_vr *vr, uint64_t now_ms);
 
+/* May this backup name the primary to a client as one that serves? True
+ * when it is a backup in normal status that heard the current view's
+ * primary (PREPARE, COMMIT, NEW-STATE, START-VIEW) less than fresh_ms ago,
+ * and first heard it in this view at least one lease ago (a new primary
+ * waits a lease before serving). False on a primary, during a view change
+ * or recovery, after a silence, and right after a restart: then the server
+ * cannot say who serves (core/server.c holds client calls until it can). */
+bool pl_vr_vouches(const pl_vr *vr, uint64_t now_ms, uint64_t fresh_ms);
+
 bool pl_vr_is_primary(const pl_vr *vr);
 uint32_t pl_vr_primary(const pl_vr *vr);  /* primary of the current view */
 uint64_t pl_vr_view(const pl_vr *vr);

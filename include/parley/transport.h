@@ -7,9 +7,14 @@
  *
  *     const pl_transport_plugin *parley_transport_plugin(void);
  *
- * that returns a pointer to a static, const descriptor. The loader checks
- * descriptor->abi_version == PL_TRANSPORT_ABI_VERSION before touching any
- * other field, and refuses the plugin with both numbers named otherwise.
+ * that returns a pointer to a static, const descriptor. The loader reads
+ * descriptor->abi_version before touching any other field and loads a
+ * plugin of version PL_TRANSPORT_ABI_MIN .. PL_TRANSPORT_ABI_VERSION; it
+ * refuses any other with both numbers named. A member marked "(v N)"
+ * exists only in descriptors of version N or later: the core reads it only
+ * after checking abi_version, so a plugin built for an older version keeps
+ * working. The same holds the other way for the host struct: a plugin
+ * checks host->abi_version before calling a "(v N)" host member.
  *
  * A transport carries client <-> server traffic. It has two halves:
  *
@@ -29,6 +34,13 @@
  *  completes); every decoded server frame is one cb->frame() call; the end of
  *  the connection is one cb->closed() call, after which the caller frees the
  *  client with client_free().
+ *
+ *  Health (v 2). The core tells the server half whether this server serves
+ *  clients now (server_serving), so a transport can answer standard health
+ *  checks without a round trip; and a transport tells the core when the
+ *  client of a request it handed over stopped waiting (host->request_gone),
+ *  so a request the core holds until a primary is known does not outlive
+ *  its caller (docs/protocol.md, "Failover").
  *
  *  Codec (used by tools, tests and fuzzers): encode/decode one whole frame
  *  of either direction without any I/O.
@@ -55,7 +67,9 @@
 extern "C" {
 #endif
 
-#define PL_TRANSPORT_ABI_VERSION 1u
+#define PL_TRANSPORT_ABI_VERSION 2u
+/* The oldest transport ABI this core still loads. */
+#define PL_TRANSPORT_ABI_MIN 1u
 #define PL_TRANSPORT_SYMBOL "parley_transport_plugin"
 
 struct event_base;
@@ -101,6 +115,12 @@ typedef struct pl_transport_host {
     /* The connection is gone (peer closed, error, conn_close, server_free).
      * Called exactly once per accepted connection that conn_open accepted. */
     void (*conn_closed)(void *ud, void *conn_ctx);
+    /* (v 2) The client of request request_id on this connection stopped
+     * waiting before it was answered (cancelled, deadline passed, stream
+     * reset). The core forgets the request if it still holds it; an answer
+     * that comes anyway is for the plugin to drop. Optional for plugins to
+     * call; call it only when host->abi_version >= 2. */
+    void (*request_gone)(void *ud, void *conn_ctx, uint64_t request_id);
 } pl_transport_host;
 
 /* Client-half callbacks. */
@@ -163,6 +183,14 @@ typedef struct pl_transport_plugin {
                            const uint8_t *buf, size_t len, size_t *used,
                            pl_response *out, void **scratch);
     void (*free_scratch)(void *scratch);
+
+    /* ---- (v 2) ---- */
+    /* Whether this server serves clients now: 1 when it is the primary and
+     * holds its lease, 0 otherwise (a backup, a view change, shutting
+     * down). Called once after server_start and then at every change, on
+     * the loop thread. For standard health services (the grpc transport's
+     * grpc.health.v1.Health). NULL: the transport does not care. */
+    void (*server_serving)(pl_transport_server *srv, int serving);
 } pl_transport_plugin;
 
 typedef const pl_transport_plugin *(*pl_transport_entry_fn)(void);

@@ -4,7 +4,7 @@
  * halves' entry points. The native parley service's message codec is
  * plugins/common/grpcish_conv.h (pl_grpcish_*, called with gr_opts.max_msg).
  *
- * Two services share every HTTP/2 connection (docs/protocol.md, "gRPC"):
+ * Two chat services share every HTTP/2 connection (docs/protocol.md, "gRPC"):
  *  - chat.ChatService (proto/chat.proto): the Python prototype's interface,
  *    for its unchanged clients; grpc_server.c maps each RPC onto core
  *    requests and keeps the session per connection.
@@ -12,6 +12,9 @@
  *    the bench). One grpcish Request message in, grpcish Response messages
  *    out (proto/grpcish.proto), so every parley method, exactly-once numbers
  *    and session tokens travel as on the other transports.
+ * Beside them the plugin itself answers the standard services gRPC tools
+ * expect: grpc.health.v1.Health (grpc_server.c) and server reflection v1
+ * and v1alpha (grpc_reflect.c).
  *
  * Prefix: gr_.
  */
@@ -76,6 +79,19 @@ void gr_server_stop_accepting(pl_transport_server *srv);
 void gr_server_free(pl_transport_server *srv);
 int gr_conn_send(pl_transport_conn *conn, const pl_response *resp);
 void gr_conn_close(pl_transport_conn *conn);
+/* (v 2) What the standard health service (grpc.health.v1) reports. */
+void gr_server_serving(pl_transport_server *srv, int serving);
+
+/* Server reflection (grpc_reflect.c): the embedded descriptors, indexed. */
+typedef struct gr_reflect gr_reflect;
+/* NULL when out of memory (or the embedded set does not parse). */
+gr_reflect *gr_reflect_new(void);
+void gr_reflect_free(gr_reflect *g);
+/* One ServerReflectionRequest message in, its ServerReflectionResponse out
+ * (malloc'd into *out; the caller frees). PL_ERR_MALFORMED when req does
+ * not decode, PL_ERR_NOMEM. */
+int gr_reflect_answer(const gr_reflect *g, const uint8_t *req, size_t len, uint8_t **out,
+                      size_t *outlen);
 
 /* Client half (grpc_client.c). */
 int gr_client_connect(struct event_base *base, const pl_transport_options *opt,

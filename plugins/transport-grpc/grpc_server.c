@@ -65,6 +65,7 @@
 
 #include "chat.pb-c.h"
 #include "grpc_int.h"
+#include "health.pb-c.h"
 
 #define GR_SID_MASK 0x7fffffffull
 #define GR_OUT_HIGH (1u << 20)            /* socket output queued: stop producing */
@@ -79,6 +80,8 @@ enum gr_rpc {
     R_NATIVE,
     R_CREATE, R_LOGIN, R_LOGOUT, R_DELETE_ACCOUNT, R_LIST, R_SEND, R_UNREAD, R_READ,
     R_POP, R_GETREAD, R_DELETE, R_SUBSCRIBE, R_HEALTH,
+    R_STD_CHECK, R_STD_WATCH,   /* grpc.health.v1.Health: the plugin answers, not the core */
+    R_REFLECT, R_REFLECT_ALPHA, /* server reflection: the plugin answers, message by message */
     R__COUNT
 };
 
@@ -102,6 +105,10 @@ static const struct {
     [R_DELETE] = { "/chat.ChatService/DeleteMessages", &chat__delete_messages_request__descriptor },
     [R_SUBSCRIBE] = { "/chat.ChatService/SubscribeToMessages", &chat__subscribe_request__descriptor },
     [R_HEALTH] = { "/chat.ChatService/Health", &chat__empty__descriptor },
+    [R_STD_CHECK] = { "/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor },
+    [R_STD_WATCH] = { "/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor },
+    [R_REFLECT] = { "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", NULL },
+    [R_REFLECT_ALPHA] = { "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", NULL },
 };
 
 /* Internal requests: what the answer is for. */
@@ -122,6 +129,8 @@ struct pl_transport_server {
     pl_transport_conn *conns;
     char addr[80];
     int freeing;
+    int serving;              /* server_serving (v 2): 1, 0, or -1 before the core said */
+    gr_reflect *reflect;      /* built at the first reflection call */
 };
 
 struct pl_transport_conn {
@@ -165,9 +174,13 @@ struct gr_call {
     struct evbuffer *out;
     struct event *deadline;
     int dispatched;
+    int answered;             /* the core's answer to rid came */
     int streaming;            /* a subscribe stream: stays open for pushes */
     int legacy_sub;           /* accepted chat.ChatService subscribe stream */
     int list_none;            /* ListUsers limit 0: answer an empty page */
+    int watch;                /* grpc.health.v1 Watch: sends each change */
+    int watch_known;          /* ... of a service we report on */
+    int watch_sent;           /* the status it sent last */
     int headers_sent;
     int deferred;
     int finished;             /* status decided; trailers follow the data */
@@ -179,6 +192,7 @@ struct gr_call {
 
 static void conn_flush(pl_transport_conn *c);
 static void conn_begin_close(pl_transport_conn *c, uint32_t h2err);
+static void call_malformed(gr_call *call, const char *what);
 
 static void srv_log(pl_transport_server *srv, int level, const char *fmt, ...) PL_PRINTF(3, 4);
 static void srv_log(pl_transport_server *srv, int level, const char *fmt, ...)
@@ -687,6 +701,171 @@ static void legacy_answer(gr_call *call, const pl_response *r)
     finish_error(call, r);
 }
 
+/* ------------------------------------------- grpc.health.v1.Health */
+
+/* The standard health service (grpc/health/v1/health.proto), for load
+ * balancers, Envoy and Kubernetes gRPC probes: SERVING on the primary that
+ * holds its lease, NOT_SERVING elsewhere, from what the core reports
+ * (server_serving); the core is not asked per call, so a probe is answered
+ * at once also during a view change. Services reported: the whole server
+ * (""), the prototype's chat.ChatService and parley's own service. */
+static int std_known(const char *svc)
+{
+    return !svc || !*svc || strcmp(svc, "chat.ChatService") == 0 ||
+           strcmp(svc, "parley.grpcish.Parley") == 0;
+}
+
+static int std_status(const pl_transport_server *srv)
+{
+    return srv->serving < 0 ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__UNKNOWN
+           : srv->serving   ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+static int std_send(gr_call *call, int status)
+{
+    Grpc__Health__V1__HealthCheckResponse m = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    m.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+    call->watch_sent = status;
+    return call_send_msg(call, &m.base);
+}
+
+static void dispatch_std_health(gr_call *call, const uint8_t *msg, size_t n)
+{
+    Grpc__Health__V1__HealthCheckRequest *m = (Grpc__Health__V1__HealthCheckRequest *)
+        protobuf_c_message_unpack(&grpc__health__v1__health_check_request__descriptor, NULL, n, msg);
+    if (!m) {
+        call_malformed(call, "HealthCheckRequest");
+        return;
+    }
+    int known = std_known(m->service);
+    if (call->rpc == R_STD_CHECK) {
+        if (known) {
+            finish_sent(call, std_send(call, std_status(call->conn->srv)));
+        } else {
+            char text[GR_MSG_TEXT];
+            snprintf(text, sizeof text, "unknown service \"%.100s\" (this server reports on \"\", "
+                     "chat.ChatService and parley.grpcish.Parley)", m->service);
+            call_finish(call, GR_NOT_FOUND, text);
+        }
+    } else {
+        /* Watch: the status now, then every change, until the client ends
+         * the call or the connection closes. An unknown service stays
+         * SERVICE_UNKNOWN (the service list never changes). */
+        call->streaming = 1;
+        call->watch = 1;
+        call->watch_known = known;
+        int rc = std_send(call, known ? std_status(call->conn->srv)
+                                      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN);
+        if (rc != PL_OK)
+            finish_sent(call, rc);
+    }
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+}
+
+void gr_server_serving(pl_transport_server *srv, int serving)
+{
+    if (!srv)
+        return;
+    srv->serving = serving ? 1 : 0;
+    int status = std_status(srv);
+    for (pl_transport_conn *c = srv->conns; c; c = c->next) {
+        if (c->reaping)
+            continue;
+        int sent = 0;
+        for (gr_call *call = c->calls; call; call = call->next) {
+            if (!call->watch || !call->watch_known || call->finished || call->watch_sent == status)
+                continue;
+            if (evbuffer_get_length(call->out) > GR_STREAM_OUT_MAX) {
+                evbuffer_drain(call->out, evbuffer_get_length(call->out));
+                call_finish(call, GR_RESOURCE_EXHAUSTED, "health watcher too slow");
+            } else if (std_send(call, status) != PL_OK) {
+                call_finish(call, GR_RESOURCE_EXHAUSTED, "out of memory");
+            }
+            sent = 1;
+        }
+        if (sent)
+            conn_flush(c);
+    }
+}
+
+/* --------------------------------------------------- server reflection */
+
+static int is_reflect(const gr_call *call)
+{
+    return call->rpc == R_REFLECT || call->rpc == R_REFLECT_ALPHA;
+}
+
+/* ServerReflectionInfo is a bidirectional stream: clients (grpcurl) send a
+ * request and wait for its answer before the next, so each complete message
+ * is answered as it arrives (grpc_reflect.c), and END_STREAM ends the call
+ * once all are. at_end: the client half-closed. A client that keeps asking
+ * without reading is ended like a slow subscriber. */
+static void reflect_drain(gr_call *call, int at_end)
+{
+    pl_transport_conn *c = call->conn;
+    pl_transport_server *srv = c->srv;
+
+    while (!call->finished) {
+        size_t have = evbuffer_get_length(call->in);
+        uint8_t hdr[GR_PREFIX];
+        if (have < GR_PREFIX || evbuffer_copyout(call->in, hdr, GR_PREFIX) != GR_PREFIX)
+            break;
+        if (hdr[0] != 0) {
+            call_finish(call, GR_UNIMPLEMENTED, "compressed messages are not supported; send identity");
+            return;
+        }
+        size_t n = pl_grpcish_get_be32(hdr + 1);
+        if (n + GR_PREFIX > srv->opts.max_msg) {
+            call_finish(call, GR_RESOURCE_EXHAUSTED, "reflection request exceeds max_frame");
+            return;
+        }
+        if (have < GR_PREFIX + n)
+            break;
+        if (evbuffer_get_length(call->out) > GR_STREAM_OUT_MAX) {
+            evbuffer_drain(call->out, evbuffer_get_length(call->out));
+            call_finish(call, GR_RESOURCE_EXHAUSTED, "reflection client does not read its answers");
+            return;
+        }
+        if (!srv->reflect && !(srv->reflect = gr_reflect_new())) {
+            call_finish(call, GR_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        const uint8_t *msg = evbuffer_pullup(call->in, (ssize_t)(GR_PREFIX + n));
+        uint8_t *ans = NULL;
+        size_t ans_len = 0;
+        int rc = msg ? gr_reflect_answer(srv->reflect, msg + GR_PREFIX, n, &ans, &ans_len)
+                     : PL_ERR_NOMEM;
+        evbuffer_drain(call->in, GR_PREFIX + n);
+        c->in_bytes -= GR_PREFIX + n;
+        if (rc == PL_ERR_MALFORMED) {
+            call_malformed(call, "ServerReflectionRequest");
+            return;
+        }
+        if (rc == PL_OK && ans_len + GR_PREFIX > srv->opts.max_msg)
+            rc = PL_ERR_FRAME_TOO_LARGE;
+        if (rc == PL_OK) {
+            hdr[0] = 0;
+            pl_grpcish_put_be32(hdr + 1, (uint32_t)ans_len);
+            rc = evbuffer_add(call->out, hdr, sizeof hdr) == 0 &&
+                 evbuffer_add(call->out, ans, ans_len) == 0 ? PL_OK : PL_ERR_NOMEM;
+        }
+        free(ans);
+        if (rc != PL_OK) {
+            call_finish(call, (uint32_t)gr_status_of(rc), pl_strerror(rc));
+            return;
+        }
+        call_start_response(call);
+        call_resume(call);
+    }
+    if (at_end && !call->finished) {
+        if (evbuffer_get_length(call->in))
+            call_finish(call, GR_INTERNAL, "the last reflection request was cut short");
+        else
+            call_finish(call, GR_OK, NULL);
+    }
+}
+
 /* ---------------------------------------------------------- core replies */
 
 static void internal_answer(pl_transport_conn *c, const pl_response *r)
@@ -785,6 +964,7 @@ int gr_conn_send(pl_transport_conn *c, const pl_response *r)
         gr_call *call = nghttp2_session_get_stream_user_data(c->ng, sid);
         if (!call || call->rid != r->request_id || call->finished)
             return PL_OK; /* the call ended meanwhile: nobody to tell */
+        call->answered = 1;
         if (call->rpc == R_NATIVE) {
             pl_response copy = *r;
             uint8_t *frame = NULL;
@@ -995,6 +1175,10 @@ static void call_dispatch(gr_call *call)
     if (call->finished || call->dispatched || c->reaping)
         return;
     call->dispatched = 1;
+    if (is_reflect(call)) {
+        reflect_drain(call, 1);
+        return;
+    }
     size_t len = evbuffer_get_length(call->in);
     const uint8_t *p = len ? evbuffer_pullup(call->in, -1) : NULL;
     if (len >= 1 && p[0] != 0) {
@@ -1006,6 +1190,10 @@ static void call_dispatch(gr_call *call)
     }
     if (len < GR_PREFIX || pl_grpcish_get_be32(p + 1) != len - GR_PREFIX) {
         call_finish(call, GR_INTERNAL, "a unary request carries exactly one message");
+        return;
+    }
+    if (call->rpc == R_STD_CHECK || call->rpc == R_STD_WATCH) {
+        dispatch_std_health(call, p + GR_PREFIX, len - GR_PREFIX);
         return;
     }
     call->rid = next_rid(c, call->sid);
@@ -1150,16 +1338,25 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t sid, const 
         return 0;
     }
     c->in_bytes += len;
+    if (is_reflect(call))
+        reflect_drain(call, 0);
     return 0;
 }
 
 static int on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t err, void *ud)
 {
     gr_call *call = nghttp2_session_get_stream_user_data(ng, sid);
+    pl_transport_conn *c = ud;
 
     (void)err;
-    (void)ud;
     if (call) {
+        /* Reset, cancelled or past its deadline before the core answered:
+         * a request the core holds for a primary is not kept for nobody
+         * (transport.h request_gone, v 2). */
+        const pl_transport_host *h = &c->srv->host;
+        if (call->rid && !call->answered && !c->reaping && c->ctx && h->abi_version >= 2 &&
+            h->request_gone)
+            h->request_gone(h->ud, c->ctx, call->rid);
         nghttp2_session_set_stream_user_data(ng, sid, NULL);
         call_free(call);
     }
@@ -1495,6 +1692,7 @@ int gr_server_start(const pl_transport_host *host, const pl_transport_options *o
         (rc = gr_resolve(opt->host, opt->port, 1, &ss, &sslen, err, errlen)) != PL_OK)
         goto fail;
     srv->host = *host;
+    srv->serving = -1;
     gr_sockaddr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
     srv->lis = evconnlistener_new_bind(host->base, accept_cb, srv,
                                        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
@@ -1542,5 +1740,6 @@ void gr_server_free(pl_transport_server *srv)
     srv->lis = NULL;
     while (srv->conns)
         conn_destroy(srv->conns);
+    gr_reflect_free(srv->reflect);
     free(srv);
 }

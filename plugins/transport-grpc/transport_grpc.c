@@ -205,6 +205,7 @@ static const pl_transport_plugin gr_plugin = {
     .decode_request = gr_api_decode_request,
     .decode_response = gr_api_decode_response,
     .free_scratch = pl_grpcish_free_scratch,
+    .server_serving = gr_server_serving,
 };
 
 PL_EXPORT const pl_transport_plugin *parley_transport_plugin(void)

@@ -7,8 +7,13 @@ the prototype's file, and the prototype's proto3 text is rebuilt from it
 here (syntax line, plain fields, the two `optional string error`), so the
 Python side encodes exactly as the prototype's clients do.
 
+The standard services (grpc.health.v1.Health, server reflection) are
+driven with stubs generated the same way from the official .proto files of
+Debian's grpc-proto package (GRPC_PROTO_DIR), copied into the stub
+directory first: a client nobody here wrote.
+
 Run by meson (suite interop) as:
-  /usr/bin/python3 test_interop.py PARLEYD PARLEY CHAT_PROTO
+  /usr/bin/python3 test_interop.py PARLEYD PARLEY CHAT_PROTO GRPC_PROTO_DIR
 """
 import os
 import re
@@ -25,10 +30,13 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 from harness import Cluster, test_failed, wait_until  # noqa: E402
+from proto_client import PrototypeClient  # noqa: E402
 
-PARLEYD, PARLEY, CHAT_PROTO = None, None, None
+PARLEYD, PARLEY, CHAT_PROTO, GRPC_PROTO_DIR = None, None, None, None
 STUB_DIR = None
 grpc = pb = rpc = None
+hpb = hrpc = None       # grpc.health.v1
+refl = {}               # "v1" / "v1alpha": (pb2, pb2_grpc) of grpc.reflection
 
 PW = "correct horse"
 
@@ -44,15 +52,31 @@ def build_stubs():
     text = re.sub(r"^  optional (?!string error)", "  ", text, flags=re.M)
     with open(os.path.join(STUB_DIR, "chat.proto"), "w") as f:
         f.write(text)
-    subprocess.run(["protoc", "--experimental_allow_proto3_optional", "-I", STUB_DIR,
-                    "--python_out=" + STUB_DIR, "--grpc_python_out=" + STUB_DIR,
-                    "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin"),
-                    os.path.join(STUB_DIR, "chat.proto")], check=True)
+    # The official protos under names of their own: a module named after
+    # their package directory (grpc/...) would shadow grpcio itself.
+    std = (("grpc/health/v1/health.proto", "std_health.proto"),
+           ("grpc/reflection/v1/reflection.proto", "std_reflection_v1.proto"),
+           ("grpc/reflection/v1alpha/reflection.proto", "std_reflection_v1alpha.proto"))
+    for src, dst in std:
+        shutil.copy(os.path.join(GRPC_PROTO_DIR, src), os.path.join(STUB_DIR, dst))
+    for name in ["chat.proto"] + [dst for _, dst in std]:
+        subprocess.run(["protoc", "--experimental_allow_proto3_optional", "-I", STUB_DIR,
+                        "--python_out=" + STUB_DIR, "--grpc_python_out=" + STUB_DIR,
+                        "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin"),
+                        os.path.join(STUB_DIR, name)], check=True)
     sys.path.insert(0, STUB_DIR)
     import grpc as _grpc
     import chat_pb2 as _pb
     import chat_pb2_grpc as _rpc
+    import std_health_pb2 as _hpb
+    import std_health_pb2_grpc as _hrpc
     grpc, pb, rpc = _grpc, _pb, _rpc
+    global hpb, hrpc
+    hpb, hrpc = _hpb, _hrpc
+    import importlib
+    for v in ("v1", "v1alpha"):
+        refl[v] = (importlib.import_module("std_reflection_%s_pb2" % v),
+                   importlib.import_module("std_reflection_%s_pb2_grpc" % v))
 
 
 def channel(port):
@@ -659,10 +683,351 @@ class ThreeServers(unittest.TestCase):
         reader.close()
 
 
+def metric(c, i, name):
+    """One value from server i's GET /metrics (admin port)."""
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % c.admin_port(i), timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError("metric %s missing" % name)
+
+
+class HeldCalls(unittest.TestCase):
+    """Docs/protocol.md "Failover": one server of three, alone, never learns
+    of a primary, so it holds every call; the holds are bounded per
+    connection (the limit names itself), end at three election timeouts, at
+    the client's deadline, and when the connection closes."""
+    ET = 400
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=3, transport="grpc",
+                         extra={"election_timeout_ms": self.ET, "heartbeat_ms": 50,
+                                "admin": {"port_offset": 90},
+                                "limits": {"held_per_connection": 2}})
+        self.c.start(1)
+        self.cl = Client(self.c.ports[1])
+
+    def tearDown(self):
+        self.cl.close()
+        if test_failed(self):
+            sys.stderr.write("---- server 1 log ----\n%s\n" % self.c.log(1))
+        self.c.close()
+
+    def held(self):
+        return metric(self.c, 1, "parley_requests_held")
+
+    def test_limits_deadline_and_close(self):
+        stub = self.cl.stub
+        t0 = time.monotonic()
+        done = {}
+        futs = [stub.Health.future(pb.Empty()) for _ in range(3)]
+        for i, f in enumerate(futs):
+            f.add_done_callback(lambda _f, i=i: done.setdefault(i, time.monotonic() - t0))
+        wait_until(lambda: len(done) == 3, 30, what="three answers")
+        errs = []
+        for i, f in enumerate(futs):
+            try:
+                f.result(timeout=30)
+                errs.append(None)
+            except grpc.RpcError as e:
+                errs.append((e.code(), e.details(), done[i]))
+        over = [e for e in errs if e and "limits.held_per_connection" in e[1]]
+        self.assertEqual(len(over), 1, errs)
+        self.assertEqual(over[0][0], grpc.StatusCode.UNAVAILABLE)
+        self.assertLess(over[0][2], self.ET / 1000.0, "the one over the limit is answered at once")
+        out = [e for e in errs if e and e not in over]
+        self.assertEqual(len(out), 2, errs)
+        for code, details, took in out:
+            self.assertEqual(code, grpc.StatusCode.UNAVAILABLE, details)
+            self.assertIn("no serving primary after %d ms (3 election timeouts)" % (3 * self.ET),
+                          details)
+            self.assertGreaterEqual(took, 3 * self.ET / 1000.0 - 0.05, details)
+        # A client deadline ends the hold at once (request_gone), not after
+        # three election timeouts.
+        e = rpc_error(stub.Health, pb.Empty(), timeout=0.3)
+        self.assertEqual(e.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        wait_until(lambda: self.held() == 0, 0.5,
+                   what="the timed-out call forgotten long before its hold ran out")
+        # A closed connection takes its held calls along.
+        f = stub.Health.future(pb.Empty())
+        wait_until(lambda: self.held() == 1, 5, what="one call held")
+        self.cl.close()
+        wait_until(lambda: self.held() == 0, 0.5, what="held call dropped with its connection")
+        self.assertTrue(f.done())
+        self.assertEqual(metric(self.c, 1, "parley_requests_held_refused_total"), 1)
+
+
+class Reflection(OneServerBase):
+    """Server reflection (v1 and v1alpha) from the official stubs: list the
+    services, fetch chat.ChatService's descriptor, and call it with message
+    classes built from that descriptor alone, as grpcurl and evans do."""
+
+    def reflect(self, version, *reqs):
+        rpb, rrpc = refl[version]
+        stub = rrpc.ServerReflectionStub(self.client().ch)
+        out = list(stub.ServerReflectionInfo(iter(reqs), timeout=10))
+        self.assertEqual(len(out), len(reqs), "one answer per request on one stream")
+        return out
+
+    def test_list_describe_and_call_without_a_proto(self):
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        rpb = refl["v1"][0]
+        R = rpb.ServerReflectionRequest
+        want = {"chat.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"}
+        for v in ("v1", "v1alpha"):
+            (ls,) = self.reflect(v, refl[v][0].ServerReflectionRequest(host="h", list_services=""))
+            self.assertEqual(ls.valid_host, "h")
+            self.assertEqual({x.name for x in ls.list_services_response.service}, want, v)
+
+        sym, name, meth, msg, bad, ext = self.reflect(
+            "v1", R(file_containing_symbol="chat.ChatService"), R(file_by_filename="chat.proto"),
+            R(file_containing_symbol="chat.ChatService.Login"),
+            R(file_containing_symbol="chat.MessageNotification"),
+            R(file_containing_symbol="chat.NoSuchThing"),
+            R(all_extension_numbers_of_type="chat.Message"))
+        self.assertEqual(bad.error_response.error_code, grpc.StatusCode.NOT_FOUND.value[0])
+        self.assertIn("chat.NoSuchThing", bad.error_response.error_message)
+        self.assertEqual(ext.all_extension_numbers_response.base_type_name, "chat.Message")
+        blobs = [r.file_descriptor_response.file_descriptor_proto for r in (sym, name, meth, msg)]
+        for b in blobs:
+            self.assertEqual(list(b), list(blobs[0]), "every lookup serves chat.proto")
+        fdp = descriptor_pb2.FileDescriptorProto.FromString(blobs[0][0])
+        self.assertEqual((fdp.name, fdp.package), ("chat.proto", "chat"))
+        (h,) = self.reflect("v1alpha", refl["v1alpha"][0].ServerReflectionRequest(
+            file_containing_symbol="grpc.health.v1.Health"))
+        hfd = descriptor_pb2.FileDescriptorProto.FromString(
+            h.file_descriptor_response.file_descriptor_proto[0])
+        self.assertEqual(hfd.name, "grpc/health/v1/health.proto")
+
+        # A client with nothing but the descriptor: register, log in, list.
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(fdp)
+        service = pool.FindServiceByName("chat.ChatService")
+        get = getattr(message_factory, "GetMessageClass", None) or \
+            message_factory.MessageFactory(pool).GetPrototype
+        ch = self.client().ch
+
+        def call(method, **fields):
+            m = service.FindMethodByName(method)
+            req_cls, resp_cls = get(m.input_type), get(m.output_type)
+            fn = ch.unary_unary("/chat.ChatService/" + method,
+                                request_serializer=req_cls.SerializeToString,
+                                response_deserializer=resp_cls.FromString)
+            return fn(req_cls(**fields), timeout=10)
+        self.assertFalse(call("CreateAccount", username="dyn", password=PW).HasField("error"))
+        self.assertFalse(call("Login", username="dyn", password=PW).HasField("error"))
+        self.assertEqual(list(call("ListUsers", pattern="d*", limit=-1).usernames), ["dyn"])
+
+    def test_bad_reflection_input(self):
+        cl = self.client()
+        path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        bidi = cl.ch.stream_stream(path, request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        # an empty request: an error response naming the choices, stream goes on
+        rpb = refl["v1"][0]
+        out = [rpb.ServerReflectionResponse.FromString(b)
+               for b in bidi(iter([b"", rpb.ServerReflectionRequest(list_services="").SerializeToString()]),
+                             timeout=10)]
+        self.assertEqual(out[0].error_response.error_code, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        self.assertTrue(out[1].HasField("list_services_response"))
+        # bytes that are not a ServerReflectionRequest: that connection is
+        # closed at once (INTERNAL, or UNAVAILABLE when the GOAWAY wins)
+        e = rpc_error(lambda: list(bidi(iter([b"\xff\xff\xff"]), timeout=10)))
+        self.assertIn(e.code(), (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE))
+        self.assertEqual(self.client().stub.Health(pb.Empty(), timeout=5), pb.Empty())
+
+
+class StandardHealth(unittest.TestCase):
+    """grpc.health.v1.Health from the official stubs: SERVING on the
+    primary, NOT_SERVING on backups, for "" and chat.ChatService; NOT_FOUND
+    for another service; Watch streams the change at a failover."""
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=3, transport="grpc")
+        self.c.start_all()
+        self.chans = []
+
+    def tearDown(self):
+        for ch in self.chans:
+            ch.close()
+        if test_failed(self):
+            for i in range(3):
+                sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
+        self.c.close()
+
+    def health(self, i):
+        ch = channel(self.c.ports[i])
+        self.chans.append(ch)
+        return hrpc.HealthStub(ch)
+
+    def status(self, i, service):
+        return self.health(i).Check(hpb.HealthCheckRequest(service=service), timeout=5).status
+
+    def test_check_and_watch_across_failover(self):
+        S = hpb.HealthCheckResponse
+        wait_until(lambda: self.status(0, "") == S.SERVING, 15, what="server 0 SERVING")
+        for svc in ("", "chat.ChatService"):
+            self.assertEqual(self.status(0, svc), S.SERVING, svc)
+            for i in (1, 2):
+                self.assertEqual(self.status(i, svc), S.NOT_SERVING, (i, svc))
+        e = rpc_error(self.health(0).Check, hpb.HealthCheckRequest(service="no.Such"), timeout=5)
+        self.assertEqual(e.code(), grpc.StatusCode.NOT_FOUND)
+        # The chat service answers on the same connection as the health service.
+        ch = channel(self.c.ports[0])
+        self.chans.append(ch)
+        self.assertEqual(hrpc.HealthStub(ch).Check(hpb.HealthCheckRequest(), timeout=5).status,
+                         S.SERVING)
+        self.assertEqual(rpc.ChatServiceStub(ch).Health(pb.Empty(), timeout=5), pb.Empty())
+
+        watches = {i: self.health(i).Watch(hpb.HealthCheckRequest(service="chat.ChatService"))
+                   for i in (1, 2)}
+        unknown = self.health(1).Watch(hpb.HealthCheckRequest(service="no.Such"))
+        self.assertEqual(next(unknown).status, S.SERVICE_UNKNOWN)
+        for i, w in watches.items():
+            self.assertEqual(next(w).status, S.NOT_SERVING, i)
+        t0 = time.monotonic()
+        self.c.kill(0)
+        got = []
+        t = threading.Thread(target=lambda: got.append(next(watches[1]).status), daemon=True)
+        t.start()
+        t.join(15)
+        took = time.monotonic() - t0
+        self.assertEqual(got, [S.SERVING], "server 1's Watch streams SERVING once it is primary")
+        self.assertEqual(self.status(2, "chat.ChatService"), S.NOT_SERVING)
+        sys.stderr.write("health watch: SERVING on the new primary %.2f s after kill -9\n" % took)
+        for w in list(watches.values()) + [unknown]:
+            w.cancel()
+
+
+class FailoverBase(unittest.TestCase):
+    """Issue 18: the prototype's client logic (proto_client.py) through
+    kill -9 in the middle of a send loop and of a live stream: every
+    acknowledged send is readable afterwards, the stream resumes on the new
+    primary, and nothing raises. It works only because a server that cannot
+    name a serving primary holds Health (and every first call) until the
+    view settles (docs/protocol.md, "Failover")."""
+    n = 3
+    SENDS = 60
+
+    def setUp(self):
+        self.c = Cluster(PARLEYD, PARLEY, n=self.n, transport="grpc")
+        self.c.start_all()
+        self.clients = []
+
+    def tearDown(self):
+        for cl in self.clients:
+            cl.close()
+        if test_failed(self):
+            for i in range(self.n):
+                sys.stderr.write("---- server %d log ----\n%s\n" % (i, self.c.log(i)))
+            for cl in self.clients:
+                sys.stderr.write("%s discoveries: %r\n" % (cl.name, cl.discoveries))
+        self.c.close()
+
+    def client(self, name):
+        cl = PrototypeClient(pb, rpc, self.c.ports, name)
+        self.clients.append(cl)
+        return cl.start()
+
+    def index(self, cl):
+        return self.c.ports.index(cl.leader[1])
+
+    def stream_live(self, sender, receiver, tag, timeout=30):
+        """Send probes until one arrives on receiver's stream."""
+        k = [0]
+
+        def arrived():
+            k[0] += 1
+            body = "%s probe %d" % (tag, k[0])
+            sender.send("bob", body)
+            t = time.monotonic() + 1
+            while time.monotonic() < t:
+                if any(m.content == body for m in receiver.got):
+                    return True
+                time.sleep(0.02)
+            return False
+        wait_until(arrived, timeout, interval=0, what="bob's stream delivering (%s)" % tag)
+
+    def send_loop(self, alice, kills):
+        """Send SENDS messages; after kills[i][0] acknowledged ones, kill
+        server kills[i][1]() (an index). Returns the acknowledged bodies and
+        the slowest send in seconds."""
+        acked, slowest, i = [], 0.0, 0
+        kills = list(kills)
+        while len(acked) < self.SENDS:
+            body = "msg %d" % i
+            t = time.monotonic()
+            alice.send("bob", body)   # three tries; raises if they all fail
+            slowest = max(slowest, time.monotonic() - t)
+            acked.append(body)
+            i += 1
+            while kills and len(acked) == kills[0][0]:
+                self.c.kill(kills.pop(0)[1]())
+        return acked, slowest
+
+    def check_after(self, alice, bob, acked, killed):
+        self.assertNotIn(self.index(alice), killed)
+        self.stream_live(alice, bob, "after")
+        self.assertNotIn(self.index(bob), killed, "bob's stream is on a live server")
+        readable = {m.content for m in bob.got} | {m.content for m in bob.pop_unread()} | \
+            {m.content for m in bob.read_messages()}
+        missing = [b for b in acked if b not in readable]
+        self.assertEqual(missing, [], "acknowledged sends lost across the failover")
+        for cl in (alice, bob):
+            self.assertEqual(cl.errors, [], "%s's subscribe thread raised" % cl.name)
+            self.assertTrue(all(d[1] is not None for d in cl.discoveries),
+                            "%s: a discovery failed: %r" % (cl.name, cl.discoveries))
+        held = max((t for cl in (alice, bob) for d in cl.discoveries for (_, t, _) in d[2]),
+                   default=0)
+        return held
+
+    def users(self):
+        bob = self.client("bob")
+        alice = self.client("alice")
+        for cl, u in ((alice, "alice"), (bob, "bob")):
+            self.assertFalse(cl.create_account(u, PW).error)
+            self.assertFalse(cl.login(u, PW).error)
+        self.stream_live(alice, bob, "before")
+        return alice, bob
+
+    def report(self, what, alice, bob, slowest, held):
+        sys.stderr.write("%s: slowest send %.2f s, longest Health %.2f s; alice %r; bob %r\n"
+                         % (what, slowest, held, alice.discoveries[1:], bob.discoveries[1:]))
+
+
+class PrototypeFailover(FailoverBase):
+
+    def test_kill_primary_mid_send_loop_and_stream(self):
+        alice, bob = self.users()
+        primary = self.index(alice)
+        acked, slowest = self.send_loop(alice, [(20, lambda: primary)])
+        self.report("prototype failover (3 servers)", alice, bob, slowest,
+                    self.check_after(alice, bob, acked, [primary]))
+
+
+class PrototypeFailoverOtherOrder(FailoverBase):
+    """The other order: first the server the client would try first (the
+    next in config order after its leader, which is also the next view's
+    primary) dies, then the primary. Five servers survive both. The client
+    finds that server refused and the one after it holding Health through
+    two view changes (the first one's would-be primary is dead)."""
+    n = 5
+
+    def test_kill_first_candidate_then_primary(self):
+        alice, bob = self.users()
+        primary = self.index(alice)
+        first = next(i for i in range(self.n) if i != primary)
+        acked, slowest = self.send_loop(alice, [(15, lambda: first), (30, lambda: primary)])
+        self.report("prototype failover, other order (5 servers)", alice, bob, slowest,
+                    self.check_after(alice, bob, acked, [first, primary]))
+
+
 def main():
-    global PARLEYD, PARLEY, CHAT_PROTO
-    PARLEYD, PARLEY, CHAT_PROTO = sys.argv[1], sys.argv[2], sys.argv[3]
-    del sys.argv[1:4]
+    global PARLEYD, PARLEY, CHAT_PROTO, GRPC_PROTO_DIR
+    PARLEYD, PARLEY, CHAT_PROTO, GRPC_PROTO_DIR = sys.argv[1:5]
+    del sys.argv[1:5]
     # Each connection is a descriptor in parleyd and in the swarms, which
     # inherit this limit (ManyStreams).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -2,7 +2,7 @@
  * tests/unit/test_loader.c — the plugin loader's errors and search order.
  *
  * Arguments (from tests/unit/meson.build):
- *   bad_abi.so no_symbol.so init_fail.so real_store.so
+ *   bad_abi.so no_symbol.so init_fail.so real_store.so transport_v1.so transport_future.so
  * Each test checks one failure and that its one-line message names what an
  * operator needs: the places looked, the symbol, both ABI versions, the
  * plugin's own open error.
@@ -20,6 +20,7 @@
 #include "pl_build_config.h"
 
 static const char *bad_abi_so, *no_symbol_so, *init_fail_so, *real_so;
+static const char *transport_v1_so, *transport_future_so;
 
 #define ERRLEN 4096
 
@@ -147,6 +148,33 @@ START_TEST(abi_mismatch_names_both)
     ck_assert_ptr_null(p);
     snprintf(want, sizeof want, ": ABI version 999, this parley speaks %u",
              (unsigned)PL_STORE_ABI_VERSION);
+    ck_assert_msg(strstr(err, want) != NULL, "want \"%s\" in: %s", want, err);
+}
+END_TEST
+
+/* transport.h: a transport built for an older ABI still loads (the core
+ * checks its version before reading newer members); a newer one does not. */
+START_TEST(older_transport_abi_loads)
+{
+    char err[ERRLEN];
+    pl_plugin *p = pl_plugin_load("transport", transport_v1_so, NULL, err, sizeof err);
+
+    ck_assert_msg(p != NULL, "a transport of ABI version 1 was refused: %s", err);
+    ck_assert_uint_eq(pl_plugin_transport(p)->abi_version, 1);
+    pl_plugin_unload(p);
+}
+END_TEST
+
+START_TEST(newer_transport_abi_refused)
+{
+    char err[ERRLEN], want[160];
+    pl_plugin *p = pl_plugin_load("transport", transport_future_so, NULL, err, sizeof err);
+
+    ck_assert_ptr_null(p);
+    snprintf(want, sizeof want, ": ABI version %u, this parley speaks %u (and loads transports "
+             "of %u to %u)", (unsigned)PL_TRANSPORT_ABI_VERSION + 1,
+             (unsigned)PL_TRANSPORT_ABI_VERSION, (unsigned)PL_TRANSPORT_ABI_MIN,
+             (unsigned)PL_TRANSPORT_ABI_VERSION);
     ck_assert_msg(strstr(err, want) != NULL, "want \"%s\" in: %s", want, err);
 }
 END_TEST
@@ -340,6 +368,8 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, not_a_shared_object);
     tcase_add_test(tc, missing_symbol_named);
     tcase_add_test(tc, transport_member_missing_named);
+    tcase_add_test(tc, older_transport_abi_loads);
+    tcase_add_test(tc, newer_transport_abi_refused);
     tcase_add_test(tc, abi_mismatch_names_both);
     tcase_add_test(tc, init_failure_carries_plugin_message);
     tcase_add_test(tc, kind_mismatch_refused);
@@ -362,15 +392,17 @@ int main(int argc, char **argv)
     SRunner *sr;
     int failed;
 
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s bad_abi.so no_symbol.so init_fail.so real_store.so\n",
-                argv[0]);
+    if (argc != 7) {
+        fprintf(stderr, "usage: %s bad_abi.so no_symbol.so init_fail.so real_store.so "
+                "transport_v1.so transport_future.so\n", argv[0]);
         return 2;
     }
     bad_abi_so = argv[1];
     no_symbol_so = argv[2];
     init_fail_so = argv[3];
     real_so = argv[4];
+    transport_v1_so = argv[5];
+    transport_future_so = argv[6];
 
     sr = srunner_create(loader_suite());
     /* Each test sets PARLEY_PLUGIN_DIR for itself; forking keeps that

@@ -1205,6 +1205,46 @@ START_TEST(test_missed_start_view_keeps_acked_ops)
 }
 END_TEST
 
+/* pl_vr_vouches: a backup names the primary to clients only while it hears
+ * it, and in a new view not before that primary can serve. */
+START_TEST(test_backup_vouches_for_primary)
+{
+    const uint64_t fresh = 2 * 30; /* twice start_replica's heartbeat_ms */
+    sim_init(3, 4);
+    for (int k = 0; k < 100; k++)
+        step();
+    ck_assert_msg(pl_vr_can_serve(S->r[0].vr, S->now), "replica 0 serves");
+    ck_assert_msg(!pl_vr_vouches(S->r[0].vr, S->now, fresh), "a primary vouches for nobody");
+    ck_assert_msg(pl_vr_vouches(S->r[1].vr, S->now, fresh) &&
+                  pl_vr_vouches(S->r[2].vr, S->now, fresh),
+                  "backups that hear the primary vouch for it");
+    crash(0);
+    uint64_t t0 = S->now;
+    while (S->now - t0 <= fresh)
+        step();
+    ck_assert_msg(!pl_vr_vouches(S->r[1].vr, S->now, fresh) &&
+                  !pl_vr_vouches(S->r[2].vr, S->now, fresh),
+                  "no backup vouches after %llu ms without a word from the primary",
+                  (unsigned long long)fresh);
+    uint64_t serves = 0, vouched = 0;
+    for (int k = 0; k < 300 && !vouched; k++) {
+        step();
+        if (!serves && pl_vr_can_serve(S->r[1].vr, S->now))
+            serves = S->now;
+        if (pl_vr_vouches(S->r[2].vr, S->now, fresh)) {
+            vouched = S->now;
+            ck_assert_msg(serves && vouched >= serves,
+                          "replica 2 vouched at %llu ms for a primary serving only from %llu ms",
+                          (unsigned long long)vouched, (unsigned long long)serves);
+        }
+    }
+    ck_assert_msg(vouched, "replica 2 vouches for the new primary");
+    ck_assert_uint_eq(pl_vr_primary(S->r[2].vr), 1);
+    ck_assert_msg(!S->failure[0], "%s", S->failure);
+    sim_free();
+}
+END_TEST
+
 static int chance(unsigned per_mille)
 {
     return per_mille && rnd() % 1000 < per_mille;
@@ -1758,6 +1798,7 @@ int main(int argc, char **argv)
                 tcase_add_test(tc, test_steady_state);
                 tcase_add_test(tc, test_single_server);
                 tcase_add_test(tc, test_primary_crash_and_failback);
+                tcase_add_test(tc, test_backup_vouches_for_primary);
                 tcase_add_test(tc, test_minority_partition_cannot_commit);
                 tcase_add_test(tc, test_missed_start_view_keeps_acked_ops);
                 tcase_add_test(tc, test_grow_and_shrink);
