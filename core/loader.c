@@ -389,9 +389,12 @@ pl_plugin *pl_plugin_load(const char *kind, const char *name,
             set_err(err, errlen, "%s: %s() returned NULL", who, sym_name);
             goto fail;
         }
-        if (d->abi_version != PL_TRANSPORT_ABI_VERSION) {
-            set_err(err, errlen, "%s: ABI version %u, this parley speaks %u",
-                    who, (unsigned)d->abi_version, (unsigned)PL_TRANSPORT_ABI_VERSION);
+        /* Older transport ABIs load: later versions only appended to the
+         * host struct (parley/transport.h "Versioning"). */
+        if (d->abi_version < PL_TRANSPORT_ABI_MIN || d->abi_version > PL_TRANSPORT_ABI_VERSION) {
+            set_err(err, errlen, "%s: ABI version %u, this parley speaks %u (and loads %u-%u)",
+                    who, (unsigned)d->abi_version, (unsigned)PL_TRANSPORT_ABI_VERSION,
+                    (unsigned)PL_TRANSPORT_ABI_MIN, (unsigned)PL_TRANSPORT_ABI_VERSION);
             goto fail;
         }
         miss = transport_missing_member(d);

@@ -43,7 +43,12 @@
  *
  * Versioning: new members are only ever appended to these structs; a field
  * added in version N is marked "(v N)" and the host checks the version
- * before using it (the SQLite VFS way).
+ * before using it (the SQLite VFS way). The core loads plugins built for
+ * any ABI from PL_TRANSPORT_ABI_MIN up to its own: version 2 only appended
+ * to pl_transport_host, so a version 1 plugin runs unchanged (it never
+ * reads past the members it knows), and a version 2 plugin checks
+ * host->abi_version >= 2 before calling cluster_json. A plugin built for a
+ * newer ABI than the core's is refused with both numbers named.
  */
 #ifndef PARLEY_TRANSPORT_H
 #define PARLEY_TRANSPORT_H
@@ -55,7 +60,8 @@
 extern "C" {
 #endif
 
-#define PL_TRANSPORT_ABI_VERSION 1u
+#define PL_TRANSPORT_ABI_VERSION 2u
+#define PL_TRANSPORT_ABI_MIN 1u      /* oldest plugin ABI the core still loads */
 #define PL_TRANSPORT_SYMBOL "parley_transport_plugin"
 
 struct event_base;
@@ -101,6 +107,26 @@ typedef struct pl_transport_host {
     /* The connection is gone (peer closed, error, conn_close, server_free).
      * Called exactly once per accepted connection that conn_open accepted. */
     void (*conn_closed)(void *ud, void *conn_ctx);
+
+    /* ---- (v 2) ---- */
+    /* The cluster as this listener's clients see it, for a transport that
+     * tells clients where the other servers are (the ws transport's
+     * /cluster.json: a browser page finds the new primary after a
+     * failover). A JSON object in a malloc'd NUL-terminated string the
+     * caller frees with free(); NULL when out of memory:
+     *
+     *   {"epoch": 0, "self": 1, "primary": 0, "view": 3,
+     *    "servers": [{"id": 0, "host": "127.0.0.1", "port": 11100,
+     *                 "address": "127.0.0.1:8100"}, ...]}
+     *
+     * servers: the membership in force, in priority order; port is where
+     * this same transport listens on that server (its port plus this
+     * listener's port_offset); address is the main transport's
+     * "host:port", the form a NOT_PRIMARY reply's leader takes. self is
+     * this server's index (null when it is not a member), primary the
+     * index of the primary of the latest view this server knows (null
+     * during a view change). Every call reflects membership changes. */
+    char *(*cluster_json)(void *ud);
 } pl_transport_host;
 
 /* Client-half callbacks. */
