@@ -637,10 +637,11 @@ static int ws_open(ws_proto *p)
     if (rc != 0)
         return -1;
     wslay_event_config_set_no_buffering(p->ws, 1);
-    /* With buffering off wslay checks only frame by frame; our own check
-     * (ws_frame_start_cb) bounds whole messages. Control frames are at most
-     * 125 bytes by RFC 6455, which wslay enforces. */
-    wslay_event_config_set_max_recv_msg_length(p->ws, (uint64_t)p->max_frame);
+    /* With buffering off wslay stores no data frame, so its own length
+     * check (which closes 1009 without a reason) is lifted and ours
+     * (ws_frame_start_cb) bounds whole messages, naming max_frame. Control
+     * frames are at most 125 bytes by RFC 6455, which wslay enforces. */
+    wslay_event_config_set_max_recv_msg_length(p->ws, (uint64_t)1 << 62);
     p->state = P_OPEN;
     if (p->cb.opened)
         p->cb.opened(p->ud);
