@@ -712,27 +712,30 @@ static int parse_tls(cfg_ctx *x, const cJSON *v, pl_config *c)
     return PL_OK;
 }
 
-/* The transport learns about TLS through a "tls" member added to its
- * options (see pl_transport_options in parley/transport.h), so that server
+/* A transport (pc, named key in messages) learns about TLS through a "tls"
+ * member added to its options (see pl_transport_options in parley/transport.h), so that server
  * and client halves get it the same way and a transport that cannot do TLS
  * refuses the key instead of serving plaintext. The key is the core's: a
  * transport object that sets it itself is refused. */
-static int tls_into_transport(cfg_ctx *x, pl_config *c)
+static int tls_into_transport(cfg_ctx *x, const pl_config *c, pl_plugin_conf *pc,
+                              const char *key)
 {
     const pl_tls_conf *t = &c->tls;
-    cJSON *o = cJSON_Parse(c->transport.options_json ? c->transport.options_json : "");
+    cJSON *o = cJSON_Parse(pc->options_json ? pc->options_json : "");
     cJSON *tls = NULL;
     char *text = NULL;
+    char tkey[64];
     int rc = PL_ERR_NOMEM;
 
     if (!cJSON_IsObject(o)) {
         cJSON_Delete(o);
-        cfg_err(x, "transport", "options are not a JSON object");
+        cfg_err(x, key, "options are not a JSON object");
         return PL_ERR_CONFIG;
     }
     if (cJSON_GetObjectItemCaseSensitive(o, "tls")) {
         cJSON_Delete(o);
-        cfg_err(x, "transport.tls", "TLS is set by the top-level \"tls\" object");
+        snprintf(tkey, sizeof tkey, "%s.tls", key);
+        cfg_err(x, tkey, "TLS is set by the top-level \"tls\" object");
         return PL_ERR_CONFIG;
     }
     if (!t->enabled || !t->clients) {
@@ -748,7 +751,7 @@ static int tls_into_transport(cfg_ctx *x, pl_config *c)
     text = cJSON_PrintUnformatted(o);
     if (!text)
         goto done;
-    rc = set_plugin(&c->transport, c->transport.name, text);
+    rc = set_plugin(pc, pc->name, text);
 done:
     if (rc != PL_OK)
         cfg_err(x, "tls", "out of memory");
@@ -768,10 +771,6 @@ static int parse_transports(cfg_ctx *x, const cJSON *v, pl_config *c)
 
     if (!cJSON_IsArray(v) || n < 1 || n > 8) {
         cfg_err(x, "transports", "must be a list of 1-8 {\"name\": ..., \"port_offset\": N}");
-        return PL_ERR_CONFIG;
-    }
-    if (c->tls.enabled && c->tls.clients) {
-        cfg_err(x, "transports", "cannot be combined with TLS for clients (tls.clients)");
         return PL_ERR_CONFIG;
     }
     if (!(c->transports = calloc((size_t)n, sizeof *c->transports))) {
@@ -805,6 +804,11 @@ static int parse_transports(cfg_ctx *x, const cJSON *v, pl_config *c)
         rc = parse_plugin(x, copy, key, &t->plugin);
         cJSON_Delete(copy);
         c->n_transports++;
+        /* Every listener gets the same TLS as the main transport: one that
+         * cannot do TLS refuses the key at start rather than serve
+         * plaintext beside TLS (parley/transport.h). */
+        if (rc == PL_OK)
+            rc = tls_into_transport(x, c, &t->plugin, key);
         if (rc != PL_OK)
             return rc;
         t->port_offset = (uint16_t)off;
@@ -952,7 +956,7 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "tls")) &&
         (rc = parse_tls(x, v, c)) != PL_OK)
         return rc;
-    if ((rc = tls_into_transport(x, c)) != PL_OK)
+    if ((rc = tls_into_transport(x, c, &c->transport, "transport")) != PL_OK)
         return rc;
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "transports")) &&
         (rc = parse_transports(x, v, c)) != PL_OK)

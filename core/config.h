@@ -44,7 +44,8 @@
  *   transports: [{"name": ..., "port_offset": N, plugin options...}] —
  *         more transports every server serves beside "transport", each on
  *         its own port+N (e.g. grpc for the prototype's clients while the
- *         CLI speaks tcp); clients use "transport"
+ *         CLI speaks tcp, ws for browsers); clients use "transport". With
+ *         tls.clients each entry gets the same "tls" member as transport
  */
 #ifndef PL_CORE_CONFIG_H
 #define PL_CORE_CONFIG_H

@@ -138,6 +138,7 @@ typedef struct pl_listener {
     const pl_transport_plugin *tp;
     pl_transport_host host;
     pl_transport_server *tsrv;
+    uint16_t port_offset;
 } pl_listener;
 
 /* A membership change this primary drives (admin POST /cluster/...): the
@@ -2027,6 +2028,53 @@ static int store_sync(const pl_config *cfg)
     return sync;
 }
 
+/* host->cluster_json (parley/transport.h, v 2): the membership in force
+ * with each server's port for the asking listener (port + offset), and the
+ * primary as this server knows it. */
+static char *cluster_json_for(pl_server *s, uint16_t port_offset)
+{
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    int me = member_index(s);
+    cJSON *o = cJSON_CreateObject(), *arr;
+    char *text = NULL;
+    if (!o)
+        return NULL;
+    int ok = cJSON_AddNumberToObject(o, "epoch", (double)s->members.epoch) != NULL;
+    ok = ok && (me >= 0 ? cJSON_AddNumberToObject(o, "self", me) : cJSON_AddNullToObject(o, "self"));
+    if (pl_vr_status(vr) == PL_VR_NORMAL && pl_vr_primary(vr) < s->members.n)
+        ok = ok && cJSON_AddNumberToObject(o, "primary", pl_vr_primary(vr));
+    else
+        ok = ok && cJSON_AddNullToObject(o, "primary");
+    ok = ok && cJSON_AddNumberToObject(o, "view", (double)pl_vr_view(vr));
+    ok = ok && (arr = cJSON_AddArrayToObject(o, "servers")) != NULL;
+    for (size_t i = 0; ok && i < s->members.n; i++) {
+        const pl_server_conf *sv = &s->members.servers[i];
+        char addr[300];
+        cJSON *e = cJSON_CreateObject();
+        snprintf(addr, sizeof addr, strchr(sv->host, ':') ? "[%s]:%u" : "%s:%u", sv->host,
+                 (unsigned)sv->port);
+        ok = e && cJSON_AddItemToArray(arr, e) && cJSON_AddNumberToObject(e, "id", (double)i) &&
+             cJSON_AddStringToObject(e, "host", sv->host) &&
+             cJSON_AddNumberToObject(e, "port", (double)((uint32_t)sv->port + port_offset)) &&
+             cJSON_AddStringToObject(e, "address", addr);
+    }
+    if (ok)
+        text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+static char *on_cluster_json(void *ud)
+{
+    return cluster_json_for(ud, 0);
+}
+
+static char *on_extra_cluster_json(void *ud)
+{
+    pl_listener *l = ud;
+    return cluster_json_for(l->srv, l->port_offset);
+}
+
 static void on_extra_request(void *ud, void *ctx, const pl_request *req)
 {
     on_request(((pl_listener *)ud)->srv, ctx, req);
@@ -2073,6 +2121,8 @@ static int start_extra_transports(pl_server *s, const pl_server_conf *me, char *
         l->host.request = on_extra_request;
         l->host.conn_closed = on_extra_conn_closed;
         l->host.request_gone = on_extra_request_gone;
+        l->host.cluster_json = on_extra_cluster_json;
+        l->port_offset = xt->port_offset;
         pl_transport_options xo = { .host = me->host, .port = port, .max_frame = cfg->max_frame,
                                     .options_json = xt->plugin.options_json };
         why[0] = '\0';
@@ -2295,6 +2345,7 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         .request = on_request,
         .conn_closed = on_conn_closed,
         .request_gone = on_request_gone,
+        .cluster_json = on_cluster_json,
     };
     pl_transport_options topt = { .host = me->host, .port = me->port,
                                   .max_frame = cfg->max_frame,

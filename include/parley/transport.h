@@ -55,7 +55,14 @@
  *
  * Versioning: new members are only ever appended to these structs; a field
  * added in version N is marked "(v N)" and the host checks the version
- * before using it (the SQLite VFS way).
+ * before using it (the SQLite VFS way). The core loads plugins built for
+ * any ABI from PL_TRANSPORT_ABI_MIN up to its own. Version 2 appended the
+ * host's request_gone and cluster_json and the plugin's server_serving: a
+ * version 1 plugin runs unchanged (it never reads past the host members it
+ * knows, and the core never reads its server_serving), and a version 2
+ * plugin checks host->abi_version >= 2 before calling either host member.
+ * A plugin built for a newer ABI than the core's is refused with both
+ * numbers named.
  */
 #ifndef PARLEY_TRANSPORT_H
 #define PARLEY_TRANSPORT_H
@@ -121,6 +128,27 @@ typedef struct pl_transport_host {
      * that comes anyway is for the plugin to drop. Optional for plugins to
      * call; call it only when host->abi_version >= 2. */
     void (*request_gone)(void *ud, void *conn_ctx, uint64_t request_id);
+
+
+    /* (v 2) */
+    /* The cluster as this listener's clients see it, for a transport that
+     * tells clients where the other servers are (the ws transport's
+     * /cluster.json: a browser page finds the new primary after a
+     * failover). A JSON object in a malloc'd NUL-terminated string the
+     * caller frees with free(); NULL when out of memory:
+     *
+     *   {"epoch": 0, "self": 1, "primary": 0, "view": 3,
+     *    "servers": [{"id": 0, "host": "127.0.0.1", "port": 11100,
+     *                 "address": "127.0.0.1:8100"}, ...]}
+     *
+     * servers: the membership in force, in priority order; port is where
+     * this same transport listens on that server (its port plus this
+     * listener's port_offset); address is the main transport's
+     * "host:port", the form a NOT_PRIMARY reply's leader takes. self is
+     * this server's index (null when it is not a member), primary the
+     * index of the primary of the latest view this server knows (null
+     * during a view change). Every call reflects membership changes. */
+    char *(*cluster_json)(void *ud);
 } pl_transport_host;
 
 /* Client-half callbacks. */

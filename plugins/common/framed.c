@@ -77,6 +77,9 @@
  */
 #include "framed.h"
 
+#include "net.h"
+#include "tls.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -190,344 +193,6 @@ static uint32_t codec_max_frame(const pl_framed_codec *codec, const void *ctx)
     uint32_t m = codec->max_frame ? codec->max_frame(ctx) : 0;
 
     return m ? m : PL_FRAME_DEFAULT;
-}
-
-/* Numeric address first (no blocking lookup); a name falls back to
- * getaddrinfo's resolver, which blocks: acceptable at server start and for a
- * client's connect, both rare. */
-static int resolve(const char *host, uint16_t port, int passive,
-                   struct sockaddr_storage *ss, socklen_t *sslen,
-                   char *err, size_t errlen)
-{
-    struct addrinfo hints, *res = NULL;
-    char portstr[8];
-    int rc;
-
-    if (!host || !*host)
-        host = "127.0.0.1";
-    snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-    rc = getaddrinfo(host, portstr, &hints, &res);
-    if (rc == EAI_NONAME) {
-        hints.ai_flags &= ~AI_NUMERICHOST;
-        rc = getaddrinfo(host, portstr, &hints, &res);
-    }
-    if (rc != 0 || !res) {
-        set_err(err, errlen, "cannot resolve address \"%s\": %s", host,
-                rc ? gai_strerror(rc) : "no address");
-        if (res)
-            freeaddrinfo(res);
-        return PL_ERR_CONFIG;
-    }
-    if (res->ai_addrlen > sizeof *ss) {
-        freeaddrinfo(res);
-        set_err(err, errlen, "address \"%s\" is too long", host);
-        return PL_ERR_CONFIG;
-    }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *sslen = (socklen_t)res->ai_addrlen;
-    freeaddrinfo(res);
-    return PL_OK;
-}
-
-static void sockaddr_text(const struct sockaddr *sa, char *out, size_t outlen)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        evutil_inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
-        snprintf(out, outlen, "%s:%u", ip, (unsigned)ntohs(in->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        evutil_inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
-        snprintf(out, outlen, "[%s]:%u", ip, (unsigned)ntohs(in6->sin6_port));
-    } else {
-        snprintf(out, outlen, "unknown");
-    }
-}
-
-/* Requests and responses are small and latency-bound: never let Nagle hold
- * one back waiting for an ACK. */
-static void set_nodelay(evutil_socket_t fd)
-{
-    int one = 1;
-
-    if (fd >= 0)
-        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-/* ------------------------------------------------------------------ */
-/* TLS helpers                                                          */
-
-/* The "tls" member of the transport options. Strings point into root. */
-typedef struct framed_tls {
-    cJSON *root;
-    const char *cert, *key, *ca;
-    int verify_clients;
-} framed_tls;
-
-/* Parse opt->options_json's "tls" member. Returns PL_OK with t->root NULL
- * when there is none (plain TCP). Options that are not JSON are left for
- * the plugin to report; it parses them first. */
-static int tls_opts_parse(const pl_transport_options *opt, framed_tls *t,
-                          char *err, size_t errlen)
-{
-    const cJSON *tls;
-
-    memset(t, 0, sizeof *t);
-    if (!opt || !opt->options_json || !*opt->options_json)
-        return PL_OK;
-    t->root = cJSON_Parse(opt->options_json);
-    tls = cJSON_IsObject(t->root) ? cJSON_GetObjectItemCaseSensitive(t->root, "tls") : NULL;
-    if (!tls) {
-        cJSON_Delete(t->root);
-        t->root = NULL;
-        return PL_OK;
-    }
-    if (!cJSON_IsObject(tls)) {
-        set_err(err, errlen, "tls: must be an object {\"cert\", \"key\", \"ca\", \"verify_clients\"}");
-        goto fail;
-    }
-    for (const cJSON *m = tls->child; m; m = m->next) {
-        const char **slot = NULL;
-
-        if (strcmp(m->string, "cert") == 0)
-            slot = &t->cert;
-        else if (strcmp(m->string, "key") == 0)
-            slot = &t->key;
-        else if (strcmp(m->string, "ca") == 0)
-            slot = &t->ca;
-        if (slot) {
-            if (!cJSON_IsString(m) || !m->valuestring[0]) {
-                set_err(err, errlen, "tls.%s: must be a non-empty path", m->string);
-                goto fail;
-            }
-            *slot = m->valuestring;
-        } else if (strcmp(m->string, "verify_clients") == 0) {
-            if (!cJSON_IsBool(m)) {
-                set_err(err, errlen, "tls.verify_clients: must be true or false");
-                goto fail;
-            }
-            t->verify_clients = cJSON_IsTrue(m);
-        } else {
-            set_err(err, errlen, "tls.%.40s: unknown option (known: cert, key, ca, verify_clients)",
-                    m->string);
-            goto fail;
-        }
-    }
-    return PL_OK;
-fail:
-    cJSON_Delete(t->root);
-    t->root = NULL;
-    return PL_ERR_CONFIG;
-}
-
-/* Text for an OpenSSL error code: its reason ("certificate verify
- * failed"), or the system error behind a file that would not open. */
-static void tls_err_text(unsigned long e, char *out, size_t outlen)
-{
-    const char *r;
-
-    if (e == 0) {
-        snprintf(out, outlen, "unknown TLS error");
-        return;
-    }
-    if (ERR_SYSTEM_ERROR(e)) {
-        snprintf(out, outlen, "%s", strerror(ERR_GET_REASON(e)));
-        return;
-    }
-    r = ERR_reason_error_string(e);
-    if (r)
-        snprintf(out, outlen, "%s", r);
-    else
-        ERR_error_string_n(e, out, outlen);
-}
-
-/* A failed OpenSSL call while setting up: report the oldest queued error
- * (the cause; later ones are consequences) and clear the thread's queue so
- * nothing stale is blamed on a later connection. */
-static int tls_setup_fail(char *err, size_t errlen, const char *what, const char *path)
-{
-    char reason[160];
-
-    tls_err_text(ERR_get_error(), reason, sizeof reason);
-    ERR_clear_error();
-    if (path)
-        set_err(err, errlen, "%s %s: %s", what, path, reason);
-    else
-        set_err(err, errlen, "%s: %s", what, reason);
-    return PL_ERR_CONFIG;
-}
-
-/* What every context gets: TLS 1.2 at least; no renegotiation (libevent's
- * bufferevents and a frame protocol have no use for it); buffers released
- * while a connection is idle, so ten thousand idle clients do not pin
- * 34 KiB each; an EOF without close_notify reads as EOF (see the top). */
-static void tls_ctx_common(SSL_CTX *ctx)
-{
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-}
-
-static int tls_server_ctx(const framed_tls *t, SSL_CTX **out, char *err, size_t errlen)
-{
-    SSL_CTX *ctx = NULL;
-    int rc;
-
-    *out = NULL;
-    if (!t->cert || !t->key) {
-        set_err(err, errlen, "tls: \"cert\" and \"key\" are required to serve TLS");
-        return PL_ERR_CONFIG;
-    }
-    ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx)
-        return tls_setup_fail(err, errlen, "tls", NULL);
-    tls_ctx_common(ctx);
-    if (SSL_CTX_use_certificate_chain_file(ctx, t->cert) != 1) {
-        rc = tls_setup_fail(err, errlen, "tls.cert", t->cert);
-        goto fail;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, t->key, SSL_FILETYPE_PEM) != 1) {
-        rc = tls_setup_fail(err, errlen, "tls.key", t->key);
-        goto fail;
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-        ERR_clear_error();
-        set_err(err, errlen, "tls.key %s is not the key of tls.cert %s", t->key, t->cert);
-        rc = PL_ERR_CONFIG;
-        goto fail;
-    }
-    /* Sessions may be resumed; the id context is required for that once
-     * client certificates are verified, and harmless otherwise. */
-    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"parley", 6);
-    if (t->verify_clients) {
-        STACK_OF(X509_NAME) *names;
-
-        if (!t->ca) {
-            set_err(err, errlen, "tls.verify_clients: needs tls.ca");
-            rc = PL_ERR_CONFIG;
-            goto fail;
-        }
-        if (SSL_CTX_load_verify_locations(ctx, t->ca, NULL) != 1) {
-            rc = tls_setup_fail(err, errlen, "tls.ca", t->ca);
-            goto fail;
-        }
-        /* Tell clients which CA we accept, so one with several certificates
-         * picks the right one. */
-        names = SSL_load_client_CA_file(t->ca);
-        if (names)
-            SSL_CTX_set_client_CA_list(ctx, names);
-        ERR_clear_error();
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-    }
-    *out = ctx;
-    return PL_OK;
-fail:
-    SSL_CTX_free(ctx);
-    return rc;
-}
-
-/* One SSL for a client connection to host: the server's certificate must
- * chain to ca (or the system's trust store) and name host — as an IP
- * address when host is one, else as a DNS name (also sent as SNI). */
-static int tls_client_ssl(const framed_tls *t, const char *host, SSL **out,
-                          char *err, size_t errlen)
-{
-    unsigned char addr[sizeof(struct in6_addr)];
-    SSL_CTX *ctx;
-    SSL *ssl = NULL;
-    int rc = PL_ERR_CONFIG, ok;
-
-    *out = NULL;
-    ctx = SSL_CTX_new(TLS_client_method());
-    if (!ctx)
-        return tls_setup_fail(err, errlen, "tls", NULL);
-    tls_ctx_common(ctx);
-    if (t->ca ? SSL_CTX_load_verify_locations(ctx, t->ca, NULL) != 1
-              : SSL_CTX_set_default_verify_paths(ctx) != 1) {
-        rc = tls_setup_fail(err, errlen, "tls.ca", t->ca ? t->ca : "(system default)");
-        goto done;
-    }
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    /* Only a server that verifies clients needs our certificate; other
-     * clients need not be able to read a key file. */
-    if (t->verify_clients && t->cert && t->key) {
-        if (SSL_CTX_use_certificate_chain_file(ctx, t->cert) != 1) {
-            rc = tls_setup_fail(err, errlen, "tls.cert", t->cert);
-            goto done;
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, t->key, SSL_FILETYPE_PEM) != 1) {
-            rc = tls_setup_fail(err, errlen, "tls.key", t->key);
-            goto done;
-        }
-    }
-    ssl = SSL_new(ctx);
-    if (!ssl) {
-        rc = tls_setup_fail(err, errlen, "tls", NULL);
-        goto done;
-    }
-    if (!host || !*host)
-        host = "127.0.0.1";
-    if (inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1) {
-        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1;
-    } else {
-        ok = SSL_set1_host(ssl, host) == 1;
-        if (ok)
-            (void)SSL_set_tlsext_host_name(ssl, host);
-    }
-    if (!ok) {
-        rc = tls_setup_fail(err, errlen, "tls: cannot check the server's name", host);
-        goto done;
-    }
-    *out = ssl;
-    ssl = NULL;
-    rc = PL_OK;
-done:
-    SSL_free(ssl);
-    SSL_CTX_free(ctx); /* the SSL holds its own reference */
-    return rc;
-}
-
-/* The OpenSSL error behind a TLS bufferevent's failure, or 0. libevent
- * hands its saved errors back newest first, mixed with bare SSL_get_error
- * codes (library 0): keep the oldest real one, the cause. */
-static unsigned long tls_cause(struct bufferevent *bev)
-{
-    unsigned long e, first = 0;
-
-    while ((e = bufferevent_get_openssl_error(bev)) != 0)
-        if (ERR_GET_LIB(e) != 0)
-            first = e;
-    return first;
-}
-
-/* Why a TLS bufferevent failed before its handshake finished. Returns 1
- * when the peer just closed without a TLS error: a TCP health check or a
- * port probe, not worth a line at the default log level. */
-static int tls_handshake_error(struct bufferevent *bev, short what, char *out, size_t outlen)
-{
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
-    int se = EVUTIL_SOCKET_ERROR();
-    unsigned long first = tls_cause(bev);
-    if (what & BEV_EVENT_TIMEOUT) {
-        snprintf(out, outlen, "no handshake within %d s", FRAMED_HANDSHAKE_SECS);
-    } else if (vr != X509_V_OK) {
-        snprintf(out, outlen, "certificate rejected: %s", X509_verify_cert_error_string(vr));
-    } else if (first) {
-        tls_err_text(first, out, outlen);
-    } else if ((what & BEV_EVENT_ERROR) && se != 0) {
-        snprintf(out, outlen, "%s", evutil_socket_error_to_string(se));
-    } else {
-        snprintf(out, outlen, "connection closed during the handshake");
-        return 1;
-    }
-    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -820,7 +485,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     if (c->handshaking && (what & (BEV_EVENT_TIMEOUT | BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
         char why[200];
 
-        int quiet = tls_handshake_error(bev, what, why, sizeof why);
+        int quiet = pl_tls_handshake_error(bev, what, FRAMED_HANDSHAKE_SECS, why, sizeof why);
 
         srv_log(c->srv, quiet ? PL_LOG_DEBUG : PL_LOG_INFO,
                 "connection %s: TLS handshake failed: %s; closing", c->peer, why);
@@ -854,14 +519,14 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
 
     (void)lis;
     (void)salen;
-    set_nodelay(fd);
+    pl_net_nodelay(fd);
     c = calloc(1, sizeof *c);
     if (!c) {
         evutil_closesocket(fd);
         return;
     }
     c->srv = srv;
-    sockaddr_text(sa, c->peer, sizeof c->peer);
+    pl_net_addr_text(sa, c->peer, sizeof c->peer);
     if (srv->ssl_ctx) {
         SSL *ssl = SSL_new(srv->ssl_ctx);
 
@@ -949,7 +614,7 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
     SSL_CTX *ssl_ctx = NULL;
-    framed_tls tls;
+    pl_tls_opts tls;
     int rc;
 
     *out = NULL;
@@ -958,16 +623,16 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
         set_err(err, errlen, "framed server: host callbacks, options and codec are required");
         return PL_ERR_INVALID;
     }
-    rc = resolve(opt->host, opt->port, 1, &ss, &sslen, err, errlen);
+    rc = pl_net_resolve(opt->host, opt->port, 1, &ss, &sslen, err, errlen);
     if (rc != PL_OK)
         return rc;
-    rc = tls_opts_parse(opt, &tls, err, errlen);
+    rc = pl_tls_opts_parse(opt, &tls, err, errlen);
     if (rc != PL_OK)
         return rc;
     if (tls.root) {
         /* Certificate and key are read once, here: a bad path fails the
          * start with its name instead of every handshake later. */
-        rc = tls_server_ctx(&tls, &ssl_ctx, err, errlen);
+        rc = pl_tls_server_ctx(&tls, &ssl_ctx, err, errlen);
         cJSON_Delete(tls.root);
         if (rc != PL_OK)
             return rc;
@@ -987,7 +652,7 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     if (srv->out_pause < 2 * (size_t)srv->max_frame)
         srv->out_pause = 2 * (size_t)srv->max_frame;
     srv->out_limit = 2 * srv->out_pause;
-    sockaddr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
+    pl_net_addr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
     srv->accept_retry = evtimer_new(host->base, accept_retry_cb, srv);
     if (!srv->accept_retry) {
         set_err(err, errlen, "out of memory");
@@ -1158,7 +823,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 
     if (what & BEV_EVENT_CONNECTED) {
         cli->connected = 1;
-        set_nodelay(bufferevent_getfd(bev));
+        pl_net_nodelay(bufferevent_getfd(bev));
         return;
     }
     /* With TLS, CONNECTED means the handshake is done too; anything before
@@ -1168,12 +833,12 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         char reason[200];
         int e = EVUTIL_SOCKET_ERROR();
         SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        unsigned long first = tls_cause(bev);
+        unsigned long first = pl_tls_cause(bev);
         if (ssl && SSL_get_verify_result(ssl) != X509_V_OK) {
             snprintf(why, sizeof why, "TLS: server certificate rejected: %s",
                      X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
         } else if (first) {
-            tls_err_text(first, reason, sizeof reason);
+            pl_tls_err_text(first, reason, sizeof reason);
             snprintf(why, sizeof why, "TLS handshake failed: %s", reason);
         } else if (e == ECONNREFUSED) {
             /* Also under EOF: libevent reads a failed connect as a dirty
@@ -1194,13 +859,13 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
             client_finish(cli, PL_ERR_IO, "connection closed by server");
     } else if (what & BEV_EVENT_ERROR) {
         int e = EVUTIL_SOCKET_ERROR();
-        unsigned long oe = cli->tls ? tls_cause(bev) : 0;
+        unsigned long oe = cli->tls ? pl_tls_cause(bev) : 0;
         char reason[200];
 
         /* After the handshake a TLS error is usually the server's alert,
          * e.g. "certificate required" when it verifies clients. */
         if (oe) {
-            tls_err_text(oe, reason, sizeof reason);
+            pl_tls_err_text(oe, reason, sizeof reason);
             snprintf(why, sizeof why, "connection lost: TLS: %s", reason);
         } else if (cli->connected && e == 0)
             snprintf(why, sizeof why, "connection lost");
@@ -1226,7 +891,7 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
     char addr[80];
-    framed_tls tls;
+    pl_tls_opts tls;
     SSL *ssl = NULL;
     int rc;
 
@@ -1239,14 +904,14 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
         set_err(err, errlen, "framed client: no port to connect to");
         return PL_ERR_INVALID;
     }
-    rc = resolve(opt->host, opt->port, 0, &ss, &sslen, err, errlen);
+    rc = pl_net_resolve(opt->host, opt->port, 0, &ss, &sslen, err, errlen);
     if (rc != PL_OK)
         return rc;
-    rc = tls_opts_parse(opt, &tls, err, errlen);
+    rc = pl_tls_opts_parse(opt, &tls, err, errlen);
     if (rc != PL_OK)
         return rc;
     if (tls.root) {
-        rc = tls_client_ssl(&tls, opt->host, &ssl, err, errlen);
+        rc = pl_tls_client_ssl(&tls, opt->host, &ssl, err, errlen);
         cJSON_Delete(tls.root);
         if (rc != PL_OK)
             return rc;
@@ -1288,12 +953,12 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     if (bufferevent_socket_connect(cli->bev, (struct sockaddr *)&ss, (int)sslen) != 0) {
         int e = EVUTIL_SOCKET_ERROR();
 
-        sockaddr_text((struct sockaddr *)&ss, addr, sizeof addr);
+        pl_net_addr_text((struct sockaddr *)&ss, addr, sizeof addr);
         set_err(err, errlen, "cannot connect to %s: %s", addr, evutil_socket_error_to_string(e));
         rc = PL_ERR_IO;
         goto fail;
     }
-    set_nodelay(bufferevent_getfd(cli->bev));
+    pl_net_nodelay(bufferevent_getfd(cli->bev));
     cli->free_ctx = free_ctx; /* owned from here on */
     *out = cli;
     return PL_OK;

@@ -1,6 +1,7 @@
 /*
- * plugins/transport-tcp/codec_binary.c — the compact binary codec, and the
- * scratch arena both tcp codecs decode into.
+ * plugins/transport-tcp/codec_binary.c — the compact binary codec. Decoded
+ * frames point into a scratch arena (plugins/common/codec_scratch.h), shared
+ * with the JSON codec.
  *
  * Frame: u32 big-endian payload length L (2 <= L <= max_frame), then L bytes:
  *
@@ -23,7 +24,6 @@
  */
 #include "tcp_codec.h"
 
-#include <stdalign.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,71 +36,6 @@
 #define BIN_MIN_USER 2u
 #define BIN_MIN_MSG (8u + 8u + 1u + 2u + 2u + 4u)
 #define BIN_MIN_SERVER (4u + 1u + 2u + 2u + 8u * 4u + 2u + 2u + 2u)
-
-/* ------------------------------------------------------------------ */
-/* scratch arena                                                        */
-
-typedef struct tcp_chunk {
-    struct tcp_chunk *next;
-    max_align_t data[];
-} tcp_chunk;
-
-struct tcp_scratch {
-    tcp_chunk *chunks;
-    void *doc;
-    void (*doc_free)(void *doc);
-};
-
-static tcp_scratch *scratch_get(void **scratch)
-{
-    if (!*scratch)
-        *scratch = calloc(1, sizeof(tcp_scratch));
-    return *scratch;
-}
-
-void *tcp_scratch_alloc(void **scratch, size_t size)
-{
-    tcp_scratch *s = scratch_get(scratch);
-    tcp_chunk *c;
-
-    if (!s || size > SIZE_MAX - sizeof *c)
-        return NULL;
-    c = malloc(sizeof *c + (size ? size : 1));
-    if (!c)
-        return NULL;
-    c->next = s->chunks;
-    s->chunks = c;
-    return c->data;
-}
-
-int tcp_scratch_adopt(void **scratch, void *doc, void (*doc_free)(void *doc))
-{
-    tcp_scratch *s = scratch_get(scratch);
-
-    if (!s)
-        return PL_ERR_NOMEM;
-    if (s->doc && s->doc_free)
-        s->doc_free(s->doc);
-    s->doc = doc;
-    s->doc_free = doc_free;
-    return PL_OK;
-}
-
-void tcp_scratch_free(void *scratch)
-{
-    tcp_scratch *s = scratch;
-
-    if (!s)
-        return;
-    while (s->chunks) {
-        tcp_chunk *c = s->chunks;
-        s->chunks = c->next;
-        free(c);
-    }
-    if (s->doc && s->doc_free)
-        s->doc_free(s->doc);
-    free(s);
-}
 
 /* ------------------------------------------------------------------ */
 /* writer                                                               */
@@ -461,7 +396,7 @@ static void *r_list(const bin_r *r, void **scratch, uint32_t n, size_t size, int
         *rc = PL_ERR_MALFORMED;
         return NULL;
     }
-    v = tcp_scratch_alloc(scratch, (size_t)n * size);
+    v = pl_scratch_alloc(scratch, (size_t)n * size);
     if (!v)
         *rc = PL_ERR_NOMEM;
     return v;
@@ -488,7 +423,7 @@ static int bin_open(uint32_t max_frame, const uint8_t *buf, size_t len, size_t *
         return PL_ERR_MALFORMED;
     if (len - BIN_PREFIX < plen)
         return PL_ERR_AGAIN;
-    copy = tcp_scratch_alloc(scratch, plen);
+    copy = pl_scratch_alloc(scratch, plen);
     if (!copy)
         return PL_ERR_NOMEM;
     memcpy(copy, buf + BIN_PREFIX, plen);

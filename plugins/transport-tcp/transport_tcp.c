@@ -92,7 +92,7 @@ static int fr_encode_request(const void *c, const pl_request *req, uint8_t **out
     const tcp_ctx *ctx = c;
 
     return ctx->kind == TCP_CODEC_JSON
-               ? tcp_json_encode_request(ctx->max_frame, req, out, len)
+               ? pl_json_encode_request(ctx->max_frame, req, out, len)
                : tcp_bin_encode_request(ctx->max_frame, req, out, len);
 }
 
@@ -101,7 +101,7 @@ static int fr_encode_response(const void *c, const pl_response *resp, uint8_t **
     const tcp_ctx *ctx = c;
 
     return ctx->kind == TCP_CODEC_JSON
-               ? tcp_json_encode_response(ctx->max_frame, resp, out, len)
+               ? pl_json_encode_response(ctx->max_frame, resp, out, len)
                : tcp_bin_encode_response(ctx->max_frame, resp, out, len);
 }
 
@@ -111,7 +111,7 @@ static int fr_decode_request(const void *c, const uint8_t *buf, size_t len, size
     const tcp_ctx *ctx = c;
 
     return ctx->kind == TCP_CODEC_JSON
-               ? tcp_json_decode_request(ctx->max_frame, buf, len, used, out, scratch)
+               ? pl_json_decode_request(ctx->max_frame, buf, len, used, out, scratch)
                : tcp_bin_decode_request(ctx->max_frame, buf, len, used, out, scratch);
 }
 
@@ -121,7 +121,7 @@ static int fr_decode_response(const void *c, const uint8_t *buf, size_t len, siz
     const tcp_ctx *ctx = c;
 
     return ctx->kind == TCP_CODEC_JSON
-               ? tcp_json_decode_response(ctx->max_frame, buf, len, used, out, scratch)
+               ? pl_json_decode_response(ctx->max_frame, buf, len, used, out, scratch)
                : tcp_bin_decode_response(ctx->max_frame, buf, len, used, out, scratch);
 }
 
@@ -135,7 +135,7 @@ static const pl_framed_codec tcp_framed_codec = {
     .encode_response = fr_encode_response,
     .decode_request = fr_decode_request,
     .decode_response = fr_decode_response,
-    .free_scratch = tcp_scratch_free,
+    .free_scratch = pl_scratch_free,
     .max_frame = fr_max_frame,
 };
 
@@ -261,7 +261,7 @@ static const pl_transport_plugin tcp_plugin = {
     .encode_response = abi_encode_response,
     .decode_request = abi_decode_request,
     .decode_response = abi_decode_response,
-    .free_scratch = tcp_scratch_free,
+    .free_scratch = pl_scratch_free,
 };
 
 PL_EXPORT const pl_transport_plugin *parley_transport_plugin(void)

@@ -84,9 +84,14 @@ class Cluster:
         self.dir = tempfile.mkdtemp(prefix="parley-e2e-")
         # ports each server uses besides its own: peer (+1000), admin
         self.offsets = [1000]
+        self.admin_offset = None
         admin = (extra or {}).get("admin")
         if isinstance(admin, dict) and admin.get("port_offset"):
+            self.admin_offset = admin["port_offset"]
             self.offsets.append(admin["port_offset"])
+        # and every extra listener's ("transports": ws for browsers, grpc)
+        for t in (extra or {}).get("transports") or []:
+            self.offsets.append(t["port_offset"])
         ports = []
         for _ in range(n):
             ports.append(free_port(avoid=self._taken(ports), offsets=self.offsets))
@@ -129,7 +134,7 @@ class Cluster:
         return len(self.ports) - 1
 
     def admin_port(self, i):
-        return self.ports[i] + self.offsets[-1] if len(self.offsets) > 1 else None
+        return self.ports[i] + self.admin_offset if self.admin_offset else None
 
     def write_config(self, name, servers, **over):
         """A config file like the cluster's, listing the servers of the given

@@ -363,6 +363,31 @@ START_TEST(admin_token)
 }
 END_TEST
 
+/* TLS for clients reaches every listener: the main transport and each of
+ * "transports" get the same "tls" member (a transport that cannot do TLS
+ * then refuses it at start), and an entry may not set it itself. */
+START_TEST(tls_every_transport)
+{
+    pl_config *c = parse("{\"servers\": [{\"host\": \"127.0.0.1\", \"port\": 8100}],"
+                         " \"tls\": {\"cert\": \"/c.pem\", \"key\": \"/k.pem\"},"
+                         " \"transports\": [{\"name\": \"ws\", \"port_offset\": 3000}]}");
+    ck_assert_msg(c != NULL, "transports with tls must load: %s", err);
+    ck_assert_uint_eq(c->n_transports, 1);
+    ck_assert_uint_eq(c->transports[0].port_offset, 3000);
+    ck_assert_msg(strstr(c->transport.options_json, "\"cert\":\"/c.pem\"") != NULL,
+                  "main transport lacks tls: %s", c->transport.options_json);
+    ck_assert_msg(strstr(c->transports[0].plugin.options_json, "\"tls\":{\"cert\":\"/c.pem\"") != NULL,
+                  "transports[0] lacks tls: %s", c->transports[0].plugin.options_json);
+    ck_assert_msg(strstr(c->transports[0].plugin.options_json, "port_offset") == NULL,
+                  "port_offset must not reach the plugin: %s", c->transports[0].plugin.options_json);
+    pl_config_free(c);
+    expect_error("{\"servers\": [{\"host\": \"127.0.0.1\", \"port\": 8100}],"
+                 " \"tls\": {\"cert\": \"/c.pem\", \"key\": \"/k.pem\"},"
+                 " \"transports\": [{\"name\": \"ws\", \"port_offset\": 3000, \"tls\": {}}]}",
+                 "transports[0].tls", "top-level");
+}
+END_TEST
+
 START_TEST(error_truncation)
 {
     /* A tiny buffer gets a truncated but terminated message, never overflow. */
@@ -387,6 +412,7 @@ int main(void)
     tcase_add_test(tc, unknown_keys);
     tcase_add_test(tc, server_errors);
     tcase_add_test(tc, value_errors);
+    tcase_add_test(tc, tls_every_transport);
     tcase_add_test(tc, admin_token);
     tcase_add_test(tc, error_truncation);
     suite_add_tcase(s, tc);

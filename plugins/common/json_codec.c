@@ -1,6 +1,8 @@
 /*
- * plugins/transport-tcp/codec_json.c — the JSON codec: one JSON object per
- * line, so an operator can talk to a server with nc:
+ * plugins/common/json_codec.c — the JSON codec (json_codec.h): one JSON
+ * object per line for transport-tcp, so an operator can talk to a server
+ * with nc, and the same objects one per WebSocket text message for
+ * transport-ws (one spec: docs/protocol.md "tcp/json" and "ws"):
  *
  *   {"m":"send","rid":7,"token":"...","to":"bob","body":"hi"}
  *   {"m":"send","rid":7,"status":0,"id":42,"time":1764061200123}
@@ -25,9 +27,11 @@
  *
  * The encoder writes JSON itself (it must choose number vs string per value
  * and validate UTF-8 as it goes); the decoder uses cJSON on exactly one line
- * (cJSON_ParseWithLengthOpts, never past the newline).
+ * or one message (cJSON_ParseWithLengthOpts, never past the newline or the
+ * message's end).
  */
-#include "tcp_codec.h"
+#include "json_codec.h"
+#include "codec_scratch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,7 +253,7 @@ static int jw_finish(json_w *w, uint32_t max_frame, uint8_t **out, size_t *len)
     return PL_OK;
 }
 
-int tcp_json_encode_request(uint32_t max_frame, const pl_request *req,
+int pl_json_encode_request(uint32_t max_frame, const pl_request *req,
                             uint8_t **out, size_t *len)
 {
     json_w w;
@@ -316,7 +320,7 @@ int tcp_json_encode_request(uint32_t max_frame, const pl_request *req,
     return jw_finish(&w, max_frame, out, len);
 }
 
-int tcp_json_encode_response(uint32_t max_frame, const pl_response *resp,
+int pl_json_encode_response(uint32_t max_frame, const pl_response *resp,
                              uint8_t **out, size_t *len)
 {
     json_w w;
@@ -484,33 +488,29 @@ static void json_doc_free(void *doc)
     cJSON_Delete(doc);
 }
 
-/* Parse one line into an object owned by *scratch. */
-static int json_parse(uint32_t max_frame, const uint8_t *buf, size_t len, size_t *used,
-                      void **scratch, cJSON **root)
+/* Parse one JSON object text (a line without its newline, or a whole
+ * WebSocket message) into a document owned by *scratch. Whitespace around
+ * the object is allowed, anything else after it is malformed. */
+static int json_parse(const char *text, size_t n, void **scratch, cJSON **root)
 {
-    const char *line = NULL, *end = NULL;
-    size_t n = 0, u = 0;
+    const char *end = NULL;
     cJSON *doc;
-    int rc = json_line(max_frame, buf, len, &u, &line, &n);
 
-    if (rc != PL_OK)
-        return rc;
-    if (json_scan_bad(line, n))
+    if (json_scan_bad(text, n))
         return PL_ERR_MALFORMED;
-    doc = cJSON_ParseWithLengthOpts(line, n, &end, 0);
+    doc = cJSON_ParseWithLengthOpts(text, n, &end, 0);
     if (!doc)
         return PL_ERR_MALFORMED;
-    if (tcp_scratch_adopt(scratch, doc, json_doc_free) != PL_OK) {
+    if (pl_scratch_adopt(scratch, doc, json_doc_free) != PL_OK) {
         cJSON_Delete(doc);
         return PL_ERR_NOMEM;
     }
     if (!cJSON_IsObject(doc))
         return PL_ERR_MALFORMED;
-    for (; end && end < line + n; end++)
-        if (*end != ' ' && *end != '\t' && *end != '\r')
+    for (; end && end < text + n; end++)
+        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n')
             return PL_ERR_MALFORMED;
     *root = doc;
-    *used = u;
     return PL_OK;
 }
 
@@ -709,7 +709,7 @@ static void jr_server(const cJSON *o, void *dst, int *bad)
 static void *jr_list(const cJSON *arr, uint32_t n, size_t size, jr_elem_fn *read,
                      void **scratch, uint32_t *n_read, int *bad)
 {
-    unsigned char *v = tcp_scratch_alloc(scratch, (size_t)n * size);
+    unsigned char *v = pl_scratch_alloc(scratch, (size_t)n * size);
     const cJSON *el;
     uint32_t i = 0;
 
@@ -724,18 +724,14 @@ static void *jr_list(const cJSON *arr, uint32_t n, size_t size, jr_elem_fn *read
     return v;
 }
 
-int tcp_json_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
-                            size_t *used, pl_request *out, void **scratch)
+static int decode_request(const char *text, size_t len, pl_request *out, void **scratch)
 {
     cJSON *root = NULL;
     const cJSON *ids;
-    size_t u = 0;
     int bad = 0, rc;
     uint32_t n;
 
-    *scratch = NULL;
-    memset(out, 0, sizeof *out);
-    rc = json_parse(max_frame, buf, len, &u, scratch, &root);
+    rc = json_parse(text, len, scratch, &root);
     if (rc != PL_OK)
         return rc;
     out->method = jr_method(root, &bad);
@@ -757,24 +753,17 @@ int tcp_json_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
     if (ids && n > 0 && !bad &&
         !(out->ids = jr_list(ids, n, sizeof *out->ids, jr_id, scratch, &out->n_ids, &bad)))
         return PL_ERR_NOMEM;
-    if (bad)
-        return PL_ERR_MALFORMED;
-    *used = u;
-    return PL_OK;
+    return bad ? PL_ERR_MALFORMED : PL_OK;
 }
 
-int tcp_json_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
-                             size_t *used, pl_response *out, void **scratch)
+static int decode_response(const char *text, size_t len, pl_response *out, void **scratch)
 {
     cJSON *root = NULL;
     const cJSON *arr, *one;
-    size_t u = 0;
     int bad = 0, rc;
     uint32_t n;
 
-    *scratch = NULL;
-    memset(out, 0, sizeof *out);
-    rc = json_parse(max_frame, buf, len, &u, scratch, &root);
+    rc = json_parse(text, len, scratch, &root);
     if (rc != PL_OK)
         return rc;
     out->method = jr_method(root, &bad);
@@ -801,7 +790,7 @@ int tcp_json_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
         !(out->msgs = jr_list(arr, n, sizeof *out->msgs, jr_msg, scratch, &out->n_msgs, &bad)))
         return PL_ERR_NOMEM;
     if (one && !arr && !bad) {
-        pl_message *m = tcp_scratch_alloc(scratch, sizeof *m);
+        pl_message *m = pl_scratch_alloc(scratch, sizeof *m);
 
         if (!m)
             return PL_ERR_NOMEM;
@@ -816,8 +805,61 @@ int tcp_json_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
         !(out->servers = jr_list(arr, n, sizeof *out->servers, jr_server, scratch,
                                  &out->n_servers, &bad)))
         return PL_ERR_NOMEM;
-    if (bad)
-        return PL_ERR_MALFORMED;
-    *used = u;
-    return PL_OK;
+    return bad ? PL_ERR_MALFORMED : PL_OK;
+}
+
+/* ---- entry points: a line (tcp) or a whole message (ws) ---- */
+
+int pl_json_decode_request(uint32_t max_frame, const uint8_t *buf, size_t len,
+                           size_t *used, pl_request *out, void **scratch)
+{
+    const char *line = NULL;
+    size_t n = 0, u = 0;
+    int rc;
+
+    *scratch = NULL;
+    memset(out, 0, sizeof *out);
+    rc = json_line(max_frame, buf, len, &u, &line, &n);
+    if (rc == PL_OK)
+        rc = decode_request(line, n, out, scratch);
+    if (rc == PL_OK)
+        *used = u;
+    return rc;
+}
+
+int pl_json_decode_response(uint32_t max_frame, const uint8_t *buf, size_t len,
+                            size_t *used, pl_response *out, void **scratch)
+{
+    const char *line = NULL;
+    size_t n = 0, u = 0;
+    int rc;
+
+    *scratch = NULL;
+    memset(out, 0, sizeof *out);
+    rc = json_line(max_frame, buf, len, &u, &line, &n);
+    if (rc == PL_OK)
+        rc = decode_response(line, n, out, scratch);
+    if (rc == PL_OK)
+        *used = u;
+    return rc;
+}
+
+int pl_json_decode_request_msg(uint32_t max_frame, const uint8_t *msg, size_t len,
+                               pl_request *out, void **scratch)
+{
+    *scratch = NULL;
+    memset(out, 0, sizeof *out);
+    if (len > max_frame)
+        return PL_ERR_FRAME_TOO_LARGE;
+    return decode_request((const char *)msg, len, out, scratch);
+}
+
+int pl_json_decode_response_msg(uint32_t max_frame, const uint8_t *msg, size_t len,
+                                pl_response *out, void **scratch)
+{
+    *scratch = NULL;
+    memset(out, 0, sizeof *out);
+    if (len > max_frame)
+        return PL_ERR_FRAME_TOO_LARGE;
+    return decode_response((const char *)msg, len, out, scratch);
 }
