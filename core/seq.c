@@ -459,6 +459,16 @@ static void snap_install(pl_seq *q)
         return;
     }
     fail_inflight(q, PL_ERR_UNAVAILABLE);
+    /* Until the entries up to op are gone, a crash would leave them beside
+     * a state that no longer comes from them: our log below the snapshot
+     * may be another history (a deposed primary's unreplicated tail), and
+     * entries at or below the applied op count as committed. "snap_op"
+     * tells pl_seq_new to drop them. */
+    if ((rc = q->sp->meta_set(q->st, "snap_op", op)) != PL_OK) {
+        pl_log(PL_LOG_ERROR, "snapshot at op %llu not installed: %s", (unsigned long long)op,
+               pl_strerror(rc));
+        return;
+    }
     rc = pl_snapshot_import(q->sp, q->st, snap, sl);
     pl_chat_forget(q->chat);   /* whatever the outcome, the state changed */
     if (rc != PL_OK) {
@@ -475,6 +485,8 @@ static void snap_install(pl_seq *q)
      * promises exactly that durability (store.h). */
     if ((rc = q->sp->log_compact(q->st, op + 1)) != PL_OK)
         pl_log(PL_LOG_ERROR, "making the snapshot's state durable: %s", pl_strerror(rc));
+    else if ((rc = q->sp->meta_set(q->st, "snap_op", 0)) != PL_OK)
+        pl_log(PL_LOG_ERROR, "recording the snapshot install as done: %s", pl_strerror(rc));
     q->appended_bytes = 0;
     q->compact_to = 0;
     pl_log(PL_LOG_INFO, "installed a snapshot from server %u at op %llu (%llu bytes)",
@@ -905,6 +917,26 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
         goto fail;
     }
     q->applied = sp->applied_op(st);
+    uint64_t snap_op = meta_or_zero(q, "snap_op");
+    if (snap_op) {
+        /* We stopped while installing a snapshot (snap_install). If its
+         * state made it, the log entries up to it may be another history:
+         * drop them. If not, the log still belongs to the old state. */
+        if (q->applied >= snap_op && first && first <= q->applied) {
+            pl_log(PL_LOG_WARN, "an interrupted snapshot install at op %llu: dropping the log "
+                   "up to it", (unsigned long long)q->applied);
+            if ((rc = sp->log_compact(st, q->applied + 1)) != PL_OK ||
+                (rc = sp->log_bounds(st, &first, &last)) != PL_OK) {
+                snprintf(err, errlen, "dropping the log below an installed snapshot: %s",
+                         pl_strerror(rc));
+                goto fail;
+            }
+        }
+        if ((rc = sp->meta_set(st, "snap_op", 0)) != PL_OK) {
+            snprintf(err, errlen, "recording the snapshot install as done: %s", pl_strerror(rc));
+            goto fail;
+        }
+    }
     if (last != 0 && last < q->applied) {
         /* A snapshot was installed and we stopped before its log was
          * cleared: every entry left is already in the state. */
