@@ -3,7 +3,7 @@
  * one process, an in-memory durable log per replica, a message network with
  * delays, drops and partitions, crashes that keep only durable state, and a
  * simulated clock (the canonical/raft fixture idea). Randomized runs check
- * the invariants of DESIGN.md §6 after every step:
+ * the invariants of DESIGN.md §6 (docs/guarantees.md) as they go:
  *   I1 an op committed anywhere is in every replica's log at the same
  *      op-number once the cluster has healed and settled;
  *   I2 no two replicas ever commit different ops at the same op-number;
@@ -32,9 +32,11 @@
  * slots to servers and back per replica (unknown senders are dropped). A
  * committed barrier entry "R<epoch>:<ids>" is made durable when applied and
  * VR enters the epoch at the next step; a driver plays the sequencer
- * (learners first, then the barrier alone). VRSIM_SEED=S VRSIM_SEEDS=N
- * widens test_membership_faults; VRSIM_DEBUG=1 (2: every state change)
- * traces a run.
+ * (learners first, then the barrier alone).
+ *
+ * VRSIM_DEBUG=1 traces faults and milestones, 2 every state change, 3 every
+ * message delivered; VRSIM_DRIFT_PPM=X lets clocks drift beyond the lease
+ * bound (to check the checker).
  */
 #include <check.h>
 #include <stdarg.h>
@@ -1027,7 +1029,7 @@ static void check_converged_in(const membership *m, int want_first)
     }
     SIM_ASSERT(!S->failure[0], "seed %u: %s\n  %s", S->seed0, S->failure, replay());
     uint64_t c = pl_vr_commit(S->r[g0].vr);
-    if (c < S->max_committed && getenv("VRSIM_DEBUG"))
+    if (c < S->max_committed && debug_level())
         dump();
     SIM_ASSERT(c >= S->max_committed,
                   "seed %u: I1: commit %llu below an op committed earlier (%llu)\n  %s", S->seed0,
@@ -1485,7 +1487,7 @@ static void run_plan(int max_steps, int extra)
         propose_some();
     }
     SIM_ASSERT(!S->failure[0], "seed %u: %s\n  %s", S->seed0, S->failure, replay());
-    if (S->plan_next < S->n_plan && getenv("VRSIM_DEBUG"))
+    if (S->plan_next < S->n_plan && debug_level())
         dump();
     SIM_ASSERT(S->plan_next == S->n_plan, "seed %u: stuck before epoch %llu (newest %llu)\n  %s",
                   S->seed0, (unsigned long long)S->plan[S->plan_next < S->n_plan ? S->plan_next : 0].epoch,
