@@ -85,7 +85,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,19 +174,6 @@ struct pl_transport_client {
 /* ------------------------------------------------------------------ */
 /* helpers shared by both halves                                        */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) PL_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static uint32_t codec_max_frame(const pl_framed_codec *codec, const void *ctx)
 {
     uint32_t m = codec->max_frame ? codec->max_frame(ctx) : 0;
@@ -197,22 +183,6 @@ static uint32_t codec_max_frame(const pl_framed_codec *codec, const void *ctx)
 
 /* ------------------------------------------------------------------ */
 /* server half                                                          */
-
-static void srv_log(const pl_transport_server *srv, int level, const char *fmt, ...)
-    PL_PRINTF(3, 4);
-
-static void srv_log(const pl_transport_server *srv, int level, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-
-    if (!srv->host.log)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    srv->host.log(srv->host.ud, level, "%s", line);
-}
 
 static void conn_unlink(pl_transport_conn *c)
 {
@@ -256,9 +226,9 @@ static void conn_reap_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (c->state == CONN_HALF)
-        srv_log(c->srv, PL_LOG_INFO,
-                "connection %s: half-closed peer still owed %llu answer(s) after %d s; closing",
-                c->peer, (unsigned long long)c->owed, FRAMED_HALF_SECS);
+        pl_net_log(&c->srv->host, PL_LOG_INFO,
+                   "connection %s: half-closed peer still owed %llu answer(s) after %d s; closing",
+                   c->peer, (unsigned long long)c->owed, FRAMED_HALF_SECS);
     conn_destroy(c);
 }
 
@@ -331,9 +301,9 @@ static int conn_queue(pl_transport_conn *c, const pl_response *resp)
         return PL_ERR_IO;
     out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) > srv->out_limit) {
-        srv_log(srv, PL_LOG_WARN,
-                "closing connection %s: it is not reading and %zu bytes of output are "
-                "queued (limit %zu)", c->peer, evbuffer_get_length(out), srv->out_limit);
+        pl_net_log(&srv->host, PL_LOG_WARN,
+                   "closing connection %s: it is not reading and %zu bytes of output are "
+                   "queued (limit %zu)", c->peer, evbuffer_get_length(out), srv->out_limit);
         conn_reap(c);
         return PL_ERR_IO;
     }
@@ -363,8 +333,8 @@ static void conn_fail(pl_transport_conn *c, int status, size_t buffered)
                  "(max_frame %u bytes); closing the connection", srv->max_frame);
     else
         snprintf(text, sizeof text, "%s; closing the connection", pl_strerror(status));
-    srv_log(srv, PL_LOG_INFO, "connection %s: %s (%zu bytes buffered)", c->peer,
-            text, buffered);
+    pl_net_log(&srv->host, PL_LOG_INFO, "connection %s: %s (%zu bytes buffered)", c->peer,
+               text, buffered);
     memset(&resp, 0, sizeof resp);
     resp.method = PL_M_NONE;
     resp.status = (uint32_t)status;
@@ -487,17 +457,17 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
         int quiet = pl_tls_handshake_error(bev, what, FRAMED_HANDSHAKE_SECS, why, sizeof why);
 
-        srv_log(c->srv, quiet ? PL_LOG_DEBUG : PL_LOG_INFO,
-                "connection %s: TLS handshake failed: %s; closing", c->peer, why);
+        pl_net_log(&c->srv->host, quiet ? PL_LOG_DEBUG : PL_LOG_INFO,
+                   "connection %s: TLS handshake failed: %s; closing", c->peer, why);
         conn_reap(c);
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
         if (c->state == CONN_DRAINING)
-            srv_log(c->srv, PL_LOG_INFO,
-                    "connection %s: peer did not read its last %zu bytes in %d s; closing",
-                    c->peer, evbuffer_get_length(bufferevent_get_output(bev)),
-                    FRAMED_DRAIN_SECS);
+            pl_net_log(&c->srv->host, PL_LOG_INFO,
+                       "connection %s: peer did not read its last %zu bytes in %d s; closing",
+                       c->peer, evbuffer_get_length(bufferevent_get_output(bev)),
+                       FRAMED_DRAIN_SECS);
         conn_reap(c);
     } else if ((what & BEV_EVENT_EOF) && c->state == CONN_OPEN && (c->owed > 0 || c->paused)) {
         struct timeval tv = { FRAMED_HALF_SECS, 0 };
@@ -552,7 +522,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
     }
     c->reap_ev = event_new(srv->host.base, -1, 0, conn_reap_cb, c);
     if (!c->bev || !c->reap_ev) {
-        srv_log(srv, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
+        pl_net_log(&srv->host, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
         if (c->bev)
             bufferevent_free(c->bev);
         else if (fd >= 0)
@@ -597,8 +567,8 @@ static void accept_error_cb(struct evconnlistener *lis, void *arg)
     int e = EVUTIL_SOCKET_ERROR();
     struct timeval tv = { 0, FRAMED_ACCEPT_RETRY_MS * 1000 };
 
-    srv_log(srv, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms",
-            srv->addr, evutil_socket_error_to_string(e), FRAMED_ACCEPT_RETRY_MS);
+    pl_net_log(&srv->host, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms",
+               srv->addr, evutil_socket_error_to_string(e), FRAMED_ACCEPT_RETRY_MS);
     /* The listening socket stays readable while we are out of descriptors:
      * without a pause the loop would spin on it. */
     evconnlistener_disable(lis);
@@ -620,7 +590,7 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     *out = NULL;
     if (!host || !host->base || !host->conn_open || !host->request || !host->conn_closed
         || !opt || !codec) {
-        set_err(err, errlen, "framed server: host callbacks, options and codec are required");
+        pl_net_err(err, errlen, "framed server: host callbacks, options and codec are required");
         return PL_ERR_INVALID;
     }
     rc = pl_net_resolve(opt->host, opt->port, 1, &ss, &sslen, err, errlen);
@@ -640,7 +610,7 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     srv = calloc(1, sizeof *srv);
     if (!srv) {
         SSL_CTX_free(ssl_ctx);
-        set_err(err, errlen, "out of memory");
+        pl_net_err(err, errlen, "out of memory");
         return PL_ERR_NOMEM;
     }
     srv->ssl_ctx = ssl_ctx;
@@ -655,7 +625,7 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     pl_net_addr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
     srv->accept_retry = evtimer_new(host->base, accept_retry_cb, srv);
     if (!srv->accept_retry) {
-        set_err(err, errlen, "out of memory");
+        pl_net_err(err, errlen, "out of memory");
         rc = PL_ERR_NOMEM;
         goto fail;
     }
@@ -666,7 +636,7 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     if (!srv->lis) {
         int e = EVUTIL_SOCKET_ERROR();
 
-        set_err(err, errlen, "cannot listen on %s: %s", srv->addr,
+        pl_net_err(err, errlen, "cannot listen on %s: %s", srv->addr,
                 evutil_socket_error_to_string(e));
         rc = PL_ERR_IO;
         goto fail;
@@ -897,11 +867,12 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
 
     *out = NULL;
     if (!base || !opt || !codec || !cb || !cb->frame || !cb->closed) {
-        set_err(err, errlen, "framed client: event base, options, codec and callbacks are required");
+        pl_net_err(err, errlen,
+                   "framed client: event base, options, codec and callbacks are required");
         return PL_ERR_INVALID;
     }
     if (opt->port == 0) {
-        set_err(err, errlen, "framed client: no port to connect to");
+        pl_net_err(err, errlen, "framed client: no port to connect to");
         return PL_ERR_INVALID;
     }
     rc = pl_net_resolve(opt->host, opt->port, 0, &ss, &sslen, err, errlen);
@@ -919,7 +890,7 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     cli = calloc(1, sizeof *cli);
     if (!cli) {
         SSL_free(ssl);
-        set_err(err, errlen, "out of memory");
+        pl_net_err(err, errlen, "out of memory");
         return PL_ERR_NOMEM;
     }
     cli->base = base;
@@ -942,7 +913,7 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
         cli->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     }
     if (!cli->bev) {
-        set_err(err, errlen, "out of memory");
+        pl_net_err(err, errlen, "out of memory");
         rc = PL_ERR_NOMEM;
         goto fail;
     }
@@ -954,7 +925,7 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
         int e = EVUTIL_SOCKET_ERROR();
 
         pl_net_addr_text((struct sockaddr *)&ss, addr, sizeof addr);
-        set_err(err, errlen, "cannot connect to %s: %s", addr, evutil_socket_error_to_string(e));
+        pl_net_err(err, errlen, "cannot connect to %s: %s", addr, evutil_socket_error_to_string(e));
         rc = PL_ERR_IO;
         goto fail;
     }

@@ -26,6 +26,21 @@ void pl_net_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+/* host->log takes a format but has no va_list twin: format here, pass
+ * the text as one %s. */
+void pl_net_log(const pl_transport_host *host, int level, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    if (!host->log)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    host->log(host->ud, level, "%s", line);
+}
+
 /* Numeric address first (no blocking lookup); a name falls back to
  * getaddrinfo's resolver, which blocks: acceptable at server start and for a
  * client's connect, both rare. */

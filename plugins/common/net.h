@@ -14,9 +14,13 @@
 #include <event2/util.h>
 
 #include <parley/common.h>
+#include <parley/transport.h>
 
 /* printf into err (errlen bytes); nothing when err is NULL. */
 void pl_net_err(char *err, size_t errlen, const char *fmt, ...) PL_PRINTF(3, 4);
+/* One line (at most 511 bytes) through host->log; nothing without one. */
+void pl_net_log(const pl_transport_host *host, int level, const char *fmt, ...)
+    PL_PRINTF(3, 4);
 
 /* host:port into *ss. A numeric address needs no lookup; a name falls back
  * to getaddrinfo's resolver, which blocks (acceptable at server start and

@@ -32,7 +32,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,22 +110,6 @@ static uint64_t mono_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void srv_log(const pl_transport_server *srv, int level, const char *fmt, ...)
-    PL_PRINTF(3, 4);
-
-static void srv_log(const pl_transport_server *srv, int level, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-
-    if (!srv->host.log)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    srv->host.log(srv->host.ud, level, "%s", line);
 }
 
 /* ------------------------------------------------------------------ */
@@ -395,9 +378,9 @@ static int conn_queue(pl_transport_conn *c, const pl_response *resp)
     int rc;
 
     if (ws_proto_out_queued(c->proto) > srv->out_limit) {
-        srv_log(srv, PL_LOG_WARN, "closing connection %s: it is not reading and %zu bytes of "
-                "output are queued (limit %zu)", c->peer, ws_proto_out_queued(c->proto),
-                srv->out_limit);
+        pl_net_log(&srv->host, PL_LOG_WARN, "closing connection %s: it is not reading and %zu "
+                   "bytes of output are queued (limit %zu)", c->peer,
+                   ws_proto_out_queued(c->proto), srv->out_limit);
         conn_reap(c);
         return PL_ERR_IO;
     }
@@ -497,9 +480,9 @@ static void on_http_request(void *ud, const ws_http_req *req)
             return;
         }
         if (req->has_origin && !origin_allowed(srv, req->origin)) {
-            srv_log(srv, PL_LOG_INFO, "connection %s: WebSocket from origin \"%.100s\" refused "
-                    "(not in the ws transport's \"origins\" nor the cluster's own)", c->peer,
-                    req->origin);
+            pl_net_log(&srv->host, PL_LOG_INFO, "connection %s: WebSocket from origin "
+                       "\"%.100s\" refused (not in the ws transport's \"origins\" nor the "
+                       "cluster's own)", c->peer, req->origin);
             snprintf(why, sizeof why, "origin %.100s is not allowed (ws transport option "
                      "\"origins\")\n", req->origin);
             reply_text(c, 403, NULL, why, 1);
@@ -586,7 +569,7 @@ static void on_message(void *ud, const uint8_t *msg, size_t len)
      * message's data is not what its type says). */
     snprintf(text, sizeof text, "malformed request: a message must be one JSON request object "
              "(docs/protocol.md); closing the connection");
-    srv_log(srv, PL_LOG_INFO, "connection %s: %s (%zu bytes)", c->peer, text, len);
+    pl_net_log(&srv->host, PL_LOG_INFO, "connection %s: %s (%zu bytes)", c->peer, text, len);
     send_error_object(c, rc == PL_ERR_NOMEM ? PL_ERR_NOMEM : PL_ERR_MALFORMED, text);
     conn_ws_close(c, 1007, "malformed request: not one JSON request object");
 }
@@ -597,7 +580,7 @@ static void on_refuse(void *ud, int status, const char *text)
     char line[200];
 
     snprintf(line, sizeof line, "%s; closing the connection", text);
-    srv_log(c->srv, PL_LOG_INFO, "connection %s: %s", c->peer, line);
+    pl_net_log(&c->srv->host, PL_LOG_INFO, "connection %s: %s", c->peer, line);
     send_error_object(c, status, line);
     /* ws_proto queues the close itself; the timer still bounds it. */
     c->close_at = mono_ms();
@@ -611,7 +594,7 @@ static void on_finished(void *ud, int code, const char *why)
 
     if (c->state == C_DEAD || c->state == C_FINISHED || c->state == C_LINGER)
         return;
-    srv_log(c->srv, PL_LOG_DEBUG, "connection %s: %s (%d)", c->peer, why, code);
+    pl_net_log(&c->srv->host, PL_LOG_DEBUG, "connection %s: %s (%d)", c->peer, why, code);
     c->state = C_FINISHED;
     bufferevent_disable(c->bev, EV_READ);
     event_add(c->timer, &tv);
@@ -675,8 +658,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         if (c->srv->ssl_ctx && c->state == C_HTTP && c->last_rx_ms == 0) {
             char why[200];
             int quiet = pl_tls_handshake_error(bev, what, WS_HEAD_SECS, why, sizeof why);
-            srv_log(c->srv, quiet ? PL_LOG_DEBUG : PL_LOG_INFO,
-                    "connection %s: TLS handshake failed: %s; closing", c->peer, why);
+            pl_net_log(&c->srv->host, quiet ? PL_LOG_DEBUG : PL_LOG_INFO,
+                       "connection %s: TLS handshake failed: %s; closing", c->peer, why);
         }
         conn_reap(c);
     }
@@ -714,7 +697,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         if (quiet >= 2000ull * srv->opts.ping_interval_s) {
             snprintf(reason, sizeof reason, "no answer to pings for %" PRIu64 " s "
                      "(ping_interval_s %u)", quiet / 1000, srv->opts.ping_interval_s);
-            srv_log(srv, PL_LOG_INFO, "connection %s: %s; closing", c->peer, reason);
+            pl_net_log(&srv->host, PL_LOG_INFO, "connection %s: %s; closing", c->peer, reason);
             conn_ws_close(c, 1001, reason);
             conn_after(c);
             return;
@@ -726,8 +709,8 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         arm(c, srv->opts.ping_interval_s);
         return;
     case C_FINISHED:
-        srv_log(srv, PL_LOG_INFO, "connection %s: peer did not read its last %zu bytes in %d s; "
-                "closing", c->peer, sock_out(c), WS_DRAIN_SECS);
+        pl_net_log(&srv->host, PL_LOG_INFO, "connection %s: peer did not read its last %zu "
+                   "bytes in %d s; closing", c->peer, sock_out(c), WS_DRAIN_SECS);
         conn_reap(c);
         return;
     default:
@@ -778,7 +761,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
                                      bufferevent_get_output(c->bev), &srv_proto_cb, c)
                       : NULL;
     if (!c->bev || !c->reap_ev || !c->timer || !c->proto) {
-        srv_log(srv, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
+        pl_net_log(&srv->host, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
         if (c->bev)
             bufferevent_free(c->bev);
         else if (fd >= 0)
@@ -833,8 +816,8 @@ static void accept_error_cb(struct evconnlistener *lis, void *arg)
     int e = EVUTIL_SOCKET_ERROR();
     struct timeval tv = { 0, WS_ACCEPT_RETRY_MS * 1000 };
 
-    srv_log(srv, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms", srv->addr,
-            evutil_socket_error_to_string(e), WS_ACCEPT_RETRY_MS);
+    pl_net_log(&srv->host, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms",
+               srv->addr, evutil_socket_error_to_string(e), WS_ACCEPT_RETRY_MS);
     evconnlistener_disable(lis);
     event_add(srv->accept_retry, &tv);
 }
