@@ -100,7 +100,6 @@
 #include <event2/util.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
 /* Bytes of input allowed past max_frame: room for a length prefix or frame
  * header on top of a max_frame payload, and for a JSON line's newline. */
@@ -115,9 +114,6 @@
 #define FRAMED_LINGER_MAX (1024u * 1024u)
 /* How long a half-closed peer waits for the answers it is owed. */
 #define FRAMED_HALF_SECS 30
-/* Pause before accepting again after EMFILE and friends. */
-#define FRAMED_ACCEPT_RETRY_MS 500
-#define FRAMED_BACKLOG 511
 /* A TLS client must finish its handshake within this; a socket that never
  * does would otherwise hold a connection slot for nothing. */
 #define FRAMED_HANDSHAKE_SECS 10
@@ -132,9 +128,7 @@ struct pl_transport_server {
     uint32_t max_frame;
     size_t out_pause;                 /* stop reading requests above this output */
     size_t out_limit;                 /* close the connection above this output */
-    struct evconnlistener *lis;
-    struct event *accept_retry;       /* re-enables lis after EMFILE */
-    char addr[80];                    /* "host:port" for log lines */
+    pl_net_listener *lis;             /* NULL once it stopped accepting */
     pl_transport_conn *conns;         /* every live connection */
     SSL_CTX *ssl_ctx;                 /* TLS for every connection, or NULL */
 };
@@ -497,36 +491,18 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
     }
     c->srv = srv;
     pl_net_addr_text(sa, c->peer, sizeof c->peer);
-    if (srv->ssl_ctx) {
-        SSL *ssl = SSL_new(srv->ssl_ctx);
+    c->bev = pl_tls_accept_bev(srv->host.base, fd, srv->ssl_ctx);
+    if (c->bev && srv->ssl_ctx) {
+        struct timeval tv = { FRAMED_HANDSHAKE_SECS, 0 };
 
-        /* On failure libevent may or may not have freed ssl and closed fd
-         * already, depending on where it failed: leaking both under memory
-         * exhaustion beats a double free. */
-        c->bev = ssl ? bufferevent_openssl_socket_new(srv->host.base, fd, ssl,
-                                                      BUFFEREVENT_SSL_ACCEPTING,
-                                                      BEV_OPT_CLOSE_ON_FREE)
-                     : NULL;
-        if (!c->bev && ssl)
-            fd = -1;
-        if (c->bev) {
-            struct timeval tv = { FRAMED_HANDSHAKE_SECS, 0 };
-
-            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-            bufferevent_set_timeouts(c->bev, &tv, NULL);
-            c->handshaking = 1;
-        }
-        ERR_clear_error();
-    } else {
-        c->bev = bufferevent_socket_new(srv->host.base, fd, BEV_OPT_CLOSE_ON_FREE);
+        bufferevent_set_timeouts(c->bev, &tv, NULL);
+        c->handshaking = 1;
     }
     c->reap_ev = event_new(srv->host.base, -1, 0, conn_reap_cb, c);
     if (!c->bev || !c->reap_ev) {
         pl_net_log(&srv->host, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
         if (c->bev)
-            bufferevent_free(c->bev);
-        else if (fd >= 0)
-            evutil_closesocket(fd);
+            bufferevent_free(c->bev); /* else pl_tls_accept_bev saw to fd */
         if (c->reap_ev)
             event_free(c->reap_ev);
         free(c);
@@ -551,30 +527,6 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
         bufferevent_enable(c->bev, EV_READ);
 }
 
-static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
-{
-    pl_transport_server *srv = arg;
-
-    (void)fd;
-    (void)what;
-    if (srv->lis)
-        evconnlistener_enable(srv->lis);
-}
-
-static void accept_error_cb(struct evconnlistener *lis, void *arg)
-{
-    pl_transport_server *srv = arg;
-    int e = EVUTIL_SOCKET_ERROR();
-    struct timeval tv = { 0, FRAMED_ACCEPT_RETRY_MS * 1000 };
-
-    pl_net_log(&srv->host, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms",
-               srv->addr, evutil_socket_error_to_string(e), FRAMED_ACCEPT_RETRY_MS);
-    /* The listening socket stays readable while we are out of descriptors:
-     * without a pause the loop would spin on it. */
-    evconnlistener_disable(lis);
-    event_add(srv->accept_retry, &tv);
-}
-
 int pl_framed_server_start(const pl_transport_host *host, const pl_transport_options *opt,
                            const pl_framed_codec *codec, const void *codec_ctx,
                            void (*free_ctx)(void *codec_ctx),
@@ -585,6 +537,7 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     socklen_t sslen = 0;
     SSL_CTX *ssl_ctx = NULL;
     pl_tls_opts tls;
+    char addr[80];
     int rc;
 
     *out = NULL;
@@ -622,45 +575,24 @@ int pl_framed_server_start(const pl_transport_host *host, const pl_transport_opt
     if (srv->out_pause < 2 * (size_t)srv->max_frame)
         srv->out_pause = 2 * (size_t)srv->max_frame;
     srv->out_limit = 2 * srv->out_pause;
-    pl_net_addr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
-    srv->accept_retry = evtimer_new(host->base, accept_retry_cb, srv);
-    if (!srv->accept_retry) {
-        pl_net_err(err, errlen, "out of memory");
-        rc = PL_ERR_NOMEM;
-        goto fail;
+    pl_net_addr_text((struct sockaddr *)&ss, addr, sizeof addr);
+    rc = pl_net_listen(&srv->host, &ss, sslen, addr, accept_cb, srv, &srv->lis, err, errlen);
+    if (rc != PL_OK) {
+        SSL_CTX_free(srv->ssl_ctx);
+        free(srv);
+        return rc;
     }
-    srv->lis = evconnlistener_new_bind(host->base, accept_cb, srv,
-                                       LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE
-                                           | LEV_OPT_CLOSE_ON_EXEC,
-                                       FRAMED_BACKLOG, (struct sockaddr *)&ss, (int)sslen);
-    if (!srv->lis) {
-        int e = EVUTIL_SOCKET_ERROR();
-
-        pl_net_err(err, errlen, "cannot listen on %s: %s", srv->addr,
-                evutil_socket_error_to_string(e));
-        rc = PL_ERR_IO;
-        goto fail;
-    }
-    evconnlistener_set_error_cb(srv->lis, accept_error_cb);
     srv->free_ctx = free_ctx; /* owned from here on (see the top comment) */
     *out = srv;
     return PL_OK;
-fail:
-    if (srv->accept_retry)
-        event_free(srv->accept_retry);
-    SSL_CTX_free(srv->ssl_ctx);
-    free(srv);
-    return rc;
 }
 
 void pl_framed_server_stop_accepting(pl_transport_server *srv)
 {
     if (!srv)
         return;
-    if (srv->lis)
-        evconnlistener_free(srv->lis);
+    pl_net_listener_free(srv->lis);
     srv->lis = NULL;
-    event_del(srv->accept_retry);
 }
 
 void pl_framed_server_free(pl_transport_server *srv)
@@ -670,7 +602,6 @@ void pl_framed_server_free(pl_transport_server *srv)
     pl_framed_server_stop_accepting(srv);
     while (srv->conns)
         conn_destroy(srv->conns);
-    event_free(srv->accept_retry);
     SSL_CTX_free(srv->ssl_ctx);
     if (srv->free_ctx)
         srv->free_ctx((void *)srv->codec_ctx);
@@ -800,24 +731,17 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
      * it may be a TCP failure or a TLS one, and the user needs to know which
      * (a wrong CA looks nothing like a server that is down). */
     if (cli->tls && !cli->connected && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
-        char reason[200];
         int e = EVUTIL_SOCKET_ERROR();
-        SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        unsigned long first = pl_tls_cause(bev);
-        if (ssl && SSL_get_verify_result(ssl) != X509_V_OK) {
-            snprintf(why, sizeof why, "TLS: server certificate rejected: %s",
-                     X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
-        } else if (first) {
-            pl_tls_err_text(first, reason, sizeof reason);
-            snprintf(why, sizeof why, "TLS handshake failed: %s", reason);
-        } else if (e == ECONNREFUSED) {
-            /* Also under EOF: libevent reads a failed connect as a dirty
-             * TLS shutdown, which we allow. */
-            snprintf(why, sizeof why, "connection refused");
-        } else if ((what & BEV_EVENT_ERROR) && e != 0) {
-            snprintf(why, sizeof why, "connect failed: %s", evutil_socket_error_to_string(e));
-        } else {
-            snprintf(why, sizeof why, "connection closed by server during the TLS handshake");
+
+        if (!pl_tls_connect_error(bev, why, sizeof why)) {
+            if (e == ECONNREFUSED)
+                /* Also under EOF: libevent reads a failed connect as a
+                 * dirty TLS shutdown, which we allow. */
+                snprintf(why, sizeof why, "connection refused");
+            else if ((what & BEV_EVENT_ERROR) && e != 0)
+                snprintf(why, sizeof why, "connect failed: %s", evutil_socket_error_to_string(e));
+            else
+                snprintf(why, sizeof why, "connection closed by server during the TLS handshake");
         }
         client_finish(cli, PL_ERR_IO, why);
         return;
@@ -860,10 +784,8 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     pl_transport_client *cli = NULL;
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
-    char addr[80];
-    pl_tls_opts tls;
-    SSL *ssl = NULL;
-    int rc;
+    struct bufferevent *bev = NULL;
+    int rc, tls = 0;
 
     *out = NULL;
     if (!base || !opt || !codec || !cb || !cb->frame || !cb->closed) {
@@ -878,18 +800,12 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     rc = pl_net_resolve(opt->host, opt->port, 0, &ss, &sslen, err, errlen);
     if (rc != PL_OK)
         return rc;
-    rc = pl_tls_opts_parse(opt, &tls, err, errlen);
+    rc = pl_tls_client_bev(base, opt, &bev, &tls, err, errlen);
     if (rc != PL_OK)
         return rc;
-    if (tls.root) {
-        rc = pl_tls_client_ssl(&tls, opt->host, &ssl, err, errlen);
-        cJSON_Delete(tls.root);
-        if (rc != PL_OK)
-            return rc;
-    }
     cli = calloc(1, sizeof *cli);
     if (!cli) {
-        SSL_free(ssl);
+        bufferevent_free(bev);
         pl_net_err(err, errlen, "out of memory");
         return PL_ERR_NOMEM;
     }
@@ -899,36 +815,15 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     cli->cb = *cb;
     cli->ud = ud;
     cli->max_frame = codec_max_frame(codec, codec_ctx);
-    if (ssl) {
-        /* The connect below runs under the handshake: CONNECTED is reported
-         * once the server's certificate has been verified. */
-        cli->tls = 1;
-        cli->bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                                  BEV_OPT_CLOSE_ON_FREE);
-        if (cli->bev)
-            bufferevent_openssl_set_allow_dirty_shutdown(cli->bev, 1);
-        ssl = NULL; /* owned by the bufferevent (see accept_cb on failure) */
-        ERR_clear_error();
-    } else {
-        cli->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    }
-    if (!cli->bev) {
-        pl_net_err(err, errlen, "out of memory");
-        rc = PL_ERR_NOMEM;
-        goto fail;
-    }
+    cli->bev = bev;
+    cli->tls = tls;
     bufferevent_setcb(cli->bev, client_read_cb, NULL, client_event_cb, cli);
     /* A hostile server must not make us buffer more than one frame. */
     bufferevent_setwatermark(cli->bev, EV_READ, 0, (size_t)cli->max_frame + FRAMED_SLACK);
     bufferevent_enable(cli->bev, EV_READ | EV_WRITE);
-    if (bufferevent_socket_connect(cli->bev, (struct sockaddr *)&ss, (int)sslen) != 0) {
-        int e = EVUTIL_SOCKET_ERROR();
-
-        pl_net_addr_text((struct sockaddr *)&ss, addr, sizeof addr);
-        pl_net_err(err, errlen, "cannot connect to %s: %s", addr, evutil_socket_error_to_string(e));
-        rc = PL_ERR_IO;
+    rc = pl_net_connect(cli->bev, &ss, sslen, err, errlen);
+    if (rc != PL_OK)
         goto fail;
-    }
     pl_net_nodelay(bufferevent_getfd(cli->bev));
     cli->free_ctx = free_ctx; /* owned from here on */
     *out = cli;

@@ -1,6 +1,7 @@
 /*
  * plugins/common/net.c — socket helpers shared by the transports' socket
- * halves (net.h): address resolution, address text, TCP_NODELAY.
+ * halves (net.h): address resolution, address text, TCP_NODELAY, the
+ * listening socket with its pause after a failed accept, connecting.
  */
 #include "net.h"
 
@@ -10,10 +11,16 @@
 #include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include <event2/event.h>
 #include <event2/util.h>
+
+#define NET_BACKLOG 511
+/* Pause before accepting again after EMFILE and friends. */
+#define NET_ACCEPT_RETRY_MS 500
 
 void pl_net_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -107,4 +114,104 @@ void pl_net_nodelay(evutil_socket_t fd)
 
     if (fd >= 0)
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* libevent hands the error callback the accept callback's argument: the
+ * listener is that argument, and passes each socket on to cb(arg). */
+struct pl_net_listener {
+    struct evconnlistener *lis;
+    struct event *retry;              /* re-enables lis after a failed accept */
+    evconnlistener_cb cb;
+    void *arg;
+    pl_transport_host host;           /* copied: for its log */
+    char addr[80];                    /* "ip:port" for log lines */
+};
+
+static void listener_accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
+                               struct sockaddr *sa, int salen, void *arg)
+{
+    pl_net_listener *l = arg;
+
+    l->cb(lis, fd, sa, salen, l->arg);
+}
+
+static void listener_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    pl_net_listener *l = arg;
+
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(l->lis);
+}
+
+static void listener_error_cb(struct evconnlistener *lis, void *arg)
+{
+    pl_net_listener *l = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    struct timeval tv = { 0, NET_ACCEPT_RETRY_MS * 1000 };
+
+    pl_net_log(&l->host, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms",
+               l->addr, evutil_socket_error_to_string(e), NET_ACCEPT_RETRY_MS);
+    /* The listening socket stays readable while we are out of descriptors:
+     * without a pause the loop would spin on it. */
+    evconnlistener_disable(lis);
+    event_add(l->retry, &tv);
+}
+
+int pl_net_listen(const pl_transport_host *host, const struct sockaddr_storage *ss,
+                  socklen_t sslen, const char *ss_text, evconnlistener_cb cb, void *arg,
+                  pl_net_listener **out, char *err, size_t errlen)
+{
+    pl_net_listener *l;
+
+    *out = NULL;
+    l = calloc(1, sizeof *l);
+    if (!l || !(l->retry = evtimer_new(host->base, listener_retry_cb, l))) {
+        free(l);
+        pl_net_err(err, errlen, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    l->cb = cb;
+    l->arg = arg;
+    l->host = *host;
+    snprintf(l->addr, sizeof l->addr, "%s", ss_text);
+    l->lis = evconnlistener_new_bind(host->base, listener_accept_cb, l,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE
+                                         | LEV_OPT_CLOSE_ON_EXEC,
+                                     NET_BACKLOG, (const struct sockaddr *)ss, (int)sslen);
+    if (!l->lis) {
+        int e = EVUTIL_SOCKET_ERROR();
+
+        pl_net_err(err, errlen, "cannot listen on %s: %s", l->addr,
+                   evutil_socket_error_to_string(e));
+        event_free(l->retry);
+        free(l);
+        return PL_ERR_IO;
+    }
+    evconnlistener_set_error_cb(l->lis, listener_error_cb);
+    *out = l;
+    return PL_OK;
+}
+
+void pl_net_listener_free(pl_net_listener *l)
+{
+    if (!l)
+        return;
+    evconnlistener_free(l->lis);
+    event_free(l->retry);
+    free(l);
+}
+
+int pl_net_connect(struct bufferevent *bev, const struct sockaddr_storage *ss,
+                   socklen_t sslen, char *err, size_t errlen)
+{
+    char addr[80];
+    int e;
+
+    if (bufferevent_socket_connect(bev, (const struct sockaddr *)ss, (int)sslen) == 0)
+        return PL_OK;
+    e = EVUTIL_SOCKET_ERROR();
+    pl_net_addr_text((const struct sockaddr *)ss, addr, sizeof addr);
+    pl_net_err(err, errlen, "cannot connect to %s: %s", addr, evutil_socket_error_to_string(e));
+    return PL_ERR_IO;
 }

@@ -1,6 +1,7 @@
 /*
  * plugins/common/net.h — socket helpers shared by transport plugins
- * (framed.c, transport-ws). Plugin-side code: public ABI headers only.
+ * (framed.c, transport-ws): addresses, listening, connecting. Plugin-side
+ * code: public ABI headers only.
  *
  * Prefix: pl_net_.
  */
@@ -11,6 +12,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
 #include <event2/util.h>
 
 #include <parley/common.h>
@@ -33,5 +36,23 @@ int pl_net_resolve(const char *host, uint16_t port, int passive,
 void pl_net_addr_text(const struct sockaddr *sa, char *out, size_t outlen);
 /* TCP_NODELAY: requests and answers are small and latency-bound. */
 void pl_net_nodelay(evutil_socket_t fd);
+
+/* A listening socket on ss (ss_text: its "ip:port" for messages) whose
+ * accepted sockets go to cb(..., arg) on host->base. When accept fails
+ * (out of descriptors and the like) it logs one line through host->log
+ * and stops accepting for a moment instead of spinning on the socket.
+ * host is copied. PL_ERR_IO ("cannot listen on ...") or PL_ERR_NOMEM with
+ * the reason in err. Freeing it (pl_net_listener_free) closes the socket. */
+typedef struct pl_net_listener pl_net_listener;
+int pl_net_listen(const pl_transport_host *host, const struct sockaddr_storage *ss,
+                  socklen_t sslen, const char *ss_text, evconnlistener_cb cb, void *arg,
+                  pl_net_listener **out, char *err, size_t errlen);
+void pl_net_listener_free(pl_net_listener *l);
+
+/* Start connecting bev (not yet connected) to ss; the outcome is bev's
+ * CONNECTED or error event. PL_ERR_IO with "cannot connect to ADDR: ..."
+ * in err when it fails at once. */
+int pl_net_connect(struct bufferevent *bev, const struct sockaddr_storage *ss,
+                   socklen_t sslen, char *err, size_t errlen);
 
 #endif

@@ -240,6 +240,94 @@ done:
     return rc;
 }
 
+struct bufferevent *pl_tls_accept_bev(struct event_base *base, evutil_socket_t fd,
+                                      SSL_CTX *ctx)
+{
+    struct bufferevent *bev;
+    SSL *ssl;
+
+    if (!ctx) {
+        bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (!bev)
+            evutil_closesocket(fd);
+        return bev;
+    }
+    ssl = SSL_new(ctx);
+    if (!ssl) {
+        evutil_closesocket(fd);
+        ERR_clear_error();
+        return NULL;
+    }
+    /* On failure libevent may or may not have freed ssl and closed fd
+     * already, depending on where it failed: leaking both under memory
+     * exhaustion beats a double free. */
+    bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                         BEV_OPT_CLOSE_ON_FREE);
+    if (bev)
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    ERR_clear_error();
+    return bev;
+}
+
+int pl_tls_client_bev(struct event_base *base, const pl_transport_options *opt,
+                      struct bufferevent **out, int *tls, char *err, size_t errlen)
+{
+    pl_tls_opts t;
+    SSL *ssl = NULL;
+    int rc;
+
+    *out = NULL;
+    *tls = 0;
+    rc = pl_tls_opts_parse(opt, &t, err, errlen);
+    if (rc != PL_OK)
+        return rc;
+    if (t.root) {
+        rc = pl_tls_client_ssl(&t, opt->host, &ssl, err, errlen);
+        cJSON_Delete(t.root);
+        if (rc != PL_OK)
+            return rc;
+    }
+    if (ssl) {
+        /* The connect runs under the handshake: CONNECTED is reported
+         * once the server's certificate has been verified. On failure ssl
+         * may or may not be freed already (see pl_tls_accept_bev). */
+        *tls = 1;
+        *out = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                              BEV_OPT_CLOSE_ON_FREE);
+        if (*out)
+            bufferevent_openssl_set_allow_dirty_shutdown(*out, 1);
+        ERR_clear_error();
+    } else {
+        *out = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (!*out) {
+        pl_net_err(err, errlen, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    return PL_OK;
+}
+
+/* A wrong CA looks nothing like a server that is down, and the user needs
+ * to know which: the certificate's verdict first, then OpenSSL's error. */
+int pl_tls_connect_error(struct bufferevent *bev, char *out, size_t outlen)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    unsigned long first = pl_tls_cause(bev);
+    char reason[200];
+
+    if (ssl && SSL_get_verify_result(ssl) != X509_V_OK) {
+        snprintf(out, outlen, "TLS: server certificate rejected: %s",
+                 X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
+        return 1;
+    }
+    if (first) {
+        pl_tls_err_text(first, reason, sizeof reason);
+        snprintf(out, outlen, "TLS handshake failed: %s", reason);
+        return 1;
+    }
+    return 0;
+}
+
 /* The OpenSSL error behind a TLS bufferevent's failure, or 0. libevent
  * hands its saved errors back newest first, mixed with bare SSL_get_error
  * codes (library 0): keep the oldest real one, the cause. */

@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <event2/bufferevent.h>
+#include <event2/util.h>
 #include <openssl/ssl.h>
 
 #include <parley/transport.h>
@@ -36,6 +37,24 @@ int pl_tls_server_ctx(const pl_tls_opts *t, SSL_CTX **out, char *err, size_t err
  * chain to ca (or the system's trust store) and name host. */
 int pl_tls_client_ssl(const pl_tls_opts *t, const char *host, SSL **out,
                       char *err, size_t errlen);
+/* A bufferevent for a socket fd that a listener accepted: TLS over a new
+ * SSL of ctx, in the accepting state, or plain TCP when ctx is NULL. It
+ * owns fd (closed on free). NULL when out of memory; fd is then closed,
+ * or left open where libevent may already have taken it (see tls.c). */
+struct bufferevent *pl_tls_accept_bev(struct event_base *base, evutil_socket_t fd,
+                                      SSL_CTX *ctx);
+/* A bufferevent, not yet connected (pl_net_connect follows), for a client
+ * of opt's server: TLS when opt's options carry "tls" (the server's
+ * certificate is checked against tls.ca and opt->host during the connect,
+ * and CONNECTED means the handshake is done too), else plain TCP; *tls
+ * says which. PL_ERR_CONFIG (the key named in err) or PL_ERR_NOMEM. */
+int pl_tls_client_bev(struct event_base *base, const pl_transport_options *opt,
+                      struct bufferevent **out, int *tls, char *err, size_t errlen);
+/* Why a TLS client's bufferevent failed before CONNECTED, when TLS knows:
+ * the server's certificate was rejected, or the handshake failed. Returns
+ * 0 and leaves out alone when TLS has no reason (a refused or failed TCP
+ * connect, a server that just closed): the socket's error is the reason. */
+int pl_tls_connect_error(struct bufferevent *bev, char *out, size_t outlen);
 /* Text for an OpenSSL error code. */
 void pl_tls_err_text(unsigned long e, char *out, size_t outlen);
 /* The OpenSSL error behind a TLS bufferevent's failure (the oldest, the

@@ -17,13 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 
 #include "codec_scratch.h"
 #include "json_codec.h"
@@ -168,7 +164,7 @@ static void cli_write_cb(struct bufferevent *bev, void *arg)
 static void cli_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     pl_transport_client *cli = arg;
-    char why[400], reason[200];
+    char why[400];
 
     if (what & BEV_EVENT_CONNECTED) {
         cli->connected = 1;
@@ -179,21 +175,14 @@ static void cli_event_cb(struct bufferevent *bev, short what, void *arg)
     }
     if (!cli->connected && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
         int e = EVUTIL_SOCKET_ERROR();
-        unsigned long first = cli->tls ? pl_tls_cause(bev) : 0;
-        SSL *ssl = cli->tls ? bufferevent_openssl_get_ssl(bev) : NULL;
 
-        if (ssl && SSL_get_verify_result(ssl) != X509_V_OK) {
-            snprintf(why, sizeof why, "TLS: server certificate rejected: %s",
-                     X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
-        } else if (first) {
-            pl_tls_err_text(first, reason, sizeof reason);
-            snprintf(why, sizeof why, "TLS handshake failed: %s", reason);
-        } else if (e == ECONNREFUSED) {
-            snprintf(why, sizeof why, "connection refused");
-        } else if (e != 0) {
-            snprintf(why, sizeof why, "connect failed: %s", evutil_socket_error_to_string(e));
-        } else {
-            snprintf(why, sizeof why, "connection closed by server during the TLS handshake");
+        if (!(cli->tls && pl_tls_connect_error(bev, why, sizeof why))) {
+            if (e == ECONNREFUSED)
+                snprintf(why, sizeof why, "connection refused");
+            else if (e != 0)
+                snprintf(why, sizeof why, "connect failed: %s", evutil_socket_error_to_string(e));
+            else
+                snprintf(why, sizeof why, "connection closed by server during the TLS handshake");
         }
         client_finish(cli, PL_ERR_IO, why);
         return;
@@ -224,8 +213,6 @@ int ws_cli_connect(struct event_base *base, const pl_transport_options *opt,
     pl_transport_client *cli;
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
-    pl_tls_opts tls;
-    SSL *ssl = NULL;
     const char *host;
     int rc;
 
@@ -247,33 +234,15 @@ int ws_cli_connect(struct event_base *base, const pl_transport_options *opt,
         goto fail;
     if ((rc = pl_net_resolve(opt->host, opt->port, 0, &ss, &sslen, err, errlen)) != PL_OK)
         goto fail;
-    if ((rc = pl_tls_opts_parse(opt, &tls, err, errlen)) != PL_OK)
+    if ((rc = pl_tls_client_bev(base, opt, &cli->bev, &cli->tls, err, errlen)) != PL_OK)
         goto fail;
-    if (tls.root) {
-        rc = pl_tls_client_ssl(&tls, opt->host, &ssl, err, errlen);
-        cJSON_Delete(tls.root);
-        if (rc != PL_OK)
-            goto fail;
-    }
     host = opt->host && *opt->host ? opt->host : "127.0.0.1";
     snprintf(cli->host_header, sizeof cli->host_header, strchr(host, ':') ? "[%s]:%u" : "%s:%u",
              host, (unsigned)opt->port);
-    if (ssl) {
-        cli->tls = 1;
-        cli->bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                                  BEV_OPT_CLOSE_ON_FREE);
-        if (cli->bev)
-            bufferevent_openssl_set_allow_dirty_shutdown(cli->bev, 1);
-        ssl = NULL;
-        ERR_clear_error();
-    } else {
-        cli->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    }
     cli->pending = evbuffer_new();
-    cli->proto = cli->bev ? ws_proto_new(WS_ROLE_CLIENT, cli->opts.max_frame,
-                                         bufferevent_get_output(cli->bev), &cli_proto_cb, cli)
-                          : NULL;
-    if (!cli->bev || !cli->pending || !cli->proto) {
+    cli->proto = ws_proto_new(WS_ROLE_CLIENT, cli->opts.max_frame,
+                              bufferevent_get_output(cli->bev), &cli_proto_cb, cli);
+    if (!cli->pending || !cli->proto) {
         pl_net_err(err, errlen, "out of memory");
         rc = PL_ERR_NOMEM;
         goto fail;
@@ -283,20 +252,11 @@ int ws_cli_connect(struct event_base *base, const pl_transport_options *opt,
      * every byte into a message of at most max_frame. */
     bufferevent_setwatermark(cli->bev, EV_READ, 0, 64u * 1024u);
     bufferevent_enable(cli->bev, EV_READ | EV_WRITE);
-    if (bufferevent_socket_connect(cli->bev, (struct sockaddr *)&ss, (int)sslen) != 0) {
-        char addr[80];
-        int e = EVUTIL_SOCKET_ERROR();
-
-        pl_net_addr_text((struct sockaddr *)&ss, addr, sizeof addr);
-        pl_net_err(err, errlen, "cannot connect to %s: %s", addr,
-                   evutil_socket_error_to_string(e));
-        rc = PL_ERR_IO;
+    if ((rc = pl_net_connect(cli->bev, &ss, sslen, err, errlen)) != PL_OK)
         goto fail;
-    }
     *out = cli;
     return PL_OK;
 fail:
-    SSL_free(ssl);
     client_destroy(cli);
     return rc;
 }

@@ -66,8 +66,6 @@
 #define WS_READ_HIGH (64u * 1024u)
 #define WS_OUT_PAUSE_MIN (4u * 1024u * 1024u)
 #define WS_SOCK_HIGH (256u * 1024u) /* socket output; the rest waits in wslay */
-#define WS_BACKLOG 511
-#define WS_ACCEPT_RETRY_MS 500
 
 enum { C_HTTP, C_WS, C_FINISHED, C_LINGER, C_DEAD };
 
@@ -75,8 +73,7 @@ struct pl_transport_server {
     pl_transport_host host;
     ws_opts opts;
     SSL_CTX *ssl_ctx;
-    struct evconnlistener *lis;
-    struct event *accept_retry;
+    pl_net_listener *lis;      /* NULL once it stopped accepting */
     ws_web *web;
     char addr[80];
     size_t out_pause, out_limit;
@@ -738,23 +735,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     }
     c->srv = srv;
     pl_net_addr_text(sa, c->peer, sizeof c->peer);
-    if (srv->ssl_ctx) {
-        SSL *ssl = SSL_new(srv->ssl_ctx);
-
-        /* As in framed.c: on failure libevent may already own fd and ssl;
-         * leaking both under memory exhaustion beats a double free. */
-        c->bev = ssl ? bufferevent_openssl_socket_new(srv->host.base, fd, ssl,
-                                                      BUFFEREVENT_SSL_ACCEPTING,
-                                                      BEV_OPT_CLOSE_ON_FREE)
-                     : NULL;
-        if (!c->bev && ssl)
-            fd = -1;
-        if (c->bev)
-            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-        ERR_clear_error();
-    } else {
-        c->bev = bufferevent_socket_new(srv->host.base, fd, BEV_OPT_CLOSE_ON_FREE);
-    }
+    c->bev = pl_tls_accept_bev(srv->host.base, fd, srv->ssl_ctx);
     c->reap_ev = event_new(srv->host.base, -1, 0, conn_reap_cb, c);
     c->timer = evtimer_new(srv->host.base, conn_timer_cb, c);
     c->proto = c->bev ? ws_proto_new(WS_ROLE_SERVER, srv->opts.max_frame,
@@ -763,9 +744,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     if (!c->bev || !c->reap_ev || !c->timer || !c->proto) {
         pl_net_log(&srv->host, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
         if (c->bev)
-            bufferevent_free(c->bev);
-        else if (fd >= 0)
-            evutil_closesocket(fd);
+            bufferevent_free(c->bev); /* else pl_tls_accept_bev saw to fd */
         if (c->reap_ev)
             event_free(c->reap_ev);
         if (c->timer)
@@ -798,28 +777,6 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
         arm(c, c->refused ? WS_REFUSE_SECS : WS_HEAD_SECS);
         bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     }
-}
-
-static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
-{
-    pl_transport_server *srv = arg;
-
-    (void)fd;
-    (void)what;
-    if (srv->lis)
-        evconnlistener_enable(srv->lis);
-}
-
-static void accept_error_cb(struct evconnlistener *lis, void *arg)
-{
-    pl_transport_server *srv = arg;
-    int e = EVUTIL_SOCKET_ERROR();
-    struct timeval tv = { 0, WS_ACCEPT_RETRY_MS * 1000 };
-
-    pl_net_log(&srv->host, PL_LOG_WARN, "accept on %s failed: %s; pausing accepts for %d ms",
-               srv->addr, evutil_socket_error_to_string(e), WS_ACCEPT_RETRY_MS);
-    evconnlistener_disable(lis);
-    event_add(srv->accept_retry, &tv);
 }
 
 /* ------------------------------------------------------------------ */
@@ -875,24 +832,9 @@ int ws_srv_start(const pl_transport_host *host, const pl_transport_options *opt,
     if (why[0] && host->log)
         host->log(host->ud, PL_LOG_WARN, "%s", why);
     pl_net_addr_text((struct sockaddr *)&ss, srv->addr, sizeof srv->addr);
-    srv->accept_retry = evtimer_new(host->base, accept_retry_cb, srv);
-    if (!srv->accept_retry) {
-        pl_net_err(err, errlen, "out of memory");
-        rc = PL_ERR_NOMEM;
+    rc = pl_net_listen(&srv->host, &ss, sslen, srv->addr, accept_cb, srv, &srv->lis, err, errlen);
+    if (rc != PL_OK)
         goto fail;
-    }
-    srv->lis = evconnlistener_new_bind(host->base, accept_cb, srv,
-                                       LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                           LEV_OPT_CLOSE_ON_EXEC,
-                                       WS_BACKLOG, (struct sockaddr *)&ss, (int)sslen);
-    if (!srv->lis) {
-        int e = EVUTIL_SOCKET_ERROR();
-        pl_net_err(err, errlen, "cannot listen on %s: %s", srv->addr,
-                   evutil_socket_error_to_string(e));
-        rc = PL_ERR_IO;
-        goto fail;
-    }
-    evconnlistener_set_error_cb(srv->lis, accept_error_cb);
     if (host->log)
         host->log(host->ud, PL_LOG_INFO, "listening on %s (ws%s, max_frame %u bytes): web client "
                   "%s://%s/ (%zu files from %s), WebSocket at %s%s%s",
@@ -902,8 +844,6 @@ int ws_srv_start(const pl_transport_host *host, const pl_transport_options *opt,
     *out = srv;
     return PL_OK;
 fail:
-    if (srv->accept_retry)
-        event_free(srv->accept_retry);
     SSL_CTX_free(srv->ssl_ctx);
     ws_web_free(srv->web);
     ws_opts_clear(&srv->opts);
@@ -915,10 +855,8 @@ void ws_srv_stop_accepting(pl_transport_server *srv)
 {
     if (!srv)
         return;
-    if (srv->lis)
-        evconnlistener_free(srv->lis);
+    pl_net_listener_free(srv->lis);
     srv->lis = NULL;
-    event_del(srv->accept_retry);
 }
 
 void ws_srv_free(pl_transport_server *srv)
@@ -928,7 +866,6 @@ void ws_srv_free(pl_transport_server *srv)
     ws_srv_stop_accepting(srv);
     while (srv->conns)
         conn_destroy(srv->conns);
-    event_free(srv->accept_retry);
     SSL_CTX_free(srv->ssl_ctx);
     ws_web_free(srv->web);
     ws_opts_clear(&srv->opts);
