@@ -93,6 +93,20 @@ static int is_member(const pl_vr *vr)
     return vr->cfg.self < vr->cfg.n;
 }
 
+/* A membership change (the barrier) is committed: nothing more happens in
+ * this epoch. The server applies the change and then enters the next
+ * epoch (pl_vr_reconfigure), but applying already switched its peer slot
+ * table to the new membership, so a message of this epoch may now come
+ * with the slot number of another server: an acknowledgement from server 2
+ * counted for server 1 too made a lease (and could make a commit) out of
+ * one backup. And a read answered now could miss what the next epoch
+ * committed already. So from here until the next epoch, this epoch's
+ * messages are dropped and nobody serves. */
+static int epoch_over(const pl_vr *vr)
+{
+    return vr->barrier > vr->epoch_start && vr->commit >= vr->barrier;
+}
+
 /* Members, then the learners the primary streams to. */
 static uint32_t slots(const pl_vr *vr)
 {
@@ -937,6 +951,8 @@ void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     }
     if (m->type == PL_VR_EPOCH_STATE)
         return; /* we caught up meanwhile */
+    if (epoch_over(vr))
+        return;
     if (!is_member(vr) && (m->type == PL_VR_SVC || m->type == PL_VR_DVC ||
                            m->type == PL_VR_PREPARE_OK || m->type == PL_VR_GET_STATE))
         return; /* a learner never votes nor serves */
@@ -1044,6 +1060,7 @@ void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uin
      * entries past it come from the new epoch (EPOCH_STATE) and stay. */
     int natural = vr->op == start_op && vr->commit >= start_op;
     int was_primary = is_primary(vr);
+    uint64_t was_primary_since = vr->primary_since_ms;
     vr->view = v;
     save(vr, "view", v);
     vr->cfg.n = n;
@@ -1071,9 +1088,13 @@ void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uin
         vr->status = PL_VR_NORMAL;
         vr->lnv = v;
         save(vr, "lnv", v);
-        /* The old primary keeping the lead: no other lease can be out. */
-        if (was_primary && self == 0 && now > lease_ms(vr))
-            vr->primary_since_ms = now - lease_ms(vr);
+        /* The old primary keeping the lead goes on waiting out the leases
+         * of earlier primaries from when it took over, not from now: none
+         * is out once that wait is over. (Serving at once, as if it were,
+         * let a primary that took over 30 ms before the change answer
+         * while the primary it replaced still held its lease: I3.) */
+        if (was_primary && self == 0)
+            vr->primary_since_ms = was_primary_since;
     } else {
         vr->status = PL_VR_RECOVERING;
         vr->sync_op = vr->commit;
@@ -1223,7 +1244,7 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint
 
 bool pl_vr_can_serve(const pl_vr *vr, uint64_t now)
 {
-    if (!is_primary(vr))
+    if (!is_primary(vr) || epoch_over(vr))
         return false;
     if (vr->cfg.n == 1)
         return true;
