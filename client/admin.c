@@ -504,12 +504,19 @@ static void print_table(row *rows, size_t n, int interval_ms)
 
 static pl_config *load_config(const char *path)
 {
-    char err[1024];
+    char err[4096];
     if (!path || !path[0])
         path = getenv("PARLEY_CONFIG");
     pl_config *cfg = path && path[0] ? pl_config_load(path, err, sizeof err) : pl_config_default();
-    if (!cfg)
-        fprintf(stderr, "parley: %s\n", path && path[0] ? err : "out of memory");
+    if (!cfg) {
+        /* one line per error of the file */
+        const char *l = path && path[0] ? err : "out of memory";
+        while (*l) {
+            size_t n = strcspn(l, "\n");
+            fprintf(stderr, "parley: %.*s\n", (int)n, l);
+            l += n + (l[n] == '\n');
+        }
+    }
     return cfg;
 }
 

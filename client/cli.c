@@ -1370,7 +1370,7 @@ int main(int argc, char **argv)
     const command *cmd = NULL;
     parley_options o;
     args a;
-    char err[1024];
+    char err[4096];
     int i, rc;
 
     memset(&k, 0, sizeof k);
@@ -1441,7 +1441,12 @@ int main(int argc, char **argv)
     o.server = k.server;
     k.c = parley_new(&o, err, sizeof err);
     if (!k.c) {
-        fprintf(stderr, "parley: %s\n", err);
+        /* A config file with several mistakes: one line each. */
+        for (const char *l = err; *l;) {
+            size_t n = strcspn(l, "\n");
+            fprintf(stderr, "parley: %.*s\n", (int)n, l);
+            l += n + (l[n] == '\n');
+        }
         rc = EXIT_USAGE;
         goto out;
     }

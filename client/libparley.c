@@ -905,7 +905,7 @@ parley_client *parley_new(const parley_options *o, char *err, size_t errlen)
     parley_client *c = NULL;
     const char *path;
     const char *plugin_dir;
-    char perr[512] = "";
+    char perr[4096] = "";  /* every error of a config file, one line each */
 
     if (!o) {
         memset(&none, 0, sizeof none);
