@@ -608,6 +608,8 @@ static int admin_usage(const char *why)
             "       parley [-c CONFIG] [--json] admin replace-server OLD NEW [--timeout S]\n"
             "       parley [-c CONFIG] [--json] admin import-prototype FILE [--rename OLD=NEW]...\n"
             "                                 [--skip-invalid] [--dry-run] [--batch N] [--timeout S]\n"
+            "       parley [-c CONFIG] [--json] admin export [-o FILE] [--no-sessions] [--timeout S]\n"
+            "       parley [-c CONFIG] [--json] admin import FILE [--resume] [--batch N] [--timeout S]\n"
             "\n"
             "Talks to each server's admin_port over HTTP (see docs/operations.md).\n"
             "  stats     one row per server: role, connections, subscribed connections,\n"
@@ -625,6 +627,8 @@ static int admin_usage(const char *why)
             "            import the Python prototype's state file: accounts keep their\n"
             "            passwords, messages their read state (admin.token; see\n"
             "            'parley admin import-prototype --help')\n"
+            "  export    the whole chat state, from one snapshot, as a JSON Lines dump\n"
+            "  import    a dump into an empty cluster of any store (admin.token)\n"
             "\n"
             "exit status: 0 ok, 1 refused (the reason on stderr), 2 usage error,\n"
             "3 no server reachable (or no answer: check 'admin members')\n",
@@ -1132,7 +1136,7 @@ int parley_admin_main(const char *config_path, int json, int argc, char **argv)
 {
     if (argc < 1)
         return admin_usage("admin needs a subcommand: stats, metrics, members, add-server, "
-                           "remove-server, replace-server or import-prototype");
+                           "remove-server, replace-server, import-prototype, export or import");
     if (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0)
         return admin_usage(NULL);
     int rc, interval_ms = ADMIN_INTERVAL_DEFAULT_MS;
@@ -1159,13 +1163,18 @@ int parley_admin_main(const char *config_path, int json, int argc, char **argv)
         return membership_main(config_path, json, argc, argv);
     } else if (strcmp(argv[0], "import-prototype") == 0) {
         return parley_admin_import_prototype(config_path, json, argc, argv);
+    } else if (strcmp(argv[0], "export") == 0) {
+        return parley_admin_export(config_path, json, argc, argv);
+    } else if (strcmp(argv[0], "import") == 0) {
+        return parley_admin_import_dump(config_path, json, argc, argv);
     } else if (strcmp(argv[0], "metrics") == 0) {
         if (argc != 2)
             return admin_usage("admin metrics takes one server ID");
         id = argv[1];
     } else {
         return admin_usage("unknown admin subcommand (expected stats, metrics, members, "
-                           "add-server, remove-server, replace-server or import-prototype)");
+                           "add-server, remove-server, replace-server, import-prototype, export or "
+                           "import)");
     }
     pl_config *cfg = load_config(config_path);
     if (!cfg)

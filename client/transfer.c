@@ -923,3 +923,499 @@ out:
     proto_free(&p);
     return rc;
 }
+
+/* ------------------------------------------------------------ export */
+
+/* Where the dump goes, and what the stream showed of it: the header (the
+ * first line) and the last line, which must be the "end" line or the dump
+ * was cut short. */
+typedef struct export_sink {
+    FILE *out;
+    uint64_t bytes;
+    char first[4096];
+    size_t first_len;
+    int first_done;
+    char *last;               /* the line being received, up to PL_DUMP_LINE_MAX */
+    size_t last_len;
+    char *done_line;          /* the last whole line */
+    size_t done_len;
+    int overflow;
+} export_sink;
+
+static int export_write(void *ud, const char *data, size_t len)
+{
+    export_sink *e = ud;
+    if (fwrite(data, 1, len, e->out) != len)
+        return -1;
+    e->bytes += len;
+    for (size_t i = 0; i < len; i++) {
+        char c = data[i];
+        if (!e->first_done) {
+            if (c == '\n')
+                e->first_done = 1;
+            else if (e->first_len + 1 < sizeof e->first)
+                e->first[e->first_len++] = c;
+        }
+        if (c == '\n') {
+            char *t = e->done_line;
+            e->done_line = e->last;
+            e->done_len = e->last_len;
+            e->last = t;
+            e->last_len = 0;
+            e->overflow = 0;
+        } else if (e->last_len < PL_DUMP_LINE_MAX) {
+            e->last[e->last_len++] = c;
+        } else {
+            e->overflow = 1;
+        }
+    }
+    return 0;
+}
+
+static int export_usage(const char *why)
+{
+    if (why)
+        fprintf(stderr, "parley: %s\n", why);
+    fprintf(why ? stderr : stdout,
+            "usage: parley [-c CONFIG] [--json] admin export [-o FILE] [--no-sessions] [--timeout S]\n"
+            "\n"
+            "Writes the whole chat state of the running cluster, taken from one\n"
+            "snapshot on its primary, as parley's JSON Lines dump (to FILE, mode 0600,\n"
+            "or standard output). It holds password hashes: keep it like the data\n"
+            "directory. --no-sessions leaves the sessions out (a restore then logs\n"
+            "everyone out). 'parley admin import FILE' loads it into an empty cluster\n"
+            "of any store. See docs/operations.md.\n");
+    return why ? XF_USAGE : XF_OK;
+}
+
+int parley_admin_export(const char *config_path, int json, int argc, char **argv)
+{
+    const char *file = NULL;
+    int sessions = 1, timeout_s = XF_TIMEOUT_DEFAULT_S;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+            return export_usage(NULL);
+        if (strcmp(a, "--json") == 0)
+            json = 1;
+        else if (strcmp(a, "--no-sessions") == 0)
+            sessions = 0;
+        else if (((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && i + 1 < argc))
+            file = argv[++i];
+        else if ((strcmp(a, "--timeout") == 0 && i + 1 < argc && (v = argv[++i])) ||
+                 (strncmp(a, "--timeout=", 10) == 0 && (v = a + 10))) {
+            if (parse_timeout(v, &timeout_s) != 0)
+                return export_usage("--timeout must be 1-86400 seconds");
+        } else {
+            char msg[200];
+            snprintf(msg, sizeof msg, "admin export: unexpected argument \"%.100s\"", a);
+            return export_usage(msg);
+        }
+    }
+    pl_config *cfg = parley_admin_load_config(config_path);
+    if (!cfg)
+        return XF_USAGE;
+    if (!cfg->admin_token) {
+        fprintf(stderr, "parley: %s has no admin.token or admin.token_file: an export needs "
+                "the cluster's operator token (it holds password hashes)\n",
+                cfg->path ? cfg->path : "the default configuration");
+        pl_config_free(cfg);
+        return XF_USAGE;
+    }
+    export_sink e;
+    memset(&e, 0, sizeof e);
+    e.last = malloc(PL_DUMP_LINE_MAX);
+    e.done_line = malloc(PL_DUMP_LINE_MAX);
+    char tmp[4096] = "";
+    int rc = XF_REFUSED, fd = -1;
+    if (!e.last || !e.done_line)
+        goto out;
+    if (file) {
+        /* Written beside FILE and renamed over it once complete: a FILE that
+         * exists is always a whole dump. 0600: it holds password hashes. */
+        snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", file);
+        fd = mkstemp(tmp);
+        if (fd < 0 || fchmod(fd, 0600) != 0 || !(e.out = fdopen(fd, "wb"))) {
+            fprintf(stderr, "parley: %s: %s\n", file, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            tmp[0] = '\0';
+            goto out;
+        }
+    } else {
+        e.out = stdout;
+    }
+    pl_admin_sink sink = { export_write, &e };
+    char err[1400], where[300] = "", *resp = NULL;
+    int status, sent;
+    pl_admin_call call = { .method = "GET", .path = sessions ? "/chat/export"
+                                                             : "/chat/export?sessions=0",
+                           .timeout_s = timeout_s, .sink = &sink, .endpoint = where };
+    int r = parley_admin_to_primary(cfg, &call, &status, &resp, &sent, err, sizeof err);
+    if (r == 2) {
+        rc = XF_USAGE;
+        goto out;
+    }
+    if (r != 0) {
+        fprintf(stderr, "parley: export: %s\n", err);
+        rc = XF_UNREACHABLE;
+        goto out;
+    }
+    if (status != 200) {
+        print_refusal("export", where, status, resp);
+        free(resp);
+        goto out;
+    }
+    free(resp);
+    pl_dump_line head, end;
+    char perr[300];
+    int ok_head = pl_dump_parse_line(e.first, e.first_len, &head, perr, sizeof perr) == PL_OK &&
+                  head.kind == PL_DUMP_HEADER;
+    int ok_end = !e.last_len && !e.overflow &&
+                 pl_dump_parse_line(e.done_line, e.done_len, &end, perr, sizeof perr) == PL_OK &&
+                 end.kind == PL_DUMP_END;
+    if (!ok_head || !ok_end) {
+        fprintf(stderr, "parley: export: the dump was cut short (%s); nothing was written%s%s\n",
+                !ok_head ? "no header line" : "no \"end\" line", file ? " to " : "",
+                file ? file : "");
+        if (ok_head)
+            pl_dump_line_clear(&head);
+        if (!ok_end)
+            pl_dump_line_clear(&end);
+        goto out;
+    }
+    if (fflush(e.out) != 0 || (file && fsync(fileno(e.out)) != 0)) {
+        fprintf(stderr, "parley: %s: %s\n", file ? file : "standard output", strerror(errno));
+        pl_dump_line_clear(&head);
+        pl_dump_line_clear(&end);
+        goto out;
+    }
+    if (file) {
+        FILE *f = e.out;
+        e.out = NULL;
+        if (fclose(f) != 0 || rename(tmp, file) != 0) {
+            fprintf(stderr, "parley: %s: %s\n", file, strerror(errno));
+            pl_dump_line_clear(&head);
+            pl_dump_line_clear(&end);
+            goto out;
+        }
+        tmp[0] = '\0';
+    }
+    FILE *rep = json && file ? stdout : stderr;
+    if (json && file)
+        fprintf(rep, "{\"file\": \"%s\", \"op\": %" PRIu64 ", \"digest\": \"%s\", \"sessions\": %s, "
+                "\"accounts\": %" PRIu64 ", \"session_count\": %" PRIu64 ", \"messages\": %" PRIu64
+                ", \"clients\": %" PRIu64 ", \"bytes\": %" PRIu64 "}\n", file, head.op, head.digest,
+                head.sessions ? "true" : "false", end.accounts, end.sessions_n, end.messages,
+                end.clients, e.bytes);
+    else
+        fprintf(rep, "exported the state at op %" PRIu64 " (digest %s): %" PRIu64 " accounts, %"
+                PRIu64 " sessions%s, %" PRIu64 " messages, %" PRIu64 " client table rows, %"
+                PRIu64 " bytes%s%s\n", head.op, head.digest, end.accounts, end.sessions_n,
+                head.sessions ? "" : " (left out)", end.messages, end.clients, e.bytes,
+                file ? " -> " : "", file ? file : "");
+    pl_dump_line_clear(&head);
+    pl_dump_line_clear(&end);
+    rc = XF_OK;
+out:
+    if (file && e.out)
+        fclose(e.out);
+    if (tmp[0])
+        unlink(tmp);
+    free(e.last);
+    free(e.done_line);
+    pl_config_free(cfg);
+    return rc;
+}
+
+/* ------------------------------------------------------------ import (a dump) */
+
+static int import_usage(const char *why)
+{
+    if (why)
+        fprintf(stderr, "parley: %s\n", why);
+    fprintf(why ? stderr : stdout,
+            "usage: parley [-c CONFIG] [--json] admin import FILE [--resume] [--batch N] [--timeout S]\n"
+            "\n"
+            "Loads a dump written by 'parley admin export' into an empty cluster, of\n"
+            "any store, through its primary (admin.token), checking the whole file\n"
+            "first. --resume finishes an import that was interrupted: records already\n"
+            "there (and equal) are skipped, a different one is refused. At the end the\n"
+            "cluster's digest is compared with the dump's. See docs/operations.md.\n");
+    return why ? XF_USAGE : XF_OK;
+}
+
+typedef struct dump_file {
+    FILE *f;
+    char *line;
+    size_t cap;
+    ssize_t len;
+    uint64_t no;
+} dump_file;
+
+/* The next line without its newline; 0 at the end, -1 on an error. */
+static int next_line(dump_file *d, char *err, size_t errlen)
+{
+    errno = 0;
+    d->len = getline(&d->line, &d->cap, d->f);
+    if (d->len < 0) {
+        if (errno) {
+            snprintf(err, errlen, "reading: %s", strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    d->no++;
+    if (d->len && d->line[d->len - 1] == '\n')
+        d->line[--d->len] = '\0';
+    return 1;
+}
+
+/* Pass 1: every line parses, the header comes first, the end line last
+ * with counts that match. */
+static int check_dump(const char *path, pl_dump_line *head, uint64_t *records, char *err,
+                      size_t errlen)
+{
+    dump_file d = { fopen(path, "rb"), NULL, 0, 0, 0 };
+    uint64_t n[4] = { 0, 0, 0, 0 };
+    int rc = -1, got_end = 0, r;
+    char perr[300];
+    if (!d.f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    memset(head, 0, sizeof *head);
+    while ((r = next_line(&d, perr, sizeof perr)) > 0) {
+        pl_dump_line l;
+        if (got_end) {
+            snprintf(err, errlen, "%s: line %" PRIu64 ": text after the \"end\" line", path, d.no);
+            goto out;
+        }
+        if (pl_dump_parse_line(d.line, (size_t)d.len, &l, perr, sizeof perr) != PL_OK) {
+            snprintf(err, errlen, "%s: line %" PRIu64 ": %s", path, d.no, perr);
+            pl_dump_line_clear(&l);
+            goto out;
+        }
+        if ((d.no == 1) != (l.kind == PL_DUMP_HEADER)) {
+            snprintf(err, errlen, "%s: line %" PRIu64 ": %s", path, d.no, d.no == 1
+                     ? "not a parley dump (the first line is its header {\"parley_dump\": 1, ...})"
+                     : "a second header line");
+            pl_dump_line_clear(&l);
+            goto out;
+        }
+        if (l.kind == PL_DUMP_HEADER) {
+            *head = l;
+            continue;
+        }
+        if (l.kind == PL_DUMP_END) {
+            got_end = 1;
+            if (l.accounts != n[0] || l.sessions_n != n[1] || l.messages != n[2] ||
+                l.clients != n[3]) {
+                snprintf(err, errlen, "%s: the \"end\" line counts %" PRIu64 "/%" PRIu64 "/%"
+                         PRIu64 "/%" PRIu64 " accounts/sessions/messages/clients, the file holds %"
+                         PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64, path, l.accounts,
+                         l.sessions_n, l.messages, l.clients, n[0], n[1], n[2], n[3]);
+                pl_dump_line_clear(&l);
+                goto out;
+            }
+            pl_dump_line_clear(&l);
+            continue;
+        }
+        if (l.rec.tag == 'S' && !head->sessions) {
+            snprintf(err, errlen, "%s: line %" PRIu64 ": a session in a dump whose header says "
+                     "it has none", path, d.no);
+            pl_dump_line_clear(&l);
+            goto out;
+        }
+        n[l.rec.tag == 'A' ? 0 : l.rec.tag == 'S' ? 1 : l.rec.tag == 'M' ? 2 : 3]++;
+        pl_dump_line_clear(&l);
+    }
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", path, perr);
+        goto out;
+    }
+    if (d.no == 0) {
+        snprintf(err, errlen, "%s: empty", path);
+        goto out;
+    }
+    if (!got_end) {
+        snprintf(err, errlen, "%s: no \"end\" line: the dump was cut short", path);
+        goto out;
+    }
+    *records = n[0] + n[1] + n[2] + n[3];
+    rc = 0;
+out:
+    if (rc != 0 && head->kind)
+        pl_dump_line_clear(head);
+    free(d.line);
+    fclose(d.f);
+    return rc;
+}
+
+int parley_admin_import_dump(const char *config_path, int json, int argc, char **argv)
+{
+    const char *file = NULL;
+    int resume = 0, timeout_s = XF_TIMEOUT_DEFAULT_S;
+    uint32_t per = PL_RESTORE_BATCH_MAX;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+            return import_usage(NULL);
+        if (strcmp(a, "--json") == 0) {
+            json = 1;
+        } else if (strcmp(a, "--resume") == 0) {
+            resume = 1;
+        } else if ((strcmp(a, "--batch") == 0 && i + 1 < argc && (v = argv[++i])) ||
+                   (strncmp(a, "--batch=", 8) == 0 && (v = a + 8))) {
+            char *end;
+            unsigned long n = strtoul(v, &end, 10);
+            if (!v[0] || *end || n < 1 || n > PL_RESTORE_BATCH_MAX)
+                return import_usage("--batch must be 1-1000 records");
+            per = (uint32_t)n;
+        } else if ((strcmp(a, "--timeout") == 0 && i + 1 < argc && (v = argv[++i])) ||
+                   (strncmp(a, "--timeout=", 10) == 0 && (v = a + 10))) {
+            if (parse_timeout(v, &timeout_s) != 0)
+                return import_usage("--timeout must be 1-86400 seconds");
+        } else if (a[0] == '-' || file) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "admin import: unexpected argument \"%.100s\"", a);
+            return import_usage(msg);
+        } else {
+            file = a;
+        }
+    }
+    if (!file)
+        return import_usage("admin import takes the dump FILE ('parley admin export' writes one)");
+    char err[1400];
+    pl_dump_line head;
+    uint64_t records = 0;
+    if (check_dump(file, &head, &records, err, sizeof err) != 0) {
+        fprintf(stderr, "parley: %s; nothing was imported\n", err);
+        return XF_REFUSED;
+    }
+    pl_config *cfg = parley_admin_load_config(config_path);
+    int rc = XF_USAGE;
+    if (!cfg)
+        goto out;
+    if (!cfg->admin_token) {
+        fprintf(stderr, "parley: %s has no admin.token or admin.token_file: an import needs "
+                "the cluster's operator token\n", cfg->path ? cfg->path : "the default "
+                "configuration");
+        goto out;
+    }
+    /* Pass 2: batches of the header line and up to `per` records. */
+    dump_file d = { fopen(file, "rb"), NULL, 0, 0, 0 };
+    char *body = NULL, *hline = NULL;
+    size_t blen = 0, bcap = 0, hlen = 0;
+    uint64_t sent = 0, written = 0, already = 0, batches = 0;
+    char digest[65] = "";
+    sender s = { cfg, timeout_s, 0, 0 };
+    rc = XF_REFUSED;
+    if (!d.f) {
+        fprintf(stderr, "parley: %s: %s\n", file, strerror(errno));
+        goto out;
+    }
+    int r = next_line(&d, err, sizeof err), last = records == 0;
+    if (r <= 0 || !(hline = strdup(d.line))) {
+        fprintf(stderr, "parley: %s: cannot read the header again\n", file);
+        goto close;
+    }
+    hlen = strlen(hline);
+    while (!last || batches == 0) {
+        uint32_t k = 0;
+        if (hlen + 1 > bcap) {
+            char *nb = realloc(body, (hlen + 1) * 2);
+            if (!nb)
+                goto nomem;
+            body = nb;
+            bcap = (hlen + 1) * 2;
+        }
+        memcpy(body, hline, hlen);
+        body[hlen] = '\n';
+        blen = hlen + 1;
+        /* Pass 1 counted the records, and the end line follows them. */
+        while (k < per && !last) {
+            if ((r = next_line(&d, err, sizeof err)) <= 0) {
+                fprintf(stderr, "parley: %s: the file changed while it was read\n", file);
+                goto close;
+            }
+            if (blen + (size_t)d.len + 1 > bcap) {
+                size_t nc = (blen + (size_t)d.len + 1) * 2;
+                char *nb = realloc(body, nc);
+                if (!nb)
+                    goto nomem;
+                body = nb;
+                bcap = nc;
+            }
+            memcpy(body + blen, d.line, (size_t)d.len);
+            blen += (size_t)d.len;
+            body[blen++] = '\n';
+            k++;
+            sent++;
+            if (sent == records)
+                last = 1;
+            if (blen > XF_BODY_TARGET)
+                break;
+        }
+        char path[64];
+        const char *q = batches == 0 && !resume ? (last ? "?begin=1&end=1" : "?begin=1")
+                                                : (last ? "?end=1" : "");
+        snprintf(path, sizeof path, "/chat/import%s", q);
+        cJSON *ans = NULL;
+        rc = post_batch(&s, path, body, blen, &ans);
+        if (rc != XF_OK) {
+            if (rc == XF_REFUSED && batches == 0 && !resume)
+                fprintf(stderr, "parley: (an import of this dump that was interrupted is "
+                        "finished with --resume)\n");
+            goto close;
+        }
+        batches++;
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(ans, "restored");
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(ans, "already");
+        const cJSON *dg = cJSON_GetObjectItemCaseSensitive(ans, "digest");
+        written += cJSON_IsNumber(w) ? (uint64_t)w->valuedouble : 0;
+        already += cJSON_IsNumber(a) ? (uint64_t)a->valuedouble : 0;
+        if (cJSON_IsString(dg))
+            snprintf(digest, sizeof digest, "%s", dg->valuestring);
+        cJSON_Delete(ans);
+    }
+    int same = strcmp(digest, head.digest) == 0;
+    if (json) {
+        printf("{\"file\": \"%s\", \"op\": %" PRIu64 ", \"records\": %" PRIu64 ", \"written\": %"
+               PRIu64 ", \"already\": %" PRIu64 ", \"batches\": %" PRIu64 ", \"digest\": \"%s\", "
+               "\"dump_digest\": \"%s\", \"sessions\": %s, \"digest_matches\": %s}\n", file,
+               head.op, records, written, already, batches, digest, head.digest,
+               head.sessions ? "true" : "false", same ? "true" : "false");
+    } else {
+        printf("imported %s (the state at op %" PRIu64 "): %" PRIu64 " records, %" PRIu64
+               " written, %" PRIu64 " already there, %" PRIu64 " batch%s\n", file, head.op,
+               records, written, already, batches, batches == 1 ? "" : "es");
+        if (same)
+            printf("digest %s: equal to the dump's\n", digest);
+        else if (!head.sessions)
+            printf("digest %s (the dump's %s counts the sessions it left out)\n", digest,
+                   head.digest);
+        else
+            printf("digest %s differs from the dump's %s\n", digest, head.digest);
+    }
+    if (!same && head.sessions) {
+        fprintf(stderr, "parley: the cluster's state differs from the dump's: was it changed "
+                "while the dump loaded?\n");
+        rc = XF_REFUSED;
+    } else {
+        rc = XF_OK;
+    }
+    goto close;
+nomem:
+    fprintf(stderr, "parley: out of memory\n");
+    rc = XF_REFUSED;
+close:
+    free(body);
+    free(hline);
+    free(d.line);
+    fclose(d.f);
+out:
+    pl_dump_line_clear(&head);
+    pl_config_free(cfg);
+    return rc;
+}

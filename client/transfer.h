@@ -1,5 +1,5 @@
 /*
- * client/transfer.h — moving chat state in and out of a cluster (issue 21):
+ * client/transfer.h — moving chat state in and out of a cluster (issue 21),
  *
  *   parley [-c CONFIG] [--json] admin import-prototype FILE [--rename OLD=NEW]...
  *                                [--skip-invalid] [--dry-run] [--batch N] [--timeout S]
@@ -15,5 +15,14 @@
 
 /* argv[0] is the subcommand's name. */
 int parley_admin_import_prototype(const char *config_path, int json, int argc, char **argv);
+/*   parley [-c CONFIG] [--json] admin export [-o FILE] [--no-sessions] [--timeout S]
+ * The whole state as a dump (core/dump.h) from one snapshot on the primary,
+ * to FILE (written beside it and renamed over it once complete, mode 0600)
+ * or standard output; refused when the stream was cut short. */
+int parley_admin_export(const char *config_path, int json, int argc, char **argv);
+/*   parley [-c CONFIG] [--json] admin import FILE [--resume] [--batch N] [--timeout S]
+ * A dump into an empty cluster: the whole file is checked first, then sent
+ * in batches; the digest at the end is compared with the dump's. */
+int parley_admin_import_dump(const char *config_path, int json, int argc, char **argv);
 
 #endif
