@@ -497,7 +497,7 @@ static void proto_free(proto *p)
 typedef struct sender {
     const pl_config *cfg;
     int timeout_s;
-    uint64_t batches, retries_lost;
+    uint64_t batches;
 } sender;
 
 /* POST one batch; *doc is the primary's answer document on 200. */
@@ -890,7 +890,7 @@ int parley_admin_import_prototype(const char *config_path, int json, int argc, c
         pl_config_free(cfg);
         goto out;
     }
-    sender s = { cfg, timeout_s, 0, 0 };
+    sender s = { cfg, timeout_s, 0 };
     rc = send_users(&s, &p, per);
     tally u, m;
     count(&p, &u, &m);
@@ -1309,7 +1309,7 @@ int parley_admin_import_dump(const char *config_path, int json, int argc, char *
     size_t blen = 0, bcap = 0, hlen = 0;
     uint64_t sent = 0, written = 0, already = 0, batches = 0;
     char digest[65] = "";
-    sender s = { cfg, timeout_s, 0, 0 };
+    sender s = { cfg, timeout_s, 0 };
     rc = XF_REFUSED;
     if (!d.f) {
         fprintf(stderr, "parley: %s: %s\n", file, strerror(errno));

@@ -328,12 +328,19 @@ void pl_xfer_restore(const pl_xfer_host *h, const char *query, const char *body,
         size_t ll = nl ? (size_t)(nl - body - pos) : len - pos;
         if (ll == 0 && !nl)
             break;
+        if (n == PL_RESTORE_BATCH_MAX + 1) {
+            reply_error(reply, req, 400, "more than %u records in one batch (PL_RESTORE_BATCH_MAX)",
+                        PL_RESTORE_BATCH_MAX);
+            goto out;
+        }
         if (n == cap) {
+            /* The header and at most PL_RESTORE_BATCH_MAX records. */
             size_t nc = cap ? cap * 2 : 64;
-            pl_dump_line *v = nc <= PL_RESTORE_BATCH_MAX + 1 ? realloc(lines, nc * sizeof *v) : NULL;
+            if (nc > PL_RESTORE_BATCH_MAX + 1)
+                nc = PL_RESTORE_BATCH_MAX + 1;
+            pl_dump_line *v = realloc(lines, nc * sizeof *v);
             if (!v) {
-                reply_error(reply, req, 400, "more than %u records in one batch "
-                            "(PL_RESTORE_BATCH_MAX)", PL_RESTORE_BATCH_MAX);
+                reply_error(reply, req, 500, "out of memory");
                 goto out;
             }
             lines = v;

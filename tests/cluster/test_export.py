@@ -240,6 +240,49 @@ class ExportImport(unittest.TestCase):
                                stdin="correct horse\n").returncode, 0)
 
 
+class HandWritten(unittest.TestCase):
+    """A dump written by hand from the documented format (docs/operations.md,
+    "Export and import") loads, in full batches of 1000 records."""
+
+    def test_documented_format_loads(self):
+        tmp = tempfile.mkdtemp(prefix="parley-dump-")
+        c = Cluster(PARLEYD, PARLEY, n=1, store="json", extra=BASE)
+        try:
+            c.start_all()
+            salt = b"0123456789abcdef"
+            h = hashlib.pbkdf2_hmac("sha256", b"pw-of-bob", salt, 100000)
+            pw = "$pbkdf2-sha256$i=100000$%s$%s" % (base64.b64encode(salt).decode(),
+                                                    base64.b64encode(h).decode())
+            lines = [{"parley_dump": 1, "op": 7, "next_uid": 3, "next_msg_id": 1201,
+                      "digest": "0" * 64, "sessions": False, "created_ms": 1, "server": "x",
+                      "store": "by hand", "parley": "0.1.0"},
+                     {"account": {"uid": 1, "name": "alice", "pwhash": pw, "created_ms": 5}},
+                     {"account": {"uid": 2, "name": "bob", "pwhash": pw, "created_ms": 6}}]
+            for i in range(1, 1201):
+                lines.append({"message": {"id": i, "from_uid": 1, "to_uid": 2, "from": "alice",
+                                          "to": "bob", "body": "n%d" % i, "time_ms": 1000 + i,
+                                          "read": i <= 200, "deleted_by_sender": False,
+                                          "deleted_by_recipient": False}})
+            lines.append({"end": {"accounts": 2, "sessions": 0, "messages": 1200, "clients": 0}})
+            path = os.path.join(tmp, "hand.jsonl")
+            with open(path, "w") as f:
+                f.writelines(json.dumps(x) + "\n" for x in lines)
+            r = subprocess.run([PARLEY, "-c", c.config, "--json", "admin", "import", path],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            doc = json.loads(r.stdout)
+            self.assertEqual((doc["records"], doc["written"], doc["batches"]), (1202, 1202, 2))
+            r = c.cli("bob", "login", "bob", "--password-stdin", stdin="pw-of-bob\n")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["unread"], 1000)
+            got = c.cli_json("bob", "read", timeout=60)["messages"]
+            self.assertEqual([m["body"] for m in got], ["n%d" % i for i in range(201, 1201)])
+            self.assertEqual(c.cli_json("bob", "send", "alice", "next")["id"], 1201)
+        finally:
+            c.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     global PARLEYD, PARLEY
     PARLEYD, PARLEY = sys.argv[1], sys.argv[2]
