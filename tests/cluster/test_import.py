@@ -15,10 +15,12 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -266,6 +268,65 @@ class ImportTest(unittest.TestCase):
         self.wait_serving()
         doc = self.import_json(path)
         self.assertEqual(doc["accounts"]["created"], 1)
+
+    def test_refused_by_an_older_server(self):
+        """A server older than the import ops (its peer Hello says nothing of
+        op kinds) must never be handed one: the primary refuses, naming it.
+        Server 2 is replaced by a stand-in that answers the peer handshake
+        as a parley of before issue 21 does and then ignores everything."""
+        path = os.path.join(self.tmp, "state.json")
+        write_state(path, {"ivy": proto_user("ivys-pw")})
+        primary = self.primary()
+        old = [i for i in range(3) if i != primary][-1]
+        self.c.kill(old)
+        peer_port = self.c.ports[old] + 1000
+        stop = threading.Event()
+        lsock = socket.socket()
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind(("127.0.0.1", peer_port))
+        lsock.listen(8)
+        lsock.settimeout(0.2)
+
+        def old_hello():
+            def varint(v):
+                out = b""
+                while True:
+                    b = v & 0x7f
+                    v >>= 7
+                    out += bytes([b | (0x80 if v else 0)])
+                    if not v:
+                        return out
+            host = b"127.0.0.1"
+            hello = b"\x08" + varint(2) + b"\x10" + varint(old) + b"\x18" + varint(3) + \
+                b"\x2a" + varint(len(host)) + host + b"\x30" + varint(peer_port)
+            frame = b"\x0a" + varint(len(hello)) + hello
+            return len(frame).to_bytes(4, "big") + frame
+
+        def serve():
+            conns = []
+            while not stop.is_set():
+                try:
+                    k, _ = lsock.accept()
+                except OSError:
+                    continue
+                k.sendall(old_hello())     # version 2, no op_kinds: a pre-issue-21 server
+                conns.append(k)
+            for k in conns:
+                k.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        try:
+            r = self.importer(path, "--timeout", "20")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("409", r.stderr)
+            self.assertIn("server 127.0.0.1:%d runs an older parley (it applies op kinds 0-9, "
+                          "this needs 10)" % self.c.ports[old], r.stderr)
+            self.assertIn("upgrade every server before importing", r.stderr)
+        finally:
+            stop.set()
+            t.join()
+            lsock.close()
 
     def test_kill_primary_mid_import(self):
         """kill -9 of the primary while batches are committing: the run
