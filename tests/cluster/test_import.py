@@ -154,6 +154,8 @@ class ImportTest(unittest.TestCase):
 
         # Mapped: everything comes in, and the report says so.
         doc = self.import_json(path, "--rename", "carol smith=carol_smith")
+        self.assertEqual(doc["timestamp"], 17, "the prototype's logical clock is reported")
+        self.assertEqual((doc["accounts"]["in_file"], doc["messages"]["in_file"]), (4, 8))
         self.assertEqual(doc["accounts"]["created"], 4, doc)
         self.assertEqual(doc["messages"]["imported"], 8, doc)
         self.assertEqual(doc["messages"]["imported_read"], 4, doc)
