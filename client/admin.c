@@ -36,6 +36,7 @@
 
 #include "config.h"
 #include "members.h"
+#include "transfer.h"
 
 enum { ADMIN_OK = 0, ADMIN_SOME_FAILED = 1, ADMIN_USAGE = 2, ADMIN_NONE_ANSWERED = 3 };
 /* The same codes, as the membership commands use them. */
@@ -71,22 +72,41 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* ------------------------------------------------------------ HTTP GET */
+/* ------------------------------------------------------------ HTTP */
+
+static int send_all(int fd, const void *p, size_t n)
+{
+    const char *b = p;
+    while (n) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        b += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
 
 /* METHOD http://host:port/path, with "Authorization: Bearer TOKEN" when
- * token is not NULL, waiting up to timeout_s for connect and for each read.
- * Returns 0 with *status and *body (malloc'd, NUL-terminated, caller frees;
- * any status) on an answer; -1 with err when no answer came, and *sent set
- * when the request had been sent (its outcome is then unknown). */
-static int http_do(const char *host, uint16_t port, const char *method, const char *path,
-                   const char *token, int timeout_s, int *status_out, char **body, int *sent,
-                   char *err, size_t errlen)
+ * token is not NULL and the request body when body_len > 0, waiting up to
+ * timeout_s for connect and for each read. The answer's body goes to sink
+ * when the status is 200 and a sink is given (an export, any size);
+ * otherwise into *body (malloc'd, NUL-terminated, caller frees; at most
+ * ADMIN_BODY_MAX bytes). Returns 0 with *status on an answer; -1 with err
+ * when no (whole) answer came, and *sent set when the request had been
+ * sent (its outcome is then unknown). */
+static int http_exchange(const char *host, uint16_t port, const char *method, const char *path,
+                         const char *token, const void *req_body, size_t body_len,
+                         int timeout_s, const pl_admin_sink *sink, int *status_out,
+                         char **body, int *sent, char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
     char portstr[8], req[1024];
     char *buf = NULL;
-    size_t len = 0;
-    int fd = -1, rc;
+    size_t len = 0, cap = 0;
+    int fd = -1, rc, streaming = 0;
 
     *body = NULL;
     *status_out = 0;
@@ -120,22 +140,38 @@ static int http_do(const char *host, uint16_t port, const char *method, const ch
         return -1;
 
     int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: %s:%u\r\nUser-Agent: parley/%s\r\n"
-                     "%s%s%sContent-Length: 0\r\n\r\n", method, path, host, (unsigned)port,
+                     "%s%s%s%sContent-Length: %zu\r\n\r\n", method, path, host, (unsigned)port,
                      PARLEY_VERSION, token ? "Authorization: Bearer " : "", token ? token : "",
-                     token ? "\r\n" : "");
-    if (n < 0 || (size_t)n >= sizeof req || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+                     token ? "\r\n" : "", body_len ? "Content-Type: application/json\r\n" : "",
+                     body_len);
+    if (n < 0 || (size_t)n >= sizeof req || send_all(fd, req, (size_t)n) != 0 ||
+        (body_len && send_all(fd, req_body, body_len) != 0)) {
         snprintf(err, errlen, "cannot send the request: %s", strerror(errno));
         goto fail;
     }
     if (sent)
         *sent = 1;
-    buf = malloc(ADMIN_BODY_MAX + 1);
-    if (!buf) {
+    cap = 65536;
+    if (!(buf = malloc(cap + 1))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    int status = 0;
     for (;;) {
-        ssize_t r = recv(fd, buf + len, ADMIN_BODY_MAX - len, 0);
+        if (len == cap) {
+            if (cap >= ADMIN_BODY_MAX) {
+                snprintf(err, errlen, "answer larger than %u bytes", ADMIN_BODY_MAX);
+                goto fail;
+            }
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = recv(fd, buf + len, cap - len, 0);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
@@ -145,16 +181,40 @@ static int http_do(const char *host, uint16_t port, const char *method, const ch
         if (r == 0)
             break;
         len += (size_t)r;
-        if (len == ADMIN_BODY_MAX) {
-            snprintf(err, errlen, "answer larger than %u bytes", ADMIN_BODY_MAX);
-            goto fail;
+        if (streaming) {
+            if (sink->write(sink->ud, buf, len) != 0) {
+                snprintf(err, errlen, "writing the answer: %s", strerror(errno));
+                goto fail;
+            }
+            len = 0;
+            continue;
+        }
+        /* Once the head is in, a 200 for a sink streams from here on. */
+        buf[len] = '\0';
+        char *start = sink ? strstr(buf, "\r\n\r\n") : NULL;
+        if (start && sscanf(buf, "HTTP/%*d.%*d %d", &status) == 1 && status == 200) {
+            start += 4;
+            size_t rest = len - (size_t)(start - buf);
+            if (rest && sink->write(sink->ud, start, rest) != 0) {
+                snprintf(err, errlen, "writing the answer: %s", strerror(errno));
+                goto fail;
+            }
+            streaming = 1;
+            len = 0;
         }
     }
-    buf[len] = '\0';
     close(fd);
     fd = -1;
-
-    int status = 0;
+    if (streaming) {
+        free(buf);
+        *status_out = 200;
+        if (!(*body = strdup(""))) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    buf[len] = '\0';
     if (sscanf(buf, "HTTP/%*d.%*d %d", &status) != 1 || len < 12) {
         snprintf(err, errlen, "not an HTTP answer");
         goto fail;
@@ -177,6 +237,14 @@ fail:
         close(fd);
     free(buf);
     return -1;
+}
+
+static int http_do(const char *host, uint16_t port, const char *method, const char *path,
+                   const char *token, int timeout_s, int *status_out, char **body, int *sent,
+                   char *err, size_t errlen)
+{
+    return http_exchange(host, port, method, path, token, NULL, 0, timeout_s, NULL, status_out,
+                         body, sent, err, errlen);
 }
 
 /* GET http://host:port/path that must answer 200. On success *body is
@@ -502,14 +570,28 @@ static void print_table(row *rows, size_t n, int interval_ms)
 
 /* ------------------------------------------------------------ commands */
 
+static pl_config *load_config(const char *path);
+
+pl_config *parley_admin_load_config(const char *path)
+{
+    return load_config(path);
+}
+
 static pl_config *load_config(const char *path)
 {
-    char err[1024];
+    char err[4096];
     if (!path || !path[0])
         path = getenv("PARLEY_CONFIG");
     pl_config *cfg = path && path[0] ? pl_config_load(path, err, sizeof err) : pl_config_default();
-    if (!cfg)
-        fprintf(stderr, "parley: %s\n", path && path[0] ? err : "out of memory");
+    if (!cfg) {
+        /* one line per error of the file */
+        const char *l = path && path[0] ? err : "out of memory";
+        while (*l) {
+            size_t n = strcspn(l, "\n");
+            fprintf(stderr, "parley: %.*s\n", (int)n, l);
+            l += n + (l[n] == '\n');
+        }
+    }
     return cfg;
 }
 
@@ -524,6 +606,10 @@ static int admin_usage(const char *why)
             "       parley [-c CONFIG] [--json] admin add-server HOST:PORT[:PEER_PORT] [--timeout S]\n"
             "       parley [-c CONFIG] [--json] admin remove-server HOST:PORT[:PEER_PORT] [--timeout S]\n"
             "       parley [-c CONFIG] [--json] admin replace-server OLD NEW [--timeout S]\n"
+            "       parley [-c CONFIG] [--json] admin import-prototype FILE [--rename OLD=NEW]...\n"
+            "                                 [--skip-invalid] [--dry-run] [--batch N] [--timeout S]\n"
+            "       parley [-c CONFIG] [--json] admin export [-o FILE] [--no-sessions] [--timeout S]\n"
+            "       parley [-c CONFIG] [--json] admin import FILE [--resume] [--batch N] [--timeout S]\n"
             "\n"
             "Talks to each server's admin_port over HTTP (see docs/operations.md).\n"
             "  stats     one row per server: role, connections, subscribed connections,\n"
@@ -537,6 +623,12 @@ static int admin_usage(const char *why)
             "            admin.token authorizes it); asks the primary and waits up to\n"
             "            --timeout seconds (default %d) for the new epoch. PEER_PORT\n"
             "            defaults to PORT+1000; an IPv6 host goes in brackets.\n"
+            "  import-prototype\n"
+            "            import the Python prototype's state file: accounts keep their\n"
+            "            passwords, messages their read state (admin.token; see\n"
+            "            'parley admin import-prototype --help')\n"
+            "  export    the whole chat state, from one snapshot, as a JSON Lines dump\n"
+            "  import    a dump into an empty cluster of any store (admin.token)\n"
             "\n"
             "exit status: 0 ok, 1 refused (the reason on stderr), 2 usage error,\n"
             "3 no server reachable (or no answer: check 'admin members')\n",
@@ -717,14 +809,12 @@ static void print_answer(const char *body, int json)
     cJSON_Delete(doc);
 }
 
-/* The "error" of a JSON answer, else the body itself. */
-static void print_refusal(const endpoint *e, int status, const char *body)
+/* The "error" of a JSON answer, else the body itself; addr: who said it. */
+static void print_refusal_at(const char *addr, int status, const char *body)
 {
     cJSON *doc = cJSON_Parse(body);
     const cJSON *er = doc ? cJSON_GetObjectItemCaseSensitive(doc, "error") : NULL;
-    char a[300];
-    fmt_addr(e->host, e->port, a, sizeof a);
-    fprintf(stderr, "parley: %s: %d: %s\n", a, status,
+    fprintf(stderr, "parley: %s: %d: %s\n", addr, status,
             cJSON_IsString(er) ? er->valuestring : body);
     cJSON_Delete(doc);
 }
@@ -829,53 +919,56 @@ static void url_encode(const char *s, char *out, size_t len)
     out[o] = '\0';
 }
 
-/* POSTs path to the primary: each configured admin endpoint in turn, a 421
- * followed to the primary it names, a server that cannot act yet (503, or
- * a 421 without a reachable primary) retried each second until the
- * deadline. */
-static int cmd_change(const pl_config *cfg, int json, const char *path, const char *what,
-                      int timeout_s)
+/* Sends a request to the primary: each configured admin endpoint in turn, a
+ * 421 followed to the primary it names, a server that cannot act yet
+ * (503, or a 421 without a reachable primary) retried each second until
+ * the deadline. A request whose answer was lost is sent again only when
+ * call->retry_lost says it may be (an import batch: the cluster applies it
+ * once however often it comes); otherwise that ends the call. Returns
+ * ADMIN_OK with *status and *resp (malloc'd) for the primary's answer of
+ * any other status, or ADMIN_NONE_ANSWERED (*sent when the request may
+ * have taken effect) with the reason in err. */
+int parley_admin_to_primary(const pl_config *cfg, const pl_admin_call *call, int *status,
+                            char **resp, int *sent_out, char *err, size_t errlen)
 {
     endpoint eps[PL_MEMBERS_MAX];
     size_t n = config_endpoints(cfg, eps);
-    if (!n)
-        return ADMIN_USAGE;
-    if (!cfg->admin_token) {
-        fprintf(stderr, "parley: %s has no admin.token or admin.token_file: membership changes "
-                "need the cluster's operator token\n",
-                cfg->path ? cfg->path : "the default configuration");
+    *resp = NULL;
+    *status = 0;
+    if (sent_out)
+        *sent_out = 0;
+    if (!n) {
+        snprintf(err, errlen, "no admin endpoint");
         return ADMIN_USAGE;
     }
-    double deadline = now_s() + timeout_s;
+    double deadline = now_s() + call->timeout_s;
     char last[1024] = "";
     for (;;) {
         int reached = 0;
         for (size_t i = 0; i < n; i++) {
             endpoint e = eps[i];
             for (int hop = 0; hop <= ADMIN_HOPS_MAX; hop++) {
-                char err[300], a[300], *body = NULL;
-                int status, sent, left = (int)(deadline - now_s());
+                char herr[300], a[300], *body = NULL;
+                int st, sent, left = (int)(deadline - now_s());
                 if (left < 1)
                     left = 1;
+                if (call->io_timeout_s && left > call->io_timeout_s)
+                    left = call->io_timeout_s;
                 fmt_addr(e.host, e.port, a, sizeof a);
-                if (http_do(e.host, e.port, "POST", path, cfg->admin_token, left, &status, &body,
-                            &sent, err, sizeof err) != 0) {
-                    if (sent) {
-                        fprintf(stderr, "parley: %s: %s to \"%s\"; the change may or may "
-                                "not have taken effect: check 'parley admin members'\n", a, err,
-                                what);
+                if (http_exchange(e.host, e.port, call->method, call->path, cfg->admin_token,
+                                  call->body, call->body_len, left, call->sink, &st, &body,
+                                  &sent, herr, sizeof herr) != 0) {
+                    if (sent && sent_out)
+                        *sent_out = 1;
+                    if (sent && !call->retry_lost) {
+                        snprintf(err, errlen, "%s: %s", a, herr);
                         return ADMIN_NONE_ANSWERED;
                     }
-                    snprintf(last, sizeof last, "%s: %s", a, err);
+                    snprintf(last, sizeof last, "%s: %s", a, herr);
                     break;
                 }
                 reached = 1;
-                if (status == 200) {
-                    print_answer(body, json);
-                    free(body);
-                    return ADMIN_OK;
-                }
-                if (status == 503) {
+                if (st == 503) {
                     cJSON *d = cJSON_Parse(body);
                     const cJSON *er = d ? cJSON_GetObjectItemCaseSensitive(d, "error") : NULL;
                     snprintf(last, sizeof last, "%s: %s", a, cJSON_IsString(er) ? er->valuestring
@@ -884,10 +977,12 @@ static int cmd_change(const pl_config *cfg, int json, const char *path, const ch
                     free(body);
                     break;
                 }
-                if (status != 421) {
-                    print_refusal(&e, status, body);
-                    free(body);
-                    return ADMIN_REFUSED;
+                if (st != 421) {
+                    *status = st;
+                    *resp = body;
+                    if (st != 200 && call->endpoint)
+                        fmt_addr(e.host, e.port, call->endpoint, 300);
+                    return ADMIN_OK;
                 }
                 /* Not the primary: find where the primary's admin port is. */
                 cJSON *d = cJSON_Parse(body);
@@ -899,7 +994,7 @@ static int cmd_change(const pl_config *cfg, int json, const char *path, const ch
                 endpoint next;
                 int found = 0;
                 if (j >= 0 &&
-                    http_get(e.host, e.port, "/cluster/members", &mdoc, err, sizeof err) == 0) {
+                    http_get(e.host, e.port, "/cluster/members", &mdoc, herr, sizeof herr) == 0) {
                     cJSON *m = cJSON_Parse(mdoc);
                     found = m && admin_endpoint_of(cfg, m, j, &next) == 0;
                     cJSON_Delete(m);
@@ -913,19 +1008,54 @@ static int cmd_change(const pl_config *cfg, int json, const char *path, const ch
                 e = next;
             }
         }
-        if (!reached) {
-            fprintf(stderr, "parley: no admin endpoint answered (last: %s)\n", last);
+        if (!reached && !call->retry_lost) {
+            snprintf(err, errlen, "no admin endpoint answered (last: %s)", last);
             return ADMIN_NONE_ANSWERED;
         }
         if (now_s() + 1 > deadline) {
-            fprintf(stderr, "parley: no primary took \"%s\" within %d s (last: %s)\n", what,
-                    timeout_s, last);
+            snprintf(err, errlen, "no primary took it within %d s (last: %s)", call->timeout_s,
+                     last);
             return ADMIN_NONE_ANSWERED;
         }
         struct timespec ts = { 1, 0 };
         while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
             ;
     }
+}
+
+/* POSTs a membership change to the primary (parley_admin_to_primary). */
+static int cmd_change(const pl_config *cfg, int json, const char *path, const char *what,
+                      int timeout_s)
+{
+    if (!cfg->admin_token) {
+        fprintf(stderr, "parley: %s has no admin.token or admin.token_file: membership changes "
+                "need the cluster's operator token\n",
+                cfg->path ? cfg->path : "the default configuration");
+        return ADMIN_USAGE;
+    }
+    char err[1400], where[300] = "", *body = NULL;
+    int status, sent;
+    pl_admin_call call = { .method = "POST", .path = path, .timeout_s = timeout_s,
+                           .endpoint = where };
+    int rc = parley_admin_to_primary(cfg, &call, &status, &body, &sent, err, sizeof err);
+    if (rc == ADMIN_USAGE)
+        return ADMIN_USAGE;
+    if (rc != ADMIN_OK) {
+        if (sent)
+            fprintf(stderr, "parley: %s to \"%s\"; the change may or may not have taken "
+                    "effect: check 'parley admin members'\n", err, what);
+        else
+            fprintf(stderr, "parley: %s\n", err);
+        return ADMIN_NONE_ANSWERED;
+    }
+    if (status == 200) {
+        print_answer(body, json);
+        free(body);
+        return ADMIN_OK;
+    }
+    print_refusal_at(where, status, body);
+    free(body);
+    return ADMIN_REFUSED;
 }
 
 /* add-server ADDR | remove-server ADDR | replace-server OLD NEW, with
@@ -1006,7 +1136,7 @@ int parley_admin_main(const char *config_path, int json, int argc, char **argv)
 {
     if (argc < 1)
         return admin_usage("admin needs a subcommand: stats, metrics, members, add-server, "
-                           "remove-server or replace-server");
+                           "remove-server, replace-server, import-prototype, export or import");
     if (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0)
         return admin_usage(NULL);
     int rc, interval_ms = ADMIN_INTERVAL_DEFAULT_MS;
@@ -1031,13 +1161,20 @@ int parley_admin_main(const char *config_path, int json, int argc, char **argv)
     } else if (strcmp(argv[0], "members") == 0 || strcmp(argv[0], "add-server") == 0 ||
                strcmp(argv[0], "remove-server") == 0 || strcmp(argv[0], "replace-server") == 0) {
         return membership_main(config_path, json, argc, argv);
+    } else if (strcmp(argv[0], "import-prototype") == 0) {
+        return parley_admin_import_prototype(config_path, json, argc, argv);
+    } else if (strcmp(argv[0], "export") == 0) {
+        return parley_admin_export(config_path, json, argc, argv);
+    } else if (strcmp(argv[0], "import") == 0) {
+        return parley_admin_import_dump(config_path, json, argc, argv);
     } else if (strcmp(argv[0], "metrics") == 0) {
         if (argc != 2)
             return admin_usage("admin metrics takes one server ID");
         id = argv[1];
     } else {
         return admin_usage("unknown admin subcommand (expected stats, metrics, members, "
-                           "add-server, remove-server or replace-server)");
+                           "add-server, remove-server, replace-server, import-prototype, export or "
+                           "import)");
     }
     pl_config *cfg = load_config(config_path);
     if (!cfg)

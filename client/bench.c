@@ -1312,6 +1312,7 @@ static int conn_init(pb_bench *b, pb_conn *c, uint32_t idx, uint32_t user, int l
     c->listener = listener;
     randombytes_buf(&c->client_id, sizeof c->client_id);
     c->client_id |= 1; /* never 0, which means "no client table entry" */
+    c->client_id &= ~(1ull << 63); /* never the importer's reserved range (top 16 bits set) */
     c->retry_ev = evtimer_new(b->base, on_retry, c);
     c->slots = calloc(b->o.pipeline, sizeof *c->slots);
     return c->retry_ev && c->slots ? 0 : -1;

@@ -16,7 +16,10 @@
  *   register       {"user"}                 login   {"user", "unread"}
  *   logout, delete-account {"ok": true}     send    {"id", "time"}
  *   unread         {"unread", "read"}       users   {"users": [names], "more"}
- *   read, history, conversation  {"messages": [MESSAGE...], "more"}
+ *   read, history, conversation  {"messages": [MESSAGE...], "more"}; read -n N
+ *                  adds "unread_left" when more remain; read without -n reads
+ *                  every page, and a page that fails adds "error" and "code"
+ *                  to the document of what was read before it
  *   ack / delete   {"acked": [ids]} / {"deleted": [ids]}
  *   status         {"servers": [{"id", "address", "reachable", "role", "view",
  *                   "op", "commit", "applied", "store", "transport", "digest"}]}
@@ -91,7 +94,9 @@ static const cmd_help HELP[] = {
       "Send a message; the words of MESSAGE are joined by single spaces.\n" },
     { "unread", "unread", "Print the unread and read message counts.\n" },
     { "read", "read [-n N]",
-      "Print the oldest N unread messages (all by default) and mark them read.\n" },
+      "Print the oldest N unread messages and mark them read. Without -n, every\n"
+      "unread message, read page by page (a page holds at most 1000). With -n,\n"
+      "when more remain, says how many are left.\n" },
     { "history", "history [--offset N] [--limit N]",
       "Print read messages, newest first, one page at a time.\n" },
     { "conversation", "conversation USER [--offset N] [--limit N]",
@@ -141,6 +146,11 @@ static void usage(FILE *f)
         "  admin replace-server OLD NEW\n"
         "                       grow, shrink or repair the running cluster (admin.token;\n"
         "                       --timeout SECONDS, default 180)\n"
+        "  admin import-prototype FILE [--rename OLD=NEW]... [--skip-invalid]\n"
+        "                       move the Python prototype's state file in (admin.token)\n"
+        "  admin export [-o FILE] [--no-sessions], admin import FILE [--resume]\n"
+        "                       the whole chat state as a JSON Lines dump, and back into an\n"
+        "                       empty cluster of any store (admin.token)\n"
         "\n"
         "options:\n"
         "  -c, --config CONFIG  the cluster's config file (default $PARLEY_CONFIG,\n"
@@ -1000,9 +1010,108 @@ static int print_messages(const cli *k, const parley_result *r, const char *empt
     return 0;
 }
 
-static int cmd_read(cli *k, args *a)
+/* read -n N: one page; when more remain, say how many (one counts call). */
+static int read_some(cli *k, uint64_t n)
 {
     parley_result *r = NULL;
+    uint64_t left = 0;
+    int e = parley_read(k->c, n, &r);
+
+    if (e)
+        return fail_call(k, e);
+    /* The read is done; a failed count only loses the number. */
+    int have_left = r->resp.more && parley_counts(k->c, &left, NULL) == PL_OK;
+    if (k->json) {
+        cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+        if (o && arr) {
+            for (uint32_t i = 0; i < r->resp.n_msgs; i++)
+                cJSON_AddItemToArray(arr, json_message(&r->resp.msgs[i]));
+            cJSON_AddItemToObject(o, "messages", arr);
+            arr = NULL;
+            cJSON_AddBoolToObject(o, "more", r->resp.more != 0);
+            if (have_left)
+                cJSON_AddNumberToObject(o, "unread_left", (double)left);
+        }
+        cJSON_Delete(arr);
+        parley_result_free(r);
+        return json_print(o, 0);
+    }
+    for (uint32_t i = 0; i < r->resp.n_msgs; i++)
+        print_message_line(&r->resp.msgs[i]);
+    if (r->resp.n_msgs == 0)
+        printf("(no unread messages)\n");
+    if (r->resp.more && have_left)
+        printf("(more: %llu unread left; run 'parley read' again)\n", (unsigned long long)left);
+    else if (r->resp.more)
+        printf("(more: unread messages are left; run 'parley read' again)\n");
+    parley_result_free(r);
+    return 0;
+}
+
+/* read with no -n: every unread message. One read takes at most a page
+ * (PL_PAGE_MAX messages, or PL_REPLY_BUDGET bytes), so this reads page
+ * after page until the server says none is left; each page is its own
+ * replicated read op, printed (and so marked read) as it comes. Messages
+ * that arrive meanwhile are read too. If a page fails, what was read
+ * before it has been printed: with --json the one document then carries
+ * those messages, "more": true and the error. */
+static int read_all(cli *k)
+{
+    cJSON *doc = k->json ? cJSON_CreateObject() : NULL, *arr = k->json ? cJSON_CreateArray() : NULL;
+    uint64_t total = 0, pages = 0;
+    int more = 1, e = 0;
+
+    if (k->json && (!doc || !arr)) {
+        cJSON_Delete(doc);
+        cJSON_Delete(arr);
+        fprintf(stderr, "parley: out of memory\n");
+        return EXIT_REFUSED;
+    }
+    while (more) {
+        parley_result *r = NULL;
+        if ((e = parley_read(k->c, 0, &r)) != PL_OK)
+            break;
+        pages++;
+        for (uint32_t i = 0; i < r->resp.n_msgs; i++) {
+            if (k->json)
+                cJSON_AddItemToArray(arr, json_message(&r->resp.msgs[i]));
+            else
+                print_message_line(&r->resp.msgs[i]);
+        }
+        if (!k->json)
+            fflush(stdout);
+        total += r->resp.n_msgs;
+        /* A page that says "more" but holds nothing would loop for ever. */
+        more = r->resp.more && r->resp.n_msgs > 0;
+        parley_result_free(r);
+    }
+    if (!k->json) {
+        if (e)
+            return fail_call(k, e);
+        if (total == 0)
+            printf("(no unread messages)\n");
+        else if (pages > 1)
+            printf("(read %llu messages in %llu pages)\n", (unsigned long long)total,
+                   (unsigned long long)pages);
+        return 0;
+    }
+    cJSON_AddItemToObject(doc, "messages", arr);
+    cJSON_AddBoolToObject(doc, "more", e != PL_OK);
+    if (e) {
+        const char *msg = parley_last_error(k->c);
+        fprintf(stderr, "parley: reading page %llu: %s (the %llu messages before it were read "
+                "and are printed)\n", (unsigned long long)pages + 1, msg,
+                (unsigned long long)total);
+        cJSON_AddStringToObject(doc, "error", msg);
+        cJSON_AddNumberToObject(doc, "code", e);
+        json_print(doc, 0);
+        return parley_unreachable(e) ? EXIT_UNREACHABLE : EXIT_REFUSED;
+    }
+    return json_print(doc, 0);
+}
+
+static int cmd_read(cli *k, args *a)
+{
     int e;
 
     if (a->npos)
@@ -1011,12 +1120,7 @@ static int cmd_read(cli *k, args *a)
         return page_limit(k, "-n");
     if ((e = session_load(k, NULL, 0)) != 0)
         return e;
-    e = parley_read(k->c, a->n, &r);
-    if (e)
-        return fail_call(k, e);
-    e = print_messages(k, r, "(no unread messages)", "run 'parley read' again");
-    parley_result_free(r);
-    return e;
+    return a->n ? read_some(k, a->n) : read_all(k);
 }
 
 static int cmd_pages(cli *k, args *a, const char *cmd, const char *peer)
@@ -1370,7 +1474,7 @@ int main(int argc, char **argv)
     const command *cmd = NULL;
     parley_options o;
     args a;
-    char err[1024];
+    char err[4096];
     int i, rc;
 
     memset(&k, 0, sizeof k);
@@ -1441,7 +1545,12 @@ int main(int argc, char **argv)
     o.server = k.server;
     k.c = parley_new(&o, err, sizeof err);
     if (!k.c) {
-        fprintf(stderr, "parley: %s\n", err);
+        /* A config file with several mistakes: one line each. */
+        for (const char *l = err; *l;) {
+            size_t n = strcspn(l, "\n");
+            fprintf(stderr, "parley: %.*s\n", (int)n, l);
+            l += n + (l[n] == '\n');
+        }
         rc = EXIT_USAGE;
         goto out;
     }

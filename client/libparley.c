@@ -905,7 +905,7 @@ parley_client *parley_new(const parley_options *o, char *err, size_t errlen)
     parley_client *c = NULL;
     const char *path;
     const char *plugin_dir;
-    char perr[512] = "";
+    char perr[4096] = "";  /* every error of a config file, one line each */
 
     if (!o) {
         memset(&none, 0, sizeof none);
@@ -971,10 +971,11 @@ parley_client *parley_new(const parley_options *o, char *err, size_t errlen)
     c->tcb.frame = on_frame;
     c->tcb.closed = on_closed;
     /* A random id, so two clients never share a client-table row; 0 means
-     * "no exactly-once" on the wire, so it is never used. */
+     * "no exactly-once" on the wire, so it is never used, and ids with the
+     * top 16 bits set are the importer's (servers refuse them). */
     do {
         randombytes_buf(&c->client_id, sizeof c->client_id);
-    } while (c->client_id == 0);
+    } while (c->client_id == 0 || (c->client_id >> 48) == 0xffff);
     snprintf(c->last_error, sizeof c->last_error, "no error");
     return c;
 

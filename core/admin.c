@@ -12,6 +12,13 @@
  * (headers, a small body that is ignored, a timeout), so a stuck or hostile
  * client costs one connection, not the server.
  *
+ * Issue 21 adds /chat/: POST import-prototype and import (a batch each,
+ * answered once its op commits, like a change) and GET export (a dump
+ * streamed piece by piece, each piece written only once the previous one
+ * has left, so a slow reader holds one piece of memory). Those bodies are
+ * up to PL_ADMIN_DATA_BODY_MAX; every other path still takes at most
+ * PL_ADMIN_BODY_MAX.
+ *
  * A membership change answers much later than it is asked (the RECONFIG op
  * commits after the new servers catch up). Its HTTP request is held in a
  * pending handle; libevent does not read from a connection while its
@@ -49,6 +56,17 @@
 #define PL_ADMIN_BODY_MAX 1024
 #define PL_ADMIN_TIMEOUT_S 10
 
+/* An export being streamed: the connection owns it; freed when the
+ * answer ends or the connection closes, whichever comes first. */
+typedef struct admin_stream {
+    struct pl_admin *a;
+    struct evhttp_request *req;   /* NULL once the connection is gone */
+    pl_admin_stream st;
+    struct evbuffer *buf;
+    int ended;                    /* evhttp_send_reply_end was called */
+    struct admin_stream *prev, *next;
+} admin_stream;
+
 /* One membership change waiting for the server's reply(). */
 typedef struct admin_pending {
     struct pl_admin *a;           /* NULL once the listener is freed */
@@ -65,6 +83,8 @@ struct pl_admin {
     unsigned char token_hash[crypto_generichash_BYTES]; /* of the operator token */
     int has_token;
     admin_pending *pending;       /* changes not answered yet */
+    pl_admin_data data;           /* import_prototype == NULL: /chat/ not served */
+    admin_stream *streams;        /* exports being sent */
 };
 
 /* ------------------------------------------------------------ histogram */
@@ -451,6 +471,33 @@ done:
     return rc;
 }
 
+/* The operator token: answers 403/401 and returns -1 unless it is given. */
+static int need_token(pl_admin *a, struct evhttp_request *req, const char *what)
+{
+    if (!a->has_token) {
+        send_error_json(req, 403, "%s need admin.token or admin.token_file in the config", what);
+        return -1;
+    }
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_matches(a, auth + 7, strlen(auth + 7))) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                          "Bearer realm=\"parley\"");
+        send_error_json(req, 401, auth ? "wrong operator token" : "missing header "
+                        "\"Authorization: Bearer TOKEN\" (the config's admin.token)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Every path but /chat/ reads no body: only what a client sends by habit. */
+static int body_small(struct evhttp_request *req)
+{
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) <= PL_ADMIN_BODY_MAX)
+        return 1;
+    send_error_json(req, 413, "a request body here may be at most %d bytes", PL_ADMIN_BODY_MAX);
+    return 0;
+}
+
 static void on_cluster(pl_admin *a, struct evhttp_request *req, const char *path, size_t plen)
 {
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -493,19 +540,8 @@ static void on_cluster(pl_admin *a, struct evhttp_request *req, const char *path
         send_error_json(req, 405, "membership changes are POSTed");
         return;
     }
-    if (!a->has_token) {
-        send_error_json(req, 403, "membership changes need admin.token or admin.token_file "
-                        "in the config");
+    if (need_token(a, req, "membership changes") != 0 || !body_small(req))
         return;
-    }
-    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_matches(a, auth + 7, strlen(auth + 7))) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
-                          "Bearer realm=\"parley\"");
-        send_error_json(req, 401, auth ? "wrong operator token" : "missing header "
-                        "\"Authorization: Bearer TOKEN\" (the config's admin.token)");
-        return;
-    }
     const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
     const char *query = u ? evhttp_uri_get_query(u) : NULL;
     if (evhttp_parse_query_str(query ? query : "", &q) != 0) {
@@ -557,6 +593,165 @@ void pl_admin_set_cluster(pl_admin *a, const pl_admin_cluster *c, const char *to
         sodium_memzero(a->token_hash, sizeof a->token_hash);
 }
 
+/* ------------------------------------------------------------ /chat/ */
+
+static void stream_unlink(admin_stream *h)
+{
+    if (h->prev)
+        h->prev->next = h->next;
+    else if (h->a && h->a->streams == h)
+        h->a->streams = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    h->prev = h->next = NULL;
+}
+
+static void stream_free(admin_stream *h)
+{
+    stream_unlink(h);
+    if (h->st.free)
+        h->st.free(h->st.s);
+    if (h->buf)
+        evbuffer_free(h->buf);
+    free(h);
+}
+
+static void on_stream_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    admin_stream *h = arg;
+    if (!h->ended)
+        pl_log(PL_LOG_WARN, "export: the reader went away before the end");
+    stream_free(h);
+}
+
+/* Send the next piece, or end the answer. Runs when the previous piece has
+ * been written out. */
+static void stream_pump(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    admin_stream *h = arg;
+    const char *text = NULL;
+    size_t len = 0;
+    if (h->ended || !h->req)
+        return;
+    int rc = h->st.next(h->st.s, &text, &len);
+    if (rc != PL_OK || len == 0) {
+        if (rc != PL_OK)
+            pl_log(PL_LOG_ERROR, "export: %s; the dump was cut short (a reader sees no "
+                   "\"end\" line)", pl_strerror(rc));
+        h->ended = 1;
+        /* The connection (and with it the close callback) may go inside
+         * reply_end: h is freed there or here, not both. */
+        struct evhttp_connection *c = evhttp_request_get_connection(h->req);
+        evhttp_connection_set_closecb(c, NULL, NULL);
+        struct evhttp_request *req = h->req;
+        stream_free(h);
+        evhttp_send_reply_end(req);
+        return;
+    }
+    evbuffer_add(h->buf, text, len);
+    evhttp_send_reply_chunk_with_cb(h->req, h->buf, stream_pump, h);
+}
+
+static void on_chat(pl_admin *a, struct evhttp_request *req, const char *path, size_t plen,
+                    const char *query)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    int is_export = plen == 12 && strncmp(path, "/chat/export", 12) == 0;
+    int is_proto = plen == 22 && strncmp(path, "/chat/import-prototype", 22) == 0;
+    int is_dump = plen == 12 && strncmp(path, "/chat/import", 12) == 0;
+    if (!a->data.import_prototype) {
+        send_error_json(req, 404, "this server does not serve /chat/ yet");
+        return;
+    }
+    if (!is_export && !is_proto && !is_dump) {
+        send_error_json(req, 404, "not found: /chat/ serves export, import and "
+                        "import-prototype");
+        return;
+    }
+    if (is_export != (cmd == EVHTTP_REQ_GET)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                          is_export ? "GET" : "POST");
+        send_error_json(req, 405, is_export ? "/chat/export is read with GET"
+                                            : "imports are POSTed");
+        return;
+    }
+    if (need_token(a, req, is_export ? "exports (they hold password hashes)" : "imports") != 0)
+        return;
+    if (is_export) {
+        if (!body_small(req))
+            return;
+        admin_stream *h = calloc(1, sizeof *h);
+        int http = 500;
+        char *err = NULL;
+        if (!h || !(h->buf = evbuffer_new())) {
+            free(h);
+            send_error_json(req, 500, "out of memory");
+            return;
+        }
+        if (a->data.export_dump(a->data.ud, query ? query : "", &h->st, &http, &err) != PL_OK) {
+            send_json(req, http, err ? err : "{\"error\":\"export failed\"}");
+            free(err);
+            evbuffer_free(h->buf);
+            free(h);
+            return;
+        }
+        h->a = a;
+        h->req = req;
+        h->next = a->streams;
+        if (a->streams)
+            a->streams->prev = h;
+        a->streams = h;
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                          "application/x-ndjson");
+        evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_stream_close, h);
+        evhttp_send_reply_start(req, 200, "OK");
+        stream_pump(NULL, h);
+        return;
+    }
+    /* The body, NUL-terminated for the JSON parser. */
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    char *body = malloc(len + 1);
+    if (!body) {
+        send_error_json(req, 500, "out of memory");
+        return;
+    }
+    evbuffer_copyout(in, body, len);
+    body[len] = '\0';
+    admin_pending *h = calloc(1, sizeof *h);
+    if (!h) {
+        free(body);
+        send_error_json(req, 500, "out of memory");
+        return;
+    }
+    h->a = a;
+    h->req = req;
+    h->next = a->pending;
+    if (a->pending)
+        a->pending->prev = h;
+    a->pending = h;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_pending_close, h);
+    /* The server may reply (and so free h) before this returns. */
+    if (is_proto)
+        a->data.import_prototype(a->data.ud, body, len, pending_reply, h);
+    else
+        a->data.import_dump(a->data.ud, query ? query : "", body, len, pending_reply, h);
+    sodium_memzero(body, len);
+    free(body);
+}
+
+void pl_admin_set_data(pl_admin *a, const pl_admin_data *d)
+{
+    if (!a)
+        return;
+    if (d)
+        a->data = *d;
+    else
+        memset(&a->data, 0, sizeof a->data);
+}
+
 static void on_http(struct evhttp_request *req, void *arg)
 {
     pl_admin *a = arg;
@@ -567,10 +762,18 @@ static void on_http(struct evhttp_request *req, void *arg)
         on_cluster(a, req, uri, plen);
         return;
     }
-    if (!uri || plen != 8 || strncmp(uri, "/metrics", 8) != 0) {
-        evhttp_send_error(req, HTTP_NOTFOUND, "only /metrics and /cluster/ are served here");
+    if (uri && plen >= 6 && strncmp(uri, "/chat/", 6) == 0) {
+        const char *q = uri[plen] == '?' ? uri + plen + 1 : "";
+        on_chat(a, req, uri, plen, q);
         return;
     }
+    if (!uri || plen != 8 || strncmp(uri, "/metrics", 8) != 0) {
+        evhttp_send_error(req, HTTP_NOTFOUND, "only /metrics, /cluster/ and /chat/ are served "
+                          "here");
+        return;
+    }
+    if (!body_small(req))
+        return;
     if (evhttp_request_get_command(req) == EVHTTP_REQ_POST) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
         evhttp_send_error(req, 405, "/metrics is read with GET");
@@ -607,7 +810,9 @@ pl_admin *pl_admin_new(struct event_base *base, const char *bind, uint16_t port,
     }
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
     evhttp_set_max_headers_size(a->http, PL_ADMIN_HEADERS_MAX);
-    evhttp_set_max_body_size(a->http, PL_ADMIN_BODY_MAX);
+    /* The imports' batches are the largest bodies; every other path checks
+     * its own smaller bound (body_small). */
+    evhttp_set_max_body_size(a->http, PL_ADMIN_DATA_BODY_MAX);
     evhttp_set_timeout(a->http, PL_ADMIN_TIMEOUT_S);
     evhttp_set_gencb(a->http, on_http, a);
     errno = 0;
@@ -646,6 +851,14 @@ void pl_admin_free(pl_admin *a)
                                    "or may not take effect: check GET /cluster/members\"}");
             h->req = NULL;
         }
+    }
+    /* Exports being sent stop here: their connections go with evhttp_free. */
+    while (a->streams) {
+        admin_stream *h = a->streams;
+        if (h->req)
+            evhttp_connection_set_closecb(evhttp_request_get_connection(h->req), NULL, NULL);
+        h->ended = 1;
+        stream_free(h);
     }
     if (a->http)
         evhttp_free(a->http);

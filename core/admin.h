@@ -106,6 +106,38 @@ typedef struct pl_admin_cluster {
  * refused with 403. */
 void pl_admin_set_cluster(pl_admin *a, const pl_admin_cluster *c, const char *token);
 
+/* ---- moving chat state in and out (issue 21; core/transfer.h) ----
+ * POST /chat/import-prototype and POST /chat/import hand their body to
+ * the server, which answers through reply() exactly once, as a change
+ * does. GET /chat/export asks the server for a stream and sends each piece
+ * once the one before it has left (chunked for HTTP/1.1, to the end of the
+ * connection for HTTP/1.0), so a slow reader costs memory for one piece
+ * only. All of them need the operator token (the one pl_admin_set_cluster
+ * was given): the bodies hold password hashes. A body is at most
+ * PL_ADMIN_DATA_BODY_MAX bytes. */
+#define PL_ADMIN_DATA_BODY_MAX (4u * 1024u * 1024u)
+
+typedef struct pl_admin_stream {
+    void *s;
+    /* The next piece (owned by the stream, valid until the next call);
+     * *len 0 at the end. PL_OK or an error that cuts the answer short. */
+    int (*next)(void *s, const char **text, size_t *len);
+    void (*free)(void *s);
+} pl_admin_stream;
+
+typedef struct pl_admin_data {
+    void *ud;
+    void (*import_prototype)(void *ud, const char *body, size_t len, pl_admin_reply_fn reply,
+                             void *req);
+    void (*import_dump)(void *ud, const char *query, const char *body, size_t len,
+                        pl_admin_reply_fn reply, void *req);
+    /* PL_OK and *out; otherwise *http and *json_err (malloc'd) to answer. */
+    int (*export_dump)(void *ud, const char *query, pl_admin_stream *out, int *http,
+                       char **json_err);
+} pl_admin_data;
+
+void pl_admin_set_data(pl_admin *a, const pl_admin_data *d);
+
 /* Bytes of the regular files under dir (recursively); 0 if unreadable. */
 uint64_t pl_admin_dir_bytes(const char *dir);
 

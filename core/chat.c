@@ -562,6 +562,7 @@ static uint32_t op_method(uint32_t kind)
     switch (kind) {
     case PL_OP_REGISTER: return PL_M_REGISTER;
     case PL_OP_LOGIN: return PL_M_LOGIN;
+    case PL_OP_LOGIN_REHASH: return PL_M_LOGIN;
     case PL_OP_LOGOUT: return PL_M_LOGOUT;
     case PL_OP_SEND: return PL_M_SEND;
     case PL_OP_READ: return PL_M_READ;
@@ -908,7 +909,567 @@ static int op_delete_account(pl_chat *c, const pl_op *op, pl_apply_result *res)
     return PL_OK;
 }
 
-static int execute(pl_chat *c, const pl_op *op, pl_apply_result *res)
+/* ------------------------------------------------ import (issue 21) */
+
+int pl_chat_pwhash_is_pbkdf2(pl_str pwhash)
+{
+    size_t n = sizeof PL_PBKDF2_PREFIX - 1;
+    return pwhash.len > n && memcmp(pwhash.ptr, PL_PBKDF2_PREFIX, n) == 0;
+}
+
+/* Standard base64 with padding, exactly `want` bytes once decoded. */
+static int b64_exact(const char *s, size_t len, uint8_t *out, size_t want)
+{
+    size_t got = 0;
+    const char *end = NULL;
+    if (len != sodium_base64_ENCODED_LEN(want, sodium_base64_VARIANT_ORIGINAL) - 1)
+        return PL_ERR_INVALID;
+    if (sodium_base642bin(out, want, s, len, NULL, &got, &end,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        got != want || end != s + len)
+        return PL_ERR_INVALID;
+    return PL_OK;
+}
+
+int pl_chat_pbkdf2_parse(pl_str pwhash, uint8_t salt[PL_PBKDF2_SALT_BYTES],
+                         uint8_t hash[PL_PBKDF2_HASH_BYTES])
+{
+    if (!pl_chat_pwhash_is_pbkdf2(pwhash))
+        return PL_ERR_INVALID;
+    const char *p = pwhash.ptr + sizeof PL_PBKDF2_PREFIX - 1;
+    size_t rest = pwhash.len - (sizeof PL_PBKDF2_PREFIX - 1);
+    const char *dollar = memchr(p, '$', rest);
+    if (!dollar)
+        return PL_ERR_INVALID;
+    size_t sl = (size_t)(dollar - p), hl = rest - sl - 1;
+    if (b64_exact(p, sl, salt, PL_PBKDF2_SALT_BYTES) != PL_OK ||
+        b64_exact(dollar + 1, hl, hash, PL_PBKDF2_HASH_BYTES) != PL_OK)
+        return PL_ERR_INVALID;
+    return PL_OK;
+}
+
+/* The importer's row of an account name in the client table (chat.h,
+ * pl_import_rec): client id PL_CLIENT_ID_RESERVED | (h + k) for the first
+ * k = 0, 1, ... whose row is free or names this account, h a keyed hash of
+ * the name. The row's reply is "PLIR" | u64 uid | name, so a probe knows
+ * whose row it found. */
+#define IMPORT_PROBES 64u
+#define IMPORT_ROW_MAGIC "PLIR"
+
+typedef struct import_row {
+    int found;                /* a row names this account */
+    uint64_t key;             /* its client id, or the first free one */
+    uint64_t uid;             /* found: the account it was made for */
+    uint64_t done;            /* found: mailbox places imported (request_no) */
+} import_row;
+
+static uint64_t import_key(pl_str name, unsigned k)
+{
+    static const unsigned char key[16] = "parley-import-v1";
+    uint8_t h[8];
+    crypto_generichash(h, sizeof h, (const unsigned char *)name.ptr, name.len, key, sizeof key);
+    uint64_t v = 0;
+    for (int i = 0; i < 6; i++)
+        v |= (uint64_t)h[i] << (8 * i);
+    return PL_CLIENT_ID_RESERVED | ((v + k) & ~PL_CLIENT_ID_RESERVED);
+}
+
+static int import_row_find(pl_chat *c, pl_str name, import_row *r)
+{
+    memset(r, 0, sizeof *r);
+    for (unsigned k = 0; k < IMPORT_PROBES; k++) {
+        pl_client_rec rec;
+        uint64_t key = import_key(name, k);
+        int rc = c->sp->client_get(c->st, key, &rec);
+        if (rc == PL_ERR_NOT_FOUND) {
+            r->key = key;
+            return PL_OK;
+        }
+        if (rc)
+            return rc;
+        if (rec.reply.len == 12 + name.len && memcmp(rec.reply.ptr, IMPORT_ROW_MAGIC, 4) == 0 &&
+            memcmp(rec.reply.ptr + 12, name.ptr, name.len) == 0) {
+            const uint8_t *u = (const uint8_t *)rec.reply.ptr + 4;
+            r->found = 1;
+            r->key = key;
+            for (int i = 0; i < 8; i++)
+                r->uid |= (uint64_t)u[i] << (8 * i);
+            r->done = rec.request_no;
+            return PL_OK;
+        }
+    }
+    /* 64 names whose keys all collide: cannot happen by chance (48-bit
+     * keys); refuse the record rather than guess. */
+    return PL_ERR_BUSY;
+}
+
+static int import_row_put(pl_chat *c, uint64_t opno, const import_row *r, pl_str name)
+{
+    uint8_t *b = arena_alloc(c, 12u + name.len);
+    if (!b)
+        return PL_ERR_NOMEM;
+    memcpy(b, IMPORT_ROW_MAGIC, 4);
+    for (int i = 0; i < 8; i++)
+        b[4 + i] = (uint8_t)(r->uid >> (8 * i));
+    if (name.len)
+        memcpy(b + 12, name.ptr, name.len);
+    pl_client_rec rec = { r->key, r->done, opno, { (const char *)b, 12u + name.len } };
+    return c->sp->client_put(c->st, &rec);
+}
+
+/* A sender kept as a name: what a chat client can show on one line. */
+int pl_chat_check_import_sender(pl_str from)
+{
+    if (from.len == 0 || from.len > PL_IMPORT_FROM_MAX ||
+        utf8_bad_offset((const unsigned char *)from.ptr, from.len) != from.len)
+        return 0;
+    for (uint32_t i = 0; i < from.len; i++) {
+        unsigned char ch = (unsigned char)from.ptr[i];
+        if (ch < 0x20 || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static int import_account(pl_chat *c, uint64_t opno, const pl_op *op, const pl_import_rec *x,
+                          uint8_t *outcome)
+{
+    uint8_t salt[PL_PBKDF2_SALT_BYTES], hash[PL_PBKDF2_HASH_BYTES];
+    if (username_problem(x->name, NULL, 0) != PL_OK ||
+        pl_chat_pbkdf2_parse(x->pwhash, salt, hash) != PL_OK) {
+        *outcome = PL_IMP_INVALID;
+        return PL_OK;
+    }
+    sodium_memzero(hash, sizeof hash);
+    import_row row;
+    uint64_t uid;
+    int rc = import_row_find(c, x->name, &row);
+    if (rc == PL_ERR_BUSY) {
+        *outcome = PL_IMP_INVALID;
+        return PL_OK;
+    }
+    if (rc)
+        return rc;
+    if (row.found) {
+        /* Imported before, whether the account is still there or not: a
+         * deleted account does not come back by importing the file again. */
+        *outcome = PL_IMP_DONE_BEFORE;
+        return PL_OK;
+    }
+    rc = account_by_name(c, x->name, &uid);
+    if (rc == PL_OK) {
+        *outcome = PL_IMP_TAKEN;
+        return PL_OK;
+    }
+    if (rc != PL_ERR_NOT_FOUND)
+        return rc;
+    pl_account_rec na = { c->next_uid, x->name, x->pwhash, op->time_ms };
+    if ((rc = c->sp->account_put(c->st, &na)))
+        return rc;
+    cache_account(c, na.uid, na.name);
+    c->next_uid++;
+    c->counters_dirty = 1;
+    row.uid = na.uid;
+    row.done = 0;
+    if ((rc = import_row_put(c, opno, &row, x->name)))
+        return rc;
+    *outcome = PL_IMP_CREATED;
+    return PL_OK;
+}
+
+static int import_message(pl_chat *c, uint64_t opno, const pl_op *op, const pl_import_rec *x,
+                          uint8_t *outcome)
+{
+    if (x->seq == 0 || body_problem(x->body, NULL, 0) != PL_OK || !pl_chat_check_import_sender(x->from) ||
+        username_problem(x->to, NULL, 0) != PL_OK) {
+        *outcome = PL_IMP_INVALID;
+        return PL_OK;
+    }
+    import_row to, from;
+    uint64_t to_uid = 0, from_uid = 0;
+    int rc = import_row_find(c, x->to, &to);
+    if (rc == PL_ERR_BUSY || (rc == PL_OK && !to.found)) {
+        *outcome = PL_IMP_NO_RECIPIENT;
+        return PL_OK;
+    }
+    if (rc)
+        return rc;
+    rc = account_by_name(c, x->to, &to_uid);
+    if (rc == PL_ERR_NOT_FOUND || (rc == PL_OK && to_uid != to.uid)) {
+        *outcome = PL_IMP_RECIPIENT_GONE;
+        return PL_OK;
+    }
+    if (rc)
+        return rc;
+    if (x->seq <= to.done) {
+        *outcome = PL_IMP_DONE_BEFORE;
+        return PL_OK;
+    }
+    /* The sender is the account of that name only when that account is
+     * the imported one: a parley user who took a departed prototype
+     * user's name is somebody else. */
+    uint32_t flags = x->read ? PL_MSGF_READ : 0;
+    if (username_problem(x->from, NULL, 0) == PL_OK) {
+        uint64_t u;
+        if ((rc = import_row_find(c, x->from, &from)) != PL_OK && rc != PL_ERR_BUSY)
+            return rc;
+        if (rc == PL_OK && from.found) {
+            rc = account_by_name(c, x->from, &u);
+            if (rc != PL_OK && rc != PL_ERR_NOT_FOUND)
+                return rc;
+            if (rc == PL_OK && u == from.uid)
+                from_uid = u;
+        }
+    }
+    /* A sender without an account can never see or delete its side. */
+    if (!from_uid)
+        flags |= PL_MSGF_DEL_SENDER;
+    pl_message_rec m = {
+        .id = c->next_msg_id, .from_uid = from_uid, .to_uid = to_uid,
+        .from_name = x->from, .to_name = x->to, .body = x->body,
+        .time_ms = op->time_ms, .flags = flags
+    };
+    if ((rc = c->sp->message_put(c->st, &m)))
+        return rc;
+    c->next_msg_id++;
+    c->counters_dirty = 1;
+    to.done = x->seq;
+    if ((rc = import_row_put(c, opno, &to, x->to)))
+        return rc;
+    *outcome = PL_IMP_IMPORTED;
+    return PL_OK;
+}
+
+/* PL_OP_IMPORT: each record on its own (chat.h); a record parley cannot
+ * hold is an outcome, not an error of the op. */
+static int op_import(pl_chat *c, uint64_t opno, const pl_op *op, pl_apply_result *res)
+{
+    pl_import_rec *recs = NULL;
+    size_t n = 0;
+    int rc = pl_import_batch_decode((const uint8_t *)op->body.ptr, op->body.len, &recs, &n);
+    if (rc == PL_ERR_NOMEM)
+        return rc;
+    if (rc)
+        return reject(c, &res->reply, PL_ERR_INVALID, "malformed import batch");
+    uint8_t *out = arena_alloc(c, n + 1);
+    if (!out) {
+        free(recs);
+        return PL_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n && rc == PL_OK; i++)
+        rc = recs[i].kind == 'U' ? import_account(c, opno, op, &recs[i], &out[i])
+                                 : import_message(c, opno, op, &recs[i], &out[i]);
+    free(recs);
+    if (rc)
+        return rc;
+    res->outcomes = out;
+    res->n_outcomes = (uint32_t)n;
+    return PL_OK;
+}
+
+/* ------------------------------------------------ restore (issue 21) */
+
+/* Everything a restore batch holds is checked before anything is written:
+ * a refusal must change nothing, and a store error in the middle would
+ * stop this replica from applying the log at all. */
+typedef struct restore_check {
+    pl_chat *c;
+    int err;
+    uint64_t n;
+} restore_check;
+
+static int count_session(void *ud, const pl_session_rec *s)
+{
+    (void)s;
+    ((restore_check *)ud)->n++;
+    return 1;
+}
+
+static int count_message(void *ud, const pl_message_rec *m)
+{
+    (void)m;
+    ((restore_check *)ud)->n++;
+    return 1;
+}
+
+static int count_client(void *ud, const pl_client_rec *r)
+{
+    (void)r;
+    ((restore_check *)ud)->n++;
+    return 1;
+}
+
+/* Is the state empty: nothing ever stored and the counters unused? */
+static int state_empty(pl_chat *c, char *why, size_t whylen)
+{
+    uint64_t accounts = 0;
+    restore_check ses = { c, 0, 0 }, msg = { c, 0, 0 }, cli = { c, 0, 0 };
+    pl_msg_query q = { .kind = PL_Q_ALL, .limit = 1 };
+    int rc;
+    if ((rc = c->sp->account_count(c->st, &accounts)) ||
+        (rc = c->sp->session_scan(c->st, count_session, &ses)) ||
+        (rc = c->sp->message_scan(c->st, &q, count_message, &msg)) ||
+        (rc = c->sp->client_scan(c->st, count_client, &cli)))
+        return rc;
+    if (accounts || ses.n || msg.n || cli.n || c->next_uid != 1 || c->next_msg_id != 1) {
+        snprintf(why, whylen, "the cluster is not empty (%" PRIu64 " account%s%s%s%s; "
+                 "next uid %" PRIu64 ", next message id %" PRIu64 ")", accounts,
+                 accounts == 1 ? "" : "s", ses.n ? ", sessions" : "", msg.n ? ", messages" : "",
+                 cli.n ? ", client table rows" : "", c->next_uid, c->next_msg_id);
+        return PL_ERR_USER_EXISTS;
+    }
+    return PL_OK;
+}
+
+static int same_str(pl_str a, pl_str b)
+{
+    return pl_str_eq(a, b);
+}
+
+/* Does a record of the batch already exist, equal (1), not at all (0), or
+ * differently (-1, and why)? */
+static int restore_present(pl_chat *c, const pl_snapshot_rec *x, int *state, char *why,
+                           size_t whylen)
+{
+    int rc;
+    *state = 0;
+    switch (x->tag) {
+    case 'A': {
+        pl_account_rec a;
+        rc = c->sp->account_get_uid(c->st, x->a.uid, &a);
+        if (rc == PL_OK) {
+            *state = a.created_ms == x->a.created_ms && same_str(a.name, x->a.name) &&
+                     same_str(a.pwhash, x->a.pwhash) ? 1 : -1;
+        } else if (rc == PL_ERR_NOT_FOUND) {
+            rc = c->sp->account_get_name(c->st, x->a.name, &a);
+            if (rc == PL_OK)
+                *state = -1;
+            else if (rc != PL_ERR_NOT_FOUND)
+                return rc;
+        } else {
+            return rc;
+        }
+        if (*state < 0)
+            snprintf(why, whylen, "account %" PRIu64 " \"%.*s\" differs from the one stored",
+                     x->a.uid, (int)x->a.name.len, x->a.name.ptr);
+        return PL_OK;
+    }
+    case 'S': {
+        pl_session_rec s;
+        rc = c->sp->session_get(c->st, x->s.token_hash, &s);
+        if (rc == PL_ERR_NOT_FOUND)
+            return PL_OK;
+        if (rc)
+            return rc;
+        *state = s.uid == x->s.uid && s.created_ms == x->s.created_ms ? 1 : -1;
+        if (*state < 0)
+            snprintf(why, whylen, "a session of account %" PRIu64 " differs from the one stored",
+                     x->s.uid);
+        return PL_OK;
+    }
+    case 'M': {
+        pl_message_rec m;
+        rc = c->sp->message_get(c->st, x->m.id, &m);
+        if (rc == PL_ERR_NOT_FOUND)
+            return PL_OK;
+        if (rc)
+            return rc;
+        *state = m.from_uid == x->m.from_uid && m.to_uid == x->m.to_uid &&
+                 m.time_ms == x->m.time_ms && m.flags == x->m.flags &&
+                 same_str(m.from_name, x->m.from_name) && same_str(m.to_name, x->m.to_name) &&
+                 same_str(m.body, x->m.body) ? 1 : -1;
+        if (*state < 0)
+            snprintf(why, whylen, "message %" PRIu64 " differs from the one stored", x->m.id);
+        return PL_OK;
+    }
+    case 'C': {
+        pl_client_rec r;
+        rc = c->sp->client_get(c->st, x->c.client_id, &r);
+        if (rc == PL_ERR_NOT_FOUND)
+            return PL_OK;
+        if (rc)
+            return rc;
+        *state = r.request_no == x->c.request_no && r.op == x->c.op &&
+                 same_str(r.reply, x->c.reply) ? 1 : -1;
+        if (*state < 0)
+            snprintf(why, whylen, "client table row %" PRIu64 " differs from the one stored",
+                     x->c.client_id);
+        return PL_OK;
+    }
+    }
+    return PL_ERR_INVALID;
+}
+
+/* A record that a dump of parley could hold (and a store can take). */
+static int restore_valid(const pl_restore_batch *b, const pl_snapshot_rec *x, char *why,
+                         size_t whylen)
+{
+    switch (x->tag) {
+    case 'A':
+        if (x->a.uid == 0 || x->a.uid >= b->next_uid || username_problem(x->a.name, NULL, 0) ||
+            x->a.pwhash.len == 0 || x->a.pwhash.len > 1024) {
+            snprintf(why, whylen, "account %" PRIu64 ": bad uid, name or password hash",
+                     x->a.uid);
+            return 0;
+        }
+        return 1;
+    case 'S':
+        if (x->s.token_hash.len != 32 || x->s.uid == 0) {
+            snprintf(why, whylen, "a session: bad token hash or uid");
+            return 0;
+        }
+        return 1;
+    case 'M':
+        if (x->m.id == 0 || x->m.id >= b->next_msg_id ||
+            (x->m.flags & ~(PL_MSGF_READ | PL_MSGF_DEL_SENDER | PL_MSGF_DEL_RECIPIENT)) ||
+            body_problem(x->m.body, NULL, 0) || x->m.from_name.len > 1024 ||
+            x->m.to_name.len > 1024) {
+            snprintf(why, whylen, "message %" PRIu64 ": bad id, flags, body or names",
+                     x->m.id);
+            return 0;
+        }
+        return 1;
+    case 'C':
+        if (x->c.client_id == 0 || x->c.reply.len > 16u * 1024u * 1024u) {
+            snprintf(why, whylen, "a client table row: bad id or reply");
+            return 0;
+        }
+        return 1;
+    }
+    snprintf(why, whylen, "a record of unknown kind");
+    return 0;
+}
+
+/* Two records of one batch for the same key would make the second put
+ * fail in a store with unique keys: refused like any conflict. */
+static int restore_dup(const pl_snapshot_rec *a, const pl_snapshot_rec *b)
+{
+    if (a->tag != b->tag)
+        return 0;
+    switch (a->tag) {
+    case 'A': return a->a.uid == b->a.uid || same_str(a->a.name, b->a.name);
+    case 'S': return same_str(a->s.token_hash, b->s.token_hash);
+    case 'M': return a->m.id == b->m.id;
+    case 'C': return a->c.client_id == b->c.client_id;
+    }
+    return 0;
+}
+
+static int op_restore(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    pl_restore_batch b;
+    char why[300];
+    int rc = pl_restore_batch_decode((const uint8_t *)op->body.ptr, op->body.len, &b);
+    if (rc == PL_ERR_NOMEM)
+        return rc;
+    if (rc)
+        return reject(c, r, PL_ERR_INVALID, "malformed restore batch");
+    if (b.next_uid == 0 || b.next_msg_id == 0) {
+        rc = reject(c, r, PL_ERR_INVALID, "restore batch with a counter of 0");
+        goto out;
+    }
+    if (b.flags & PL_RESTORE_BEGIN) {
+        rc = state_empty(c, why, sizeof why);
+        if (rc == PL_ERR_USER_EXISTS) {
+            rc = reject(c, r, PL_ERR_USER_EXISTS, "%s: a dump is loaded only into an empty "
+                        "cluster", why);
+            goto out;
+        }
+        if (rc)
+            goto out;
+    }
+    uint8_t *present = b.n ? arena_alloc(c, b.n) : NULL;
+    if (b.n && !present) {
+        rc = PL_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < b.n; i++) {
+        int st;
+        if (!restore_valid(&b, &b.recs[i], why, sizeof why)) {
+            rc = reject(c, r, PL_ERR_INVALID, "restore record %zu: %s; nothing of this batch "
+                        "was loaded", i + 1, why);
+            goto out;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (restore_dup(&b.recs[i], &b.recs[j])) {
+                rc = reject(c, r, PL_ERR_INVALID, "restore records %zu and %zu are for the "
+                            "same key; nothing of this batch was loaded", j + 1, i + 1);
+                goto out;
+            }
+        if ((rc = restore_present(c, &b.recs[i], &st, why, sizeof why)))
+            goto out;
+        if (st < 0) {
+            rc = reject(c, r, PL_ERR_USER_EXISTS, "%s: this cluster holds other data than the "
+                        "dump; nothing of this batch was loaded", why);
+            goto out;
+        }
+        present[i] = (uint8_t)st;
+    }
+    for (size_t i = 0; i < b.n; i++) {
+        const pl_snapshot_rec *x = &b.recs[i];
+        if (present[i]) {
+            res->restore_same++;
+            continue;
+        }
+        switch (x->tag) {
+        case 'A': rc = c->sp->account_put(c->st, &x->a); break;
+        case 'S': rc = c->sp->session_put(c->st, &x->s); break;
+        case 'M': rc = c->sp->message_put(c->st, &x->m); break;
+        case 'C': rc = c->sp->client_put(c->st, &x->c); break;
+        }
+        if (rc)
+            goto out;
+        res->restored++;
+    }
+    /* The dump's counters, so ids handed out while or after it loads never
+     * meet one of its records. */
+    if (b.flags & PL_RESTORE_BEGIN) {
+        c->next_uid = b.next_uid;
+        c->next_msg_id = b.next_msg_id;
+    } else {
+        if (b.next_uid > c->next_uid)
+            c->next_uid = b.next_uid;
+        if (b.next_msg_id > c->next_msg_id)
+            c->next_msg_id = b.next_msg_id;
+    }
+    c->counters_dirty = 1;
+    /* Rows written behind the lookup cache's back. */
+    pl_chat_forget(c);
+    rc = PL_OK;
+out:
+    free(b.recs);
+    return rc;
+}
+
+/* PL_OP_LOGIN_REHASH: a login whose password was checked against the
+ * imported PBKDF2 hash; the Argon2id hash of the same password replaces
+ * it, in the same op, unless another login did so first. */
+static int op_login_rehash(pl_chat *c, const pl_op *op, pl_apply_result *res)
+{
+    pl_response *r = &res->reply;
+    if (op->pwhash.len == 0 || op->pwhash.len > 1024 || pl_chat_pwhash_is_pbkdf2(op->pwhash))
+        return reject(c, r, PL_ERR_INVALID, "password hash is %" PRIu32
+                      " bytes; it must be 1-1024 and not an imported one", op->pwhash.len);
+    /* op_login's own checks first: a refused op changes nothing. */
+    if (op->token_hash.len != 32)
+        return reject(c, r, PL_ERR_INVALID, "token hash is %" PRIu32
+                      " bytes; it must be 32", op->token_hash.len);
+    pl_account_rec a;
+    int rc = c->sp->account_get_uid(c->st, op->uid, &a);
+    if (rc == PL_ERR_NOT_FOUND || (rc == PL_OK && !pl_str_eq(a.name, op->name)))
+        return reject(c, r, PL_ERR_AUTH, "%s", pl_strerror(PL_ERR_AUTH));
+    if (rc)
+        return rc;
+    if (pl_chat_pwhash_is_pbkdf2(a.pwhash)) {
+        pl_account_rec na = { a.uid, op->name, op->pwhash, a.created_ms };
+        if ((rc = c->sp->account_put(c->st, &na)))
+            return rc;
+    }
+    return op_login(c, op, res);
+}
+
+static int execute(pl_chat *c, uint64_t opno, const pl_op *op, pl_apply_result *res)
 {
     switch (op->kind) {
     case PL_OP_NOOP: return PL_OK;
@@ -921,6 +1482,9 @@ static int execute(pl_chat *c, const pl_op *op, pl_apply_result *res)
     case PL_OP_ACK: return op_ack(c, op, res);
     case PL_OP_DELETE: return op_delete(c, op, res);
     case PL_OP_DELETE_ACCOUNT: return op_delete_account(c, op, res);
+    case PL_OP_IMPORT: return op_import(c, opno, op, res);
+    case PL_OP_RESTORE: return op_restore(c, op, res);
+    case PL_OP_LOGIN_REHASH: return op_login_rehash(c, op, res);
     default:
         return reject(c, &res->reply, PL_ERR_UNSUPPORTED, "unknown op kind %" PRIu32, op->kind);
     }
@@ -956,7 +1520,9 @@ static int replay_recorded(pl_chat *c, const pl_client_rec *rec, pl_apply_result
 static int apply_one(pl_chat *c, uint64_t opno, const pl_op *op, pl_apply_result *res)
 {
     int rc;
-    int recorded = op->client_id != 0 && op->kind != PL_OP_LOGIN;
+    /* A login is never recorded: a retry logs in again (new token). */
+    int recorded = op->client_id != 0 && op->kind != PL_OP_LOGIN &&
+                   op->kind != PL_OP_LOGIN_REHASH;
     cli_ent *ce = &c->cli[slot_of(op->client_id)];
     /* A client's next request, as known from the cache, needs no lookup:
      * only a retry (equal number) or a stale one (lower) does. */
@@ -974,7 +1540,7 @@ static int apply_one(pl_chat *c, uint64_t opno, const pl_op *op, pl_apply_result
                           "request %" PRIu64 " is older than this client's last request %" PRIu64,
                           op->request_no, rec.request_no);
     }
-    if ((rc = execute(c, op, res)))
+    if ((rc = execute(c, opno, op, res)))
         return rc;
     if (!recorded)
         return PL_OK;

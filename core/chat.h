@@ -33,8 +33,92 @@ enum pl_op_kind {
     PL_OP_DELETE_ACCOUNT = 8, /* uid */
     PL_OP_RECONFIG = 9,       /* body: the new membership (core/members.h); no chat
                                  state changes: the sequencer acts on it */
+    /* Issue 21. A server older than these refuses to decode them (op.c:
+     * kind >= its PL_OP__COUNT is corrupt), so the primary proposes them
+     * only when every server has said in its peer Hello that it applies
+     * them (core/transfer.c; docs/operations.md "Upgrades"). */
+    PL_OP_IMPORT = 10,        /* body: an import batch (pl_import_rec below): the
+                                 Python prototype's accounts and messages */
+    PL_OP_RESTORE = 11,       /* body: a restore batch (core/snapshot.h): records of
+                                 a dump (core/dump.h) put as they are */
+    PL_OP_LOGIN_REHASH = 12,  /* a login (as PL_OP_LOGIN) that also replaces an
+                                 imported PBKDF2 hash by pwhash (Argon2id) */
     PL_OP__COUNT
 };
+
+/* Client ids whose top 16 bits are all ones are the importer's (issue 21):
+ * the client table keeps one row per imported account there (see
+ * pl_import_rec). The server refuses client requests that carry one, and
+ * libparley and the web client never pick one. */
+#define PL_CLIENT_ID_RESERVED 0xFFFF000000000000ull
+static inline int pl_client_id_reserved(uint64_t id)
+{
+    return (id & PL_CLIENT_ID_RESERVED) == PL_CLIENT_ID_RESERVED;
+}
+
+/* An imported account keeps the prototype's PBKDF2-HMAC-SHA256 hash until
+ * its first login replaces it (PL_OP_LOGIN_REHASH), stored as
+ *   "$pbkdf2-sha256$i=100000$" B64(16-byte salt) "$" B64(32-byte hash)
+ * with standard base64 and its padding, as the prototype's file has them. */
+#define PL_PBKDF2_PREFIX "$pbkdf2-sha256$i=100000$"
+#define PL_PBKDF2_ITERATIONS 100000u
+#define PL_PBKDF2_SALT_BYTES 16u
+#define PL_PBKDF2_HASH_BYTES 32u
+/* Is this stored hash an imported PBKDF2 one (prefix only)? */
+int pl_chat_pwhash_is_pbkdf2(pl_str pwhash);
+/* Parse an imported hash fully: PL_OK with salt and hash filled, else
+ * PL_ERR_INVALID. */
+int pl_chat_pbkdf2_parse(pl_str pwhash, uint8_t salt[PL_PBKDF2_SALT_BYTES],
+                         uint8_t hash[PL_PBKDF2_HASH_BYTES]);
+
+/* ---- import batches (PL_OP_IMPORT's body) ----
+ * 'U' an account: name (a valid username) and pwhash (PL_PBKDF2_PREFIX...).
+ *     Created unless the name is taken; with it an importer row in the
+ *     client table (client id in the reserved range, found from the name
+ *     by a fixed probe sequence; its reply holds the account's uid and
+ *     name) that marks the account as imported and keeps, as request_no,
+ *     how far its mailbox was imported.
+ * 'M' a message: to (an imported account), from (the sender's name as the
+ *     prototype had it), seq (its 1-based place in the recipient's mailbox
+ *     in the file, in the prototype's id order), read, body. Imported when
+ *     seq is above the recipient's row: so a batch sent twice, or a file
+ *     imported again, adds nothing. The sender is linked to its account
+ *     when that name is an imported account; otherwise it is kept as its
+ *     name and the message counts as deleted by its sender (as after
+ *     delete_account), so the recipient's delete removes it. */
+typedef struct pl_import_rec {
+    uint8_t kind;             /* 'U' or 'M' */
+    pl_str name;              /* U */
+    pl_str pwhash;            /* U */
+    pl_str to, from, body;    /* M */
+    uint64_t seq;             /* M */
+    uint8_t read;             /* M: 0 unread, 1 read */
+} pl_import_rec;
+#define PL_IMPORT_BATCH_MAX 1000u          /* records in one import op */
+#define PL_IMPORT_FROM_MAX 64u             /* bytes of a sender kept as a name */
+
+/* What an import record did, one per record in pl_apply_result. */
+enum pl_import_outcome {
+    PL_IMP_CREATED = 1,       /* U: the account was created */
+    PL_IMP_IMPORTED = 2,      /* M: the message was stored */
+    PL_IMP_DONE_BEFORE = 3,   /* U: this name was imported before (maybe deleted since);
+                                 M: this place of the mailbox was imported before */
+    PL_IMP_TAKEN = 4,         /* U: a parley account that was not imported holds the name */
+    PL_IMP_NO_RECIPIENT = 5,  /* M: the recipient is not an imported account */
+    PL_IMP_RECIPIENT_GONE = 6,/* M: the recipient's account was deleted since its import */
+    PL_IMP_INVALID = 7        /* a field parley cannot hold (name, hash, body, sender) */
+};
+const char *pl_import_outcome_name(uint32_t outcome);
+/* May a sender without an account be kept by this name: 1 to
+ * PL_IMPORT_FROM_MAX bytes of UTF-8 without control characters? */
+int pl_chat_check_import_sender(pl_str from);
+
+/* Encode records into a malloc'd batch (caller frees). PL_ERR_INVALID
+ * for more than PL_IMPORT_BATCH_MAX records or an unknown kind. */
+int pl_import_batch_encode(const pl_import_rec *recs, size_t n, uint8_t **out, size_t *len);
+/* Decode a batch; *recs is malloc'd (caller frees), its strings point into
+ * buf. PL_ERR_CORRUPT on any malformed input, never a crash. */
+int pl_import_batch_decode(const uint8_t *buf, size_t len, pl_import_rec **recs, size_t *n);
 
 typedef struct pl_op {
     uint32_t kind;            /* enum pl_op_kind */
@@ -106,6 +190,11 @@ typedef struct pl_apply_result {
        the server drops subscriptions that used them */
     uint64_t revoked_uid;
     pl_str revoked_token_hash;
+    /* import: enum pl_import_outcome for each record of the batch, in order */
+    const uint8_t *outcomes;
+    uint32_t n_outcomes;
+    /* restore: records written, and records already there and equal */
+    uint64_t restored, restore_same;
 } pl_apply_result;
 
 /* Apply ops[0..n) with op-numbers first_op, first_op+1, ... in one store

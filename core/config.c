@@ -31,32 +31,81 @@
 #define PL_FRAME_LIMIT (1024u * 1024u * 1024u)
 #define PL_HASH_WORKERS_MAX 64u
 
-/* Error context: the file name for every message. */
+/* Error context: the file name for every message, and every error found so
+ * far. Parsing goes on after a mistake, so one run of --check-config lists
+ * all of them, one "FILE: KEY: REASON" line each (separated by '\n' in
+ * err): an operator fixing a file should not have to run the check once per
+ * mistake. Lines that do not fit in err are counted and summed up at the
+ * end instead of being cut in the middle. */
 typedef struct cfg_ctx {
     const char *file;
     char *err;
     size_t errlen;
+    size_t used;              /* bytes of err holding whole lines */
+    unsigned n;               /* errors found */
+    unsigned dropped;         /* errors that did not fit in err */
 } cfg_ctx;
 
 static void cfg_err(cfg_ctx *x, const char *key, const char *fmt, ...) PL_PRINTF(3, 4);
 
 static void cfg_err(cfg_ctx *x, const char *key, const char *fmt, ...)
 {
-    if (!x->err || x->errlen == 0)
-        return;
-    int n = snprintf(x->err, x->errlen, "%s: %s: ", x->file, key);
-    if (n < 0 || (size_t)n >= x->errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(x->err + n, x->errlen - (size_t)n, fmt, ap);
-    va_end(ap);
+    char line[1024];
+    x->n++;
+    int n = snprintf(line, sizeof line, "%s: %s: ", x->file, key);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n < sizeof line) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
     /* Keys and values quoted from the file may hold any byte ("a\nb" is a
      * valid JSON key): keep the promised single line, and keep control
      * characters out of logs and terminals. */
-    for (char *c = x->err; *c; c++)
+    for (char *c = line; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
             *c = '?';
+    if (!x->err || x->errlen == 0)
+        return;
+    size_t len = strlen(line), sep = x->used ? 1 : 0;
+    if (x->used + sep + len < x->errlen) {
+        if (sep)
+            x->err[x->used++] = '\n';
+        memcpy(x->err + x->used, line, len + 1);
+        x->used += len;
+    } else if (x->used == 0) {
+        /* Even the first line does not fit: a cut line beats none. */
+        snprintf(x->err, x->errlen, "%s", line);
+        x->used = strlen(x->err);
+    } else {
+        x->dropped++;
+    }
+}
+
+/* After parsing: say how many errors err could not hold. */
+static void cfg_finish(cfg_ctx *x)
+{
+    if (!x->dropped || !x->err || x->errlen == 0)
+        return;
+    char note[160];
+    for (;;) {
+        int n = snprintf(note, sizeof note, "%s%s: (more): %u more error%s not shown",
+                         x->used ? "\n" : "", x->file, x->dropped, x->dropped == 1 ? "" : "s");
+        if (n < 0)
+            return;
+        if (x->used + (size_t)n < x->errlen || x->used == 0) {
+            snprintf(x->err + x->used, x->errlen - x->used, "%s", note);
+            x->used += strlen(x->err + x->used);
+            return;
+        }
+        /* Make room: the last whole line goes into the count. */
+        char *nl = memrchr(x->err, '\n', x->used);
+        x->used = nl ? (size_t)(nl - x->err) : 0;
+        x->err[x->used] = '\0';
+        x->dropped++;
+    }
 }
 
 /* Secrets should not linger in freed memory; no libsodium here (the client
@@ -120,6 +169,7 @@ static int check_keys(cfg_ctx *x, const cJSON *obj, const char *prefix,
                       const char *const *known)
 {
     char key[128];
+    int rc = PL_OK;
     for (const cJSON *m = obj->child; m; m = m->next) {
         snprintf(key, sizeof key, "%s%s", prefix, m->string ? m->string : "");
         int ok = 0;
@@ -128,16 +178,30 @@ static int check_keys(cfg_ctx *x, const cJSON *obj, const char *prefix,
                 ok = 1;
         if (!ok) {
             cfg_err(x, key, "unknown key");
-            return PL_ERR_CONFIG;
+            rc = PL_ERR_CONFIG;
+            continue;
         }
         for (const cJSON *o = obj->child; o != m; o = o->next)
             if (strcmp(o->string, m->string) == 0) {
                 cfg_err(x, key, "duplicate key");
-                return PL_ERR_CONFIG;
+                rc = PL_ERR_CONFIG;
+                break;
             }
     }
-    return PL_OK;
+    return rc;
 }
+
+/* Errors are collected, not returned at the first one: a parser notes a
+ * failed key in *bad and goes on with the next. Only running out of memory
+ * stops everything. */
+#define NOTE(bad, expr)                                   \
+    do {                                                  \
+        int note_rc_ = (expr);                            \
+        if (note_rc_ == PL_ERR_NOMEM)                     \
+            return note_rc_;                              \
+        if (note_rc_ != PL_OK)                            \
+            (bad) = 1;                                    \
+    } while (0)
 
 static int set_plugin(pl_plugin_conf *p, const char *name, const char *json)
 {
@@ -221,6 +285,7 @@ static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
 {
     static const char *const known[] = { "host", "port", "peer_port", "admin_port", NULL };
     char key[64];
+    int bad = 0;
 
     if (!cJSON_IsArray(v)) {
         cfg_err(x, "servers", "must be an array of {\"host\", \"port\"} objects");
@@ -236,7 +301,10 @@ static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
         return PL_ERR_CONFIG;
     }
     pl_server_conf *s = calloc((size_t)n, sizeof *s);
-    if (!s) {
+    uint8_t *ok = calloc((size_t)n, 1);     /* host, port and peer_port all parsed */
+    if (!s || !ok) {
+        free(s);
+        free(ok);
         cfg_err(x, "servers", "out of memory");
         return PL_ERR_NOMEM;
     }
@@ -246,85 +314,106 @@ static int parse_servers(cfg_ctx *x, const cJSON *v, pl_config *c)
     c->servers = s;
     c->n_servers = (size_t)n;
 
-    int i = 0;
+    int i = 0, rc = PL_OK;
     for (const cJSON *e = v->child; e; e = e->next, i++) {
+        int this_bad = 0;
+        uint64_t u;
         snprintf(key, sizeof key, "servers[%d]", i);
         if (!cJSON_IsObject(e)) {
             cfg_err(x, key, "must be an object with \"host\" and \"port\"");
-            return PL_ERR_CONFIG;
+            bad = 1;
+            continue;
         }
         snprintf(key, sizeof key, "servers[%d].", i);
-        int rc = check_keys(x, e, key, known);
-        if (rc != PL_OK)
-            return rc;
+        if ((rc = check_keys(x, e, key, known)) != PL_OK)
+            bad = 1;   /* the other keys of this entry are still checked */
 
         const cJSON *host = cJSON_GetObjectItemCaseSensitive(e, "host");
         snprintf(key, sizeof key, "servers[%d].host", i);
         if (!host) {
             cfg_err(x, key, "missing");
-            return PL_ERR_CONFIG;
+            this_bad = 1;
+        } else if ((rc = get_str(x, host, key, PL_HOST_MAX, &s[i].host)) != PL_OK) {
+            if (rc == PL_ERR_NOMEM)
+                goto out;
+            this_bad = 1;
         }
-        if ((rc = get_str(x, host, key, PL_HOST_MAX, &s[i].host)) != PL_OK)
-            return rc;
 
         const cJSON *port = cJSON_GetObjectItemCaseSensitive(e, "port");
+        int port_ok = 0;
         snprintf(key, sizeof key, "servers[%d].port", i);
         if (!port) {
             cfg_err(x, key, "missing");
-            return PL_ERR_CONFIG;
+            this_bad = 1;
+        } else if (get_uint(x, port, key, 1, 65535, NULL, &u) != PL_OK) {
+            this_bad = 1;
+        } else {
+            s[i].port = (uint16_t)u;
+            port_ok = 1;
         }
-        uint64_t u;
-        if ((rc = get_uint(x, port, key, 1, 65535, NULL, &u)) != PL_OK)
-            return rc;
-        s[i].port = (uint16_t)u;
 
         const cJSON *pp = cJSON_GetObjectItemCaseSensitive(e, "peer_port");
         snprintf(key, sizeof key, "servers[%d].peer_port", i);
         if (pp) {
-            if ((rc = get_uint(x, pp, key, 1, 65535, NULL, &u)) != PL_OK)
-                return rc;
-            s[i].peer_port = (uint16_t)u;
+            if (get_uint(x, pp, key, 1, 65535, NULL, &u) != PL_OK)
+                this_bad = 1;
+            else
+                s[i].peer_port = (uint16_t)u;
+        } else if (!port_ok) {
+            /* no default to derive from; the port's own error says why */
         } else if (s[i].port + PL_PEER_PORT_OFFSET > 65535) {
             cfg_err(x, key, "default port+%d = %d is above 65535; set peer_port",
                     PL_PEER_PORT_OFFSET, s[i].port + PL_PEER_PORT_OFFSET);
-            return PL_ERR_CONFIG;
+            this_bad = 1;
         } else {
             s[i].peer_port = (uint16_t)(s[i].port + PL_PEER_PORT_OFFSET);
         }
-        if (s[i].peer_port == s[i].port) {
+        if (port_ok && s[i].peer_port && s[i].peer_port == s[i].port) {
             cfg_err(x, key, "must differ from port %u", (unsigned)s[i].port);
-            return PL_ERR_CONFIG;
+            this_bad = 1;
         }
 
         const cJSON *ap = cJSON_GetObjectItemCaseSensitive(e, "admin_port");
         snprintf(key, sizeof key, "servers[%d].admin_port", i);
         if (ap) {
-            if ((rc = get_uint(x, ap, key, 1, 65535, NULL, &u)) != PL_OK)
-                return rc;
-            s[i].admin_port = (uint16_t)u;
+            if (get_uint(x, ap, key, 1, 65535, NULL, &u) != PL_OK)
+                this_bad = 1;
+            else
+                s[i].admin_port = (uint16_t)u;
         }
+        if (this_bad)
+            bad = 1;
+        else
+            ok[i] = 1;
     }
 
     /* Every client and peer endpoint must be distinct, or two servers (or a
-     * server's two listeners) would fight over one socket. */
+     * server's two listeners) would fight over one socket. Only entries
+     * that parsed are compared: a broken one has its own error already. */
     for (i = 0; i < n; i++) {
-        for (int j = 0; j < i; j++) {
-            if (strcmp(s[i].host, s[j].host) != 0)
+        for (int j = 0; j < i && ok[i]; j++) {
+            if (!ok[j] || strcmp(s[i].host, s[j].host) != 0)
                 continue;
             uint16_t mine[2] = { s[i].port, s[i].peer_port };
             uint16_t theirs[2] = { s[j].port, s[j].peer_port };
             static const char *const names[2] = { "port", "peer_port" };
-            for (int a = 0; a < 2; a++)
-                for (int b = 0; b < 2; b++)
+            /* One error per pair: a copied entry clashes on both ports,
+             * and the second line would only repeat the first. */
+            int clash = 0;
+            for (int a = 0; a < 2 && !clash; a++)
+                for (int b = 0; b < 2 && !clash; b++)
                     if (mine[a] == theirs[b]) {
                         snprintf(key, sizeof key, "servers[%d].%s", i, names[a]);
                         cfg_err(x, key, "%s:%u is already used by servers[%d].%s",
                                 s[i].host, (unsigned)mine[a], j, names[b]);
-                        return PL_ERR_CONFIG;
+                        clash = bad = 1;
                     }
         }
     }
-    return PL_OK;
+    rc = bad ? PL_ERR_CONFIG : PL_OK;
+out:
+    free(ok);
+    return rc;
 }
 
 static int get_tls_path(cfg_ctx *x, const cJSON *v, const char *key, char **out);
@@ -408,74 +497,74 @@ done:
 /* "admin": {"bind", "port_offset", "token", "token_file"}; applied after
  * the servers are parsed so port_offset can fill in the admin_port of every
  * server without one. */
-static int parse_admin(cfg_ctx *x, const cJSON *v, pl_config *c)
+static int parse_admin(cfg_ctx *x, const cJSON *v, pl_config *c, int servers_ok)
 {
     static const char *const known[] = { "bind", "port_offset", "token", "token_file", NULL };
     char key[64];
     uint64_t off = 0;
-    int rc;
+    int bad = 0;
 
     if (!cJSON_IsObject(v)) {
         cfg_err(x, "admin", "must be an object {\"bind\": ADDRESS, \"port_offset\": N}");
         return PL_ERR_CONFIG;
     }
-    if ((rc = check_keys(x, v, "admin.", known)) != PL_OK)
-        return rc;
+    NOTE(bad, check_keys(x, v, "admin.", known));
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(v, "bind");
-    if (b && (rc = get_str(x, b, "admin.bind", PL_HOST_MAX, &c->admin_bind)) != PL_OK)
-        return rc;
+    if (b)
+        NOTE(bad, get_str(x, b, "admin.bind", PL_HOST_MAX, &c->admin_bind));
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(v, "port_offset");
-    if (o && (rc = get_uint(x, o, "admin.port_offset", 1, 65534, NULL, &off)) != PL_OK)
-        return rc;
+    if (o && get_uint(x, o, "admin.port_offset", 1, 65534, NULL, &off) != PL_OK) {
+        bad = 1;
+        off = 0;
+    }
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "token");
     const cJSON *tf = cJSON_GetObjectItemCaseSensitive(v, "token_file");
     if (t && tf) {
         cfg_err(x, "admin.token_file", "give admin.token or admin.token_file, not both");
-        return PL_ERR_CONFIG;
-    }
-    if (t) {
+        bad = 1;
+    } else if (t) {
         if (!cJSON_IsString(t) || !t->valuestring) {
             cfg_err(x, "admin.token", "must be a string of %u-%u bytes", PL_ADMIN_TOKEN_MIN,
                     PL_ADMIN_TOKEN_MAX);
-            return PL_ERR_CONFIG;
-        }
-        size_t n = strlen(t->valuestring);
-        if ((rc = token_ok(x, "admin.token", NULL, t->valuestring, n)) != PL_OK)
-            return rc;
-        if (!(c->admin_token = xstrdup(t->valuestring))) {
+            bad = 1;
+        } else if (token_ok(x, "admin.token", NULL, t->valuestring,
+                            strlen(t->valuestring)) != PL_OK) {
+            bad = 1;
+        } else if (!(c->admin_token = xstrdup(t->valuestring))) {
             cfg_err(x, "admin.token", "out of memory");
             return PL_ERR_NOMEM;
         }
-    }
-    if (tf) {
+    } else if (tf) {
         char *path = NULL;
         /* Relative to the config file, like the tls paths, so `parley -c`
          * finds it from any working directory. */
-        if ((rc = get_tls_path(x, tf, "admin.token_file", &path)) != PL_OK)
-            return rc;
-        rc = read_token_file(x, path, &c->admin_token);
+        int rc = get_tls_path(x, tf, "admin.token_file", &path);
+        if (rc == PL_OK)
+            rc = read_token_file(x, path, &c->admin_token);
         free(path);
-        if (rc != PL_OK)
-            return rc;
+        NOTE(bad, rc);
     }
-    for (size_t i = 0; off && i < c->n_servers; i++) {
+    /* The offset fills in servers' admin ports: only from ports that parsed. */
+    for (size_t i = 0; off && servers_ok && i < c->n_servers; i++) {
         if (c->servers[i].admin_port)
             continue;
         if (c->servers[i].port + off > 65535) {
             snprintf(key, sizeof key, "servers[%zu].admin_port", i);
             cfg_err(x, key, "default port+%llu = %llu is above 65535; set admin_port",
                     (unsigned long long)off, (unsigned long long)(c->servers[i].port + off));
-            return PL_ERR_CONFIG;
+            bad = 1;
+            continue;
         }
         c->servers[i].admin_port = (uint16_t)(c->servers[i].port + off);
     }
-    return PL_OK;
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 /* An admin port must not collide with any listener on the same host. */
 static int check_admin_ports(cfg_ctx *x, const pl_config *c)
 {
     char key[64];
+    int bad = 0;
     for (size_t i = 0; i < c->n_servers; i++) {
         uint16_t a = c->servers[i].admin_port;
         if (!a)
@@ -490,11 +579,12 @@ static int check_admin_ports(cfg_ctx *x, const pl_config *c)
                 snprintf(key, sizeof key, "servers[%zu].admin_port", i);
                 cfg_err(x, key, "%s:%u is already used by servers[%zu].%s",
                         c->servers[i].host, (unsigned)a, j, what);
-                return PL_ERR_CONFIG;
+                bad = 1;
+                break;
             }
         }
     }
-    return PL_OK;
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 static int parse_pwhash(cfg_ctx *x, const cJSON *v, pl_config *c)
@@ -504,23 +594,22 @@ static int parse_pwhash(cfg_ctx *x, const cJSON *v, pl_config *c)
         cfg_err(x, "password_hash", "must be an object {\"opslimit\": N, \"memlimit\": BYTES}");
         return PL_ERR_CONFIG;
     }
-    int rc = check_keys(x, v, "password_hash.", known);
-    if (rc != PL_OK)
-        return rc;
+    int bad = 0;
+    NOTE(bad, check_keys(x, v, "password_hash.", known));
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(v, "opslimit");
-    if (o && (rc = get_uint(x, o, "password_hash.opslimit", crypto_pwhash_OPSLIMIT_MIN,
-                            crypto_pwhash_OPSLIMIT_MAX, NULL, &c->pwhash_opslimit)) != PL_OK)
-        return rc;
+    if (o)
+        NOTE(bad, get_uint(x, o, "password_hash.opslimit", crypto_pwhash_OPSLIMIT_MIN,
+                           crypto_pwhash_OPSLIMIT_MAX, NULL, &c->pwhash_opslimit));
     /* memlimit is capped at 4 GiB: beyond that one login would hold more
      * memory than any sane server has per worker. */
     uint64_t memmax = (uint64_t)4 * 1024 * 1024 * 1024;
     if ((uint64_t)crypto_pwhash_MEMLIMIT_MAX < memmax)
         memmax = crypto_pwhash_MEMLIMIT_MAX;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(v, "memlimit");
-    if (m && (rc = get_uint(x, m, "password_hash.memlimit", crypto_pwhash_MEMLIMIT_MIN,
-                            memmax, " (bytes)", &c->pwhash_memlimit)) != PL_OK)
-        return rc;
-    return PL_OK;
+    if (m)
+        NOTE(bad, get_uint(x, m, "password_hash.memlimit", crypto_pwhash_MEMLIMIT_MIN,
+                           memmax, " (bytes)", &c->pwhash_memlimit));
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 /* Limits whose default follows other keys; 0 in the struct means "not set". */
@@ -572,22 +661,23 @@ static int parse_limits(cfg_ctx *x, const cJSON *v, pl_config *c)
         { "held_bytes", 65536, (uint64_t)1 << 40, " (bytes)", offsetof(pl_limits, held_bytes), 8 },
     };
     char key[64];
-    int rc;
+    int bad = 0;
 
     if (!cJSON_IsObject(v)) {
         cfg_err(x, "limits", "must be an object, e.g. {\"conns_per_address\": 256}");
         return PL_ERR_CONFIG;
     }
-    if ((rc = check_keys(x, v, "limits.", known)) != PL_OK)
-        return rc;
+    NOTE(bad, check_keys(x, v, "limits.", known));
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(v, f[i].key);
         uint64_t u;
         if (!m)
             continue;
         snprintf(key, sizeof key, "limits.%s", f[i].key);
-        if ((rc = get_uint(x, m, key, f[i].lo, f[i].hi, f[i].what, &u)) != PL_OK)
-            return rc;
+        if (get_uint(x, m, key, f[i].lo, f[i].hi, f[i].what, &u) != PL_OK) {
+            bad = 1;
+            continue;
+        }
         char *dst = (char *)&c->limits + f[i].off;
         if (f[i].size == 4) {
             uint32_t u32 = (uint32_t)u;
@@ -596,7 +686,7 @@ static int parse_limits(cfg_ctx *x, const cJSON *v, pl_config *c)
             memcpy(dst, &u, 8);
         }
     }
-    return PL_OK;
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 static int parse_secret(cfg_ctx *x, const cJSON *root, pl_config *c)
@@ -608,18 +698,21 @@ static int parse_secret(cfg_ctx *x, const cJSON *root, pl_config *c)
         cfg_err(x, "cluster_secret_file", "give cluster_secret or cluster_secret_file, not both");
         return PL_ERR_CONFIG;
     }
+    int bad = 0;
     if (v) {
-        if ((rc = get_str(x, v, "cluster_secret", PL_CLUSTER_SECRET_MAX, &c->cluster_secret)) != PL_OK)
-            return rc;
-        if (strlen(c->cluster_secret) < PL_CLUSTER_SECRET_MIN) {
+        if ((rc = get_str(x, v, "cluster_secret", PL_CLUSTER_SECRET_MAX, &c->cluster_secret)) != PL_OK) {
+            if (rc == PL_ERR_NOMEM)
+                return rc;
+            bad = 1;
+        } else if (strlen(c->cluster_secret) < PL_CLUSTER_SECRET_MIN) {
             cfg_err(x, "cluster_secret", "must be at least %u bytes (e.g. 64 random hex digits)",
                     PL_CLUSTER_SECRET_MIN);
-            return PL_ERR_CONFIG;
+            bad = 1;
         }
     }
-    if (f && (rc = get_str(x, f, "cluster_secret_file", 4096, &c->cluster_secret_file)) != PL_OK)
-        return rc;
-    return PL_OK;
+    if (f)
+        NOTE(bad, get_str(x, f, "cluster_secret_file", 4096, &c->cluster_secret_file));
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 /* A tls.* path. Relative paths are taken from the config file's directory,
@@ -666,50 +759,48 @@ static int parse_tls(cfg_ctx *x, const cJSON *v, pl_config *c)
                                          "verify_clients", NULL };
     pl_tls_conf *t = &c->tls;
     const cJSON *m;
-    int rc;
+    int bad = 0;
 
     if (!cJSON_IsObject(v)) {
         cfg_err(x, "tls", "must be an object {\"cert\", \"key\", \"ca\", ...}");
         return PL_ERR_CONFIG;
     }
-    if ((rc = check_keys(x, v, "tls.", known)) != PL_OK)
-        return rc;
+    NOTE(bad, check_keys(x, v, "tls.", known));
     t->enabled = 1;
     t->peer = 1;
     t->clients = 1;
-    if ((m = cJSON_GetObjectItemCaseSensitive(v, "cert")) &&
-        (rc = get_tls_path(x, m, "tls.cert", &t->cert)) != PL_OK)
-        return rc;
-    if ((m = cJSON_GetObjectItemCaseSensitive(v, "key")) &&
-        (rc = get_tls_path(x, m, "tls.key", &t->key)) != PL_OK)
-        return rc;
-    if ((m = cJSON_GetObjectItemCaseSensitive(v, "ca")) &&
-        (rc = get_tls_path(x, m, "tls.ca", &t->ca)) != PL_OK)
-        return rc;
-    if ((m = cJSON_GetObjectItemCaseSensitive(v, "peer")) &&
-        (rc = get_bool(x, m, "tls.peer", &t->peer)) != PL_OK)
-        return rc;
-    if ((m = cJSON_GetObjectItemCaseSensitive(v, "clients")) &&
-        (rc = get_bool(x, m, "tls.clients", &t->clients)) != PL_OK)
-        return rc;
-    if ((m = cJSON_GetObjectItemCaseSensitive(v, "verify_clients")) &&
-        (rc = get_bool(x, m, "tls.verify_clients", &t->verify_clients)) != PL_OK)
-        return rc;
+    /* A key that fails keeps its default, so the checks between keys below
+     * still run on what the file meant wherever it could be read. */
+    int paths_bad = 0;
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "cert")))
+        NOTE(paths_bad, get_tls_path(x, m, "tls.cert", &t->cert));
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "key")))
+        NOTE(paths_bad, get_tls_path(x, m, "tls.key", &t->key));
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "ca")))
+        NOTE(paths_bad, get_tls_path(x, m, "tls.ca", &t->ca));
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "peer")))
+        NOTE(bad, get_bool(x, m, "tls.peer", &t->peer));
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "clients")))
+        NOTE(bad, get_bool(x, m, "tls.clients", &t->clients));
+    if ((m = cJSON_GetObjectItemCaseSensitive(v, "verify_clients")))
+        NOTE(bad, get_bool(x, m, "tls.verify_clients", &t->verify_clients));
+    if (paths_bad)
+        return PL_ERR_CONFIG;
     /* A certificate without its key (or the reverse) is always a mistake. */
     if (!t->cert != !t->key) {
         cfg_err(x, t->cert ? "tls.key" : "tls.cert",
                 "missing (\"cert\" and \"key\" are given together)");
-        return PL_ERR_CONFIG;
+        bad = 1;
     }
     if (t->verify_clients && !t->clients) {
         cfg_err(x, "tls.verify_clients", "needs tls.clients to be true");
-        return PL_ERR_CONFIG;
+        bad = 1;
     }
     if (t->verify_clients && !t->ca) {
         cfg_err(x, "tls.verify_clients", "needs tls.ca (the CA that signs client certificates)");
-        return PL_ERR_CONFIG;
+        bad = 1;
     }
-    return PL_OK;
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 /* A transport (pc, named key in messages) learns about TLS through a "tls"
@@ -764,10 +855,10 @@ done:
  * server's port + port_offset. The offset must keep every port in range
  * and clear of the server's own port, peer port and admin port; the
  * plugin sees its object without "port_offset". */
-static int parse_transports(cfg_ctx *x, const cJSON *v, pl_config *c)
+static int parse_transports(cfg_ctx *x, const cJSON *v, pl_config *c, int servers_ok)
 {
     char key[64];
-    int n = cJSON_GetArraySize(v), rc;
+    int n = cJSON_GetArraySize(v), rc, bad = 0;
 
     if (!cJSON_IsArray(v) || n < 1 || n > 8) {
         cfg_err(x, "transports", "must be a list of 1-8 {\"name\": ..., \"port_offset\": N}");
@@ -777,60 +868,71 @@ static int parse_transports(cfg_ctx *x, const cJSON *v, pl_config *c)
         cfg_err(x, "transports", "out of memory");
         return PL_ERR_NOMEM;
     }
-    for (const cJSON *e = v->child; e; e = e->next) {
+    size_t idx = 0, file_idx[8];   /* entries that parsed, by their place in the file */
+    for (const cJSON *e = v->child; e; e = e->next, idx++) {
         size_t i = c->n_transports;
         pl_extra_transport *t = &c->transports[i];
         uint64_t off = 0;
-        snprintf(key, sizeof key, "transports[%zu]", i);
+        snprintf(key, sizeof key, "transports[%zu]", idx);
         if (!cJSON_IsObject(e)) {
             cfg_err(x, key, "must be an object {\"name\": ..., \"port_offset\": N}");
-            return PL_ERR_CONFIG;
+            bad = 1;
+            continue;
         }
         const cJSON *o = cJSON_GetObjectItemCaseSensitive(e, "port_offset");
-        snprintf(key, sizeof key, "transports[%zu].port_offset", i);
-        if (!o) {
+        int off_ok = 0;
+        snprintf(key, sizeof key, "transports[%zu].port_offset", idx);
+        if (!o)
             cfg_err(x, key, "missing (this transport listens on every server's port + N)");
-            return PL_ERR_CONFIG;
-        }
-        if ((rc = get_uint(x, o, key, 1, 64534, NULL, &off)) != PL_OK)
-            return rc;
+        else if (get_uint(x, o, key, 1, 64534, NULL, &off) == PL_OK)
+            off_ok = 1;
         cJSON *copy = cJSON_Duplicate(e, 1);
         if (!copy) {
             cfg_err(x, key, "out of memory");
             return PL_ERR_NOMEM;
         }
         cJSON_DeleteItemFromObjectCaseSensitive(copy, "port_offset");
-        snprintf(key, sizeof key, "transports[%zu]", i);
+        snprintf(key, sizeof key, "transports[%zu]", idx);
         rc = parse_plugin(x, copy, key, &t->plugin);
         cJSON_Delete(copy);
-        c->n_transports++;
         /* Every listener gets the same TLS as the main transport: one that
-         * cannot do TLS refuses the key at start rather than serve
+         * cannot do TLS then refuses the key at start rather than serve
          * plaintext beside TLS (parley/transport.h). */
         if (rc == PL_OK)
             rc = tls_into_transport(x, c, &t->plugin, key);
-        if (rc != PL_OK)
+        if (rc == PL_ERR_NOMEM)
             return rc;
+        if (rc != PL_OK || !off_ok) {
+            free(t->plugin.name);
+            free(t->plugin.options_json);
+            memset(t, 0, sizeof *t);
+            bad = 1;
+            continue;
+        }
+        c->n_transports++;
+        file_idx[i] = idx;
         t->port_offset = (uint16_t)off;
+        snprintf(key, sizeof key, "transports[%zu].port_offset", idx);
         for (size_t j = 0; j < i; j++)
             if (c->transports[j].port_offset == t->port_offset) {
-                snprintf(key, sizeof key, "transports[%zu].port_offset", i);
-                cfg_err(x, key, "%u is already used by transports[%zu]", (unsigned)off, j);
-                return PL_ERR_CONFIG;
+                cfg_err(x, key, "%u is already used by transports[%zu]", (unsigned)off,
+                        file_idx[j]);
+                bad = 1;
+                break;
             }
-        for (size_t j = 0; j < c->n_servers; j++) {
+        for (size_t j = 0; servers_ok && j < c->n_servers; j++) {
             const pl_server_conf *sv = &c->servers[j];
             uint64_t p = sv->port + off;
-            snprintf(key, sizeof key, "transports[%zu].port_offset", i);
             if (p > 65535 || p == sv->peer_port || p == sv->admin_port) {
                 cfg_err(x, key, "servers[%zu]: port+%u = %llu is %s", j, (unsigned)off,
                         (unsigned long long)p, p > 65535 ? "above 65535"
                         : p == sv->peer_port ? "its peer_port" : "its admin_port");
-                return PL_ERR_CONFIG;
+                bad = 1;
+                break;
             }
         }
     }
-    return PL_OK;
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
@@ -841,7 +943,7 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
         "hash_workers", "failback", "admin", "limits", "cluster_secret",
         "cluster_secret_file", "tls", "compaction", "transports", NULL
     };
-    int rc;
+    int bad = 0, servers_ok = 0, timing_ok = 1;
     uint64_t u;
     const cJSON *v;
 
@@ -849,120 +951,119 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
         cfg_err(x, "(top level)", "must be a JSON object");
         return PL_ERR_CONFIG;
     }
-    if ((rc = check_keys(x, root, "", known)) != PL_OK)
-        return rc;
+    NOTE(bad, check_keys(x, root, "", known));
 
     v = cJSON_GetObjectItemCaseSensitive(root, "servers");
     if (!v) {
         cfg_err(x, "servers", "missing (a list of {\"host\", \"port\"}, in priority order)");
-        return PL_ERR_CONFIG;
+        bad = 1;
+    } else {
+        int rc = parse_servers(x, v, c);
+        if (rc == PL_ERR_NOMEM)
+            return rc;
+        servers_ok = rc == PL_OK;
+        bad |= !servers_ok;
     }
-    if ((rc = parse_servers(x, v, c)) != PL_OK)
-        return rc;
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "admin")) &&
-        (rc = parse_admin(x, v, c)) != PL_OK)
-        return rc;
-    if ((rc = check_admin_ports(x, c)) != PL_OK)
-        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "admin")))
+        NOTE(bad, parse_admin(x, v, c, servers_ok));
+    if (servers_ok)
+        NOTE(bad, check_admin_ports(x, c));
 
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "transport")) &&
-        (rc = parse_plugin(x, v, "transport", &c->transport)) != PL_OK)
-        return rc;
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "store")) &&
-        (rc = parse_plugin(x, v, "store", &c->store)) != PL_OK)
-        return rc;
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "data_dir")) &&
-        (rc = get_str(x, v, "data_dir", 4096, &c->data_dir)) != PL_OK)
-        return rc;
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "plugin_dir")) &&
-        (rc = get_str(x, v, "plugin_dir", 4096, &c->plugin_dir)) != PL_OK)
-        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "transport")))
+        NOTE(bad, parse_plugin(x, v, "transport", &c->transport));
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "store")))
+        NOTE(bad, parse_plugin(x, v, "store", &c->store));
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "data_dir")))
+        NOTE(bad, get_str(x, v, "data_dir", 4096, &c->data_dir));
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "plugin_dir")))
+        NOTE(bad, get_str(x, v, "plugin_dir", 4096, &c->plugin_dir));
 
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "log_level"))) {
         int lvl = cJSON_IsString(v) ? pl_log_level_parse(v->valuestring) : -1;
         if (lvl < 0) {
             cfg_err(x, "log_level", "must be one of \"error\", \"warn\", \"info\", \"debug\"");
-            return PL_ERR_CONFIG;
+            bad = 1;
+        } else {
+            c->log_level = lvl;
         }
-        c->log_level = lvl;
     }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "max_frame"))) {
-        if ((rc = get_uint(x, v, "max_frame", PL_FRAME_MIN, PL_FRAME_LIMIT, " (bytes)", &u)) != PL_OK)
-            return rc;
-        c->max_frame = (uint32_t)u;
+        if (get_uint(x, v, "max_frame", PL_FRAME_MIN, PL_FRAME_LIMIT, " (bytes)", &u) != PL_OK)
+            bad = 1;
+        else
+            c->max_frame = (uint32_t)u;
     }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "election_timeout_ms"))) {
-        if ((rc = get_uint(x, v, "election_timeout_ms", 10, 600000, NULL, &u)) != PL_OK)
-            return rc;
-        c->election_timeout_ms = (uint32_t)u;
+        if (get_uint(x, v, "election_timeout_ms", 10, 600000, NULL, &u) != PL_OK)
+            bad = 1, timing_ok = 0;
+        else
+            c->election_timeout_ms = (uint32_t)u;
     }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "heartbeat_ms"))) {
-        if ((rc = get_uint(x, v, "heartbeat_ms", 1, 600000, NULL, &u)) != PL_OK)
-            return rc;
-        c->heartbeat_ms = (uint32_t)u;
+        if (get_uint(x, v, "heartbeat_ms", 1, 600000, NULL, &u) != PL_OK)
+            bad = 1, timing_ok = 0;
+        else
+            c->heartbeat_ms = (uint32_t)u;
     }
     /* A backup must hear several heartbeats per election timeout, or an idle
      * but healthy primary would be deposed. */
-    if (c->heartbeat_ms >= c->election_timeout_ms) {
+    if (timing_ok && c->heartbeat_ms >= c->election_timeout_ms) {
         cfg_err(x, "heartbeat_ms", "%u must be less than election_timeout_ms (%u)",
                 c->heartbeat_ms, c->election_timeout_ms);
-        return PL_ERR_CONFIG;
+        bad = 1;
     }
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "password_hash")) &&
-        (rc = parse_pwhash(x, v, c)) != PL_OK)
-        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "password_hash")))
+        NOTE(bad, parse_pwhash(x, v, c));
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "compaction"))) {
         static const char *const ckeys[] = { "ops", "bytes", "keep_ops", NULL };
         const cJSON *k;
         if (!cJSON_IsObject(v)) {
             cfg_err(x, "compaction", "must be an object {\"ops\", \"bytes\", \"keep_ops\"}");
-            return PL_ERR_CONFIG;
-        }
-        if ((rc = check_keys(x, v, "compaction.", ckeys)) != PL_OK)
-            return rc;
-        if ((k = cJSON_GetObjectItemCaseSensitive(v, "ops")) &&
-            (rc = get_uint(x, k, "compaction.ops", 10, UINT32_MAX, NULL, &c->compact_ops)) != PL_OK)
-            return rc;
-        if ((k = cJSON_GetObjectItemCaseSensitive(v, "bytes")) &&
-            (rc = get_uint(x, k, "compaction.bytes", 4096, UINT64_MAX / 2, " (bytes)",
-                           &c->compact_bytes)) != PL_OK)
-            return rc;
-        if ((k = cJSON_GetObjectItemCaseSensitive(v, "keep_ops")) &&
-            (rc = get_uint(x, k, "compaction.keep_ops", 1, UINT32_MAX, NULL, &c->compact_keep)) != PL_OK)
-            return rc;
-        if (c->compact_keep >= c->compact_ops) {
-            cfg_err(x, "compaction.keep_ops", "%llu must be less than compaction.ops (%llu)",
-                    (unsigned long long)c->compact_keep, (unsigned long long)c->compact_ops);
-            return PL_ERR_CONFIG;
+            bad = 1;
+        } else {
+            int cbad = 0;
+            NOTE(bad, check_keys(x, v, "compaction.", ckeys));
+            if ((k = cJSON_GetObjectItemCaseSensitive(v, "ops")))
+                NOTE(cbad, get_uint(x, k, "compaction.ops", 10, UINT32_MAX, NULL,
+                                    &c->compact_ops));
+            if ((k = cJSON_GetObjectItemCaseSensitive(v, "bytes")))
+                NOTE(bad, get_uint(x, k, "compaction.bytes", 4096, UINT64_MAX / 2, " (bytes)",
+                                   &c->compact_bytes));
+            if ((k = cJSON_GetObjectItemCaseSensitive(v, "keep_ops")))
+                NOTE(cbad, get_uint(x, k, "compaction.keep_ops", 1, UINT32_MAX, NULL,
+                                    &c->compact_keep));
+            if (!cbad && c->compact_keep >= c->compact_ops) {
+                cfg_err(x, "compaction.keep_ops", "%llu must be less than compaction.ops (%llu)",
+                        (unsigned long long)c->compact_keep, (unsigned long long)c->compact_ops);
+                cbad = 1;
+            }
+            bad |= cbad;
         }
     }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "failback"))) {
         if (!cJSON_IsBool(v)) {
             cfg_err(x, "failback", "must be true or false");
-            return PL_ERR_CONFIG;
+            bad = 1;
+        } else {
+            c->failback = cJSON_IsTrue(v);
         }
-        c->failback = cJSON_IsTrue(v);
     }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "hash_workers"))) {
-        if ((rc = get_uint(x, v, "hash_workers", 1, PL_HASH_WORKERS_MAX, NULL, &u)) != PL_OK)
-            return rc;
-        c->hash_workers = (uint32_t)u;
+        if (get_uint(x, v, "hash_workers", 1, PL_HASH_WORKERS_MAX, NULL, &u) != PL_OK)
+            bad = 1;
+        else
+            c->hash_workers = (uint32_t)u;
     }
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "limits")) &&
-        (rc = parse_limits(x, v, c)) != PL_OK)
-        return rc;
-    if ((rc = parse_secret(x, root, c)) != PL_OK)
-        return rc;
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "tls")) &&
-        (rc = parse_tls(x, v, c)) != PL_OK)
-        return rc;
-    if ((rc = tls_into_transport(x, c, &c->transport, "transport")) != PL_OK)
-        return rc;
-    if ((v = cJSON_GetObjectItemCaseSensitive(root, "transports")) &&
-        (rc = parse_transports(x, v, c)) != PL_OK)
-        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "limits")))
+        NOTE(bad, parse_limits(x, v, c));
+    NOTE(bad, parse_secret(x, root, c));
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "tls")))
+        NOTE(bad, parse_tls(x, v, c));
+    NOTE(bad, tls_into_transport(x, c, &c->transport, "transport"));
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "transports")))
+        NOTE(bad, parse_transports(x, v, c, servers_ok));
     limits_derive(c);
-    return PL_OK;
+    return bad ? PL_ERR_CONFIG : PL_OK;
 }
 
 pl_config *pl_config_default(void)
@@ -1029,10 +1130,13 @@ static void position(const char *text, size_t off, unsigned *line, unsigned *col
     }
 }
 
-pl_config *pl_config_parse(const char *name, const char *text, size_t len,
-                           char *err, size_t errlen)
+/* Parse text. keep: return the configuration also when some keys were
+ * wrong (what parsed, defaults elsewhere), for --check-config; *nerr (may
+ * be NULL) is the number of errors written to err. */
+static pl_config *parse_text(const char *name, const char *text, size_t len, char *err,
+                             size_t errlen, int keep, unsigned *nerr)
 {
-    cfg_ctx x = { name ? name : "(config)", err, errlen };
+    cfg_ctx x = { name ? name : "(config)", err, errlen, 0, 0, 0 };
     cJSON *root = NULL;
     pl_config *c = NULL;
 
@@ -1040,7 +1144,7 @@ pl_config *pl_config_parse(const char *name, const char *text, size_t len,
         err[0] = '\0';
     if (!text || len == 0) {
         cfg_err(&x, "(top level)", "empty file, expected a JSON object");
-        return NULL;
+        goto fail;
     }
     if (memchr(text, '\0', len)) {
         size_t off = (size_t)((const char *)memchr(text, '\0', len) - text);
@@ -1049,7 +1153,7 @@ pl_config *pl_config_parse(const char *name, const char *text, size_t len,
         char key[64];
         snprintf(key, sizeof key, "line %u, column %u", line, col);
         cfg_err(&x, key, "not valid JSON (NUL byte)");
-        return NULL;
+        goto fail;
     }
     const char *end = NULL;
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
@@ -1060,7 +1164,7 @@ pl_config *pl_config_parse(const char *name, const char *text, size_t len,
         char key[64];
         snprintf(key, sizeof key, "line %u, column %u", line, col);
         cfg_err(&x, key, "not valid JSON");
-        return NULL;
+        goto fail;
     }
     /* Trailing garbage after the object ("{...} x") is a broken file too. */
     for (size_t off = end ? (size_t)(end - text) : len; off < len; off++) {
@@ -1083,7 +1187,8 @@ pl_config *pl_config_parse(const char *name, const char *text, size_t len,
     /* Derived again from the file's own hash_workers and rate. */
     c->limits.password_checks_queued = 0;
     c->limits.request_burst = 0;
-    if (parse_root(&x, root, c) != PL_OK)
+    int rc = parse_root(&x, root, c);
+    if (rc == PL_ERR_NOMEM || (rc != PL_OK && !keep))
         goto fail;
     if (name) {
         c->path = xstrdup(name);
@@ -1093,21 +1198,36 @@ pl_config *pl_config_parse(const char *name, const char *text, size_t len,
         }
     }
     cJSON_Delete(root);
+    cfg_finish(&x);
+    if (nerr)
+        *nerr = x.n;
     return c;
 fail:
     cJSON_Delete(root);
     pl_config_free(c);
+    cfg_finish(&x);
+    if (nerr)
+        *nerr = x.n;
     return NULL;
 }
 
-pl_config *pl_config_load(const char *path, char *err, size_t errlen)
+pl_config *pl_config_parse(const char *name, const char *text, size_t len,
+                           char *err, size_t errlen)
 {
-    cfg_ctx x = { path ? path : "(null)", err, errlen };
+    return parse_text(name, text, len, err, errlen, 0, NULL);
+}
+
+static pl_config *load_file(const char *path, char *err, size_t errlen, int keep,
+                            unsigned *nerr)
+{
+    cfg_ctx x = { path ? path : "(null)", err, errlen, 0, 0, 0 };
     char *buf = NULL;
     FILE *f = NULL;
 
     if (err && errlen)
         err[0] = '\0';
+    if (nerr)
+        *nerr = 1;
     if (!path) {
         cfg_err(&x, "(file)", "no path given");
         return NULL;
@@ -1133,7 +1253,7 @@ pl_config *pl_config_load(const char *path, char *err, size_t errlen)
     }
     fclose(f);
     f = NULL;
-    pl_config *c = pl_config_parse(path, buf, n, err, errlen);
+    pl_config *c = parse_text(path, buf, n, err, errlen, keep, nerr);
     free(buf);
     return c;
 fail:
@@ -1141,6 +1261,20 @@ fail:
         fclose(f);
     free(buf);
     return NULL;
+}
+
+pl_config *pl_config_load(const char *path, char *err, size_t errlen)
+{
+    return load_file(path, err, errlen, 0, NULL);
+}
+
+pl_config *pl_config_check(const char *path, char *err, size_t errlen, unsigned *nerr)
+{
+    unsigned n = 0;
+    pl_config *c = load_file(path, err, errlen, 1, &n);
+    if (nerr)
+        *nerr = n;
+    return c;
 }
 
 void pl_config_free(pl_config *c)
@@ -1185,7 +1319,7 @@ void pl_config_free(pl_config *c)
 int pl_config_cluster_secret(const pl_config *c, uint8_t **out, size_t *len,
                              char *err, size_t errlen)
 {
-    cfg_ctx x = { c->path ? c->path : "(config)", err, errlen };
+    cfg_ctx x = { c->path ? c->path : "(config)", err, errlen, 0, 0, 0 };
     *out = NULL;
     *len = 0;
     if (c->cluster_secret) {

@@ -6,6 +6,7 @@
  * and the client side (libparley reads the same file to find the servers and
  * the transport). Errors name the file, the key and the reason, e.g.
  *   parley.json: servers[1].port: must be an integer 1-65535
+ * and a file with several mistakes gets one such line for each.
  *
  * Keys (all optional except servers when a file is given):
  *   servers[]: {host, port, peer_port (default port+1000)} — order is priority
@@ -157,9 +158,17 @@ typedef struct pl_config {
 
 /* The built-in default: one server on 127.0.0.1:8100, tcp/binary, sqlite. */
 pl_config *pl_config_default(void);
-/* Load and validate a file. On error returns NULL and writes
- * "FILE: KEY: REASON" into err. */
+/* Load and validate a file. On error returns NULL and writes every error
+ * found into err, one "FILE: KEY: REASON" line each, separated by '\n' (no
+ * newline after the last); errors that do not fit in errlen are counted in
+ * a last line "FILE: (more): N more errors not shown". */
 pl_config *pl_config_load(const char *path, char *err, size_t errlen);
+/* For --check-config: like pl_config_load, but a file that is readable
+ * JSON comes back as a configuration even when some keys are wrong (those
+ * keep their defaults), with *nerr set to the number of errors in err, so
+ * that the caller can go on checking what parsed (the plugins). NULL when
+ * the file cannot be read or is not JSON (*nerr is then 1 and err says why). */
+pl_config *pl_config_check(const char *path, char *err, size_t errlen, unsigned *nerr);
 /* Same, from JSON text (name is used in messages). */
 pl_config *pl_config_parse(const char *name, const char *text, size_t len,
                            char *err, size_t errlen);

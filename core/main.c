@@ -5,7 +5,8 @@
  *                                            tcp/binary, sqlite in ./parley-data
  *   parleyd CONFIG SERVER_ID DATA_PATH       the seed's form
  *   parleyd --config FILE --id N --data DIR --log-level LEVEL
- *   parleyd --check-config FILE              validate, print "FILE: ok" or the error
+ *   parleyd --check-config FILE              validate, print "FILE: ok" or every
+ *                                            error, one "FILE: KEY: REASON" line each
  *   parleyd --version | --help
  *
  * SIGHUP re-reads the config file and applies what can change while running
@@ -33,6 +34,21 @@
 #include "server.h"
 
 #define EXIT_USAGE 2
+/* Room for every error of a config file, one line each (config.h). */
+#define CONFIG_ERR_MAX 16384
+
+/* A config error text holds one line per error: log each as its own event
+ * (the log keeps one event per line). */
+static void log_lines(int level, const char *prefix, const char *text)
+{
+    while (*text) {
+        size_t n = strcspn(text, "\n");
+        pl_log(level, "%s%.*s", prefix, (int)n, text);
+        text += n;
+        if (*text == '\n')
+            text++;
+    }
+}
 
 static void usage(FILE *out)
 {
@@ -129,7 +145,7 @@ static void restart_keys(const pl_config *a, const pl_config *b, char *out, size
 static void reload(sig_ctx *x)
 {
     static const char *const level_names[] = { "error", "warn", "info", "debug" };
-    char err[1024], later[256];
+    char err[CONFIG_ERR_MAX], later[256];
     pl_config *cfg = x->cfg;
 
     if (!cfg->path) {
@@ -138,7 +154,7 @@ static void reload(sig_ctx *x)
     }
     pl_config *fresh = pl_config_load(cfg->path, err, sizeof err);
     if (!fresh) {
-        pl_log(PL_LOG_ERROR, "SIGHUP: not reloaded, keeping the running settings: %s", err);
+        log_lines(PL_LOG_ERROR, "SIGHUP: not reloaded, keeping the running settings: ", err);
         return;
     }
     int changed = 0;
@@ -268,17 +284,20 @@ int main(int argc, char **argv)
             fprintf(stderr, "parleyd: --check-config takes only the file to check\n");
             return EXIT_USAGE;
         }
-        char err[1024];
-        pl_config *cfg = pl_config_load(check, err, sizeof err);
-        if (!cfg) {
+        static char err[CONFIG_ERR_MAX];
+        unsigned nerr = 0;
+        /* Every error of the file, one line each; then the plugins it
+         * names, which would fail only at start otherwise. */
+        pl_config *cfg = pl_config_check(check, err, sizeof err, &nerr);
+        if (nerr)
             fprintf(stderr, "%s\n", err);
+        if (!cfg)
             return 1;
-        }
         /* A config that parses but names a plugin that is missing or built
          * for another ABI would still fail at start: find and check both. */
         static const char *const kinds[2] = { "store", "transport" };
         const char *names[2] = { cfg->store.name, cfg->transport.name };
-        int bad = 0;
+        int bad = nerr > 0;
         for (int k = 0; k < 2; k++) {
             pl_plugin *p = pl_plugin_load(kinds[k], names[k], cfg->plugin_dir, err, sizeof err);
             if (!p) {
@@ -343,11 +362,11 @@ int main(int argc, char **argv)
     if (level >= 0)
         pl_log_set_level(level);
 
-    char err[1024];
+    static char err[CONFIG_ERR_MAX];
     pl_config *cfg = config_path ? pl_config_load(config_path, err, sizeof err)
                                  : pl_config_default();
     if (!cfg) {
-        pl_log(PL_LOG_ERROR, "%s", config_path ? err : "out of memory");
+        log_lines(PL_LOG_ERROR, "", config_path ? err : "out of memory");
         return 1;
     }
     if (level < 0)

@@ -320,3 +320,96 @@ fail:
     memset(resp, 0, sizeof *resp);
     return PL_ERR_CORRUPT;
 }
+
+/* ---- import batches (chat.h, PL_OP_IMPORT) ----
+ * u8 version (1) | u32 count | count records:
+ *   'U' str name, str pwhash
+ *   'M' str to, str from, u64 seq, u8 read, str body */
+
+#define IMPORT_BATCH_VERSION 1u
+/* The smallest record: a kind byte and two empty strings. */
+#define IMPORT_REC_MIN (1u + 2u * 4u)
+
+int pl_import_batch_encode(const pl_import_rec *recs, size_t n, uint8_t **out, size_t *len)
+{
+    wbuf w = { 0 };
+    *out = NULL;
+    *len = 0;
+    if (n > PL_IMPORT_BATCH_MAX || (n && !recs))
+        return PL_ERR_INVALID;
+    wb_u8(&w, IMPORT_BATCH_VERSION);
+    wb_u32(&w, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        const pl_import_rec *r = &recs[i];
+        wb_u8(&w, r->kind);
+        if (r->kind == 'U') {
+            wb_str(&w, r->name);
+            wb_str(&w, r->pwhash);
+        } else if (r->kind == 'M') {
+            wb_str(&w, r->to);
+            wb_str(&w, r->from);
+            wb_u64(&w, r->seq);
+            wb_u8(&w, r->read ? 1 : 0);
+            wb_str(&w, r->body);
+        } else {
+            w.err = PL_ERR_INVALID;
+        }
+    }
+    return wb_finish(&w, out, len);
+}
+
+int pl_import_batch_decode(const uint8_t *buf, size_t len, pl_import_rec **recs, size_t *n)
+{
+    rbuf r = { buf, buf ? len : 0, 0, 0 };
+    pl_import_rec *v = NULL;
+    *recs = NULL;
+    *n = 0;
+    if (rb_u8(&r) != IMPORT_BATCH_VERSION)
+        return PL_ERR_CORRUPT;
+    uint32_t count = rb_u32(&r);
+    /* Believed only as far as the bytes behind it go (as pl_op_decode). */
+    if (r.bad || count > PL_IMPORT_BATCH_MAX || rb_left(&r) / IMPORT_REC_MIN < count)
+        return PL_ERR_CORRUPT;
+    if (count && !(v = calloc(count, sizeof *v)))
+        return PL_ERR_NOMEM;
+    for (uint32_t i = 0; i < count && !r.bad; i++) {
+        pl_import_rec *x = &v[i];
+        x->kind = rb_u8(&r);
+        if (x->kind == 'U') {
+            x->name = rb_str(&r);
+            x->pwhash = rb_str(&r);
+        } else if (x->kind == 'M') {
+            x->to = rb_str(&r);
+            x->from = rb_str(&r);
+            x->seq = rb_u64(&r);
+            uint8_t rd = rb_u8(&r);
+            if (rd > 1)
+                r.bad = 1;
+            x->read = rd;
+            x->body = rb_str(&r);
+        } else {
+            r.bad = 1;
+        }
+    }
+    if (r.bad || rb_left(&r) != 0) {
+        free(v);
+        return PL_ERR_CORRUPT;
+    }
+    *recs = v;
+    *n = count;
+    return PL_OK;
+}
+
+const char *pl_import_outcome_name(uint32_t outcome)
+{
+    switch (outcome) {
+    case PL_IMP_CREATED: return "created";
+    case PL_IMP_IMPORTED: return "imported";
+    case PL_IMP_DONE_BEFORE: return "imported before";
+    case PL_IMP_TAKEN: return "name taken by a parley account";
+    case PL_IMP_NO_RECIPIENT: return "recipient not imported";
+    case PL_IMP_RECIPIENT_GONE: return "recipient deleted since its import";
+    case PL_IMP_INVALID: return "invalid";
+    default: return "unknown";
+    }
+}

@@ -45,6 +45,7 @@
 
 #include <sodium.h>
 
+#include "chat.h"
 #include "log.h"
 #include "peer.pb-c.h"
 
@@ -91,6 +92,7 @@ typedef struct peer_out {
     int retired;              /* address no longer listed: closing once written */
     int warned_backlog;
     int got_hello;            /* the acceptor's Hello arrived and checked out */
+    uint32_t op_kinds;        /* the op kinds its Hello says it applies (0: an older server) */
     uint8_t nonce[NONCE_BYTES];       /* our challenge */
     uint8_t peer_nonce[NONCE_BYTES];  /* the acceptor's */
     int tls_up;               /* TLS handshake finished on this connection */
@@ -173,6 +175,7 @@ static void send_hello(pl_peer *p, struct bufferevent *bev, const uint8_t *nonce
     h.n = p->n;
     h.host = p->servers[p->self].host;
     h.peer_port = p->servers[p->self].peer_port;
+    h.op_kinds = PL_OP__COUNT;
     if (nonce) {
         h.nonce.data = (uint8_t *)nonce;
         h.nonce.len = NONCE_BYTES;
@@ -513,6 +516,7 @@ int pl_peer_decode_frame(const uint8_t *buf, size_t len, pl_peer_frame *f)
         f->peer_port = (uint16_t)pb->hello->peer_port;
         f->nonce = pb->hello->nonce.data;
         f->nonce_len = pb->hello->nonce.len;
+        f->op_kinds = pb->hello->op_kinds;
         return PL_OK;
     case PARLEY__PEER__PEER_FRAME__BODY_AUTH:
         f->kind = PL_PEER_F_AUTH;
@@ -1031,11 +1035,13 @@ static int out_handshake(peer_out *o, int rc, const pl_peer_frame *f)
                      "configured there)");
         } else if (o->p->auth) {
             o->got_hello = 1;
+            o->op_kinds = f->op_kinds;
             memcpy(o->peer_nonce, f->nonce, NONCE_BYTES);
             auth_ids a = out_ids(o);
             send_auth(o->p, o->bev, 'D', &a);
         } else {
             o->got_hello = 1;
+            o->op_kinds = f->op_kinds;
             out_up(o);
         }
     } else {
@@ -1554,4 +1560,10 @@ int pl_peer_status_request(pl_peer *p, uint32_t to, uint64_t query_id)
 int pl_peer_connected(const pl_peer *p, uint32_t to)
 {
     return link_up(p, to) != NULL;
+}
+
+uint32_t pl_peer_op_kinds(const pl_peer *p, uint32_t to)
+{
+    const peer_out *o = link_up(p, to);
+    return o ? o->op_kinds : 0;
 }

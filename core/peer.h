@@ -89,6 +89,10 @@ int pl_peer_send_snapshot(pl_peer *p, uint32_t to, uint64_t view, const uint8_t 
 int pl_peer_status_request(pl_peer *p, uint32_t to, uint64_t query_id);
 /* Is the outgoing link to slot `to` up (handshake done)? */
 int pl_peer_connected(const pl_peer *p, uint32_t to);
+/* How many op kinds the server at slot `to` said in its Hello that it
+ * applies (peer.proto, Hello.op_kinds): 0 when the link is down or the
+ * server is older than the field. */
+uint32_t pl_peer_op_kinds(const pl_peer *p, uint32_t to);
 
 /* What the network holds right now, for metrics and tests. */
 typedef struct pl_peer_counters {
@@ -118,6 +122,7 @@ typedef struct pl_peer_frame {
     uint16_t peer_port;            /*   address); NUL-terminated host */
     const uint8_t *nonce;          /* HELLO: the sender's challenge (may be absent) */
     size_t nonce_len;
+    uint32_t op_kinds;             /* HELLO: op kinds the sender applies (0: not said) */
     const uint8_t *mac;            /* AUTH */
     size_t mac_len;
     pl_vr_msg vr;                  /* VR; vr.from is 0: the connection says who sent it */

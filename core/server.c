@@ -40,6 +40,7 @@
 #include "members.h"
 #include "peer.h"
 #include "seq.h"
+#include "transfer.h"
 #include "workers.h"
 
 #define PL_SEQ_MAX_BATCH 2048u        /* ops per batch (seq.c also caps its bytes) */
@@ -211,6 +212,7 @@ struct pl_server {
     struct event *drain_ev;
     pl_metrics metrics;       /* counters for GET /metrics (admin.h) */
     pl_admin *admin;          /* NULL without an admin_port */
+    pl_xfer_host xfer;        /* the /chat/ endpoints' view of us (core/transfer.h) */
     uint64_t metrics_view;    /* the view metrics last saw, to count changes */
 };
 
@@ -724,11 +726,32 @@ static void do_register(pl_server *s, pl_conn *c, const pl_request *req)
 
 /* ------------------------------------------------------------------ login */
 
+static void login_verified(pl_pending *p, int err, const char *rehash);
+
 static void on_login_verified(void *ud, int err)
 {
-    pl_pending *p = ud;
+    login_verified(ud, err, NULL);
+}
+
+static void on_login_rehashed(void *ud, int err, const char *hash)
+{
+    login_verified(ud, err, hash);
+}
+
+/* rehash: the Argon2id string that replaces an imported hash, or NULL. */
+static void login_verified(pl_pending *p, int err, const char *rehash)
+{
     pl_server *s = p->srv;
     pl_str name = pl_str_c(p->name);
+    if (err == PL_ERR_NOMEM) {
+        /* The Argon2id hash replacing an imported one could not get its
+         * memory: not the user's mistake, so no failed login is counted. */
+        char text[200];
+        snprintf(text, sizeof text, "server busy: password hashing failed: %s (memlimit %"
+                 PRIu64 " bytes); retry", pl_strerror(err), s->cfg->pwhash_memlimit);
+        pending_fail(p, PL_ERR_BUSY, text);
+        return;
+    }
     if (err != PL_OK || !p->exists) {
         rl_failed(s, s->rl, name, s->limits.login_failures_per_user);
         rl_failed(s, s->rl_addr, pl_str_c(p->conn->ip), s->limits.login_failures_per_address);
@@ -744,18 +767,27 @@ static void on_login_verified(void *ud, int err)
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     sodium_memzero(raw, sizeof raw);
     pl_chat_token_hash((pl_str){ p->token, PL_TOKEN_TEXT_LEN }, th);
-    pl_op op = { .kind = PL_OP_LOGIN, .client_id = p->client_id,
+    pl_op op = { .kind = rehash ? PL_OP_LOGIN_REHASH : PL_OP_LOGIN, .client_id = p->client_id,
                  .request_no = p->request_no, .time_ms = op_time(s), .uid = p->uid,
-                 .name = name, .token_hash = { (const char *)th, sizeof th } };
+                 .name = name, .token_hash = { (const char *)th, sizeof th },
+                 .pwhash = pl_str_c(rehash) };
     submit_op(p, &op);
 }
 
 static void do_login(pl_server *s, pl_conn *c, const pl_request *req)
 {
     int rc;
-    if ((rc = pl_chat_check_username(req->username)) != PL_OK ||
-        (rc = pl_chat_check_password(req->password)) != PL_OK) {
+    /* The minimum length is a rule for new passwords (register): an account
+     * imported from the prototype, which had none, keeps its shorter one,
+     * and for any other account a short one is just a wrong password. */
+    if ((rc = pl_chat_check_username(req->username)) != PL_OK) {
         reply_err(c, req->method, req->request_id, rc, NULL);
+        return;
+    }
+    if (req->password.len == 0 || req->password.len > PL_PASSWORD_MAX) {
+        char text[80];
+        snprintf(text, sizeof text, "password must be 1-%u bytes", PL_PASSWORD_MAX);
+        reply_err(c, req->method, req->request_id, PL_ERR_PASSWORD, text);
         return;
     }
     uint64_t wait = rl_wait(s->rl, req->username);
@@ -790,7 +822,13 @@ static void do_login(pl_server *s, pl_conn *c, const pl_request *req)
         pending_fail(p, rc, NULL);
         return;
     }
-    rc = pl_workers_verify(s->workers, pwhash, req->password, on_login_verified, p);
+    /* An imported account's first login: the PBKDF2 check and the Argon2id
+     * hash that replaces it run on a worker, and the login op carries the
+     * new hash (on_login_rehashed). */
+    if (p->exists && pl_chat_pwhash_is_pbkdf2(pwhash))
+        rc = pl_workers_verify_rehash(s->workers, pwhash, req->password, on_login_rehashed, p);
+    else
+        rc = pl_workers_verify(s->workers, pwhash, req->password, on_login_verified, p);
     if (rc != PL_OK) {
         busy_reply(s, c, req, rc);
         pending_free(p);
@@ -1444,6 +1482,92 @@ static void admin_change(void *ud, const pl_members *want, pl_admin_reply_fn rep
     job_tick(-1, 0, s);
 }
 
+/* ------------------------------------------------------------ /chat/ */
+
+static uint64_t xfer_op_time(void *ud)
+{
+    return op_time(ud);
+}
+
+static int xfer_primary(void *ud, int *primary, char *why, size_t whylen)
+{
+    pl_server *s = ud;
+    const pl_vr *vr = pl_seq_vr(s->seq);
+    if (!pl_vr_is_primary(vr)) {
+        *primary = pl_vr_status(vr) == PL_VR_NORMAL ? (int)pl_vr_primary(vr) : -1;
+        snprintf(why, whylen, "not the primary");
+        return 421;
+    }
+    if (!pl_seq_can_serve(s->seq) || s->stopping) {
+        snprintf(why, whylen, "the primary cannot serve now (%s); retry",
+                 s->stopping ? "shutting down" : "no lease, or still applying");
+        return 503;
+    }
+    return PL_OK;
+}
+
+/* Every other server in the peer table (the members, and learners being
+ * added) must have said it applies op kinds below `kinds`. */
+static int xfer_peers_apply(void *ud, uint32_t kinds, char *why, size_t whylen)
+{
+    pl_server *s = ud;
+    size_t n = s->members.n + (s->job ? s->job->n_learners : 0);
+    for (uint32_t i = 0; i < n && s->peer; i++) {
+        if (i == s->self)
+            continue;
+        const pl_server_conf *sv = i < s->members.n ? &s->members.servers[i]
+                                                    : &s->job->learners[i - s->members.n];
+        if (!pl_peer_connected(s->peer, i)) {
+            snprintf(why, whylen, "server %s:%u is not connected", sv->host, (unsigned)sv->port);
+            return PL_ERR_UNAVAILABLE;
+        }
+        uint32_t k = pl_peer_op_kinds(s->peer, i);
+        if (k < kinds) {
+            snprintf(why, whylen, "server %s:%u runs an older parley (it applies op kinds "
+                     "0-%u, this needs %u)", sv->host, (unsigned)sv->port,
+                     k ? k - 1 : (unsigned)PL_OP_RECONFIG, kinds - 1);
+            return PL_ERR_UNSUPPORTED;
+        }
+    }
+    return PL_OK;
+}
+
+static void data_import_prototype(void *ud, const char *body, size_t len,
+                                  pl_admin_reply_fn reply, void *req)
+{
+    pl_server *s = ud;
+    pl_xfer_import_prototype(&s->xfer, body, len, reply, req);
+}
+
+static void data_import_dump(void *ud, const char *query, const char *body, size_t len,
+                             pl_admin_reply_fn reply, void *req)
+{
+    pl_server *s = ud;
+    pl_xfer_restore(&s->xfer, query, body, len, reply, req);
+}
+
+static int dump_stream_next(void *d, const char **text, size_t *len)
+{
+    return pl_dump_next(d, text, len);
+}
+
+static void dump_stream_free(void *d)
+{
+    pl_dump_free(d);
+}
+
+static int data_export(void *ud, const char *query, pl_admin_stream *out, int *http,
+                       char **json_err)
+{
+    pl_server *s = ud;
+    pl_dump *d = NULL;
+    int rc = pl_xfer_export(&s->xfer, query, &d, http, json_err);
+    if (rc != PL_OK)
+        return rc;
+    *out = (pl_admin_stream){ d, dump_stream_next, dump_stream_free };
+    return PL_OK;
+}
+
 /* ------------------------------------------------------------ held calls */
 
 /* docs/protocol.md, "Failover". A client that lost its primary asks the
@@ -1777,6 +1901,13 @@ static void on_request(void *ud, void *ctx, const pl_request *req)
     }
     if (s->stopping && mutating(m)) {
         reply_err(c, m, req->request_id, PL_ERR_UNAVAILABLE, "server is shutting down; retry");
+        return;
+    }
+    /* The importer's rows live in the client table at these ids (chat.h):
+     * a client using one could overwrite them, or be taken for a retry. */
+    if (pl_client_id_reserved(req->client_id)) {
+        reply_err(c, m, req->request_id, PL_ERR_INVALID, "client ids from 0xffff000000000000 "
+                  "up are reserved for imports; use another");
         return;
     }
     /* Requests held earlier go first, in the order they came. */
@@ -2375,6 +2506,13 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
         pl_admin_cluster cl = { .ud = s, .members = members_doc, .current = admin_current,
                                 .change = admin_change };
         pl_admin_set_cluster(s->admin, &cl, cfg->admin_token);
+        s->xfer = (pl_xfer_host){ .ud = s, .sp = s->sp, .st = s->st, .chat = s->chat,
+                                  .seq = s->seq, .op_time = xfer_op_time,
+                                  .primary = xfer_primary, .peers_apply = xfer_peers_apply,
+                                  .address = s->address, .store_name = s->sp->name };
+        pl_admin_data dd = { .ud = s, .import_prototype = data_import_prototype,
+                             .import_dump = data_import_dump, .export_dump = data_export };
+        pl_admin_set_data(s->admin, &dd);
     }
     pl_log(PL_LOG_INFO, "parleyd %s serving %s (%s), store %s in %s, op %" PRIu64 ", %u hash workers",
            PARLEY_VERSION,

@@ -413,3 +413,147 @@ out:
     free(ses.h);
     return rc;
 }
+
+/* ---- record by record ---- */
+
+int pl_snapshot_iter_init(pl_snapshot_iter *it, const uint8_t *buf, size_t len, uint64_t *op,
+                          uint64_t *next_uid, uint64_t *next_msg_id)
+{
+    uint64_t o, view;
+    int rc = pl_snapshot_peek(buf, len, &o, &view);
+    if (rc != PL_OK)
+        return rc;
+    rbuf r = { buf, len - 32, MAGIC_LEN + 16 };
+    uint64_t nu, nm;
+    if (r_u64(&r, &nu) || r_u64(&r, &nm))
+        return PL_ERR_CORRUPT;
+    it->p = buf;
+    it->len = len - 32;
+    it->pos = r.pos;
+    if (op)
+        *op = o;
+    if (next_uid)
+        *next_uid = nu;
+    if (next_msg_id)
+        *next_msg_id = nm;
+    return PL_OK;
+}
+
+int pl_snapshot_iter_next(pl_snapshot_iter *it, pl_snapshot_rec *rec)
+{
+    rbuf r = { it->p, it->len, it->pos };
+    snap_rec x;
+    memset(&x, 0, sizeof x);
+    int rc = r_record(&r, &x);
+    if (rc != PL_OK)
+        return rc;
+    if (x.tag == 'E' && r.pos != r.len)
+        return PL_ERR_CORRUPT;
+    it->pos = r.pos;
+    rec->tag = x.tag;
+    rec->a = x.a;
+    rec->s = x.s;
+    rec->m = x.m;
+    rec->c = x.c;
+    return PL_OK;
+}
+
+int pl_snapshot_digest(const uint8_t *buf, size_t len, char out[65])
+{
+    uint64_t op, view;
+    out[0] = 0;
+    int rc = pl_snapshot_peek(buf, len, &op, &view);
+    if (rc != PL_OK)
+        return rc;
+    /* The body between the header's op fields and the 'E' trailer is what
+     * pl_snapshot_walk feeds pl_chat_digest. */
+    unsigned char h[32];
+    crypto_generichash(h, sizeof h, buf + MAGIC_LEN + 16, len - 33 - (MAGIC_LEN + 16), NULL, 0);
+    sodium_bin2hex(out, 65, h, sizeof h);
+    return PL_OK;
+}
+
+/* ---- restore batches ---- */
+
+#define RESTORE_VERSION 1u
+
+int pl_restore_batch_encode(const pl_restore_batch *b, uint8_t **out, size_t *len)
+{
+    membuf m = { 0 };
+    wbuf w = { mem_sink, &m, 0 };
+    *out = NULL;
+    *len = 0;
+    if (b->n > PL_RESTORE_BATCH_MAX || (b->n && !b->recs) || b->flags > 0xff)
+        return PL_ERR_INVALID;
+    w_u8(&w, RESTORE_VERSION);
+    w_u8(&w, (uint8_t)b->flags);
+    w_u64(&w, b->next_uid);
+    w_u64(&w, b->next_msg_id);
+    uint8_t cnt[4] = { (uint8_t)b->n, (uint8_t)(b->n >> 8), (uint8_t)(b->n >> 16),
+                       (uint8_t)(b->n >> 24) };
+    w_bytes(&w, cnt, 4);
+    int rc = PL_OK;
+    for (size_t i = 0; i < b->n && rc == PL_OK; i++) {
+        const pl_snapshot_rec *x = &b->recs[i];
+        switch (x->tag) {
+        case 'A': w_account(&w, &x->a); break;
+        case 'S': w_session(&w, &x->s); break;
+        case 'M': w_message(&w, &x->m); break;
+        case 'C': w_client(&w, &x->c); break;
+        default: rc = PL_ERR_INVALID; break;
+        }
+    }
+    if (rc == PL_OK)
+        rc = m.err;
+    if (rc != PL_OK) {
+        free(m.p);
+        return rc;
+    }
+    *out = m.p;
+    *len = m.len;
+    return PL_OK;
+}
+
+/* The smallest record: a session with an empty hash (tag, 2 u64, a length). */
+#define RESTORE_REC_MIN (1u + 16u + 4u)
+
+int pl_restore_batch_decode(const uint8_t *buf, size_t len, pl_restore_batch *b)
+{
+    memset(b, 0, sizeof *b);
+    rbuf r = { buf, buf ? len : 0, 0 };
+    if (r.len < 2 + 16 + 4 || buf[0] != RESTORE_VERSION)
+        return PL_ERR_CORRUPT;
+    b->flags = buf[1];
+    r.pos = 2;
+    if (r_u64(&r, &b->next_uid) || r_u64(&r, &b->next_msg_id))
+        return PL_ERR_CORRUPT;
+    const uint8_t *c = buf + r.pos;
+    uint32_t n = (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 |
+                 (uint32_t)c[3] << 24;
+    r.pos += 4;
+    if (n > PL_RESTORE_BATCH_MAX || (r.len - r.pos) / RESTORE_REC_MIN < n)
+        return PL_ERR_CORRUPT;
+    pl_snapshot_rec *v = n ? calloc(n, sizeof *v) : NULL;
+    if (n && !v)
+        return PL_ERR_NOMEM;
+    for (uint32_t i = 0; i < n; i++) {
+        snap_rec x;
+        memset(&x, 0, sizeof x);
+        if (r_record(&r, &x) != PL_OK || x.tag == 'E') {
+            free(v);
+            return PL_ERR_CORRUPT;
+        }
+        v[i].tag = x.tag;
+        v[i].a = x.a;
+        v[i].s = x.s;
+        v[i].m = x.m;
+        v[i].c = x.c;
+    }
+    if (r.pos != r.len) {
+        free(v);
+        return PL_ERR_CORRUPT;
+    }
+    b->recs = v;
+    b->n = n;
+    return PL_OK;
+}

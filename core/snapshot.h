@@ -45,4 +45,50 @@ int pl_snapshot_peek(const uint8_t *buf, size_t len, uint64_t *op, uint64_t *op_
  * nothing changes. */
 int pl_snapshot_import(const pl_store_plugin *sp, pl_store *st, const uint8_t *buf, size_t len);
 
+/* ---- reading a snapshot record by record (core/dump.c) ---- */
+
+/* One record of a snapshot; the strings point into the snapshot's bytes. */
+typedef struct pl_snapshot_rec {
+    uint8_t tag;              /* 'A', 'S', 'M', 'C', or 'E' at the end */
+    pl_account_rec a;
+    pl_session_rec s;
+    pl_message_rec m;
+    pl_client_rec c;
+} pl_snapshot_rec;
+
+typedef struct pl_snapshot_iter {
+    const uint8_t *p;
+    size_t len, pos;
+} pl_snapshot_iter;
+
+/* Check the snapshot (checksum) and read its header; the iterator then
+ * yields its records in order. */
+int pl_snapshot_iter_init(pl_snapshot_iter *it, const uint8_t *buf, size_t len, uint64_t *op,
+                          uint64_t *next_uid, uint64_t *next_msg_id);
+/* PL_OK and the next record (tag 'E' after the last), or PL_ERR_CORRUPT. */
+int pl_snapshot_iter_next(pl_snapshot_iter *it, pl_snapshot_rec *rec);
+/* The state digest of a snapshot's contents: equal to pl_chat_digest of the
+ * state it was taken from (out: 64 hex digits and a NUL). */
+int pl_snapshot_digest(const uint8_t *buf, size_t len, char out[65]);
+
+/* ---- restore batches (PL_OP_RESTORE's body) ----
+ *   u8 version (1) | u8 flags | u64 next_uid | u64 next_msg_id | u32 count |
+ *   count records in the snapshot's record format ('A', 'S', 'M', 'C')
+ * flags & PL_RESTORE_BEGIN: the first batch of a restore: the state must be
+ * empty, and the counters are set from the batch at once. */
+#define PL_RESTORE_BEGIN 1u
+#define PL_RESTORE_BATCH_MAX 1000u
+
+typedef struct pl_restore_batch {
+    uint32_t flags;
+    uint64_t next_uid, next_msg_id;
+    pl_snapshot_rec *recs;    /* malloc'd by decode (caller frees); strings point into its buf */
+    size_t n;
+} pl_restore_batch;
+
+/* Encode into a malloc'd buffer (caller frees); PL_ERR_INVALID for more
+ * than PL_RESTORE_BATCH_MAX records or a tag other than A S M C. */
+int pl_restore_batch_encode(const pl_restore_batch *b, uint8_t **out, size_t *len);
+int pl_restore_batch_decode(const uint8_t *buf, size_t len, pl_restore_batch *b);
+
 #endif

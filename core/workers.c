@@ -17,8 +17,11 @@
 #include "workers.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -26,11 +29,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "log.h"
 
 #define PL_WORKERS_MAX 64u
 
-enum job_kind { JOB_HASH = 1, JOB_VERIFY = 2 };
+enum job_kind { JOB_HASH = 1, JOB_VERIFY = 2, JOB_REHASH = 3 };
 
 typedef struct job {
     struct job *next;
@@ -76,6 +80,27 @@ static void job_free(job *j)
     free(j);
 }
 
+/* An imported account's hash (chat.h, PL_PBKDF2_PREFIX): the prototype's
+ * PBKDF2-HMAC-SHA256, 100,000 iterations, 16-byte salt, 32-byte hash, of
+ * the password's bytes (Python's str.encode(): UTF-8, as parley's clients
+ * send it). Compared in constant time. */
+static int pbkdf2_verify(const char *stored, const char *pw, size_t pwlen)
+{
+    uint8_t salt[PL_PBKDF2_SALT_BYTES], want[PL_PBKDF2_HASH_BYTES], got[PL_PBKDF2_HASH_BYTES];
+    int rc = PL_ERR_AUTH;
+    if (pl_chat_pbkdf2_parse(pl_str_c(stored), salt, want) != PL_OK)
+        return PL_ERR_AUTH;
+    if (pwlen > INT_MAX ||
+        PKCS5_PBKDF2_HMAC(pw, (int)pwlen, salt, sizeof salt, PL_PBKDF2_ITERATIONS, EVP_sha256(),
+                          sizeof got, got) != 1)
+        rc = PL_ERR_NOMEM;
+    else if (CRYPTO_memcmp(got, want, sizeof got) == 0)
+        rc = PL_OK;
+    sodium_memzero(got, sizeof got);
+    sodium_memzero(want, sizeof want);
+    return rc;
+}
+
 static void job_run(pl_workers *w, job *j)
 {
     if (j->kind == JOB_HASH) {
@@ -83,9 +108,19 @@ static void job_run(pl_workers *w, job *j)
             j->err = PL_ERR_NOMEM; /* libsodium fails only when it cannot allocate memlimit */
         else
             j->err = PL_OK;
+    } else if (pl_chat_pwhash_is_pbkdf2(pl_str_c(j->hash))) {
+        j->err = pbkdf2_verify(j->hash, j->password, j->pwlen);
+        /* A rehash replaces the imported hash by an Argon2id one of the same
+         * password, in the same job, so the password is handled once. */
+        sodium_memzero(j->hash, sizeof j->hash);
+        if (j->err == PL_OK && j->kind == JOB_REHASH &&
+            crypto_pwhash_str(j->hash, j->password, j->pwlen, w->opslimit, w->memlimit) != 0)
+            j->err = PL_ERR_NOMEM;
     } else {
         j->err = crypto_pwhash_str_verify(j->hash, j->password, j->pwlen) == 0
                      ? PL_OK : PL_ERR_AUTH;
+        /* An Argon2id hash needs no rehash: the callback gets none. */
+        sodium_memzero(j->hash, sizeof j->hash);
     }
     /* The password is no longer needed: wipe it before the job travels back. */
     sodium_memzero(j->password, j->pwlen);
@@ -142,6 +177,8 @@ static void deliver(pl_workers *w)
         w->pending--;
         if (j->kind == JOB_HASH)
             j->hash_cb(j->ud, j->err, j->err == PL_OK ? j->hash : NULL);
+        else if (j->kind == JOB_REHASH)
+            j->hash_cb(j->ud, j->err, j->err == PL_OK && j->hash[0] ? j->hash : NULL);
         else
             j->verify_cb(j->ud, j->err);
         job_free(j);
@@ -297,6 +334,25 @@ int pl_workers_verify(pl_workers *w, pl_str hash, pl_str password,
     j->ud = ud;
     /* A stored hash that does not fit (or holds a NUL) cannot be a valid
      * Argon2id string: leave the buffer empty so verification fails. */
+    if (hash.len < sizeof j->hash && !memchr(hash.ptr, '\0', hash.len))
+        memcpy(j->hash, hash.ptr, hash.len);
+    int rc = submit(w, j);
+    if (rc != PL_OK)
+        job_free(j);
+    return rc;
+}
+
+int pl_workers_verify_rehash(pl_workers *w, pl_str hash, pl_str password,
+                             pl_hash_done_fn cb, void *ud)
+{
+    if (w->stopped)
+        return PL_ERR_UNAVAILABLE;
+    job *j = job_new(password);
+    if (!j)
+        return PL_ERR_NOMEM;
+    j->kind = JOB_REHASH;
+    j->hash_cb = cb;
+    j->ud = ud;
     if (hash.len < sizeof j->hash && !memchr(hash.ptr, '\0', hash.len))
         memcpy(j->hash, hash.ptr, hash.len);
     int rc = submit(w, j);

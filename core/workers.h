@@ -1,6 +1,7 @@
 /*
  * core/workers.h — a small fixed pool of threads for slow work that must not
- * run on the event loop: Argon2id password hashing and verification.
+ * run on the event loop: Argon2id password hashing and verification, and
+ * the check of an imported PBKDF2 hash (issue 21).
  *
  * Jobs are submitted from the event-loop thread; their completion callback
  * runs back on the event-loop thread, so callers never lock anything. The
@@ -39,6 +40,16 @@ int pl_workers_hash(pl_workers *w, pl_str password, pl_hash_done_fn cb, void *ud
 /* Verify password against an Argon2id string (both copied). */
 int pl_workers_verify(pl_workers *w, pl_str hash, pl_str password,
                       pl_verify_done_fn cb, void *ud);
+
+/* Verify password against a stored hash: an Argon2id string, or an
+ * imported PBKDF2 one (chat.h, PL_PBKDF2_PREFIX: PKCS5_PBKDF2_HMAC of
+ * OpenSSL, compared in constant time). When it matches a PBKDF2 hash, the
+ * same job hashes the password with Argon2id and cb gets that string, to
+ * replace the imported hash (PL_OP_LOGIN_REHASH); an Argon2id match gets
+ * PL_OK and NULL. PL_ERR_AUTH when it does not match. pl_workers_verify
+ * takes either kind too, without the rehash. */
+int pl_workers_verify_rehash(pl_workers *w, pl_str hash, pl_str password,
+                             pl_hash_done_fn cb, void *ud);
 
 /* Change queue_max (>= 1) for later submits; jobs already queued stay. */
 void pl_workers_set_queue_max(pl_workers *w, uint32_t queue_max);

@@ -26,7 +26,9 @@ const BACKOFF_MS = [100, 250, 500, 1000, 2000];
 
 function randomCid() {
   const a = new BigUint64Array(1);
-  do { crypto.getRandomValues(a); } while (a[0] === 0n);
+  // Never 0 (no exactly-once) nor with the top 16 bits set (reserved for
+  // imports: servers refuse those ids).
+  do { crypto.getRandomValues(a); } while (a[0] === 0n || (a[0] >> 48n) === 0xffffn);
   return a[0].toString();    // above 2^53: a decimal string on the wire
 }
 

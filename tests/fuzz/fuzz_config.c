@@ -2,8 +2,9 @@
  * tests/fuzz/fuzz_config.c — the configuration loader (pl_config_parse):
  * parleyd and every client read a file an operator wrote by hand.
  *
- * Beyond "no crash, no leak": a refusal must come with the promised error,
- * one non-empty line "NAME: KEY: REASON" starting with the file name; an
+ * Beyond "no crash, no leak": a refusal must come with the promised errors,
+ * one non-empty line "NAME: KEY: REASON" per error, each starting with the
+ * file name and none empty (issue 21: every error, not only the first); an
  * accepted config must be usable: at least one server with a host, ports in
  * range, plugin names set.
  */
@@ -23,7 +24,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(n < sizeof err, "error message not terminated");
         FUZZ_CHECK(strncmp(err, "fuzz.json: ", 11) == 0, "error does not name the file: %s", err);
         FUZZ_CHECK(n > 11, "empty error reason");
-        FUZZ_CHECK(!strchr(err, '\n'), "error is not one line: %s", err);
+        for (const char *l = err; *l;) {
+            size_t len = strcspn(l, "\n");
+            FUZZ_CHECK(len > 11 && strncmp(l, "fuzz.json: ", 11) == 0,
+                       "an error line does not name the file, or is empty: %.*s", (int)len, l);
+            l += len;
+            if (*l == '\n') {
+                l++;
+                FUZZ_CHECK(*l, "an empty line after the last error: %s", err);
+            }
+        }
         return 0;
     }
     FUZZ_CHECK(c->n_servers >= 1 && c->servers, "accepted a config with no server");

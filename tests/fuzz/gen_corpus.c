@@ -453,9 +453,37 @@ static void gen_op(void)
         [PL_OP_ACK] = { .kind = PL_OP_ACK, .uid = 2, .ids = some_ids, .n_ids = 3 },
         [PL_OP_DELETE] = { .kind = PL_OP_DELETE, .uid = 2, .ids = some_ids, .n_ids = 2 },
         [PL_OP_DELETE_ACCOUNT] = { .kind = PL_OP_DELETE_ACCOUNT, .uid = 2 },
+        [PL_OP_RECONFIG] = { .kind = PL_OP_RECONFIG, .time_ms = 1700000000007ull,
+                             .body = S("{\"epoch\":1,\"op\":0,\"servers\":[{\"host\":"
+                                       "\"127.0.0.1\",\"port\":8100,\"peer_port\":9100}]}") },
+        [PL_OP_LOGIN_REHASH] = { .kind = PL_OP_LOGIN_REHASH, .uid = 1, .time_ms = 1700000000004ull,
+                                 .name = S("alice"), .token_hash = th,
+                                 .pwhash = S("$argon2id$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$aGFzaA") },
     };
     static const char *const names[PL_OP__COUNT] = { "noop", "register", "login", "logout", "send",
-                                                     "read", "ack", "delete", "delete-account" };
+                                                     "read", "ack", "delete", "delete-account",
+                                                     "reconfig", "import", "restore",
+                                                     "login-rehash" };
+    /* Import and restore ops carry a batch of their own in the body. */
+    pl_import_rec irecs[] = {
+        { .kind = 'U', .name = S("alice"),
+          .pwhash = S("$pbkdf2-sha256$i=100000$AAECAwQFBgcICQoLDA0ODw==$"
+                      "trmn14eaJqetmcWSJJwUWVLKUOyf765hiEQzeYnvalM=") },
+        { .kind = 'M', .to = S("alice"), .from = S("ghost"), .seq = 1, .read = 1, .body = S("hi") },
+    };
+    uint8_t *ib = NULL, *rb = NULL;
+    size_t il = 0, rl = 0;
+    pl_snapshot_rec rrecs[2] = { { .tag = 'A', .a = { 1, S("alice"), S("$argon2id$x"), 5 } },
+                                 { .tag = 'M', .m = { 1, 1, 1, S("alice"), S("alice"), S("note"),
+                                                      6, PL_MSGF_READ } } };
+    pl_restore_batch rb_ = { PL_RESTORE_BEGIN, 2, 2, rrecs, 2 };
+    if (pl_import_batch_encode(irecs, 2, &ib, &il) != PL_OK ||
+        pl_restore_batch_encode(&rb_, &rb, &rl) != PL_OK)
+        die("op", "batches");
+    ops[PL_OP_IMPORT] = (pl_op){ .kind = PL_OP_IMPORT, .time_ms = 1700000000005ull,
+                                 .body = { (const char *)ib, (uint32_t)il } };
+    ops[PL_OP_RESTORE] = (pl_op){ .kind = PL_OP_RESTORE, .time_ms = 1700000000006ull,
+                                  .body = { (const char *)rb, (uint32_t)rl } };
     for (uint32_t k = 0; k < PL_OP__COUNT; k++) {
         uint8_t *buf;
         size_t len;
@@ -466,6 +494,8 @@ static void gen_op(void)
         put("op", name, buf, len);
         free(buf);
     }
+    free(ib);
+    free(rb);
     pl_response replies[] = {
         { .method = PL_M_SEND, .id = 103, .time_ms = 1700000001000ull },
         { .method = PL_M_READ, .msgs = some_msgs, .n_msgs = 2, .more = 1 },
@@ -726,6 +756,29 @@ static void gen_members(void)
     put_text("members", "addr-ipv6", "[::1]:8100:9100");
 }
 
+/* ---- dump lines (core/dump.c) ---- */
+
+static void gen_dump(void)
+{
+    put_text("dump", "header", "{\"parley_dump\":1,\"op\":4,\"next_uid\":3,\"next_msg_id\":2,"
+             "\"digest\":\"4c267b4cf14b6eed91e1840db21cbabe4fa009e22a274129ac77c13b156fa634\","
+             "\"sessions\":true,\"created_ms\":1796531481710,\"server\":\"127.0.0.1:8100\","
+             "\"store\":\"sqlite\",\"parley\":\"0.1.0\"}");
+    put_text("dump", "account", "{\"account\":{\"uid\":1,\"name\":\"alice\",\"pwhash\":"
+             "\"$argon2id$v=19$m=8,t=1,p=1$GXRSrq3$jC5NHmRV4\",\"created_ms\":1796531481679}}");
+    put_text("dump", "account-b64", "{\"account\":{\"uid\":2,\"name\":\"bob\",\"pwhash_b64\":"
+             "\"AAEC\",\"created_ms\":1}}");
+    put_text("dump", "session", "{\"session\":{\"token_hash\":\"b083376690acf89a87af07c7b55b0607"
+             "6331568481eadc87c08114b1b1419de5\",\"uid\":1,\"created_ms\":1796531481696}}");
+    put_text("dump", "message", "{\"message\":{\"id\":1,\"from_uid\":1,\"to_uid\":2,\"from\":"
+             "\"alice\",\"to\":\"bob\",\"body\":\"hi \\u00e9\",\"time_ms\":1796531481706,"
+             "\"read\":false,\"deleted_by_sender\":false,\"deleted_by_recipient\":true}}");
+    put_text("dump", "client", "{\"client\":{\"client_id\":\"9832796757325890629\","
+             "\"request_no\":1,\"op\":4,\"reply\":\"AQUAAAAAAAAA\"}}");
+    put_text("dump", "end", "{\"end\":{\"accounts\":2,\"sessions\":1,\"messages\":1,"
+             "\"clients\":3}}");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3 || (argc - 3) % 3 != 0) {
@@ -744,5 +797,6 @@ int main(int argc, char **argv)
     gen_store(argv[2]);
     gen_glob();
     gen_members();
+    gen_dump();
     return failures ? 1 : 0;
 }

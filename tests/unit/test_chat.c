@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "chat.h"
+#include "dump.h"
 #include "loader.h"
 #include "snapshot.h"
 
@@ -1161,6 +1162,335 @@ START_TEST(digest_equal_and_different)
 }
 END_TEST
 
+/* ---- issue 21: importing the prototype's state, restoring a dump ---- */
+
+#define PROTO_HASH "$pbkdf2-sha256$i=100000$AAECAwQFBgcICQoLDA0ODw==$" \
+                   "trmn14eaJqetmcWSJJwUWVLKUOyf765hiEQzeYnvalM="
+
+static pl_import_rec urec(const char *name, const char *hash)
+{
+    pl_import_rec r = { .kind = 'U', .name = pl_str_c(name), .pwhash = pl_str_c(hash) };
+    return r;
+}
+
+static pl_import_rec mrec(const char *to, const char *from, uint64_t seq, int read,
+                          const char *body)
+{
+    pl_import_rec r = { .kind = 'M', .to = pl_str_c(to), .from = pl_str_c(from), .seq = seq,
+                        .read = (uint8_t)read, .body = pl_str_c(body) };
+    return r;
+}
+
+/* Apply one import op of these records; the outcomes as a string of digits. */
+static const char *import_recs(const pl_import_rec *recs, size_t n)
+{
+    static char out[PL_IMPORT_BATCH_MAX + 1];
+    uint8_t *body;
+    size_t len;
+    ck_assert_int_eq(pl_import_batch_encode(recs, n, &body, &len), PL_OK);
+    pl_op op = { .kind = PL_OP_IMPORT, .time_ms = 7000, .body = { (const char *)body,
+                                                                  (uint32_t)len } };
+    uint32_t st = apply(op);
+    free(body);
+    ck_assert_msg(st == PL_OK, "import op: %s", err_text());
+    ck_assert_uint_eq(R.n_outcomes, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)('0' + R.outcomes[i]);
+    out[n] = '\0';
+    return out;
+}
+
+static pl_message_rec get_msg(uint64_t id)
+{
+    pl_message_rec m;
+    ck_assert_int_eq(F.sp->message_get(F.st, id, &m), PL_OK);
+    return m;
+}
+
+START_TEST(import_accounts_and_messages)
+{
+    uint64_t carol = reg("carol");   /* a parley user before the import */
+    pl_import_rec users[] = {
+        urec("alice", PROTO_HASH), urec("bad name!", PROTO_HASH), urec("bob", PROTO_HASH),
+        urec("carol", PROTO_HASH), urec("dave", "$pbkdf2-sha256$i=100000$short$x=="),
+    };
+    /* 1 created, 7 invalid, 4 taken */
+    ck_assert_str_eq(import_recs(users, 5), "17147");
+    uint64_t alice = uid_of("alice"), bob = uid_of("bob");
+    pl_str h;
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("alice"), NULL, &h), PL_OK);
+    ck_assert_msg(pl_chat_pwhash_is_pbkdf2(h), "the imported hash is kept as it is");
+    uint8_t salt[16], hash[32];
+    ck_assert_int_eq(pl_chat_pbkdf2_parse(h, salt, hash), PL_OK);
+    ck_assert_msg(salt[0] == 0 && salt[15] == 15, "salt decoded");
+
+    pl_import_rec msgs[] = {
+        mrec("alice", "bob", 1, 0, "hi alice"),
+        mrec("alice", "ghost", 2, 1, "from a deleted account"),
+        mrec("alice", "bad\x01sender", 3, 0, "x"),
+        mrec("carol", "bob", 1, 0, "to a parley user"),
+        mrec("nobody", "bob", 1, 0, "to nobody"),
+        mrec("bob", "alice", 1, 1, "read already"),
+        mrec("bob", "alice", 0, 1, "seq 0"),
+        mrec("bob", "alice", 2, 0, ""),
+    };
+    /* 2 imported, 7 invalid, 5 no recipient */
+    ck_assert_str_eq(import_recs(msgs, 8), "22755277");
+    counts(alice, 1, 1);
+    counts(bob, 0, 1);
+    counts(carol, 0, 0);
+
+    /* Oldest first, read state kept; a sender that is an imported account is
+     * linked to it, a departed one kept by name and hidden from its side. */
+    pl_request unread = { .method = PL_M_SUBSCRIBE };
+    ck_assert_uint_eq(query(alice, unread), PL_OK);
+    ck_assert_uint_eq(Q.n_msgs, 1);
+    pl_message_rec m1 = get_msg(Q.msgs[0].id);
+    ck_assert_msg(m1.from_uid == bob && m1.to_uid == alice && m1.flags == 0,
+                  "bob's message: linked, unread (flags %u)", m1.flags);
+    ck_assert_msg(pl_str_eq(m1.body, pl_str_c("hi alice")), "body kept");
+    pl_message_rec m2 = get_msg(Q.msgs[0].id + 1);
+    ck_assert_msg(m2.from_uid == 0 && pl_str_eq(m2.from_name, pl_str_c("ghost")) &&
+                  m2.flags == (PL_MSGF_READ | PL_MSGF_DEL_SENDER),
+                  "ghost's message: by name, read, deleted by its sender (flags %u)", m2.flags);
+    pl_request convo = { .method = PL_M_CONVERSATION, .peer = pl_str_c("alice") };
+    ck_assert_uint_eq(query(bob, convo), PL_OK);
+    ck_assert_msg(Q.n_msgs == 2, "bob sees both directions with alice: %u", Q.n_msgs);
+
+    /* The same batches again: nothing new (imported once). */
+    char d1[65], d2[65];
+    digest(&F, d1);
+    ck_assert_str_eq(import_recs(users, 5), "37347");
+    ck_assert_str_eq(import_recs(msgs, 8), "33755377");
+    digest(&F, d2);
+    ck_assert_msg(strcmp(d1, d2) == 0, "importing again changed the state");
+
+    /* A later place of a mailbox comes in; an earlier one stays done. */
+    pl_import_rec more[] = { mrec("bob", "alice", 3, 0, "third"), mrec("bob", "x", 2, 0, "2") };
+    ck_assert_str_eq(import_recs(more, 2), "23");
+    counts(bob, 1, 1);
+
+    /* A deleted account is not brought back by importing again. */
+    ck_assert_uint_eq(delete_account(alice), PL_OK);
+    ck_assert_str_eq(import_recs(users, 1), "3");
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("alice"), NULL, NULL), PL_ERR_NOT_FOUND);
+    pl_import_rec late[] = { mrec("alice", "bob", 9, 0, "late") };
+    ck_assert_str_eq(import_recs(late, 1), "6");
+
+    /* A malformed batch is refused as a whole. */
+    pl_op bad = { .kind = PL_OP_IMPORT, .time_ms = 1, .body = pl_str_c("\x01garbage") };
+    ck_assert_uint_eq(apply(bad), PL_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(login_rehash)
+{
+    pl_import_rec u[] = { urec("alice", PROTO_HASH) };
+    ck_assert_str_eq(import_recs(u, 1), "1");
+    uint64_t alice = uid_of("alice");
+    pl_str h;
+
+    /* Wrong name: refused, the hash stays. */
+    pl_op op = { .kind = PL_OP_LOGIN_REHASH, .time_ms = 2000, .uid = alice,
+                 .name = pl_str_c("bob"), .token_hash = hash_of("t1"),
+                 .pwhash = pl_str_c(FAKE_HASH) };
+    ck_assert_uint_eq(apply(op), PL_ERR_AUTH);
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("alice"), NULL, &h), PL_OK);
+    ck_assert_msg(pl_chat_pwhash_is_pbkdf2(h), "a refused login changes nothing");
+
+    /* The first login replaces the imported hash in its own op. */
+    op.name = pl_str_c("alice");
+    ck_assert_uint_eq(apply(op), PL_OK);
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("alice"), NULL, &h), PL_OK);
+    ck_assert_msg(pl_str_eq(h, pl_str_c(FAKE_HASH)), "the Argon2id hash replaced it");
+    uint64_t su;
+    ck_assert_int_eq(pl_chat_session(F.chat, pl_str_c("t1"), &su, NULL, NULL), PL_OK);
+    ck_assert_uint_eq(su, alice);
+
+    /* A second one (two first logins raced) logs in but keeps the first hash. */
+    op.token_hash = hash_of("t2");
+    op.pwhash = pl_str_c("$argon2id$other");
+    ck_assert_uint_eq(apply(op), PL_OK);
+    ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c("alice"), NULL, &h), PL_OK);
+    ck_assert_msg(pl_str_eq(h, pl_str_c(FAKE_HASH)), "only an imported hash is replaced");
+
+    /* An imported hash can never be what replaces one. */
+    op.pwhash = pl_str_c(PROTO_HASH);
+    ck_assert_uint_eq(apply(op), PL_ERR_INVALID);
+}
+END_TEST
+
+/* The snapshot of f as dump lines, parsed back: *lines (caller clears each
+ * and frees), *n of them. */
+static pl_dump_line *dump_lines(fx *f, int sessions, size_t *n)
+{
+    uint8_t *snap;
+    size_t len;
+    uint64_t op;
+    ck_assert_int_eq(pl_snapshot_export(f->sp, f->st, 0, &snap, &len, &op), PL_OK);
+    pl_dump_meta meta = { 1, "127.0.0.1:1", f->sp->name, "test", sessions };
+    pl_dump *d;
+    ck_assert_int_eq(pl_dump_new(snap, len, &meta, &d), PL_OK);
+    char *all = NULL;
+    size_t total = 0;
+    for (;;) {
+        const char *t;
+        size_t tl;
+        ck_assert_int_eq(pl_dump_next(d, &t, &tl), PL_OK);
+        if (!tl)
+            break;
+        all = realloc(all, total + tl + 1);
+        memcpy(all + total, t, tl);
+        total += tl;
+    }
+    pl_dump_free(d);
+    size_t cap = 16, k = 0;
+    pl_dump_line *v = calloc(cap, sizeof *v);
+    char err[300];
+    for (size_t pos = 0; pos < total;) {
+        char *nl = memchr(all + pos, '\n', total - pos);
+        ck_assert_msg(nl != NULL, "every line ends with a newline");
+        if (k == cap)
+            v = realloc(v, (cap *= 2) * sizeof *v);
+        int rc = pl_dump_parse_line(all + pos, (size_t)(nl - all - pos), &v[k], err, sizeof err);
+        ck_assert_msg(rc == PL_OK, "line %zu: %s: %.*s", k + 1, err, (int)(nl - all - pos),
+                      all + pos);
+        k++;
+        pos = (size_t)(nl - all) + 1;
+    }
+    free(all);
+    *n = k;
+    return v;
+}
+
+/* Restore lines [1, n-1) into f in batches of `per` records. Returns the
+ * status of the first refused op, or PL_OK. */
+static uint32_t restore_into(fx *f, pl_dump_line *l, size_t n, size_t per, int begin)
+{
+    fx saved = F;
+    F = *f;
+    uint32_t st = PL_OK;
+    pl_snapshot_rec *recs = calloc(per, sizeof *recs);
+    for (size_t i = 1; i + 1 < n && st == PL_OK;) {
+        size_t k = 0;
+        while (k < per && i + 1 < n)
+            recs[k++] = l[i++].rec;
+        pl_restore_batch b = { begin ? PL_RESTORE_BEGIN : 0, l[0].next_uid, l[0].next_msg_id,
+                               recs, k };
+        begin = 0;
+        uint8_t *body;
+        size_t len;
+        ck_assert_int_eq(pl_restore_batch_encode(&b, &body, &len), PL_OK);
+        pl_op op = { .kind = PL_OP_RESTORE, .time_ms = 8000,
+                     .body = { (const char *)body, (uint32_t)len } };
+        st = apply(op);
+        free(body);
+    }
+    free(recs);
+    *f = F;
+    F = saved;
+    return st;
+}
+
+START_TEST(dump_and_restore)
+{
+    fx cur = F;            /* run_script(&F) would restore F's op counter after */
+    run_script(&cur, 0);
+    F = cur;
+    pl_import_rec u[] = { urec("zed", PROTO_HASH) };   /* an importer's client row too */
+    import_recs(u, 1);
+    char want[65], got[65];
+    digest(&F, want);
+    size_t n;
+    pl_dump_line *l = dump_lines(&F, 1, &n);
+    ck_assert_int_eq(l[0].kind, PL_DUMP_HEADER);
+    ck_assert_str_eq(l[0].digest, want);
+    ck_assert_int_eq(l[n - 1].kind, PL_DUMP_END);
+    ck_assert_msg(l[n - 1].accounts == 3 && l[n - 1].sessions_n == 1 && l[n - 1].messages == 3,
+                  "counts %" PRIu64 " %" PRIu64 " %" PRIu64, l[n - 1].accounts,
+                  l[n - 1].sessions_n, l[n - 1].messages);
+
+    fx f2;
+    fx_open(&f2);
+    ck_assert_uint_eq(restore_into(&f2, l, n, 3, 1), PL_OK);
+    digest(&f2, got);
+    ck_assert_msg(strcmp(want, got) == 0, "restored digest %s, dumped %s", got, want);
+
+    /* Again, resumed (not the first batch): every record is there already. */
+    ck_assert_uint_eq(restore_into(&f2, l, n, 4, 0), PL_OK);
+    digest(&f2, got);
+    ck_assert_msg(strcmp(want, got) == 0, "a resumed restore changed the state");
+    /* As a new restore: refused, the cluster is not empty. */
+    ck_assert_uint_eq(restore_into(&f2, l, n, 100, 1), PL_ERR_USER_EXISTS);
+
+    /* A record that differs from what is stored: refused, nothing of the batch. */
+    fx f3;
+    fx_open(&f3);
+    ck_assert_uint_eq(restore_into(&f3, l, n, 100, 1), PL_OK);
+    for (size_t i = 1; i + 1 < n; i++)
+        if (l[i].rec.tag == 'M') {
+            l[i].rec.m.body = pl_str_c("tampered");
+            break;
+        }
+    ck_assert_uint_eq(restore_into(&f3, l, n, 100, 0), PL_ERR_USER_EXISTS);
+    digest(&f3, got);
+    ck_assert_msg(strcmp(want, got) == 0, "a refused batch changed the state");
+    fx_close(&f3);
+    fx_close(&f2);
+    for (size_t i = 0; i < n; i++)
+        pl_dump_line_clear(&l[i]);
+    free(l);
+
+    /* Without sessions the lines leave them out; restored, everyone must log in again. */
+    l = dump_lines(&F, 0, &n);
+    ck_assert_msg(l[n - 1].sessions_n == 0, "no session lines");
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(l[i].kind != PL_DUMP_RECORD || l[i].rec.tag != 'S', "a session line");
+        pl_dump_line_clear(&l[i]);
+    }
+    free(l);
+}
+END_TEST
+
+/* The reader refuses what the format does not allow, naming the key. */
+START_TEST(dump_reader_refuses)
+{
+    static const struct { const char *line, *why; } bad[] = {
+        { "{\"parley_dump\":2,\"op\":1}", "header.parley_dump: format version 2" },
+        { "{\"account\":{\"uid\":1,\"name\":\"a\",\"pwhash\":\"h\"}}", "account.created_ms: missing" },
+        { "{\"account\":{\"uid\":-1,\"name\":\"a\",\"pwhash\":\"h\",\"created_ms\":1}}",
+          "account.uid: must be an integer" },
+        { "{\"account\":{\"uid\":1,\"name\":\"a\",\"pwhash\":\"h\",\"created_ms\":1,\"x\":1}}",
+          "account.x: unknown key" },
+        { "{\"session\":{\"token_hash\":\"abc\",\"uid\":1,\"created_ms\":1}}",
+          "session.token_hash: must be 64 hex digits" },
+        { "{\"message\":{\"id\":1}}", "message.from_uid: missing" },
+        { "{\"client\":{\"client_id\":\"99999999999999999999\",\"request_no\":1,\"op\":1,"
+          "\"reply\":\"\"}}", "client.client_id: must be a decimal integer below 2^64" },
+        { "{\"account\":{},\"session\":{}}", "a record line holds one object" },
+        { "{\"thing\":{}}", "line.thing: unknown record kind" },
+        { "{\"message\":{\"id\":1,\"body\":\"a\\u0000b\"}}", "NUL" },
+        { "not json", "not valid JSON" },
+        { "{\"end\":{\"accounts\":1}} x", "text after the JSON object" },
+    };
+    char err[300];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        pl_dump_line l;
+        int rc = pl_dump_parse_line(bad[i].line, strlen(bad[i].line), &l, err, sizeof err);
+        ck_assert_msg(rc == PL_ERR_INVALID && strstr(err, bad[i].why),
+                      "line %zu: rc %d, err \"%s\", want \"%s\"", i, rc, err, bad[i].why);
+        pl_dump_line_clear(&l);
+    }
+    pl_dump_line l;
+    const char *big = "{\"client\":{\"client_id\":\"18446744073709551615\",\"request_no\":3,"
+                      "\"op\":9007199254740991,\"reply\":\"AQI=\"}}";
+    ck_assert_int_eq(pl_dump_parse_line(big, strlen(big), &l, err, sizeof err), PL_OK);
+    ck_assert_msg(l.rec.c.client_id == UINT64_MAX && l.rec.c.op == 9007199254740991ull &&
+                  l.rec.c.reply.len == 2, "numbers and base64 read back");
+    pl_dump_line_clear(&l);
+}
+END_TEST
+
 /* ---- the lookup cache (core/chat.c) must never answer what the store
  * would not: not after a batch that rolled back, not after a snapshot
  * replaced the state. */
@@ -1319,6 +1649,10 @@ int main(int argc, char **argv)
     tcase_add_test(tc, digest_equal_and_different);
     tcase_add_test(tc, cache_follows_rolled_back_batch);
     tcase_add_test(tc, cache_forgets_replaced_state);
+    tcase_add_test(tc, import_accounts_and_messages);
+    tcase_add_test(tc, login_rehash);
+    tcase_add_test(tc, dump_and_restore);
+    tcase_add_test(tc, dump_reader_refuses);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

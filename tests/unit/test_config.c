@@ -388,6 +388,126 @@ START_TEST(tls_every_transport)
 }
 END_TEST
 
+/* The lines of err, split in place; returns how many. */
+static int split_lines(char *text, char *lines[], int max)
+{
+    int n = 0;
+    for (char *l = text; *l && n < max;) {
+        lines[n++] = l;
+        char *nl = strchr(l, '\n');
+        if (!nl)
+            break;
+        *nl = '\0';
+        l = nl + 1;
+    }
+    return n;
+}
+
+/* Issue 21: a file with several mistakes gets every one of them, one
+ * "FILE: KEY: REASON" line each, in the order of the checks. */
+START_TEST(every_error)
+{
+    static char big[8192];
+    const char *text =
+        "{\"servers\": [{\"host\": \"h\", \"port\": 70000}],"
+        " \"log_level\": \"loud\","
+        " \"stroe\": \"json\"}";
+    pl_config *c = pl_config_parse("parley.json", text, strlen(text), big, sizeof big);
+    ck_assert_msg(c == NULL, "a file with three mistakes must be refused");
+    char *lines[8];
+    int n = split_lines(big, lines, 8);
+    ck_assert_msg(n == 3, "three mistakes give three lines, got %d: \"%s\"", n, big);
+    ck_assert_msg(strcmp(lines[0], "parley.json: stroe: unknown key") == 0, "line 1: %s", lines[0]);
+    ck_assert_msg(strcmp(lines[1], "parley.json: servers[0].port: must be an integer 1-65535") == 0,
+                  "line 2: %s", lines[1]);
+    ck_assert_msg(strncmp(lines[2], "parley.json: log_level: must be one of", 38) == 0,
+                  "line 3: %s", lines[2]);
+}
+END_TEST
+
+/* Parsing goes on inside every object too: each server entry, each limit,
+ * the tls object, each extra transport. */
+START_TEST(every_error_nested)
+{
+    static char big[8192];
+    const char *text =
+        "{\"servers\": [{\"host\": \"\", \"port\": 1}, {\"host\": \"h\"},"
+        "              {\"host\": \"h\", \"port\": 3, \"prot\": 4}],"
+        " \"limits\": {\"held_total\": 0, \"conns_per_address\": -1},"
+        " \"tls\": {\"cert\": \"/c.pem\", \"peer\": 1},"
+        " \"transports\": [{\"name\": \"ws\"}, 7],"
+        " \"heartbeat_ms\": 5000}";
+    pl_config *c = pl_config_parse("parley.json", text, strlen(text), big, sizeof big);
+    ck_assert_ptr_null(c);
+    static const char *const want[] = {
+        "parley.json: servers[0].host: must be a non-empty string",
+        "parley.json: servers[1].port: missing",
+        "parley.json: servers[2].prot: unknown key",
+        "parley.json: heartbeat_ms: 5000 must be less than election_timeout_ms (1000)",
+        "parley.json: limits.conns_per_address: must be an integer",
+        "parley.json: limits.held_total: must be an integer",
+        "parley.json: tls.peer: must be true or false",
+        "parley.json: tls.key: missing",
+        "parley.json: transports[0].port_offset: missing",
+        "parley.json: transports[1]: must be an object",
+    };
+    char *lines[16];
+    int n = split_lines(big, lines, 16);
+    ck_assert_msg(n == (int)(sizeof want / sizeof want[0]), "want %zu lines, got %d: %s",
+                  sizeof want / sizeof want[0], n, big);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(strncmp(lines[i], want[i], strlen(want[i])) == 0,
+                      "line %d: want \"%s...\", got \"%s\"", i + 1, want[i], lines[i]);
+}
+END_TEST
+
+/* Lines that do not fit are counted, never cut in the middle. */
+START_TEST(every_error_overflow)
+{
+    char small[120];
+    const char *text = "{\"servers\": [{\"host\": \"h\", \"port\": 1}],"
+                       " \"a1\": 1, \"a2\": 2, \"a3\": 3, \"a4\": 4, \"a5\": 5}";
+    pl_config *c = pl_config_parse("parley.json", text, strlen(text), small, sizeof small);
+    ck_assert_ptr_null(c);
+    char *lines[8];
+    int n = split_lines(small, lines, 8);
+    ck_assert_msg(n >= 2, "at least one error and the note: %s", small);
+    for (int i = 0; i < n - 1; i++)
+        ck_assert_msg(strstr(lines[i], ": unknown key") != NULL, "whole line %d: %s", i, lines[i]);
+    char want[64];
+    snprintf(want, sizeof want, "parley.json: (more): %d more errors not shown", 5 - (n - 1));
+    ck_assert_msg(strcmp(lines[n - 1], want) == 0, "last line \"%s\", want \"%s\"",
+                  lines[n - 1], want);
+}
+END_TEST
+
+/* --check-config's entry point: the configuration comes back with the
+ * errors counted, so the plugins it names can still be checked. */
+START_TEST(check_keeps_config)
+{
+    char path[] = "/tmp/parley-test-check-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    const char *text = "{\"servers\": [{\"host\": \"h\", \"port\": 1}], \"store\": \"json\","
+                       " \"max_frame\": 1, \"hash_workers\": 0}";
+    ck_assert_int_eq(write(fd, text, strlen(text)), (int)strlen(text));
+    close(fd);
+    static char big[4096];
+    unsigned nerr = 99;
+    pl_config *c = pl_config_check(path, big, sizeof big, &nerr);
+    ck_assert_msg(c != NULL, "a readable JSON file comes back: %s", big);
+    ck_assert_msg(nerr == 2, "two errors counted, got %u: %s", nerr, big);
+    ck_assert_str_eq(c->store.name, "json");
+    ck_assert_msg(strchr(big, '\n') != NULL, "two lines: %s", big);
+    pl_config_free(c);
+    ck_assert_ptr_null(pl_config_load(path, big, sizeof big));
+    unlink(path);
+    nerr = 0;
+    ck_assert_ptr_null(pl_config_check("/nonexistent/p.json", big, sizeof big, &nerr));
+    ck_assert_msg(nerr == 1 && strstr(big, "No such file"), "unreadable: %u %s", nerr, big);
+}
+END_TEST
+
 START_TEST(error_truncation)
 {
     /* A tiny buffer gets a truncated but terminated message, never overflow. */
@@ -415,6 +535,10 @@ int main(void)
     tcase_add_test(tc, tls_every_transport);
     tcase_add_test(tc, admin_token);
     tcase_add_test(tc, error_truncation);
+    tcase_add_test(tc, every_error);
+    tcase_add_test(tc, every_error_nested);
+    tcase_add_test(tc, every_error_overflow);
+    tcase_add_test(tc, check_keeps_config);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "chat.h"
 
@@ -221,6 +222,53 @@ START_TEST(random_garbage)
 }
 END_TEST
 
+/* Issue 21: the import batch inside PL_OP_IMPORT's body. */
+START_TEST(import_batch_codec)
+{
+    pl_import_rec in[3] = {
+        { .kind = 'U', .name = pl_str_c("alice"), .pwhash = pl_str_c("$pbkdf2-sha256$i=1$a$b") },
+        { .kind = 'M', .to = pl_str_c("alice"), .from = pl_str_c("b\xc3\xb6" "b"), .seq = 7,
+          .read = 1, .body = (pl_str){ "x\0y", 3 } },
+        { .kind = 'M', .to = pl_str_c("bob"), .from = pl_str_c("alice"), .seq = UINT64_MAX },
+    };
+    uint8_t *buf;
+    size_t len, n;
+    pl_import_rec *out;
+    ck_assert_int_eq(pl_import_batch_encode(in, 3, &buf, &len), PL_OK);
+    ck_assert_int_eq(pl_import_batch_decode(buf, len, &out, &n), PL_OK);
+    ck_assert_uint_eq(n, 3);
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_uint_eq(out[i].kind, in[i].kind);
+        ck_assert_msg(pl_str_eq(out[i].name, in[i].name) && pl_str_eq(out[i].pwhash, in[i].pwhash) &&
+                      pl_str_eq(out[i].to, in[i].to) && pl_str_eq(out[i].from, in[i].from) &&
+                      pl_str_eq(out[i].body, in[i].body) && out[i].seq == in[i].seq &&
+                      out[i].read == in[i].read, "record %zu differs", i);
+    }
+    free(out);
+    /* Every truncation and a trailing byte are refused, never a crash. */
+    for (size_t cut = 0; cut < len; cut++) {
+        ck_assert_msg(pl_import_batch_decode(buf, cut, &out, &n) == PL_ERR_CORRUPT &&
+                      out == NULL, "a batch cut at %zu bytes was accepted", cut);
+    }
+    uint8_t *t = malloc(len + 1);
+    memcpy(t, buf, len);
+    t[len] = 0;
+    ck_assert_int_eq(pl_import_batch_decode(t, len + 1, &out, &n), PL_ERR_CORRUPT);
+    /* A count far beyond the bytes behind it. */
+    t[1] = t[2] = t[3] = t[4] = 0xff;
+    ck_assert_int_eq(pl_import_batch_decode(t, len, &out, &n), PL_ERR_CORRUPT);
+    free(t);
+    /* An unknown record kind, a read flag that is not 0 or 1. */
+    buf[5] = 'X';
+    ck_assert_int_eq(pl_import_batch_decode(buf, len, &out, &n), PL_ERR_CORRUPT);
+    free(buf);
+    in[1].kind = 'Q';
+    ck_assert_int_eq(pl_import_batch_encode(in, 3, &buf, &len), PL_ERR_INVALID);
+    ck_assert_int_eq(pl_import_batch_encode(in, PL_IMPORT_BATCH_MAX + 1, &buf, &len),
+                     PL_ERR_INVALID);
+}
+END_TEST
+
 START_TEST(reply_round_trip)
 {
     pl_message msgs[2] = {
@@ -291,6 +339,7 @@ int main(void)
     tcase_add_test(tc, huge_counts_rejected);
     tcase_add_test(tc, random_garbage);
     tcase_add_test(tc, reply_round_trip);
+    tcase_add_test(tc, import_batch_codec);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

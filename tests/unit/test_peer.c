@@ -18,6 +18,7 @@
 
 #include <event2/event.h>
 
+#include "chat.h"
 #include "config.h"
 #include "log.h"
 #include "peer.h"
@@ -67,6 +68,13 @@ START_TEST(decode_hello_identity)
     ck_assert_uint_eq(f.peer_port, 9102);
     ck_assert_uint_eq(f.nonce_len, 32);
     ck_assert_mem_eq(f.nonce, nonce, 32);
+    ck_assert_msg(f.op_kinds == 0, "a Hello that says nothing of op kinds is an older server's");
+    pl_peer_frame_clear(&f);
+    /* Issue 21: the op kinds a server applies travel in its Hello. */
+    h.op_kinds = 13;
+    len = parley__peer__peer_frame__pack(&fr, buf);
+    ck_assert_int_eq(pl_peer_decode_frame(buf, len, &f), PL_OK);
+    ck_assert_uint_eq(f.op_kinds, 13);
     pl_peer_frame_clear(&f);
 
     /* the longest host, an IPv6 address and a DNS name are identities */
@@ -362,6 +370,10 @@ START_TEST(set_servers_renumbers_live_links)
               counts(0).incoming_mapped == 1 && counts(1).incoming_mapped == 1, 5000);
     send_vr(0, 1, PL_VR_COMMIT, 1, 0, 0);
     RUN_UNTIL(has_got(1, 0, 1), 2000);
+    /* Each side learned from the other's Hello which op kinds it applies. */
+    ck_assert_uint_eq(pl_peer_op_kinds(nodes[0].p, 1), PL_OP__COUNT);
+    ck_assert_uint_eq(pl_peer_op_kinds(nodes[1].p, 0), PL_OP__COUNT);
+    ck_assert_msg(pl_peer_op_kinds(nodes[0].p, 0) == 0, "no link to ourselves: nothing known");
 
     uint64_t acc0 = counts(0).accepted, acc1 = counts(1).accepted;
     /* A's own slot moves from 0 to 1, B's from 1 to 0 */

@@ -95,6 +95,73 @@ START_TEST(hash_and_verify)
 }
 END_TEST
 
+/* Issue 21: an imported PBKDF2-HMAC-SHA256 hash (made by Python's
+ * hashlib.pbkdf2_hmac, 100,000 iterations, as the prototype did) verifies
+ * the right password, refuses a wrong one, and a rehash hands back an
+ * Argon2id string of the same password. */
+#define PROTO_HASH "$pbkdf2-sha256$i=100000$AAECAwQFBgcICQoLDA0ODw==$" \
+                   "trmn14eaJqetmcWSJJwUWVLKUOyf765hiEQzeYnvalM="
+#define PROTO_PW "p\xc3\xa4ssw\xc3\xb6rd"   /* "pässwörd" in UTF-8 */
+
+START_TEST(pbkdf2_verify_and_rehash)
+{
+    char err[256];
+    reset();
+    struct event_base *base = event_base_new();
+    pl_workers *w = pl_workers_new(base, 1, 8, OPS_MIN, MEM_MIN, err, sizeof err);
+    ck_assert_msg(w != NULL, "pl_workers_new: %s", err);
+
+    ck_assert_int_eq(pl_workers_verify(w, pl_str_c(PROTO_HASH), pl_str_c(PROTO_PW), on_verify,
+                                       NULL), PL_OK);
+    wait_done(base, 1);
+    ck_assert_msg(last_err == PL_OK, "the prototype's password verifies: %d", last_err);
+    ck_assert_int_eq(pl_workers_verify(w, pl_str_c(PROTO_HASH), pl_str_c("passwörd"), on_verify,
+                                       NULL), PL_OK);
+    wait_done(base, 2);
+    ck_assert_msg(last_err == PL_ERR_AUTH, "a wrong password does not: %d", last_err);
+
+    ck_assert_int_eq(pl_workers_verify_rehash(w, pl_str_c(PROTO_HASH), pl_str_c(PROTO_PW),
+                                              on_hash, NULL), PL_OK);
+    wait_done(base, 3);
+    ck_assert_int_eq(last_err, PL_OK);
+    ck_assert_msg(strncmp(last_hash, "$argon2id$", 10) == 0, "rehash gives Argon2id: %s",
+                  last_hash);
+    ck_assert_msg(crypto_pwhash_str_verify(last_hash, PROTO_PW, strlen(PROTO_PW)) == 0,
+                  "the new hash is of the same password");
+
+    last_hash[0] = '\0';
+    ck_assert_int_eq(pl_workers_verify_rehash(w, pl_str_c(PROTO_HASH), pl_str_c("wrong pw"),
+                                              on_hash, NULL), PL_OK);
+    wait_done(base, 4);
+    ck_assert_msg(last_err == PL_ERR_AUTH && !last_hash[0], "a wrong password: no hash");
+
+    /* An Argon2id hash through the rehash job: verified, nothing to replace. */
+    char a2[crypto_pwhash_STRBYTES];
+    ck_assert_int_eq(crypto_pwhash_str(a2, "correct horse", 13, OPS_MIN, MEM_MIN), 0);
+    ck_assert_int_eq(pl_workers_verify_rehash(w, pl_str_c(a2), pl_str_c("correct horse"),
+                                              on_hash, NULL), PL_OK);
+    wait_done(base, 5);
+    ck_assert_msg(last_err == PL_OK && !last_hash[0], "Argon2id: ok, no new hash");
+
+    /* Damaged imported hashes never verify. */
+    static const char *const bad[] = {
+        "$pbkdf2-sha256$i=100000$AAECAwQFBgcICQoLDA0ODw==",
+        "$pbkdf2-sha256$i=100000$AAECAwQFBgcICQoLDA0O$trmn14eaJqetmcWSJJwUWVLKUOyf765hiEQzeYnvalM=",
+        "$pbkdf2-sha256$i=100000$AAECAwQFBgcICQoLDA0ODw==$trmn14eaJqetmcWSJJwUWVLKUOyf765hiEQzeYnval",
+        "$pbkdf2-sha256$i=1000$AAECAwQFBgcICQoLDA0ODw==$trmn14eaJqetmcWSJJwUWVLKUOyf765hiEQzeYnvalM=",
+    };
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(pl_workers_verify(w, pl_str_c(bad[i]), pl_str_c(PROTO_PW), on_verify,
+                                           NULL), PL_OK);
+        wait_done(base, 6 + i);
+        ck_assert_msg(last_err == PL_ERR_AUTH, "damaged hash %d refused", i);
+    }
+    ck_assert_msg(!off_thread, "callbacks run on the loop thread");
+    pl_workers_free(w);
+    event_base_free(base);
+}
+END_TEST
+
 START_TEST(busy_when_full)
 {
     char err[256];
@@ -158,6 +225,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, hash_and_verify);
     tcase_add_test(tc, busy_when_full);
+    tcase_add_test(tc, pbkdf2_verify_and_rehash);
     tcase_add_test(tc, stop_and_free_finish_jobs);
     tcase_add_test(tc, bad_arguments);
     suite_add_tcase(s, tc);
