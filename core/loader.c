@@ -32,6 +32,7 @@ struct pl_plugin {
     char *path;               /* the file actually loaded */
     int kind;
     const pl_store_plugin *store;
+    uint32_t store_minor;     /* members of minor versions up to this are read */
     const pl_transport_plugin *transport;
 };
 
@@ -192,6 +193,22 @@ done:
 }
 
 /* The first NULL function pointer in a store descriptor, by member name. */
+/* The store ABI minor version a plugin was built for (store.h): 0 when it
+ * does not export one. The symbol counts only when it is the plugin's own,
+ * not one found in a library the plugin links against. Minor versions this
+ * parley does not know read as the newest it does: their members come
+ * after the ones it reads. */
+static uint32_t store_minor_of(void *handle, void *entry, const pl_store_plugin *d)
+{
+    (void)d;
+    dlerror();
+    const uint32_t *minor = dlsym(handle, PL_STORE_MINOR_SYMBOL);
+    Dl_info a, b;
+    if (!minor || !dladdr(minor, &a) || !dladdr(entry, &b) || a.dli_fbase != b.dli_fbase)
+        return 0;
+    return *minor > PL_STORE_ABI_MINOR ? PL_STORE_ABI_MINOR : *minor;
+}
+
 static const char *store_missing_member(const pl_store_plugin *d)
 {
 #define PL_NEED(m) if (!d->m) return #m
@@ -377,6 +394,13 @@ pl_plugin *pl_plugin_load(const char *kind, const char *name,
             set_err(err, errlen, "%s: store descriptor member %s is NULL", who, miss);
             goto fail;
         }
+        p->store_minor = store_minor_of(p->handle, sym, d);
+        if (p->store_minor >= 1 && (!d->log_append_nosync || !d->log_sync)) {
+            set_err(err, errlen, "%s: exports store ABI minor %u but member %s is NULL", who,
+                    (unsigned)p->store_minor,
+                    !d->log_append_nosync ? "log_append_nosync" : "log_sync");
+            goto fail;
+        }
         p->store = d;
     } else {
         pl_transport_entry_fn fn;
@@ -415,6 +439,11 @@ fail:
 const pl_store_plugin *pl_plugin_store(const pl_plugin *p)
 {
     return p ? p->store : NULL;
+}
+
+uint32_t pl_plugin_store_minor(const pl_plugin *p)
+{
+    return p && p->store ? p->store_minor : 0;
 }
 
 const pl_transport_plugin *pl_plugin_transport(const pl_plugin *p)

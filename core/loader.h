@@ -26,6 +26,8 @@ pl_plugin *pl_plugin_load(const char *kind, const char *name,
                           const char *plugin_dir, char *err, size_t errlen);
 const pl_store_plugin *pl_plugin_store(const pl_plugin *p);         /* NULL if not a store */
 const pl_transport_plugin *pl_plugin_transport(const pl_plugin *p); /* NULL if not a transport */
+/* The store ABI minor version whose members the core may call (0: none). */
+uint32_t pl_plugin_store_minor(const pl_plugin *p);
 const char *pl_plugin_path(const pl_plugin *p);
 void pl_plugin_unload(pl_plugin *p);
 

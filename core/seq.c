@@ -6,8 +6,12 @@
  *   1. ops submitted in one loop iteration are encoded and numbered
  *      (pl_vr_op() + 1, ...) and parked, in order, on the in-flight list;
  *   2. pl_vr_propose sends one PREPARE with the whole batch and appends it to
- *      the local log with one sync; batches are pipelined: the next one does
- *      not wait for this one's commit;
+ *      the local log; batches are pipelined: the next one does not wait for
+ *      this one's commit. With a store of ABI minor 1 or later the append
+ *      does not sync: the sync thread (below) makes the log durable while
+ *      the loop executes and encodes the next batch, and tells VR
+ *      (pl_vr_synced), which counts the batch toward a commit only then;
+ *      backups do the same before their PREPARE-OK;
  *   3. when f+1 servers hold the batch durably, VR reports the new commit
  *      number (io.committed) and apply_upto() applies every committed op from
  *      the store's log in one store transaction per chunk; only then is each
@@ -21,11 +25,15 @@
  */
 #include "seq.h"
 
+#include <errno.h>
 #include <event2/event.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "snapshot.h"
@@ -96,6 +104,24 @@ struct pl_seq {
     pl_apply_result *results;
     uint8_t **data;
     size_t *len;
+    /* The sync thread (store ABI minor >= 1). The loop asks for "durable up
+     * to op in log generation gen"; requests made while a sync runs
+     * coalesce into one (the newest covers the older ones), so the disk
+     * syncs back to back under load, each sync covering every batch
+     * appended while the one before it ran. run_mu is held around every
+     * log_sync call: the thread's and io_flush's never overlap. */
+    int async;
+    int sync_init;                     /* the locks below exist */
+    pthread_t sync_thr;
+    int sync_started;
+    pthread_mutex_t sync_mu, run_mu;
+    pthread_cond_t sync_cv;
+    int sync_want, sync_exit;          /* sync_mu */
+    uint64_t want_op, want_gen;        /* sync_mu */
+    int sync_done, sync_err;           /* sync_mu */
+    uint64_t done_op, done_gen;        /* sync_mu */
+    int sync_efd;                      /* eventfd: thread -> loop */
+    struct event *sync_ev;
 };
 
 static uint64_t mono_us(void)
@@ -127,6 +153,7 @@ static void finish(pl_seq *q, seq_item *it, int err, uint64_t op, const pl_apply
 
 static void schedule(pl_seq *q, int now);
 static void fail_inflight(pl_seq *q, int err);
+static int io_flush(void *ud);
 
 /* A membership change: the sequencer makes it durable (host.reconfigured)
  * before the op counts as applied, and VR enters the new epoch right after
@@ -137,8 +164,13 @@ static int apply_reconfig(pl_seq *q, uint64_t op, const pl_op *o)
         return PL_OK;
     uint64_t epoch = 0, start = 0;
     uint32_t n = 0, self = 0;
-    int rc = q->host.reconfigured(q->host.ud, (const uint8_t *)o->body.ptr, o->body.len, op,
-                                  &epoch, &n, &self, &start);
+    /* membership.json will name the new epoch and the op that started it:
+     * a restart must find that entry in the log, synced or not */
+    int rc = q->async ? io_flush(q) : PL_OK;
+    if (rc != PL_OK)
+        return rc;
+    rc = q->host.reconfigured(q->host.ud, (const uint8_t *)o->body.ptr, o->body.len, op,
+                              &epoch, &n, &self, &start);
     if (rc != PL_OK)
         return rc;
     q->reconf_pending = 1;
@@ -298,6 +330,144 @@ static int io_append(void *ud, const pl_log_entry *e, size_t n)
         for (size_t i = 0; i < n; i++)
             q->appended_bytes += e[i].len;
     return rc;
+}
+
+static void sync_request(pl_seq *q, uint64_t op)
+{
+    pthread_mutex_lock(&q->sync_mu);
+    q->want_op = op;
+    q->want_gen = pl_vr_log_gen(q->vr);
+    q->sync_want = 1;
+    pthread_cond_signal(&q->sync_cv);
+    pthread_mutex_unlock(&q->sync_mu);
+}
+
+static int io_append_async(void *ud, const pl_log_entry *e, size_t n)
+{
+    pl_seq *q = ud;
+    int rc = q->sp->log_append_nosync(q->st, e, n);
+    if (rc != PL_OK || n == 0)
+        return rc;
+    for (size_t i = 0; i < n; i++)
+        q->appended_bytes += e[i].len;
+    sync_request(q, e[n - 1].op);
+    return PL_OK;
+}
+
+/* On the loop thread, when VR needs the whole log durable now (before it
+ * saves a last normal view): rare, so waiting out a running sync is fine. */
+static int io_flush(void *ud)
+{
+    pl_seq *q = ud;
+    pthread_mutex_lock(&q->run_mu);
+    int rc = q->sp->log_sync(q->st);
+    pthread_mutex_unlock(&q->run_mu);
+    return rc;
+}
+
+static void *sync_main(void *arg)
+{
+    pl_seq *q = arg;
+    pthread_mutex_lock(&q->sync_mu);
+    for (;;) {
+        while (!q->sync_want && !q->sync_exit)
+            pthread_cond_wait(&q->sync_cv, &q->sync_mu);
+        if (!q->sync_want)
+            break; /* exiting with nothing asked */
+        uint64_t op = q->want_op, gen = q->want_gen;
+        q->sync_want = 0;
+        pthread_mutex_unlock(&q->sync_mu);
+        pthread_mutex_lock(&q->run_mu);
+        int rc = q->sp->log_sync(q->st);
+        pthread_mutex_unlock(&q->run_mu);
+        pthread_mutex_lock(&q->sync_mu);
+        if (rc != PL_OK && !q->sync_err)
+            q->sync_err = rc;
+        if (!q->sync_done || gen != q->done_gen || op > q->done_op) {
+            q->done_op = op;
+            q->done_gen = gen;
+        }
+        if (!q->sync_done) {
+            q->sync_done = 1;
+            uint64_t one = 1;
+            while (write(q->sync_efd, &one, sizeof one) < 0 && errno == EINTR)
+                ;
+        }
+    }
+    pthread_mutex_unlock(&q->sync_mu);
+    return NULL;
+}
+
+/* A sync finished: VR counts what it covered. */
+static void on_synced(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    pl_seq *q = arg;
+    uint64_t v;
+    while (read(fd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&q->sync_mu);
+    int done = q->sync_done, err = q->sync_err;
+    uint64_t op = q->done_op, gen = q->done_gen;
+    q->sync_done = 0;
+    pthread_mutex_unlock(&q->sync_mu);
+    if (err != PL_OK) {
+        /* After a failed fsync the kernel may have dropped the pages it
+         * could not write, and a later fsync succeeds without them: nothing
+         * the log holds can be vouched for any more. Stop, as PostgreSQL
+         * and Redis do; a restart starts from what the disk holds. */
+        pl_log(PL_LOG_ERROR, "syncing the log failed (%s): stopping; a restart recovers "
+               "from what the disk holds", pl_strerror(err));
+        exit(1);
+    }
+    if (done)
+        pl_vr_synced(q->vr, op, gen, mono_ms());
+}
+
+static int sync_start(pl_seq *q, char *err, size_t errlen)
+{
+    if (pthread_mutex_init(&q->sync_mu, NULL) != 0 || pthread_mutex_init(&q->run_mu, NULL) != 0 ||
+        pthread_cond_init(&q->sync_cv, NULL) != 0) {
+        snprintf(err, errlen, "sequencer: cannot create the sync thread's locks");
+        return PL_ERR_INTERNAL;
+    }
+    q->sync_init = 1;
+    q->sync_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (q->sync_efd < 0) {
+        snprintf(err, errlen, "sequencer: eventfd: %s", strerror(errno));
+        return PL_ERR_IO;
+    }
+    q->sync_ev = event_new(q->base, q->sync_efd, EV_READ | EV_PERSIST, on_synced, q);
+    if (!q->sync_ev || event_add(q->sync_ev, NULL) != 0) {
+        snprintf(err, errlen, "sequencer: out of memory");
+        return PL_ERR_NOMEM;
+    }
+    if (pthread_create(&q->sync_thr, NULL, sync_main, q) != 0) {
+        snprintf(err, errlen, "sequencer: cannot start the sync thread");
+        return PL_ERR_INTERNAL;
+    }
+    q->sync_started = 1;
+    return PL_OK;
+}
+
+static void sync_stop(pl_seq *q)
+{
+    if (q->sync_started) {
+        pthread_mutex_lock(&q->sync_mu);
+        q->sync_exit = 1;
+        pthread_cond_signal(&q->sync_cv);
+        pthread_mutex_unlock(&q->sync_mu);
+        pthread_join(q->sync_thr, NULL);
+        q->sync_started = 0;
+    }
+    if (q->sync_ev) {
+        event_free(q->sync_ev);
+        q->sync_ev = NULL;
+    }
+    if (q->sync_efd >= 0) {
+        close(q->sync_efd);
+        q->sync_efd = -1;
+    }
 }
 
 static uint64_t io_log_first(void *ud)
@@ -887,6 +1057,7 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     pl_seq *q = calloc(1, sizeof *q);
     if (!q)
         goto nomem;
+    q->sync_efd = -1;
     q->base = base;
     q->sp = sp;
     q->st = st;
@@ -909,9 +1080,23 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
     if (!q->flush_ev || !q->tick_ev || !q->reconf_ev)
         goto nomem;
 
+    q->async = q->host.store_minor >= 1;
+    int rc;
+    if (q->async) {
+        /* What the log holds may be written and not synced (we stopped
+         * before its sync, or crashed with the disk intact): VR takes
+         * everything in it as durable, so make it so first. */
+        if ((rc = sp->log_sync(st)) != PL_OK) {
+            snprintf(err, errlen, "syncing the log: %s", pl_strerror(rc));
+            goto fail;
+        }
+        if ((rc = sync_start(q, err, errlen)) != PL_OK)
+            goto fail;
+    }
+
     /* Durable replica state (the store) -> VR. */
     uint64_t first = 0, last = 0;
-    int rc = sp->log_bounds(st, &first, &last);
+    rc = sp->log_bounds(st, &first, &last);
     if (rc != PL_OK) {
         snprintf(err, errlen, "reading the log bounds: %s", pl_strerror(rc));
         goto fail;
@@ -1003,7 +1188,8 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
                (unsigned long long)d.epoch_start);
     }
     pl_vr_io io = { q, io_append, io_truncate, io_read, io_save, io_send, io_committed,
-                    io_changed, io_log_first, io_need_snapshot, io_is_barrier };
+                    io_changed, io_log_first, io_need_snapshot, io_is_barrier,
+                    q->async ? io_append_async : NULL, q->async ? io_flush : NULL };
     q->vr = pl_vr_new(cfg, &io, &d, mono_ms());
     if (!q->vr) {
         snprintf(err, errlen, "replication: bad configuration (%u servers, self %u)", cfg->n,
@@ -1103,9 +1289,17 @@ void pl_seq_free(pl_seq *q)
      * server): those clients were promised an answer. In a cluster a commit
      * needs the network, which is going away: fail them, the clients retry
      * elsewhere with the same request numbers. */
+    sync_stop(q);
     if (q->vr && pl_vr_n(q->vr) == 1 && pl_vr_is_member(q->vr)) {
-        while (q->head && flush_batch(q))
-            ;
+        for (;;) {
+            while (q->head && flush_batch(q))
+                ;
+            /* with the sync thread gone, sync here: what is in flight
+             * commits, and the window opens for what is still queued */
+            if (!q->async || pl_vr_synced_op(q->vr) >= pl_vr_op(q->vr) || io_flush(q) != PL_OK)
+                break;
+            pl_vr_synced(q->vr, pl_vr_op(q->vr), pl_vr_log_gen(q->vr), mono_ms());
+        }
     }
     fail_queued(q, PL_ERR_UNAVAILABLE);
     fail_inflight(q, PL_ERR_UNAVAILABLE);
@@ -1116,6 +1310,11 @@ void pl_seq_free(pl_seq *q)
     if (q->reconf_ev)
         event_free(q->reconf_ev);
     pl_vr_free(q->vr);
+    if (q->sync_init) {
+        pthread_mutex_destroy(&q->sync_mu);
+        pthread_mutex_destroy(&q->run_mu);
+        pthread_cond_destroy(&q->sync_cv);
+    }
     snap_reset(q);
     free(q->items);
     free(q->entries);

@@ -81,6 +81,12 @@ typedef struct pl_seq_host {
      * it (0, 0 for the config file's list). */
     uint64_t epoch;
     uint64_t epoch_start;
+    /* The store's ABI minor version (core/loader.h). From 1 on, the log is
+     * written on the loop thread without a sync and made durable by a sync
+     * thread while the loop goes on: a batch is acknowledged once its sync
+     * has returned (and, in a cluster, a quorum holds it). 0: every append
+     * syncs before it returns. */
+    uint32_t store_minor;
 } pl_seq_host;
 
 /* The store and chat are borrowed and must outlive the sequencer.

@@ -2423,7 +2423,8 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
                              .reconfigured = on_reconfigured,
                              .members_json = seq_members_json,
                              .epoch = s->members.epoch,
-                             .epoch_start = s->members.op };
+                             .epoch_start = s->members.op,
+                             .store_minor = pl_plugin_store_minor(s->store_plugin) };
     s->seq = pl_seq_new(base, s->sp, s->st, s->chat, PL_SEQ_MAX_BATCH, &seq_host, why, sizeof why);
     if (!s->seq) {
         snprintf(err, errlen, "%s", why);

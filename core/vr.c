@@ -74,6 +74,16 @@ struct pl_vr {
     uint64_t last_send_ms;
     uint64_t primary_since_ms;
     uint64_t prepared;          /* durable: 1 + last view we sent a PREPARE in */
+
+    /* The log written but not yet durable (io.append_async): entries up to
+     * synced are durable here. Only they count toward a commit (our own
+     * vote as primary) or are acknowledged (as backup). log_gen changes
+     * whenever the log is cut, so a sync that began before the cut cannot
+     * vouch for the entries written at the same op-numbers after it. */
+    uint64_t synced;
+    uint64_t log_gen;
+    int ok_pending;             /* backup: a PREPARE-OK waits for the sync */
+    uint64_t ok_view, ok_ts;    /* its view and the timestamp it echoes */
 };
 
 /* ---- small helpers ---- */
@@ -226,12 +236,47 @@ static int cut_log(pl_vr *vr, uint64_t after)
     if (vr->io.truncate(vr->io.ud, after) != PL_OK)
         return -1;
     cut_barrier(vr, after);
+    /* A cut is durable, and so is everything before it (io.truncate). */
+    vr->synced = after;
+    vr->log_gen++;
     vr->op = after;
     if (entry_view(vr, after, &vr->op_view) != 0)
         vr->op_view = 0;
     if (vr->sync_op > after)
         vr->sync_op = after;
     return 0;
+}
+
+/* Make the whole log durable now. Before a last normal view is saved: a
+ * view's logs are prefixes of its primary's, and a view change ranks a log
+ * of a later last normal view above every log of an earlier one, so one
+ * that a crash could shorten below what this view's START-VIEW (or our
+ * own DVC choice) held would outrank the longer logs that hold ops
+ * committed in earlier views (I1). */
+static int make_durable(pl_vr *vr)
+{
+    if (vr->synced >= vr->op)
+        return 0;
+    if (!vr->io.flush || vr->io.flush(vr->io.ud) != PL_OK) {
+        pl_log(PL_LOG_ERROR, "vr: cannot make the log durable up to op %llu",
+               (unsigned long long)vr->op);
+        return -1;
+    }
+    vr->synced = vr->op;
+    return 0;
+}
+
+/* Append entries the hot path writes (a primary's proposals, a backup's
+ * PREPAREs): without waiting for the disk when the host syncs on its own
+ * (pl_vr_synced reports it), otherwise durably. */
+static int append_hot(pl_vr *vr, const pl_log_entry *e, size_t n)
+{
+    if (vr->io.append_async)
+        return vr->io.append_async(vr->io.ud, e, n);
+    int rc = vr->io.append(vr->io.ud, e, n);
+    if (rc == PL_OK && n)
+        vr->synced = e[n - 1].op;
+    return rc;
 }
 
 /*
@@ -309,6 +354,7 @@ static int merge_suffix(pl_vr *vr, uint64_t anchor_op, uint64_t anchor_view,
         note_barriers(vr, tail, k);
         vr->op = last;
         vr->op_view = e[n - 1].view;
+        vr->synced = last; /* io.append: durable with all before it */
     }
     *verified = last;
     return 0;
@@ -383,7 +429,8 @@ static void free_entries(pl_log_entry *e, uint32_t n)
 
 static void send_prepare_ok(pl_vr *vr, uint64_t ts)
 {
-    pl_vr_msg m = { .type = PL_VR_PREPARE_OK, .view = vr->view, .op = vr->op,
+    /* what is durable here, which may be less than what we hold */
+    pl_vr_msg m = { .type = PL_VR_PREPARE_OK, .view = vr->view, .op = vr->synced,
                     .commit = vr->commit, .ts = ts };
     send_to(vr, primary_of(vr, vr->view), &m);
 }
@@ -531,6 +578,8 @@ static void start_view_change(pl_vr *vr, uint64_t v, uint64_t now)
 
 static void become_primary(pl_vr *vr, uint64_t now, uint64_t k)
 {
+    if (make_durable(vr) != 0)
+        return; /* the view change times out and the next view is tried */
     vr->status = PL_VR_NORMAL;
     vr->lnv = vr->view;
     save(vr, "lnv", vr->lnv);
@@ -632,7 +681,7 @@ static void on_prepare(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
             while (skip < m->n_entries && m->entries[skip].op <= vr->op)
                 skip++;
             if (skip < m->n_entries) {
-                if (vr->io.append(vr->io.ud, m->entries + skip, m->n_entries - skip) != PL_OK) {
+                if (append_hot(vr, m->entries + skip, m->n_entries - skip) != PL_OK) {
                     pl_log(PL_LOG_ERROR, "vr: log append failed; not acknowledging");
                     return;
                 }
@@ -644,10 +693,21 @@ static void on_prepare(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
     } else if (m->op > vr->op) {
         send_get_state(vr, now); /* heartbeat says we are behind */
     }
-    /* §4.1 step 4: PREPARE-OK only after the append is durable (it is: append returned). */
-    send_prepare_ok(vr, m->ts);
+    /* §4.1 step 4: PREPARE-OK only for what is durable. What the sync
+     * still has to cover is acknowledged when it has (pl_vr_synced); a
+     * heartbeat is answered at once (the lease), naming what is durable. */
+    if (m->type == PL_VR_PREPARE && vr->synced < vr->op) {
+        if (!vr->ok_pending || vr->ok_view != vr->view || m->ts > vr->ok_ts)
+            vr->ok_ts = m->ts;
+        vr->ok_pending = 1;
+        vr->ok_view = vr->view;
+    } else {
+        send_prepare_ok(vr, m->ts);
+    }
     set_commit(vr, m->commit);
 }
+
+static void advance_commit(pl_vr *vr);
 
 static void on_prepare_ok(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
 {
@@ -659,11 +719,17 @@ static void on_prepare_ok(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
         vr->acked[m->from] = op;
     if (m->ts > vr->ack_ts[m->from])
         vr->ack_ts[m->from] = m->ts;
-    /* §4.1 step 5: commit what f+1 replicas (us included) hold durably. */
+    advance_commit(vr);
+}
+
+/* §4.1 step 5, primary: commit what f+1 replicas (us included) hold
+ * durably. */
+static void advance_commit(pl_vr *vr)
+{
     uint64_t vals[PL_VR_MAX_REPLICAS];
     uint32_t n = 0;
     for (uint32_t i = 0; i < vr->cfg.n; i++)
-        vals[n++] = i == vr->cfg.self ? vr->op : vr->acked[i];
+        vals[n++] = i == vr->cfg.self ? vr->synced : vr->acked[i];
     for (uint32_t i = 1; i < n; i++) { /* insertion sort, descending; n <= 16 */
         uint64_t x = vals[i];
         uint32_t j = i;
@@ -735,7 +801,7 @@ static void on_new_state(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
         }
         /* What we hold beyond it is from earlier views and not in the
          * primary's log, so never committed. */
-        if (cut_log(vr, vr->sync_op) != 0)
+        if (cut_log(vr, vr->sync_op) != 0 || make_durable(vr) != 0)
             return;
         vr->status = PL_VR_NORMAL;
         vr->lnv = vr->view;
@@ -774,6 +840,8 @@ static void on_start_view(pl_vr *vr, const pl_vr_msg *m, uint64_t now)
             vr->sync_op = verified;
         return;
     }
+    if (make_durable(vr) != 0)
+        return; /* still in the view change; the next START-VIEW or view tries again */
     vr->status = PL_VR_NORMAL;
     vr->lnv = m->view;
     save(vr, "lnv", vr->lnv);
@@ -1031,6 +1099,8 @@ void pl_vr_snapshot_installed(pl_vr *vr, uint64_t view, uint64_t op, uint64_t op
         vr->op = op;
         vr->op_view = op_view;
     }
+    if (op > vr->synced)
+        vr->synced = op; /* the state up to op is durable (log_compact) */
     if (op > vr->commit)
         vr->commit = op;
     vr->sync_op = op;
@@ -1058,7 +1128,7 @@ void pl_vr_reconfigure(pl_vr *vr, uint64_t epoch, uint32_t n, uint32_t self, uin
     uint64_t v = PL_VR_EPOCH_VIEW(epoch);
     /* Nothing of the old epoch can follow the barrier (propose refuses);
      * entries past it come from the new epoch (EPOCH_STATE) and stay. */
-    int natural = vr->op == start_op && vr->commit >= start_op;
+    int natural = vr->op == start_op && vr->commit >= start_op && make_durable(vr) == 0;
     int was_primary = is_primary(vr);
     uint64_t was_primary_since = vr->primary_since_ms;
     vr->view = v;
@@ -1223,7 +1293,7 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint
                     .entries = e, .n_entries = (uint32_t)n, .ts = now };
     broadcast(vr, &m);
     vr->last_send_ms = now;
-    int rc = vr->io.append(vr->io.ud, e, n);
+    int rc = append_hot(vr, e, n);
     if (rc != PL_OK) {
         /* The backups may hold these op-numbers now while we do not: we
          * must never assign them again in this view (I2). Give the view up;
@@ -1237,10 +1307,35 @@ int pl_vr_propose(pl_vr *vr, pl_log_entry *e, size_t n, uint64_t *first_op, uint
     vr->op += n;
     vr->op_view = vr->view;
     note_barriers(vr, e, n);
-    if (vr->cfg.n == 1 || vr->f == 0)
-        set_commit(vr, vr->op);
+    if (vr->f == 0)
+        advance_commit(vr); /* alone: committed once durable here */
     return PL_OK;
 }
+
+void pl_vr_synced(pl_vr *vr, uint64_t op, uint64_t gen, uint64_t now)
+{
+    (void)now;
+    if (gen != vr->log_gen)
+        return; /* the log was cut since that sync began */
+    if (op > vr->op)
+        op = vr->op;
+    if (op <= vr->synced)
+        return;
+    vr->synced = op;
+    if (vr->status != PL_VR_NORMAL)
+        return;
+    if (is_primary(vr)) {
+        advance_commit(vr);
+    } else if (vr->ok_pending) {
+        vr->ok_pending = 0;
+        /* its timestamp is from this view's primary only */
+        if (vr->ok_view == vr->view)
+            send_prepare_ok(vr, vr->ok_ts);
+    }
+}
+
+uint64_t pl_vr_log_gen(const pl_vr *vr) { return vr->log_gen; }
+uint64_t pl_vr_synced_op(const pl_vr *vr) { return vr->synced; }
 
 bool pl_vr_can_serve(const pl_vr *vr, uint64_t now)
 {
@@ -1282,11 +1377,16 @@ pl_vr *pl_vr_new(const pl_vr_config *cfg, const pl_vr_io *io,
     if (!vr->cfg.election_timeout_ms)
         vr->cfg.election_timeout_ms = 1000;
     vr->io = *io;
+    if (vr->io.append_async && !vr->io.flush) {
+        free(vr);
+        return NULL;
+    }
     vr->f = cfg->n / 2;
     vr->view = d->view;
     vr->lnv = d->lnv;
     vr->op = d->op;
     vr->op_view = d->op_view;
+    vr->synced = d->op; /* the host made its log durable before starting us */
     vr->commit = d->commit > d->op ? d->op : d->commit;
     vr->epoch_start = d->epoch_start;
     vr->barrier = d->barrier > d->epoch_start && d->barrier <= d->op ? d->barrier : 0;

@@ -104,6 +104,16 @@ typedef struct pl_vr_io {
     /* Does this entry end its epoch (a membership change)? Nothing may
      * follow it in the same epoch. NULL: no entry does. */
     int (*is_barrier)(void *ud, const pl_log_entry *e);
+    /* Optional: append without waiting for the disk (a primary's proposals,
+     * a backup's PREPAREs). The entries are in the log at once (read sees
+     * them) and a crash keeps a prefix of the log; the host makes them
+     * durable in the background and reports it with pl_vr_synced. Until
+     * then they count toward no commit and no PREPARE-OK. append and
+     * truncate still make the whole log durable. NULL: append everywhere. */
+    int (*append_async)(void *ud, const pl_log_entry *e, size_t n);
+    /* Make every entry appended durable before returning (required with
+     * append_async; VR calls it before it saves a last normal view). */
+    int (*flush)(void *ud);
 } pl_vr_io;
 
 typedef struct pl_vr_config {
@@ -169,13 +179,24 @@ void pl_vr_tick(pl_vr *vr, uint64_t now_ms);
 void pl_vr_receive(pl_vr *vr, const pl_vr_msg *m, uint64_t now_ms);
 
 /* Primary only: append entries (their op/view fields are filled in here:
- * pl_vr_op() + 1, + 2, ...) durably and send PREPARE. io->committed may be
+ * pl_vr_op() + 1, + 2, ...) to the log (durably, or through io.append_async)
+ * and send PREPARE. io->committed may be
  * called before this returns (a single server commits at once), so register
  * whatever waits for these op-numbers before calling. Returns PL_OK and the first op-number assigned,
  * PL_ERR_NOT_PRIMARY, PL_ERR_UNAVAILABLE (view change, no lease, window
  * full), or a store error. */
 int pl_vr_propose(pl_vr *vr, pl_log_entry *entries, size_t n, uint64_t *first_op,
                   uint64_t now_ms);
+
+/* The host made the log durable up to op (io.append_async): every entry
+ * appended before the sync began, which it read from pl_vr_op() and
+ * pl_vr_log_gen() then. A primary commits what a quorum now holds, a
+ * backup sends the PREPARE-OK it held back. A stale report (the log was
+ * cut since: gen differs) is ignored. */
+void pl_vr_synced(pl_vr *vr, uint64_t op, uint64_t gen, uint64_t now_ms);
+uint64_t pl_vr_log_gen(const pl_vr *vr);
+/* Highest op-number durable in the local log. */
+uint64_t pl_vr_synced_op(const pl_vr *vr);
 
 /* May this replica answer clients now? True only for a primary in normal
  * status whose lease holds (a majority heard within lease_ms, and one lease

@@ -10,6 +10,25 @@
  * returning a static, const descriptor. The loader checks abi_version first
  * and refuses a mismatch naming both versions.
  *
+ * Growing the ABI (minor versions)
+ * --------------------------------
+ * abi_version is the major version: the layout every store shares, and
+ * what a plugin that loads another store (examples/store-trace) compares.
+ * Members added later go at the end of pl_store_plugin, after every member
+ * of the versions before, the way SQLite grows sqlite3_vfs; a plugin says
+ * which of them it fills by exporting the minor version it was built for,
+ *
+ *     PL_STORE_DECLARE_MINOR;   (at file scope: parley_store_abi_minor)
+ *
+ * The loader reads members of minor version m only when that symbol says
+ * m or more, so a plugin built before a minor version existed (which does
+ * not export it, or exports a smaller one) loads unchanged, and its
+ * descriptor is never read past its own end. The minor version lives in its
+ * own symbol rather than in abi_version because plugins built against
+ * minor 0 compare abi_version for equality.
+ *   minor 1: log_append_nosync, log_sync (the log written on the event loop
+ *            and synced on another thread).
+ *
  * A store owns everything durable on one server:
  *   1. replica metadata: small named uint64 values (view, last normal view,
  *      commit number, ...), see meta_get/meta_set;
@@ -40,7 +59,9 @@
  *   copied by the store before it returns.
  *
  * Threading: a store instance is used by one thread at a time (the core's
- * event-loop thread). Different instances are independent.
+ * event-loop thread), except log_sync (minor 1), which the core calls from
+ * a thread of its own while the loop thread goes on with other calls.
+ * Different instances are independent.
  *
  * Ordering: names compare bytewise (memcmp, then shorter first); message ids
  * and op-numbers numerically.
@@ -56,6 +77,12 @@ extern "C" {
 
 #define PL_STORE_ABI_VERSION 1u
 #define PL_STORE_SYMBOL "parley_store_plugin"
+/* The minor version of this header, and the symbol a plugin exports it in. */
+#define PL_STORE_ABI_MINOR 1u
+#define PL_STORE_MINOR_SYMBOL "parley_store_abi_minor"
+#define PL_STORE_DECLARE_MINOR \
+    PL_EXPORT extern const uint32_t parley_store_abi_minor; \
+    PL_EXPORT const uint32_t parley_store_abi_minor = PL_STORE_ABI_MINOR
 
 typedef struct pl_store pl_store; /* plugin-owned instance */
 
@@ -217,6 +244,28 @@ typedef struct pl_store_plugin {
     int (*client_get)(pl_store *s, uint64_t client_id, pl_client_rec *out);
     int (*client_put)(pl_store *s, const pl_client_rec *c); /* insert or replace */
     int (*client_scan)(pl_store *s, pl_client_cb cb, void *ud); /* client_id order */
+
+    /* ---- minor 1: read only when the plugin exports a minor >= 1 ----
+     * The log made durable off the event loop. The core appends a batch
+     * with log_append_nosync on the loop thread and goes on (executing and
+     * encoding the next batch) while its own sync thread calls log_sync;
+     * it acknowledges the batch when log_sync has returned.
+     *
+     * log_append_nosync: as log_append, but need not be durable on return.
+     *   The entries are in the log at once (log_bounds, log_read see them)
+     *   and a crash keeps a prefix of the log: never a later entry without
+     *   every earlier one, and never a state commit() without the entries up
+     *   to its applied op (the core applies ops another server made durable
+     *   before its own sync returns).
+     * log_sync: make durable every entry appended before this call began.
+     *   Called from another thread than every other call, possibly while
+     *   one of them runs on the loop thread; never two log_sync calls at
+     *   once. Returns PL_OK, or an error after which nothing more is
+     *   promised (the core stops acknowledging).
+     * log_append (the synchronous one) and log_truncate also make durable
+     * every entry appended before them. */
+    int (*log_append_nosync)(pl_store *s, const pl_log_entry *e, size_t n);
+    int (*log_sync)(pl_store *s);
 } pl_store_plugin;
 
 typedef const pl_store_plugin *(*pl_store_entry_fn)(void);

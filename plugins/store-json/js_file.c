@@ -412,7 +412,16 @@ static int js_ckpt_writer(pl_store *s, FILE *f)
 
 int js_ckpt_write(pl_store *s)
 {
-    int err = js_atomic_write(s, JS_CKPT_FILE, js_ckpt_writer);
+    int err;
+
+    /* The log up to the applied op first: log_append_nosync leaves entries
+     * unsynced, and a checkpoint that outlived them would be a state whose
+     * log a restart cannot find. */
+    if (s->sync_on && s->log.fd >= 0 && fdatasync(s->log.fd) != 0) {
+        js_log_msg(s, PL_LOG_ERROR, "checkpoint: fdatasync %s: %s", s->log.path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    err = js_atomic_write(s, JS_CKPT_FILE, js_ckpt_writer);
 
     if (err == PL_OK) {
         s->ckpt_applied = s->applied;

@@ -226,8 +226,42 @@ int js_log_open(pl_store *s, char *err, size_t errlen)
     return rc;
 }
 
+/* The core's sync thread, beside the loop thread's calls: it reads only
+ * the path (fixed while the store is open) and its own descriptor. A
+ * compaction renames a new file over the path (fsync'd before the rename,
+ * and everything appended before it copied in), so the file found at the
+ * path now holds every entry appended before this call began. */
+int js_log_sync(pl_store *s)
+{
+    js_log *l = &s->log;
+    struct stat a, b;
+
+    if (!s->sync_on)
+        return PL_OK;
+    if (stat(l->path, &b) != 0) {
+        js_log_msg(s, PL_LOG_ERROR, "log_sync: stat %s: %s", l->path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    if (l->sync_fd >= 0 && (fstat(l->sync_fd, &a) != 0 || a.st_ino != b.st_ino ||
+                            a.st_dev != b.st_dev)) {
+        close(l->sync_fd);
+        l->sync_fd = -1;
+    }
+    if (l->sync_fd < 0 && (l->sync_fd = open(l->path, O_RDONLY | O_CLOEXEC)) < 0) {
+        js_log_msg(s, PL_LOG_ERROR, "log_sync: open %s: %s", l->path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    if (fdatasync(l->sync_fd) != 0) {
+        js_log_msg(s, PL_LOG_ERROR, "log_sync: fdatasync %s: %s", l->path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    return PL_OK;
+}
+
 void js_log_close(js_log *l)
 {
+    if (l->sync_fd >= 0)
+        close(l->sync_fd);
     if (l->fd >= 0)
         close(l->fd);
     l->fd = -1;
@@ -236,6 +270,7 @@ void js_log_close(js_log *l)
     free(l->scratch);
     memset(l, 0, sizeof *l);
     l->fd = -1;
+    l->sync_fd = -1;
 }
 
 static int js_pwrite_all(int fd, const char *p, size_t n, uint64_t off)
@@ -254,7 +289,7 @@ static int js_pwrite_all(int fd, const char *p, size_t n, uint64_t off)
     return 0;
 }
 
-int js_log_append(pl_store *s, const pl_log_entry *e, size_t n)
+int js_log_append(pl_store *s, const pl_log_entry *e, size_t n, int sync)
 {
     js_log *l = &s->log;
     size_t i, total = 0, pos = 0;
@@ -300,7 +335,7 @@ int js_log_append(pl_store *s, const pl_log_entry *e, size_t n)
         l->recs[l->n + i].len = (uint32_t)(pos - start);
     }
     if (js_pwrite_all(l->fd, buf, pos, l->size) != 0 ||
-        (s->sync_on && fdatasync(l->fd) != 0)) {
+        (sync && s->sync_on && fdatasync(l->fd) != 0)) {
         js_log_msg(s, PL_LOG_ERROR, "log_append: writing %s: %s", l->path, strerror(errno));
         /* Leave no partial line behind for the next append to follow. */
         if (ftruncate(l->fd, (off_t)l->size) != 0)

@@ -24,6 +24,10 @@
  * Durability (the contract in parley/store.h)
  *   log_append: one write and one fdatasync per call (group commit happens
  *   in the core, which batches). log_truncate: ftruncate + fdatasync.
+ *   log_append_nosync (ABI minor 1): the write alone; log_sync, on the
+ *   core's sync thread, fdatasyncs log.jsonl through a descriptor of its
+ *   own. A checkpoint syncs the log before it is written, so a crash never
+ *   keeps a state without the log entries it was built from.
  *   meta_set outside a transaction rewrites meta.json atomically before it
  *   returns (skipped when the value is already durable). With sync off no
  *   call ever syncs.
@@ -228,6 +232,7 @@ static int js_open(const pl_store_host *host, const pl_store_options *opt,
     }
     s->dirfd = -1;
     s->log.fd = -1;
+    s->log.sync_fd = -1;
     if (host)
         s->host = *host;
     s->sync_on = opt->sync != 0;
@@ -410,7 +415,27 @@ static int js_api_log_append(pl_store *s, const pl_log_entry *e, size_t n)
         return PL_ERR_INVALID;
     if ((err = js_not_in_txn(s, "log_append")) != PL_OK)
         return err;
-    return js_log_append(s, e, n);
+    return js_log_append(s, e, n, 1);
+}
+
+static int js_api_log_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
+{
+    int err;
+
+    if (js_reentered(s, "log_append"))
+        return PL_ERR_INTERNAL;
+    if (n == 0)
+        return PL_OK;
+    if (!e)
+        return PL_ERR_INVALID;
+    if ((err = js_not_in_txn(s, "log_append")) != PL_OK)
+        return err;
+    return js_log_append(s, e, n, 0);
+}
+
+static int js_api_log_sync(pl_store *s)
+{
+    return js_log_sync(s);
 }
 
 static int js_log_bounds(pl_store *s, uint64_t *first, uint64_t *last)
@@ -1143,7 +1168,11 @@ static const pl_store_plugin js_plugin = {
     .client_get = js_client_get,
     .client_put = js_client_put,
     .client_scan = js_client_scan,
+    .log_append_nosync = js_api_log_append_nosync,
+    .log_sync = js_api_log_sync,
 };
+
+PL_STORE_DECLARE_MINOR;
 
 PL_EXPORT const pl_store_plugin *parley_store_plugin(void)
 {

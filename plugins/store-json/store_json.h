@@ -151,6 +151,7 @@ typedef struct js_logrec {
 
 typedef struct js_log {
     int fd;
+    int sync_fd;              /* log_sync's own descriptor (sync thread), or -1 */
     char *path;
     uint64_t first;           /* op of recs[0]; meaningless when n == 0 */
     js_logrec *recs;
@@ -233,7 +234,8 @@ void js_undo_free(js_undo_log *u);
 /* Open (create) and scan the log, cutting a bad tail with a warning. */
 int js_log_open(pl_store *s, char *err, size_t errlen);
 void js_log_close(js_log *l);
-int js_log_append(pl_store *s, const pl_log_entry *e, size_t n);
+int js_log_append(pl_store *s, const pl_log_entry *e, size_t n, int sync);
+int js_log_sync(pl_store *s);
 int js_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, void *ud);
 int js_log_truncate(pl_store *s, uint64_t after);
 int js_log_compact(pl_store *s, uint64_t before);

@@ -14,6 +14,12 @@
  *   op-number lives in meta key "applied" and is written inside the same
  *   transaction as the state it describes. When the store is opened with
  *   sync off everything runs with synchronous=OFF.
+ *   log_append_nosync (ABI minor 1) commits with synchronous=NORMAL like a
+ *   state transaction; log_sync, on the core's sync thread, fdatasyncs the
+ *   WAL file through a descriptor of its own. WAL frames are appended in
+ *   commit order and recovery keeps a checksummed prefix, so a crash keeps
+ *   a prefix of the log, and a state commit only with the log entries
+ *   committed before it.
  *
  * Schema (PRAGMA user_version = SQ_SCHEMA_VERSION)
  *   meta(key, val)                  replica metadata and "applied"
@@ -233,6 +239,9 @@ struct pl_store {
     uint64_t applied;         /* cached meta "applied", updated on commit */
     uint8_t *buf;             /* getter results live here until the next call */
     size_t cap;
+    /* log_sync (the core's sync thread only) */
+    char *wal_path;           /* <dir>/parley.db-wal */
+    int wal_fd;               /* read-only descriptor of it, or -1 */
 };
 
 /* ---- small helpers ---- */
@@ -541,6 +550,9 @@ static void sq_free(pl_store *s)
      * and removes the -wal and -shm files. */
     if (s->db && sqlite3_close(s->db) != SQLITE_OK)
         sq_log(s, PL_LOG_WARN, "closing %s: %s", s->path, sqlite3_errmsg(s->db));
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
+    free(s->wal_path);
     free(s->path);
     free(s->buf);
     free(s);
@@ -682,14 +694,17 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
     s = calloc(1, sizeof *s);
     if (!s)
         goto nomem;
+    s->wal_fd = -1;
     if (host)
         s->host = *host;
     s->sync_on = opt->sync != 0;
-    plen = strlen(opt->dir) + sizeof "/" SQ_DB_FILE;
+    plen = strlen(opt->dir) + sizeof "/" SQ_DB_FILE "-wal";
     s->path = malloc(plen);
-    if (!s->path)
+    s->wal_path = malloc(plen);
+    if (!s->path || !s->wal_path)
         goto nomem;
     snprintf(s->path, plen, "%s/%s", opt->dir, SQ_DB_FILE);
+    snprintf(s->wal_path, plen, "%s/%s-wal", opt->dir, SQ_DB_FILE);
 
     if (sq_mkdirs(opt->dir, err, errlen) != 0 ||
         sq_precreate(opt->dir, s->path, s->sync_on, err, errlen) != 0) {
@@ -944,7 +959,7 @@ static int sq_outside_txn(pl_store *s, const char *what)
     return sq_set_sync(s, SQ_SYNC_FULL);
 }
 
-static int sq_log_append(pl_store *s, const pl_log_entry *e, size_t n)
+static int sq_log_write(pl_store *s, const pl_log_entry *e, size_t n, int level)
 {
     sqlite3_stmt *st;
     uint64_t last = 0;
@@ -965,6 +980,8 @@ static int sq_log_append(pl_store *s, const pl_log_entry *e, size_t n)
         }
     }
     if ((err = sq_outside_txn(s, "log_append")) != PL_OK)
+        return err;
+    if (level != SQ_SYNC_FULL && (err = sq_set_sync(s, level)) != PL_OK)
         return err;
     if ((err = sq_simple(s, ST_BEGIN)) != PL_OK)
         return err;
@@ -987,13 +1004,57 @@ static int sq_log_append(pl_store *s, const pl_log_entry *e, size_t n)
         if ((err = sq_exec_stmt(s, st, "log_append")) != PL_OK)
             goto fail;
     }
-    /* One COMMIT: one WAL sync for the whole batch. */
+    /* One COMMIT: one WAL sync for the whole batch (none when NORMAL). */
     if ((err = sq_simple(s, ST_COMMIT)) != PL_OK)
         goto fail;
     return PL_OK;
 fail:
     sq_rollback(s);
     return err;
+}
+
+static int sq_log_append(pl_store *s, const pl_log_entry *e, size_t n)
+{
+    return sq_log_write(s, e, n, SQ_SYNC_FULL);
+}
+
+static int sq_log_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
+{
+    return sq_log_write(s, e, n, SQ_SYNC_NORMAL);
+}
+
+/* Runs on the core's sync thread, beside the loop thread's calls: it
+ * touches nothing but wal_fd and wal_path. fdatasync on any descriptor of
+ * the WAL file flushes what the connection wrote through its own. The
+ * descriptor is reopened when the file at the path is another one (SQLite
+ * removes the WAL when the last connection closes, so a reopened database
+ * has a new one). */
+static int sq_log_sync(pl_store *s)
+{
+    struct stat a, b;
+
+    if (!s->sync_on)
+        return PL_OK;
+    if (stat(s->wal_path, &b) != 0) {
+        if (errno == ENOENT)
+            return PL_OK; /* nothing written since the WAL was checkpointed away */
+        sq_log(s, PL_LOG_ERROR, "log_sync: stat %s: %s", s->wal_path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    if (s->wal_fd >= 0 && (fstat(s->wal_fd, &a) != 0 || a.st_ino != b.st_ino ||
+                           a.st_dev != b.st_dev)) {
+        close(s->wal_fd);
+        s->wal_fd = -1;
+    }
+    if (s->wal_fd < 0 && (s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC)) < 0) {
+        sq_log(s, PL_LOG_ERROR, "log_sync: open %s: %s", s->wal_path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    if (fdatasync(s->wal_fd) != 0) {
+        sq_log(s, PL_LOG_ERROR, "log_sync: fdatasync %s: %s", s->wal_path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    return PL_OK;
 }
 
 static int sq_log_bounds(pl_store *s, uint64_t *first, uint64_t *last)
@@ -1632,7 +1693,11 @@ static const pl_store_plugin sq_plugin = {
     .client_get = sq_client_get,
     .client_put = sq_client_put,
     .client_scan = sq_client_scan,
+    .log_append_nosync = sq_log_append_nosync,
+    .log_sync = sq_log_sync,
 };
+
+PL_STORE_DECLARE_MINOR;
 
 PL_EXPORT const pl_store_plugin *parley_store_plugin(void)
 {

@@ -25,6 +25,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1732,10 +1733,39 @@ static int crash_apply(pl_store *st, uint64_t op)
     return rc;
 }
 
-static void crash_child(const char *dir, int wfd) __attribute__((noreturn));
+/* ABI minor 1: the log appended without a sync on this thread, synced by
+ * a thread of its own as core/seq.c does. The sync thread reports to the
+ * parent what each log_sync covered: every entry appended before it began. */
+typedef struct nosync_ctl {
+    pl_store *st;
+    int wfd;
+    pthread_mutex_t mu;
+    uint64_t appended;        /* last op appended (mu) */
+} nosync_ctl;
 
-static void crash_child(const char *dir, int wfd)
+static void *nosync_sync_main(void *arg)
 {
+    nosync_ctl *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        uint64_t covers = c->appended;
+        pthread_mutex_unlock(&c->mu);
+        if (S->log_sync(c->st) != PL_OK)
+            _exit(21);
+        if (covers && write(c->wfd, &covers, sizeof covers) != (ssize_t)sizeof covers)
+            _exit(16);
+        struct timespec ts = { 0, 200000 }; /* 0.2 ms: syncs overlap appends */
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static void crash_child(const char *dir, int wfd, int nosync) __attribute__((noreturn));
+
+static void crash_child(const char *dir, int wfd, int nosync)
+{
+    nosync_ctl ctl = { NULL, wfd, PTHREAD_MUTEX_INITIALIZER, 0 };
+    pthread_t thr;
     pl_store_options o = { dir, 1, NULL };
     pl_store *st = NULL;
     uint64_t first = 0, last = 0, applied, op, rng = rng_seeded((uint64_t)getpid());
@@ -1760,6 +1790,11 @@ static void crash_child(const char *dir, int wfd)
         if (S->commit(st, last) != PL_OK)
             _exit(14);
     }
+    if (nosync) {
+        ctl.st = st;
+        if (pthread_create(&thr, NULL, nosync_sync_main, &ctl) != 0)
+            _exit(22);
+    }
     for (iter = 0; iter < 100000; iter++) {
         size_t n = 1 + rng_next(&rng) % 16, i;
         uint64_t top = last + n;
@@ -1767,11 +1802,21 @@ static void crash_child(const char *dir, int wfd)
             snprintf(data[i], sizeof data[i], "op %" PRIu64, last + 1 + i);
             e[i] = ent(last + 1 + i, 1, data[i]);
         }
-        if (S->log_append(st, e, n) != PL_OK)
-            _exit(15);
-        /* The log is durable now: tell the parent. */
-        if (write(wfd, &top, sizeof top) != (ssize_t)sizeof top)
-            _exit(16);
+        if (nosync) {
+            /* Not durable yet; the state of these ops is applied before
+             * the sync covers them, as a backup of the core may. */
+            if (S->log_append_nosync(st, e, n) != PL_OK)
+                _exit(15);
+            pthread_mutex_lock(&ctl.mu);
+            ctl.appended = top;
+            pthread_mutex_unlock(&ctl.mu);
+        } else {
+            if (S->log_append(st, e, n) != PL_OK)
+                _exit(15);
+            /* The log is durable now: tell the parent. */
+            if (write(wfd, &top, sizeof top) != (ssize_t)sizeof top)
+                _exit(16);
+        }
         if (S->begin(st) != PL_OK)
             _exit(17);
         for (op = last + 1; op <= top; op++)
@@ -1820,14 +1865,15 @@ static int crash_log_cb(void *ud, const pl_log_entry *e)
     return 0;
 }
 
-START_TEST(crash_consistency)
+static void crash_runs(int nosync)
 {
     enum { RUNS = 12 };
     uint64_t rng = rng_seeded(g_seed ^ 0xc0ffee), durable = 0;
     char dir[PATH_MAX];
     int run;
 
-    fprintf(stderr, "crash_consistency: seed %" PRIu64 "\n", g_seed);
+    fprintf(stderr, "crash_consistency%s: seed %" PRIu64 "\n", nosync ? " (log_append_nosync)" : "",
+            g_seed);
     make_dir(dir, sizeof dir, "crash");
     for (run = 0; run < RUNS; run++) {
         int fds[2], status = 0;
@@ -1846,7 +1892,7 @@ START_TEST(crash_consistency)
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
             close(fds[0]);
-            crash_child(dir, fds[1]);
+            crash_child(dir, fds[1], nosync);
         }
         close(fds[1]);
         /* Read reports until the random moment, then kill: the pipe is
@@ -1875,8 +1921,8 @@ START_TEST(crash_consistency)
         close(fds[0]);
         ck_assert_msg(WIFSIGNALED(status),
                       "run %d: crash child exited by itself with code %d (10 open, 15 "
-                      "log_append, 17-19 begin/apply/commit, 12-14 replay, 20 compact) "
-                      "before the kill",
+                      "log_append, 17-19 begin/apply/commit, 12-14 replay, 20 compact, "
+                      "21 log_sync, 22 thread) before the kill",
                       run, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 
         st = open_store(g_plug[0], dir, 1);
@@ -1932,6 +1978,103 @@ START_TEST(crash_consistency)
     ck_assert_msg(durable > 0, "no op became durable in %d runs: the child never got going",
                   RUNS);
     rm_rf(dir);
+}
+
+START_TEST(crash_consistency)
+{
+    crash_runs(0);
+}
+END_TEST
+
+/* Minor 1 (log_append_nosync, log_sync) under the same kills: log_sync
+ * runs on another thread while the child appends, applies and compacts,
+ * and what a log_sync covered must be there after the kill, with the
+ * state a prefix of the log as before. A plugin of minor 0 has no such
+ * members and the core never calls them: the loader must say minor 0. */
+START_TEST(crash_consistency_nosync)
+{
+    uint32_t minor = pl_plugin_store_minor(g_plug[0]);
+    if (minor == 0) {
+        ck_assert_msg(S->abi_version == PL_STORE_ABI_VERSION, "minor 0 plugin of ABI %u",
+                      (unsigned)S->abi_version);
+        return;
+    }
+    ck_assert_msg(S->log_append_nosync && S->log_sync, "minor %u without its members",
+                  (unsigned)minor);
+    crash_runs(1);
+}
+END_TEST
+
+/* Minor 1: an unsynced append is part of the log at once, log_sync on
+ * another thread may run beside any other call, and a synced append or a
+ * truncation keeps working after unsynced ones. */
+typedef struct sync_loop {
+    pl_store *st;
+    volatile int stop;
+    int calls, errors;
+} sync_loop;
+
+static void *sync_loop_main(void *arg)
+{
+    sync_loop *l = arg;
+    while (!l->stop) {
+        l->errors += S->log_sync(l->st) != PL_OK;
+        l->calls++;
+    }
+    return NULL;
+}
+
+START_TEST(log_append_nosync_and_sync)
+{
+    if (pl_plugin_store_minor(g_plug[0]) == 0) {
+        ck_assert_uint_eq(pl_plugin_store_minor(g_plug[0]), 0);
+        return;
+    }
+    char data[64][32];
+    pl_log_entry e[64];
+    uint64_t first = 0, last = 0;
+    reopen(1); /* syncs on: log_sync must really sync */
+    sync_loop l = { T, 0, 0, 0 };
+    pthread_t thr;
+    ck_assert_int_eq(pthread_create(&thr, NULL, sync_loop_main, &l), 0);
+    uint64_t op = 1;
+    for (int round = 0; round < 200; round++) {
+        size_t n = 1 + (size_t)round % 7;
+        for (size_t i = 0; i < n; i++) {
+            snprintf(data[i], sizeof data[i], "entry %" PRIu64, op + i);
+            e[i] = ent(op + i, 1 + (uint64_t)round / 50, data[i]);
+        }
+        if (round % 10 == 9)
+            OK(S->log_append(T, e, n)); /* a synced one between */
+        else
+            OK(S->log_append_nosync(T, e, n));
+        op += n;
+        OK(S->log_bounds(T, &first, &last));
+        ck_assert_uint_eq(last, op - 1);
+        if (round % 25 == 24) {
+            OK(S->begin(T));
+            OK(S->meta_set(T, "counter", op - 1));
+            OK(S->commit(T, op - 1));
+        }
+        if (round % 50 == 49) {
+            OK(S->log_truncate(T, op - 3)); /* an unsynced suffix is cut */
+            op -= 2;
+        }
+        if (round == 120)
+            OK(S->log_compact(T, 40));
+    }
+    l.stop = 1;
+    pthread_join(thr, NULL);
+    ck_assert_int_eq(l.errors, 0);
+    ck_assert_int_gt(l.calls, 0);
+    OK(S->log_sync(T));
+    OK(S->log_bounds(T, &first, &last));
+    ck_assert_uint_eq(last, op - 1);
+    reopen(1);
+    uint64_t f2 = 0, l2 = 0;
+    OK(S->log_bounds(T, &f2, &l2));
+    ck_assert_uint_eq(f2, first);
+    ck_assert_uint_eq(l2, last);
 }
 END_TEST
 
@@ -2652,6 +2795,7 @@ static Suite *single_suite(void)
     tcase_add_test(tc, log_compact_prefix);
     tcase_add_test(tc, compact_makes_state_durable);
     tcase_add_test(tc, log_survives_reopen);
+    tcase_add_test(tc, log_append_nosync_and_sync);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("state");
@@ -2673,6 +2817,7 @@ static Suite *single_suite(void)
     tc = tcase_create("crash");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, crash_consistency);
+    tcase_add_test(tc, crash_consistency_nosync);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -87,6 +87,20 @@ typedef struct replica {
     /* faults */
     int dying;                /* crashed inside a durable write: nothing more happens */
     uint64_t paused_until;    /* paused (SIGSTOP): no ticks, messages wait */
+    /* The log written without a sync (io.append_async, as core/seq.c does
+     * with a store of ABI minor 1): log[1..durable] survives a crash, the
+     * rest only as a random prefix. The applied state is not synced either:
+     * like SQLite's WAL, a crash keeps a prefix of the writes in the order
+     * they were made, so the state comes back at some applied op between
+     * the one the last sync covered (applied_dur) and the one the kept log
+     * reaches. Syncs finish 0-20 ms after the append that asked, possibly
+     * out of order. */
+    int async;
+    uint64_t durable, applied_dur;
+    struct { uint64_t covers, cap, gen, due, applied; } sync[64];
+    uint32_t nsync;
+    int sync_stuck;           /* its syncs do not finish (a slow disk) */
+    int lose_unsynced;        /* a crash loses every unsynced entry */
     int64_t clock_ppm;        /* its clock runs this much fast (or slow) */
     uint64_t clock_base;      /* its clock at simulated time 0 */
 } replica;
@@ -138,6 +152,7 @@ typedef struct sim {
     int membership;              /* a membership run: may_crash decides who may crash */
     mix mx;
     uint64_t max_seen;           /* I3: highest op a serving replica applied */
+    int async_mode;              /* 0 every append syncs, 1 none does, 2 some replicas */
     char failure[512];
 } sim;
 
@@ -168,11 +183,15 @@ static struct {
 static const char *prog = "build/tests/unit/test-vr";
 static const char *cur_case = "";
 
+static int force_sync;
+static int force_async; /* every replica's log is asynchronous (fixed scenarios) */
+
 static const char *replay(void)
 {
     static char buf[256];
-    snprintf(buf, sizeof buf, "replay: VRSIM_SEED=%u VRSIM_SEEDS=1 VRSIM_MIX=%s CK_RUN_CASE=%s %s",
-             S ? S->seed0 : 0, S && S->mx.swarm ? "swarm" : "classic", cur_case, prog);
+    snprintf(buf, sizeof buf, "replay: VRSIM_SEED=%u VRSIM_SEEDS=1 VRSIM_MIX=%s%s CK_RUN_CASE=%s %s",
+             S ? S->seed0 : 0, S && S->mx.swarm ? "swarm" : "classic",
+             force_sync ? " VRSIM_FORCE_SYNC=1" : "", cur_case, prog);
     return buf;
 }
 
@@ -323,6 +342,51 @@ static int io_append(void *ud, const pl_log_entry *e, size_t n)
         memset(r->log[r->nlog].data, 0, sizeof r->log[r->nlog].data);
         memcpy(r->log[r->nlog].data, e[i].data, e[i].len < 23 ? e[i].len : 23);
     }
+    r->durable = r->nlog; /* a synced append makes all before it durable too */
+    r->applied_dur = r->applied;
+    return r->dying ? PL_ERR_IO : PL_OK;
+}
+
+static int io_append_async(void *ud, const pl_log_entry *e, size_t n)
+{
+    uint32_t g = (uint32_t)(uintptr_t)ud;
+    replica *r = &S->r[g];
+    if (r->dying)
+        return PL_ERR_IO;
+    if (io_crash_here(g))
+        n = n ? rnd() % n : 0;
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].op != r->nlog + 1) {
+            sim_fail("append out of order: op %llu after %llu", (unsigned long long)e[i].op, (unsigned long long)r->nlog);
+            return PL_ERR_INVALID;
+        }
+        if (e[i].op >= MAXOPS)
+            return PL_ERR_IO;
+        r->nlog++;
+        r->log[r->nlog].view = e[i].view;
+        memset(r->log[r->nlog].data, 0, sizeof r->log[r->nlog].data);
+        memcpy(r->log[r->nlog].data, e[i].data, e[i].len < 23 ? e[i].len : 23);
+    }
+    if (r->dying)
+        return PL_ERR_IO;
+    /* the sync thread's request; a full queue folds into its newest */
+    uint32_t k = r->nsync < 64 ? r->nsync++ : 63;
+    r->sync[k].covers = r->sync[k].cap = r->nlog;
+    r->sync[k].gen = pl_vr_log_gen(r->vr);
+    r->sync[k].due = S->now + 10 * (rnd() % 3);
+    r->sync[k].applied = r->applied;
+    return PL_OK;
+}
+
+static int io_flush(void *ud)
+{
+    replica *r = &S->r[(uintptr_t)ud];
+    if (r->dying)
+        return PL_ERR_IO;
+    if (io_crash_here((uint32_t)(uintptr_t)ud) && rnd() % 2)
+        return PL_ERR_IO;
+    r->durable = r->nlog;
+    r->applied_dur = r->applied;
     return r->dying ? PL_ERR_IO : PL_OK;
 }
 
@@ -342,6 +406,13 @@ static int io_truncate(void *ud, uint64_t after)
               (unsigned long long)r->applied);
     if (after < r->nlog)
         r->nlog = after;
+    /* the cut is synced, and with it everything before it; a sync still
+     * running covers only entries up to the cut */
+    r->durable = r->nlog;
+    r->applied_dur = r->applied;
+    for (uint32_t k = 0; k < r->nsync; k++)
+        if (r->sync[k].cap > r->nlog)
+            r->sync[k].cap = r->nlog;
     return r->dying ? PL_ERR_IO : PL_OK;
 }
 
@@ -404,6 +475,9 @@ static void io_send(void *ud, uint32_t to, const pl_vr_msg *m)
     uint32_t g = global_of(from, to); /* the peer layer: slot -> server */
     if (g == NOID || g >= S->n || S->r[from].dying)
         return;
+    if (m->type == PL_VR_PREPARE_OK && m->op > S->r[from].durable)
+        sim_fail("PREPARE-OK for op %llu, durable only to %llu", (unsigned long long)m->op,
+                 (unsigned long long)S->r[from].durable);
     if (S->cut[from][g] || (S->drop_pct && (int)(rnd() % 100) < S->drop_pct))
         return;
     if (!S->mx.swarm) {
@@ -448,6 +522,10 @@ static void io_committed(void *ud, uint64_t commit)
         r->applied = op;
         membership m;
         if (parse_barrier(r->log[op].data, op, &m) == 0) {
+            /* core/seq.c syncs the log before membership.json names the
+             * new epoch: a restart must find the barrier behind it */
+            r->durable = r->nlog;
+            r->applied_dur = op;
             if (m.epoch != r->mem.epoch + 1)
                 sim_fail("barrier of epoch %llu applied in epoch %llu", (unsigned long long)m.epoch,
                          (unsigned long long)r->mem.epoch);
@@ -493,7 +571,11 @@ static void start_replica(uint32_t i)
                          .heartbeat_ms = 30, .failback = true, .max_batch = 16,
                          .window = 256 };
     pl_vr_io io = { (void *)(uintptr_t)i, io_append, io_truncate, io_read, io_save,
-                    io_send, io_committed, io_changed, NULL, NULL, io_is_barrier };
+                    io_send, io_committed, io_changed, NULL, NULL, io_is_barrier,
+                    r->async ? io_append_async : NULL, r->async ? io_flush : NULL };
+    r->durable = r->nlog; /* the server syncs its log before it starts VR */
+    r->applied_dur = r->applied;
+    r->nsync = 0;
     pl_vr_durable d = { r->view, r->lnv, r->nlog, r->nlog ? r->log[r->nlog].view : 0,
                         r->applied, m->start_op, 0, r->prepared };
     for (uint64_t op = (m->start_op > r->applied ? m->start_op : r->applied) + 1; op <= r->nlog; op++)
@@ -545,6 +627,23 @@ static void crash(uint32_t i)
     replica *r = &S->r[i];
     if (!r->up)
         return;
+    if (r->async) {
+        uint64_t keep = r->durable;
+        if (r->nlog > keep) {
+            uint64_t n = r->lose_unsynced ? keep : keep + rnd() % (r->nlog - keep + 1);
+            trace(1, "CRASH %u loses its unsynced log %llu-%llu", i,
+                  (unsigned long long)n + 1, (unsigned long long)r->nlog);
+            r->nlog = n;
+        }
+        uint64_t amax = r->applied < r->nlog ? r->applied : r->nlog;
+        uint64_t amin = r->applied_dur < amax ? r->applied_dur : amax;
+        uint64_t a = amax > amin && !r->lose_unsynced ? amin + rnd() % (amax - amin + 1) : amin;
+        if (a < r->applied)
+            trace(1, "CRASH %u loses its unsynced state %llu-%llu", i, (unsigned long long)a + 1,
+                  (unsigned long long)r->applied);
+        r->applied = a;
+        r->nsync = 0;
+    }
     pl_vr_free(r->vr);
     r->vr = NULL;
     r->up = 0;
@@ -609,6 +708,10 @@ static int settle(uint32_t g)
     if (r->up && (r->view != pl_vr_view(r->vr) || r->lnv != pl_vr_lnv(r->vr)))
         sim_fail("view %llx / last normal view %llx in memory are not durable",
                  (unsigned long long)pl_vr_view(r->vr), (unsigned long long)pl_vr_lnv(r->vr));
+    /* nor on log entries a crash would take back */
+    if (r->up && pl_vr_synced_op(r->vr) > r->durable)
+        sim_fail("VR counts the log durable to op %llu; the disk holds %llu",
+                 (unsigned long long)pl_vr_synced_op(r->vr), (unsigned long long)r->durable);
     return r->up;
 }
 
@@ -848,12 +951,41 @@ static void drive_membership(void)
     }
 }
 
+/* Syncs that are due finish, on replicas that run (a paused one finishes
+ * them when it resumes: the loop thread hears of them then). */
+static void finish_syncs(void)
+{
+    for (uint32_t i = 0; i < S->n; i++) {
+        replica *r = &S->r[i];
+        if (!r->up || paused(i) || !r->nsync || r->sync_stuck)
+            continue;
+        uint32_t k = 0;
+        while (k < r->nsync && r->up) {
+            if (r->sync[k].due > S->now) {
+                k++;
+                continue;
+            }
+            uint64_t covers = r->sync[k].covers, gen = r->sync[k].gen;
+            if (r->sync[k].cap > r->durable)
+                r->durable = r->sync[k].cap;
+            if (r->sync[k].applied > r->applied_dur)
+                r->applied_dur = r->sync[k].applied;
+            r->sync[k] = r->sync[--r->nsync];
+            pl_vr_synced(r->vr, covers, gen, lnow(i));
+            if (settle(i))
+                watch(i, "synced");
+            check_reads();
+        }
+    }
+}
+
 static void step(void)
 {
     S->now += 10;
     for (uint32_t i = 0; i < S->n; i++)
         reconfigure_pending(i);
     deliver_due();
+    finish_syncs();
     for (uint32_t i = 0; i < S->n; i++)
         if (S->r[i].up && !paused(i)) {
             pl_vr_tick(S->r[i].vr, lnow(i));
@@ -920,6 +1052,9 @@ static const char *mix_text(const mix *mx)
 
 /* The mix the next sim_init* uses (classic unless a swarm case sets it). */
 static int use_swarm;
+/* force_sync (VRSIM_FORCE_SYNC=1): every append syncs, whatever the mix
+ * draws; the regression seeds found before the asynchronous log existed
+ * replay exactly that way. */
 
 /* A universe of `universe` servers; the first n are epoch 0's members and
  * start now, the others join when a planned change needs them. */
@@ -937,8 +1072,20 @@ static void sim_init2(uint32_t universe, uint32_t n, unsigned seed)
                 S->r[i].clock_ppm = (int64_t)mix_rnd(&st, 2 * S->mx.drift_ppm + 1) -
                                     (int64_t)S->mx.drift_ppm;
         }
-        trace(1, "seed %u mix: %s", seed, mix_text(&S->mx));
+        /* drawn last, so the draws above stay what they were before it */
+        S->async_mode = (int)mix_rnd(&st, 3);
+        for (uint32_t i = 0; i < universe; i++)
+            S->r[i].async = S->async_mode == 1 || (S->async_mode == 2 && mix_rnd(&st, 2));
+        if (force_sync)
+            for (uint32_t i = 0; i < universe; i++)
+                S->r[i].async = 0;
+        trace(1, "seed %u mix: %s; async log on %s", seed, mix_text(&S->mx),
+              force_sync ? "none (forced)" : S->async_mode == 0 ? "none" :
+              S->async_mode == 1 ? "all" : "some");
     }
+    if (force_async)
+        for (uint32_t i = 0; i < universe; i++)
+            S->r[i].async = 1;
     S->initial.n = n;
     for (uint32_t i = 0; i < n; i++)
         S->initial.ids[i] = i;
@@ -1070,6 +1217,107 @@ static void check_converged(void)
 {
     check_converged_in(&S->initial, 0);
 }
+
+/* The asynchronous log (core/seq.c with a store of ABI minor 1): a backup
+ * that holds an op only in an unsynced write must make it durable before
+ * it records a new last normal view. Op X is committed in view 0 by the
+ * primary and server 1 while server 2 holds it unsynced; the primary dies
+ * before anyone hears of the commit. Server 1 becomes primary of view 1
+ * and its START-VIEW brings server 2 nothing new (it holds X already), so
+ * only the sync before lnv = 1 keeps X: without it server 2 crashes, comes
+ * back with lnv 1 and a log without X, and with server 1 down its log
+ * outranks server 0's in the next view change, which gives X's op-number
+ * to another op (I1, I2). */
+START_TEST(test_async_start_view_keeps_unsynced_op)
+{
+    force_async = 1;
+    sim_init(3, 7);
+    force_async = 0;
+    for (int k = 0; k < 200 && !pl_vr_can_serve(S->r[0].vr, lnow(0)); k++)
+        step();
+    ck_assert(pl_vr_can_serve(S->r[0].vr, lnow(0)));
+    S->r[2].sync_stuck = 1;
+    pl_log_entry e = { 0, 0, (const uint8_t *)"x-op", 4 };
+    uint64_t x = 0;
+    ck_assert_int_eq(pl_vr_propose(S->r[0].vr, &e, 1, &x, lnow(0)), PL_OK);
+    for (int k = 0; k < 20 && (S->r[1].nlog < x || S->r[2].nlog < x); k++)
+        step();
+    ck_assert(S->r[1].nlog >= x && S->r[2].nlog >= x);
+    /* from here nothing of server 0 reaches the others: nobody learns the
+     * commit from it */
+    S->cut[0][1] = S->cut[0][2] = 1;
+    for (int k = 0; k < 20 && pl_vr_commit(S->r[0].vr) < x; k++)
+        step();
+    ck_assert_uint_ge(pl_vr_commit(S->r[0].vr), x);
+    ck_assert_uint_lt(pl_vr_commit(S->r[1].vr), x);
+    ck_assert_uint_lt(pl_vr_commit(S->r[2].vr), x);
+    ck_assert_uint_lt(S->r[2].durable, x);
+    crash(0);
+    for (int k = 0; k < 200 && !(pl_vr_is_primary(S->r[1].vr) && S->r[2].lnv == pl_vr_view(S->r[1].vr));
+         k++)
+        step();
+    ck_assert(pl_vr_is_primary(S->r[1].vr));
+    ck_assert_uint_eq(S->r[2].lnv, pl_vr_view(S->r[1].vr));
+    ck_assert_uint_lt(pl_vr_commit(S->r[2].vr), x); /* not applied: a crash may lose it */
+    S->r[2].lose_unsynced = 1;
+    crash(2);
+    S->r[2].lose_unsynced = 0;
+    crash(1);
+    S->r[2].sync_stuck = 0;
+    memset(S->cut, 0, sizeof S->cut);
+    start_replica(0);
+    start_replica(2);
+    for (int k = 0; k < 600; k++) {
+        step();
+        propose_some();
+    }
+    SIM_ASSERT(!S->failure[0], "%s", S->failure);
+    heal();
+    for (int k = 0; k < 600; k++) {
+        step();
+        propose_some();
+    }
+    SIM_ASSERT(!S->failure[0], "%s", S->failure);
+    ck_assert_str_eq(S->committed[x], "x-op");
+    check_converged();
+    sim_free();
+}
+END_TEST
+
+/* A primary's own vote counts for what its sync covers, not for what it
+ * wrote: with its sync stuck, a backup's PREPARE-OK alone commits nothing
+ * (n = 3 needs two durable copies). Otherwise op X would be answered and
+ * applied, then lost by the primary's crash together with its unsynced
+ * state, and a view change of the primary and the server that never got X
+ * would give X's op-number to another op. */
+START_TEST(test_async_primary_counts_only_synced)
+{
+    force_async = 1;
+    sim_init(3, 11);
+    force_async = 0;
+    for (int k = 0; k < 200 && !pl_vr_can_serve(S->r[0].vr, lnow(0)); k++)
+        step();
+    ck_assert(pl_vr_can_serve(S->r[0].vr, lnow(0)));
+    for (int k = 0; k < 5; k++)
+        step(); /* every earlier sync is done */
+    S->r[0].sync_stuck = 1;
+    S->cut[0][2] = 1;
+    pl_log_entry e = { 0, 0, (const uint8_t *)"x-op", 4 };
+    uint64_t x = 0;
+    ck_assert_int_eq(pl_vr_propose(S->r[0].vr, &e, 1, &x, lnow(0)), PL_OK);
+    for (int k = 0; k < 20 && pl_vr_acked(S->r[0].vr, 1) < x; k++)
+        step();
+    ck_assert_uint_ge(pl_vr_acked(S->r[0].vr, 1), x);
+    ck_assert_uint_lt(pl_vr_commit(S->r[0].vr), x);
+    ck_assert(S->committed[x][0] == 0);
+    /* its sync finishes: now two durable copies */
+    S->r[0].sync_stuck = 0;
+    step();
+    ck_assert_uint_ge(pl_vr_commit(S->r[0].vr), x);
+    SIM_ASSERT(!S->failure[0], "%s", S->failure);
+    sim_free();
+}
+END_TEST
 
 START_TEST(test_steady_state)
 {
@@ -1384,6 +1632,7 @@ static void run_case(const seed_case *c)
         unsigned first = (unsigned)strtoul(first_env, NULL, 10);
         unsigned n = getenv("VRSIM_SEEDS") ? (unsigned)strtoul(getenv("VRSIM_SEEDS"), NULL, 10) : 1;
         use_swarm = !(getenv("VRSIM_MIX") && !strcmp(getenv("VRSIM_MIX"), "classic"));
+        force_sync = getenv("VRSIM_FORCE_SYNC") && atoi(getenv("VRSIM_FORCE_SYNC"));
         for (unsigned i = 0; i < n; i++)
             c->run(first + i);
         use_swarm = 0;
@@ -1397,8 +1646,10 @@ static void run_case(const seed_case *c)
     use_swarm = 1;
     for (unsigned i = 0; i < c->swarm_n; i++)
         c->run(c->swarm_first + i);
+    force_sync = 1;
     for (const unsigned *r = c->regress_swarm; r && *r; r++)
         c->run(*r);
+    force_sync = 0;
     use_swarm = 0;
 }
 
@@ -1809,6 +2060,8 @@ int main(int argc, char **argv)
                 tcase_add_test(tc, cases[i].test);
             } else {
                 tcase_add_test(tc, test_steady_state);
+                tcase_add_test(tc, test_async_start_view_keeps_unsynced_op);
+                tcase_add_test(tc, test_async_primary_counts_only_synced);
                 tcase_add_test(tc, test_single_server);
                 tcase_add_test(tc, test_primary_crash_and_failback);
                 tcase_add_test(tc, test_backup_vouches_for_primary);
