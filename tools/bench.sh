@@ -5,6 +5,11 @@
 #
 # FIGURE is one of
 #   fsync      the disk's durable append rate (tools/fsync-rate.py)
+#   redis      the reference: Redis with appendonly yes, appendfsync always
+#              (it fsyncs before it answers), redis-benchmark -t set -d 100
+#              with 64 connections, one request in flight each, then 32
+#              (pipelined): the same load shape as send1 (needs
+#              redis-server and redis-tools)
 #   send1      1 server, 64 connections, acknowledged sends (body 100 bytes):
 #              one request in flight per connection, then 32 (pipelined)
 #   send3      the same against 3 servers
@@ -23,6 +28,9 @@
 #              client), then 10,000 SubscribeToMessages streams of the
 #              official gRPC Python runtime on 10,000 connections
 #              (tests/interop ManyStreams; needs python3-grpcio, protoc)
+#   redis1     redis, then send1, run by run (redis r, send1 r, redis r+1,
+#              ...), so both see the same machine; parley/Redis ratios
+#   redis3     the same with send3
 #   all        every figure above
 # Each throughput figure runs RUNS times (default 3) on fresh servers and
 # prints every run and the median. Output: one "FIGURE: ..." summary line per
@@ -43,11 +51,11 @@ while getopts "B:r:d:h" o; do
     B) build=$(cd "$OPTARG" && pwd) ;;
     r) runs=$OPTARG ;;
     d) dur=$OPTARG ;;
-    *) sed -n '2,34p' "$0"; exit 2 ;;
+    *) sed -n '2,43p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { sed -n '2,34p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,43p' "$0"; exit 2; }
 parleyd="$build/core/parleyd"
 bench="$build/client/parley-bench"
 for f in "$parleyd" "$bench"; do
@@ -156,6 +164,107 @@ run_figure() {
 
 fig_fsync() { python3 "$here/tools/fsync-rate.py" "$work" | tee "$out/fsync.json" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print("fsync: %s small appends+fdatasync/s (p50 %s ms), %s 64 KiB appends/s" % (d["small"]["syncs_per_s"], d["small"]["p50_ms"], d["batch_64k"]["syncs_per_s"]))'; }
+# redis_run NAME PIPELINE: one redis-benchmark run on a fresh Redis.
+redis_run() {
+    local name=$1 pipe=$2 port dir n
+    port=$((base_port + 500))
+    base_port=$((base_port + 10))
+    dir="$work/redis"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
+        --appendfsync always --save "" --logfile "$work/redis.log" &
+    local rpid=$!
+    local t=0
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do
+        sleep 0.05
+        t=$((t + 1))
+        [ $t -lt 200 ] || { echo "bench.sh: redis-server did not start" >&2; tail "$work/redis.log" >&2; exit 1; }
+    done
+    # about $dur seconds of requests at the rates seen here (55k/s, 500k/s)
+    n=$((dur * (pipe > 1 ? 400000 : 55000)))
+    redis-benchmark -p "$port" -t set -c 64 -d 100 -P "$pipe" -n "$n" --csv 2>/dev/null |
+        python3 -c '
+import csv, json, sys
+r = list(csv.DictReader(sys.stdin))[-1]
+print(json.dumps({"tool": "redis-benchmark", "throughput": {"ops_per_s": float(r["rps"])},
+                  "latency_ms": {"request": {"p50": float(r["p50_latency_ms"]),
+                                             "p99": float(r["p99_latency_ms"])}}}))' >"$out/$name.json"
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || kill "$rpid" 2>/dev/null || true
+    wait "$rpid" 2>/dev/null || true
+}
+
+need_redis() {
+    command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null ||
+        { echo "bench.sh: the redis figures need redis-server and redis-benchmark (apt-get install redis-server)" >&2; exit 1; }
+}
+
+# summary NAME FILES...: ops/s, p50 and p99 medians of a figure's runs.
+summary() {
+    local name=$1 ops p50 p99
+    shift
+    ops=$(median throughput/ops_per_s "$@")
+    p50=$(median latency_ms/request/p50 "$@")
+    p99=$(median latency_ms/request/p99 "$@")
+    echo "$name: ops/s median ${ops%% *} (runs: ${ops#* }); request p50 ms median ${p50%% *}; p99 ms median ${p99%% *}"
+}
+
+# ratio A_FILES... B_FILES...: the median of the per-run ratios of ops/s
+# (A run r over B run r; both lists equally long).
+ratio() {
+    python3 -c '
+import json, statistics, sys
+f = sys.argv[1:]
+h = len(f) // 2
+r = [json.load(open(a))["throughput"]["ops_per_s"] / json.load(open(b))["throughput"]["ops_per_s"]
+     for a, b in zip(f[:h], f[h:])]
+print("%.2f" % statistics.median(r), " ".join("%.2f" % v for v in r))' "$@"
+}
+
+fig_redis() {
+    need_redis
+    local r f1=() f32=()
+    for ((r = 1; r <= runs; r++)); do
+        redis_run "redis-$r" 1
+        redis_run "redis-p32-$r" 32
+        f1+=("$out/redis-$r.json")
+        f32+=("$out/redis-p32-$r.json")
+    done
+    summary redis "${f1[@]}"
+    summary redis-p32 "${f32[@]}"
+}
+
+# redis_vs N: Redis and parley on N servers, alternating run by run.
+redis_vs() {
+    need_redis
+    local n=$1 r q q32 rf=() pf=() rf32=() pf32=()
+    for ((r = 1; r <= runs; r++)); do
+        redis_run "redis-$r" 1
+        start_servers "$n" sqlite
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -w send --pid "${pids[0]}" >"$out/vs-send$n-$r.json"
+        stop_servers
+        redis_run "redis-p32-$r" 32
+        start_servers "$n" sqlite
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -p 32 -w send --pid "${pids[0]}" \
+            >"$out/vs-send$n-p32-$r.json"
+        stop_servers
+        rf+=("$out/redis-$r.json")
+        pf+=("$out/vs-send$n-$r.json")
+        rf32+=("$out/redis-p32-$r.json")
+        pf32+=("$out/vs-send$n-p32-$r.json")
+    done
+    summary redis "${rf[@]}"
+    summary "send$n" "${pf[@]}"
+    q=$(ratio "${pf[@]}" "${rf[@]}")
+    echo "send$n/redis: ratio median ${q%% *} (runs: ${q#* })"
+    summary redis-p32 "${rf32[@]}"
+    summary "send$n-p32" "${pf32[@]}"
+    q32=$(ratio "${pf32[@]}" "${rf32[@]}")
+    echo "send$n-p32/redis-p32: ratio median ${q32%% *} (runs: ${q32#* })"
+}
+fig_redis1() { redis_vs 1; }
+fig_redis3() { redis_vs 3; }
+
 fig_send1() {
     run_figure send1 1 sqlite -n 64 -w send
     run_figure send1-p32 1 sqlite -n 64 -p 32 -w send
@@ -274,8 +383,8 @@ EOF
 
 for f in "$@"; do
     case $f in
-    all) for g in fsync wire send1 send3 deliver3 deliver1 listen10k json restart wires grpc10k; do "fig_$g"; done ;;
-    fsync | send1 | send3 | deliver3 | deliver1 | listen10k | restart | json | wire | wires | grpc10k) "fig_$f" ;;
+    all) for g in fsync wire redis1 redis3 send1 send3 deliver3 deliver1 listen10k json restart wires grpc10k; do "fig_$g"; done ;;
+    fsync | redis | redis1 | redis3 | send1 | send3 | deliver3 | deliver1 | listen10k | restart | json | wire | wires | grpc10k) "fig_$f" ;;
     *) echo "bench.sh: unknown figure \"$f\"" >&2; exit 2 ;;
     esac
 done

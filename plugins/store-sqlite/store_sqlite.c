@@ -1025,28 +1025,17 @@ static int sq_log_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
 
 /* Runs on the core's sync thread, beside the loop thread's calls: it
  * touches nothing but wal_fd and wal_path. fdatasync on any descriptor of
- * the WAL file flushes what the connection wrote through its own. The
- * descriptor is reopened when the file at the path is another one (SQLite
- * removes the WAL when the last connection closes, so a reopened database
- * has a new one). */
+ * the WAL file flushes what the connection wrote through its own. The file
+ * stays the same while the connection is open (SQLite removes it only when
+ * the last connection closes; a checkpoint reuses or truncates it), so one
+ * descriptor, opened at the first sync, serves until close. */
 static int sq_log_sync(pl_store *s)
 {
-    struct stat a, b;
-
     if (!s->sync_on)
         return PL_OK;
-    if (stat(s->wal_path, &b) != 0) {
-        if (errno == ENOENT)
-            return PL_OK; /* nothing written since the WAL was checkpointed away */
-        sq_log(s, PL_LOG_ERROR, "log_sync: stat %s: %s", s->wal_path, strerror(errno));
-        return PL_ERR_IO;
-    }
-    if (s->wal_fd >= 0 && (fstat(s->wal_fd, &a) != 0 || a.st_ino != b.st_ino ||
-                           a.st_dev != b.st_dev)) {
-        close(s->wal_fd);
-        s->wal_fd = -1;
-    }
     if (s->wal_fd < 0 && (s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC)) < 0) {
+        if (errno == ENOENT)
+            return PL_OK; /* nothing written since the database was opened */
         sq_log(s, PL_LOG_ERROR, "log_sync: open %s: %s", s->wal_path, strerror(errno));
         return PL_ERR_IO;
     }
