@@ -227,29 +227,30 @@ int js_log_open(pl_store *s, char *err, size_t errlen)
 }
 
 /* The core's sync thread, beside the loop thread's calls: it reads only
- * the path (fixed while the store is open) and its own descriptor. A
- * compaction renames a new file over the path (fsync'd before the rename,
- * and everything appended before it copied in), so the file found at the
- * path now holds every entry appended before this call began. */
+ * the path (fixed while the store is open), the file generation and its
+ * own descriptor. A compaction renames a new file over the path (fsync'd
+ * before the rename, everything appended before it copied in) and then
+ * bumps the generation, so when the generation read here is the one the
+ * descriptor was opened at, that file holds every entry appended before
+ * this call began; otherwise the file at the path does. */
 int js_log_sync(pl_store *s)
 {
     js_log *l = &s->log;
-    struct stat a, b;
+    unsigned gen;
 
     if (!s->sync_on)
         return PL_OK;
-    if (stat(l->path, &b) != 0) {
-        js_log_msg(s, PL_LOG_ERROR, "log_sync: stat %s: %s", l->path, strerror(errno));
-        return PL_ERR_IO;
-    }
-    if (l->sync_fd >= 0 && (fstat(l->sync_fd, &a) != 0 || a.st_ino != b.st_ino ||
-                            a.st_dev != b.st_dev)) {
+    gen = __atomic_load_n(&l->file_gen, __ATOMIC_ACQUIRE);
+    if (l->sync_fd >= 0 && l->sync_gen != gen) {
         close(l->sync_fd);
         l->sync_fd = -1;
     }
-    if (l->sync_fd < 0 && (l->sync_fd = open(l->path, O_RDONLY | O_CLOEXEC)) < 0) {
-        js_log_msg(s, PL_LOG_ERROR, "log_sync: open %s: %s", l->path, strerror(errno));
-        return PL_ERR_IO;
+    if (l->sync_fd < 0) {
+        if ((l->sync_fd = open(l->path, O_RDONLY | O_CLOEXEC)) < 0) {
+            js_log_msg(s, PL_LOG_ERROR, "log_sync: open %s: %s", l->path, strerror(errno));
+            return PL_ERR_IO;
+        }
+        l->sync_gen = gen;
     }
     if (fdatasync(l->sync_fd) != 0) {
         js_log_msg(s, PL_LOG_ERROR, "log_sync: fdatasync %s: %s", l->path, strerror(errno));
@@ -500,6 +501,7 @@ int js_log_compact(pl_store *s, uint64_t before)
     close(l->fd);
     l->fd = fd;
     fd = -1;
+    __atomic_add_fetch(&l->file_gen, 1, __ATOMIC_RELEASE); /* log_sync reopens */
     for (i = drop; i < l->n; i++) {
         l->recs[i - drop] = l->recs[i];
         l->recs[i - drop].off -= base;

@@ -152,6 +152,8 @@ typedef struct js_logrec {
 typedef struct js_log {
     int fd;
     int sync_fd;              /* log_sync's own descriptor (sync thread), or -1 */
+    unsigned sync_gen;        /* file_gen when sync_fd was opened (sync thread) */
+    unsigned file_gen;        /* bumped when a compaction replaces the file (atomic) */
     char *path;
     uint64_t first;           /* op of recs[0]; meaningless when n == 0 */
     js_logrec *recs;

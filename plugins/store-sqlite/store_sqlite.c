@@ -70,9 +70,12 @@
 #include <unistd.h>
 
 #include <cJSON.h>
+#include <pthread.h>
 #include <sqlite3.h>
 
 #include <parley/store.h>
+
+#include "sq_walbuf.h"
 
 #define SQ_SCHEMA_VERSION 2
 #define SQ_STR_(x) #x
@@ -81,6 +84,12 @@
 #define SQ_BUSY_TIMEOUT_MS 5000
 #define SQ_CACHE_KB_MAX (16u * 1024u * 1024u) /* 16 GiB of page cache */
 #define SQ_APPLIED_KEY "applied"
+/* Checkpoint every 16384 pages (64 MiB of WAL) instead of SQLite's 1000:
+ * a checkpoint writes and syncs the database file, and with ~10 pages
+ * dirtied per send the default ran one every few batches; hot index pages
+ * written many times in the WAL are copied once per checkpoint. (Done in
+ * sq_wal_hook, which replaces SQLite's own autocheckpoint hook.) */
+#define SQ_WAL_CHECKPOINT_PAGES 16384
 
 enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 
@@ -242,6 +251,7 @@ struct pl_store {
     /* log_sync (the core's sync thread only) */
     char *wal_path;           /* <dir>/parley.db-wal */
     int wal_fd;               /* read-only descriptor of it, or -1 */
+    int wal_broken;           /* a commit's WAL frames could not be written (atomic) */
 };
 
 /* ---- small helpers ---- */
@@ -671,6 +681,38 @@ static int sq_query_int(sqlite3 *db, const char *sql, sqlite3_int64 *out)
     return rc;
 }
 
+/* After every commit (SQLite calls it once the commit is done): the
+ * commit's WAL frames, gathered by the parley-walbuf VFS (sq_walbuf.c),
+ * go to the file now, so log_sync on the sync thread finds them there;
+ * then the checkpoint SQLite's own hook would run. A failed write fails
+ * the statement that committed, and log_sync from then on: frames the
+ * file does not hold must never be reported durable. */
+static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
+{
+    pl_store *s = arg;
+    sqlite3_file *f = NULL;
+    int rc = SQLITE_OK;
+
+    if (sqlite3_file_control(db, zdb, SQLITE_FCNTL_JOURNAL_POINTER, &f) == SQLITE_OK && f)
+        rc = sq_walbuf_flush(f);
+    if (rc != SQLITE_OK) {
+        __atomic_store_n(&s->wal_broken, 1, __ATOMIC_RELEASE);
+        sq_log(s, PL_LOG_ERROR, "writing WAL frames of %s: %s", s->path, sqlite3_errstr(rc));
+        return rc;
+    }
+    if (frames >= SQ_WAL_CHECKPOINT_PAGES)
+        sqlite3_wal_checkpoint(db, zdb);
+    return SQLITE_OK;
+}
+
+static pthread_once_t sq_vfs_once = PTHREAD_ONCE_INIT;
+static int sq_vfs_rc = SQLITE_ERROR;
+
+static void sq_vfs_init(void)
+{
+    sq_vfs_rc = sq_walbuf_register();
+}
+
 static int sq_open(const pl_store_host *host, const pl_store_options *opt,
                    pl_store **out, char *err, size_t errlen)
 {
@@ -712,9 +754,10 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
         return PL_ERR_IO;
     }
 
+    pthread_once(&sq_vfs_once, sq_vfs_init);
     rc = sqlite3_open_v2(s->path, &s->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                         NULL);
+                         sq_vfs_rc == SQLITE_OK ? SQ_WALBUF_VFS : NULL);
     if (rc != SQLITE_OK) {
         int sys = s->db ? sqlite3_system_errno(s->db) : 0;
 
@@ -775,12 +818,8 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
      * large transaction (a snapshot import) leaves behind on disk. */
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(s->db, "PRAGMA journal_size_limit=67108864", NULL, NULL, NULL);
-    /* Checkpoint every 16384 pages (64 MiB of WAL) instead of SQLite's 1000:
-     * a checkpoint writes and syncs the database file, and with ~10 pages
-     * dirtied per send the default ran one every few batches; hot index
-     * pages written many times in the WAL are copied once per checkpoint. */
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(s->db, "PRAGMA wal_autocheckpoint=16384", NULL, NULL, NULL);
+        sqlite3_wal_hook(s->db, sq_wal_hook, s);
     if (rc == SQLITE_OK && cache_kb >= 0) {
         char sql[64];
 
@@ -1031,6 +1070,8 @@ static int sq_log_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
  * descriptor, opened at the first sync, serves until close. */
 static int sq_log_sync(pl_store *s)
 {
+    if (__atomic_load_n(&s->wal_broken, __ATOMIC_ACQUIRE))
+        return PL_ERR_IO; /* the file misses committed frames */
     if (!s->sync_on)
         return PL_OK;
     if (s->wal_fd < 0 && (s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC)) < 0) {

@@ -338,6 +338,44 @@ def main():
         fail("no trace summary at close:\n" + srv.text())
     ok("parleyd loads the example by short name and serves with it")
 
+    # ---- 5b. the same example built against the store.h of before minor 1
+    # (tests/install/sdk-minor0): a plugin built and deployed then loads on
+    # this parley, serves and passes conformance, through the members it has.
+    m0_inc = os.path.join(TMP, "minor0", "include")
+    shutil.copytree(os.path.join(PREFIX, "include", "parley"), os.path.join(m0_inc, "parley"))
+    shutil.copy(os.path.join(SRC, "tests", "install", "sdk-minor0", "parley", "store.h"),
+                os.path.join(m0_inc, "parley", "store.h"))
+    m0_pc = os.path.join(TMP, "minor0", "pkgconfig")
+    os.makedirs(m0_pc)
+    pc = open(pcs[0]).read()
+    pc = re.sub(r"^includedir=.*$", f"includedir={m0_inc}", pc, flags=re.M)
+    open(os.path.join(m0_pc, "parley-plugin.pc"), "w").write(pc)
+    m0_env = clean_env(PKG_CONFIG_PATH=m0_pc)
+    m0_build = os.path.join(TMP, "store-trace-minor0")
+    run(["meson", "setup", m0_build, ex_src], "minor-0 build: setup", env=m0_env)
+    run(["meson", "compile", "-C", m0_build], "minor-0 build: compile", env=m0_env)
+    m0_so = os.path.join(m0_build, "parley-store-trace.so")
+    r = run(["nm", "-D", "--defined-only", m0_so], "nm -D of the minor-0 build")
+    if "parley_store_abi_minor" in r.stdout or "parley_store_plugin" not in r.stdout:
+        fail(f"the minor-0 build exports the wrong symbols:\n{r.stdout}")
+    r = run([STORE_CONF, m0_so], "store conformance on the minor-0 build", timeout=600,
+            env=clean_env(TMPDIR=TMP), expect=None)
+    if r.returncode != 0 or not re.search(r"100%: Checks: \d+, Failures: 0, Errors: 0",
+                                          r.stdout + r.stderr):
+        fail(f"store conformance on {m0_so}: exit {r.returncode}\n"
+             f"{(r.stdout + r.stderr)[-4000:]}")
+    cfg["store"] = {"name": m0_so, "inner": "sqlite"}
+    data3 = os.path.join(TMP, "data-minor0")
+    cfg["data_dir"] = data3
+    json.dump(cfg, open(cfg_path, "w"), indent=2)
+    srv = Server(parleyd, cfg_path, data3, os.path.join(TMP, "parleyd-minor0.log"))
+    srv.wait_log(r"store trace in ", "parleyd to serve with the minor-0 plugin")
+    run([parley, "register", "carol", "--password-stdin"], "register on the minor-0 plugin",
+        env=env, input="password3\n")
+    srv.stop()
+    ok("examples/store-trace built against the minor-0 store.h loads, serves and passes "
+       "conformance on this parley")
+
     # ---- 6. an ABI bump is refused, naming both versions
     abi_inc = os.path.join(TMP, "abi2", "include")
     shutil.copytree(os.path.join(PREFIX, "include", "parley"), os.path.join(abi_inc, "parley"))

@@ -191,6 +191,8 @@ START_TEST(init_failure_carries_plugin_message)
     ck_assert_msg(p != NULL, "complete descriptor refused: %s", err);
     ck_assert_ptr_nonnull(pl_plugin_store(p));
     ck_assert_ptr_null(pl_plugin_transport(p));
+    /* it exports no minor version: none of the later members is read */
+    ck_assert_uint_eq(pl_plugin_store_minor(p), 0);
     make_tmpdir(dir, sizeof dir);
     opt.dir = dir;
     opt.sync = 0;
@@ -223,6 +225,9 @@ START_TEST(real_store_loads_by_path)
     ck_assert_ptr_null(pl_plugin_transport(p));
     ck_assert_str_eq(pl_plugin_path(p), real_so);
     ck_assert_uint_eq(sp->abi_version, PL_STORE_ABI_VERSION);
+    ck_assert_uint_eq(pl_plugin_store_minor(p), PL_STORE_ABI_MINOR);
+    ck_assert_ptr_nonnull(sp->log_append_nosync);
+    ck_assert_ptr_nonnull(sp->log_sync);
 
     make_tmpdir(dir, sizeof dir);
     opt.dir = dir;

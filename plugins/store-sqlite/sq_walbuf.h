@@ -1,0 +1,18 @@
+/*
+ * sq_walbuf.h — the "parley-walbuf" VFS shim (sq_walbuf.c): each commit's
+ * WAL frames written with one system call.
+ */
+#ifndef SQ_WALBUF_H
+#define SQ_WALBUF_H
+
+#include <sqlite3.h>
+
+#define SQ_WALBUF_VFS "parley-walbuf"
+
+/* Register the VFS (not as the default). Not thread-safe: call once. */
+int sq_walbuf_register(void);
+/* Write out what is buffered for f (a WAL file of this VFS; anything else
+ * is left alone). */
+int sq_walbuf_flush(sqlite3_file *f);
+
+#endif
