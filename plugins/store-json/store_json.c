@@ -403,7 +403,7 @@ static int js_not_in_txn(pl_store *s, const char *what)
     return PL_OK;
 }
 
-static int js_api_log_append(pl_store *s, const pl_log_entry *e, size_t n)
+static int js_api_log_write(pl_store *s, const pl_log_entry *e, size_t n, int sync)
 {
     int err;
 
@@ -415,22 +415,17 @@ static int js_api_log_append(pl_store *s, const pl_log_entry *e, size_t n)
         return PL_ERR_INVALID;
     if ((err = js_not_in_txn(s, "log_append")) != PL_OK)
         return err;
-    return js_log_append(s, e, n, 1);
+    return js_log_append(s, e, n, sync);
+}
+
+static int js_api_log_append(pl_store *s, const pl_log_entry *e, size_t n)
+{
+    return js_api_log_write(s, e, n, 1);
 }
 
 static int js_api_log_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
 {
-    int err;
-
-    if (js_reentered(s, "log_append"))
-        return PL_ERR_INTERNAL;
-    if (n == 0)
-        return PL_OK;
-    if (!e)
-        return PL_ERR_INVALID;
-    if ((err = js_not_in_txn(s, "log_append")) != PL_OK)
-        return err;
-    return js_log_append(s, e, n, 0);
+    return js_api_log_write(s, e, n, 0);
 }
 
 static int js_api_log_sync(pl_store *s)

@@ -72,6 +72,19 @@ def clean_env(**extra):
     return env
 
 
+def sdk_with_store_h(name, store_h, pc_file):
+    """A copy of the installed SDK whose parley/store.h is store_h, and the
+    environment whose pkg-config finds it instead of the installed one."""
+    inc = os.path.join(TMP, name, "include")
+    shutil.copytree(os.path.join(PREFIX, "include", "parley"), os.path.join(inc, "parley"))
+    open(os.path.join(inc, "parley", "store.h"), "w").write(store_h)
+    pcdir = os.path.join(TMP, name, "pkgconfig")
+    os.makedirs(pcdir)
+    pc = re.sub(r"^includedir=.*$", f"includedir={inc}", open(pc_file).read(), flags=re.M)
+    open(os.path.join(pcdir, "parley-plugin.pc"), "w").write(pc)
+    return clean_env(PKG_CONFIG_PATH=pcdir)
+
+
 def run(cmd, what, env=None, input=None, timeout=600, cwd=None, expect=0):
     r = subprocess.run(cmd, env=env or clean_env(), input=input, capture_output=True,
                        text=True, timeout=timeout, cwd=cwd)
@@ -341,16 +354,9 @@ def main():
     # ---- 5b. the same example built against the store.h of before minor 1
     # (tests/install/sdk-minor0): a plugin built and deployed then loads on
     # this parley, serves and passes conformance, through the members it has.
-    m0_inc = os.path.join(TMP, "minor0", "include")
-    shutil.copytree(os.path.join(PREFIX, "include", "parley"), os.path.join(m0_inc, "parley"))
-    shutil.copy(os.path.join(SRC, "tests", "install", "sdk-minor0", "parley", "store.h"),
-                os.path.join(m0_inc, "parley", "store.h"))
-    m0_pc = os.path.join(TMP, "minor0", "pkgconfig")
-    os.makedirs(m0_pc)
-    pc = open(pcs[0]).read()
-    pc = re.sub(r"^includedir=.*$", f"includedir={m0_inc}", pc, flags=re.M)
-    open(os.path.join(m0_pc, "parley-plugin.pc"), "w").write(pc)
-    m0_env = clean_env(PKG_CONFIG_PATH=m0_pc)
+    m0_store_h = open(os.path.join(SRC, "tests", "install", "sdk-minor0", "parley",
+                                   "store.h")).read()
+    m0_env = sdk_with_store_h("minor0", m0_store_h, pcs[0])
     m0_build = os.path.join(TMP, "store-trace-minor0")
     run(["meson", "setup", m0_build, ex_src], "minor-0 build: setup", env=m0_env)
     run(["meson", "compile", "-C", m0_build], "minor-0 build: compile", env=m0_env)
@@ -377,21 +383,12 @@ def main():
        "conformance on this parley")
 
     # ---- 6. an ABI bump is refused, naming both versions
-    abi_inc = os.path.join(TMP, "abi2", "include")
-    shutil.copytree(os.path.join(PREFIX, "include", "parley"), os.path.join(abi_inc, "parley"))
-    store_h = os.path.join(abi_inc, "parley", "store.h")
-    text = open(store_h).read()
+    text = open(os.path.join(PREFIX, "include", "parley", "store.h")).read()
     bumped = re.sub(r"#define PL_STORE_ABI_VERSION \d+u",
                     f"#define PL_STORE_ABI_VERSION {int(store_abi) + 1}u", text)
     if bumped == text:
         fail("could not find PL_STORE_ABI_VERSION in the installed store.h")
-    open(store_h, "w").write(bumped)
-    abi_pc = os.path.join(TMP, "abi2", "pkgconfig")
-    os.makedirs(abi_pc)
-    pc = open(pcs[0]).read()
-    pc = re.sub(r"^includedir=.*$", f"includedir={abi_inc}", pc, flags=re.M)
-    open(os.path.join(abi_pc, "parley-plugin.pc"), "w").write(pc)
-    abi_env = clean_env(PKG_CONFIG_PATH=abi_pc)
+    abi_env = sdk_with_store_h("abi2", bumped, pcs[0])
     abi_build = os.path.join(TMP, "store-trace-abi2")
     run(["meson", "setup", abi_build, ex_src], "ABI-2 build: setup", env=abi_env)
     run(["meson", "compile", "-C", abi_build], "ABI-2 build: compile", env=abi_env)

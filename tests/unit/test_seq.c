@@ -30,7 +30,7 @@ static int appends;
 static size_t appended;
 static size_t max_append_bytes;   /* the largest batch, in encoded op bytes */
 
-static int count_append(pl_store *s, const pl_log_entry *e, size_t n)
+static void count_batch(const pl_log_entry *e, size_t n)
 {
     size_t bytes = 0;
     for (size_t i = 0; i < n; i++)
@@ -39,18 +39,17 @@ static int count_append(pl_store *s, const pl_log_entry *e, size_t n)
         max_append_bytes = bytes;
     appends++;
     appended += n;
+}
+
+static int count_append(pl_store *s, const pl_log_entry *e, size_t n)
+{
+    count_batch(e, n);
     return real->log_append(s, e, n);
 }
 
 static int count_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
 {
-    size_t bytes = 0;
-    for (size_t i = 0; i < n; i++)
-        bytes += e[i].len;
-    if (bytes > max_append_bytes)
-        max_append_bytes = bytes;
-    appends++;
-    appended += n;
+    count_batch(e, n);
     return real->log_append_nosync(s, e, n);
 }
 

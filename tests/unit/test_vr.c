@@ -323,13 +323,15 @@ static int io_crash_here(uint32_t g)
 
 /* ---- io callbacks; ud is the replica's global id ---- */
 
-static int io_append(void *ud, const pl_log_entry *e, size_t n)
+/* Write entries to g's log; a crash inside the write (the mix's io_crash
+ * rate) keeps a prefix of them. Returns PL_OK or an error to hand VR. */
+static int log_write(uint32_t g, const pl_log_entry *e, size_t n)
 {
-    replica *r = &S->r[(uintptr_t)ud];
+    replica *r = &S->r[g];
     if (r->dying)
         return PL_ERR_IO;
-    if (io_crash_here((uint32_t)(uintptr_t)ud))
-        n = n ? rnd() % n : 0; /* a prefix of the entries made it to disk */
+    if (io_crash_here(g))
+        n = n ? rnd() % n : 0; /* a prefix of the entries made it */
     for (size_t i = 0; i < n; i++) {
         if (e[i].op != r->nlog + 1) {
             sim_fail("append out of order: op %llu after %llu", (unsigned long long)e[i].op, (unsigned long long)r->nlog);
@@ -342,33 +344,27 @@ static int io_append(void *ud, const pl_log_entry *e, size_t n)
         memset(r->log[r->nlog].data, 0, sizeof r->log[r->nlog].data);
         memcpy(r->log[r->nlog].data, e[i].data, e[i].len < 23 ? e[i].len : 23);
     }
+    return r->dying ? PL_ERR_IO : PL_OK;
+}
+
+static int io_append(void *ud, const pl_log_entry *e, size_t n)
+{
+    replica *r = &S->r[(uintptr_t)ud];
+    int rc = log_write((uint32_t)(uintptr_t)ud, e, n);
+    if (rc != PL_OK)
+        return rc; /* failed, or died inside it: its sync never finished */
     r->durable = r->nlog; /* a synced append makes all before it durable too */
     r->applied_dur = r->applied;
-    return r->dying ? PL_ERR_IO : PL_OK;
+    return PL_OK;
 }
 
 static int io_append_async(void *ud, const pl_log_entry *e, size_t n)
 {
     uint32_t g = (uint32_t)(uintptr_t)ud;
     replica *r = &S->r[g];
-    if (r->dying)
-        return PL_ERR_IO;
-    if (io_crash_here(g))
-        n = n ? rnd() % n : 0;
-    for (size_t i = 0; i < n; i++) {
-        if (e[i].op != r->nlog + 1) {
-            sim_fail("append out of order: op %llu after %llu", (unsigned long long)e[i].op, (unsigned long long)r->nlog);
-            return PL_ERR_INVALID;
-        }
-        if (e[i].op >= MAXOPS)
-            return PL_ERR_IO;
-        r->nlog++;
-        r->log[r->nlog].view = e[i].view;
-        memset(r->log[r->nlog].data, 0, sizeof r->log[r->nlog].data);
-        memcpy(r->log[r->nlog].data, e[i].data, e[i].len < 23 ? e[i].len : 23);
-    }
-    if (r->dying)
-        return PL_ERR_IO;
+    int rc = log_write(g, e, n);
+    if (rc != PL_OK)
+        return rc;
     /* the sync thread's request; a full queue folds into its newest */
     uint32_t k = r->nsync < 64 ? r->nsync++ : 63;
     r->sync[k].covers = r->sync[k].cap = r->nlog;
