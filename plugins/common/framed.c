@@ -46,6 +46,21 @@
  * called from anywhere (including host->request) without a connection
  * disappearing under the caller's feet. server_free tears down synchronously.
  *
+ * Output
+ * ------
+ * A socket bufferevent arms EV_WRITE when bytes are queued and disarms it
+ * when they have gone: two epoll_ctl calls and a loop turn for every
+ * connection that is sent anything, on top of the write itself. On a plain
+ * TCP connection (both halves) EV_WRITE therefore stays disarmed: a queued
+ * frame activates the connection's flush_ev, which runs at the end of the
+ * current loop turn (after the callbacks already active, so every frame
+ * queued in the turn leaves in one writev) and writes straight to the
+ * socket. Only when the socket takes less than everything (a slow reader)
+ * or the write fails is EV_WRITE armed, and libevent's own write path then
+ * drains the rest (or reports the error through the event callback) and
+ * disarms it again. A closing connection keeps EV_WRITE armed, so its drain
+ * timeout runs. TLS connections are left to OpenSSL's bufferevent.
+ *
  * Client half
  * -----------
  * One bufferevent; requests written before the connect completes are queued
@@ -138,6 +153,7 @@ struct pl_transport_conn {
     struct bufferevent *bev;
     struct event *reap_ev;            /* deferred teardown, see conn_reap; also
                                          the HALF timeout */
+    struct event *flush_ev;           /* direct write (see "Output"); NULL with TLS */
     void *ctx;                        /* the core's context from conn_open */
     pl_transport_conn *prev, *next;
     int state;                        /* enum conn_state */
@@ -163,6 +179,7 @@ struct pl_transport_client {
     int in_cb;                        /* depth of user callbacks running */
     int free_pending;                 /* client_free called inside a callback */
     int tls;                          /* the stream is TLS */
+    struct event *flush_ev;           /* direct write (see "Output"); NULL with TLS */
 };
 
 /* ------------------------------------------------------------------ */
@@ -173,6 +190,36 @@ static uint32_t codec_max_frame(const pl_framed_codec *codec, const void *ctx)
     uint32_t m = codec->max_frame ? codec->max_frame(ctx) : 0;
 
     return m ? m : PL_FRAME_DEFAULT;
+}
+
+/* Write what bev has queued straight to its socket (see "Output" in the
+ * top comment). Returns 1 when the output is empty afterwards; otherwise
+ * (a full socket buffer, or an error libevent will report through the
+ * event callback when it retries) EV_WRITE is armed and libevent's own
+ * write path takes over until the output has drained. */
+static int direct_flush(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+
+    if (evbuffer_get_length(out) == 0)
+        return 1;
+    /* A socket bufferevent keeps the start of its output frozen except
+     * while it writes itself; do as it does. */
+    evbuffer_unfreeze(out, 1);
+    (void)evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out) == 0)
+        return 1;
+    bufferevent_enable(bev, EV_WRITE);
+    return 0;
+}
+
+/* Output was queued on bev: have flush_ev write it at the end of this loop
+ * turn, unless libevent is already waiting to write (EV_WRITE armed). */
+static void direct_want_flush(struct bufferevent *bev, struct event *flush_ev)
+{
+    if (flush_ev && !(bufferevent_get_enabled(bev) & EV_WRITE))
+        event_active(flush_ev, EV_WRITE, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -207,6 +254,9 @@ static void conn_destroy(pl_transport_conn *c)
     if (c->reap_ev)
         event_free(c->reap_ev);
     c->reap_ev = NULL;
+    if (c->flush_ev)
+        event_free(c->flush_ev);
+    c->flush_ev = NULL;
     c->ctx = NULL;
     if (ctx && srv->host.conn_closed)
         srv->host.conn_closed(srv->host.ud, ctx);
@@ -278,8 +328,11 @@ static void conn_begin_close(pl_transport_conn *c)
         conn_start_linger(c);
         return;
     }
-    /* A peer that never reads must not hold the connection open forever. */
+    /* A peer that never reads must not hold the connection open forever.
+     * The timeout only runs while EV_WRITE is armed, so a direct-write
+     * connection hands the rest of its output to libevent here. */
     bufferevent_set_timeouts(c->bev, NULL, &tv);
+    bufferevent_enable(c->bev, EV_WRITE);
 }
 
 /* Queue one encoded frame, enforcing the output bound. */
@@ -306,6 +359,8 @@ static int conn_queue(pl_transport_conn *c, const pl_response *resp)
         return rc;
     if (bufferevent_write(c->bev, buf, len) != 0)
         rc = PL_ERR_NOMEM;
+    else
+        direct_want_flush(c->bev, c->flush_ev);
     free(buf);
     return rc;
 }
@@ -418,21 +473,44 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     conn_process(c);
 }
 
+/* The output has drained: finish a close, or resume a paused reader. */
+static void conn_drained(pl_transport_conn *c)
+{
+    if (c->state == CONN_DRAINING) {
+        conn_start_linger(c);
+    } else if ((c->state == CONN_OPEN || c->state == CONN_HALF) && c->paused) {
+        c->paused = 0;
+        if (c->state == CONN_OPEN)
+            bufferevent_enable(c->bev, EV_READ);
+        /* Frames may already be buffered; no new bytes may come to wake us. */
+        conn_process(c);
+    }
+}
+
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
     pl_transport_conn *c = arg;
 
     if (evbuffer_get_length(bufferevent_get_output(bev)) != 0)
         return;
-    if (c->state == CONN_DRAINING) {
-        conn_start_linger(c);
-    } else if ((c->state == CONN_OPEN || c->state == CONN_HALF) && c->paused) {
-        c->paused = 0;
-        if (c->state == CONN_OPEN)
-            bufferevent_enable(bev, EV_READ);
-        /* Frames may already be buffered; no new bytes may come to wake us. */
-        conn_process(c);
-    }
+    /* Back to direct writes: disarm, or every later frame would cost a
+     * poller change to arm and one to disarm again. */
+    if (c->flush_ev && c->state != CONN_DRAINING)
+        bufferevent_disable(bev, EV_WRITE);
+    conn_drained(c);
+}
+
+static void conn_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    pl_transport_conn *c = arg;
+
+    (void)fd;
+    (void)what;
+    if ((c->state != CONN_OPEN && c->state != CONN_HALF) ||
+        (bufferevent_get_enabled(c->bev) & EV_WRITE))
+        return; /* closing (libevent drains it), or libevent is on it already */
+    if (direct_flush(c->bev))
+        conn_drained(c);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -499,12 +577,18 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
         c->handshaking = 1;
     }
     c->reap_ev = event_new(srv->host.base, -1, 0, conn_reap_cb, c);
-    if (!c->bev || !c->reap_ev) {
+    /* Plain TCP writes its output directly (see "Output"); TLS output goes
+     * through OpenSSL's bufferevent as it always did. */
+    if (!srv->ssl_ctx)
+        c->flush_ev = event_new(srv->host.base, -1, 0, conn_flush_cb, c);
+    if (!c->bev || !c->reap_ev || (!srv->ssl_ctx && !c->flush_ev)) {
         pl_net_log(&srv->host, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
         if (c->bev)
             bufferevent_free(c->bev); /* else pl_tls_accept_bev saw to fd */
         if (c->reap_ev)
             event_free(c->reap_ev);
+        if (c->flush_ev)
+            event_free(c->flush_ev);
         free(c);
         return;
     }
@@ -516,6 +600,8 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
         /* Refused: close without conn_closed, as the ABI says. */
         bufferevent_free(c->bev);
         event_free(c->reap_ev);
+        if (c->flush_ev)
+            event_free(c->flush_ev);
         free(c);
         return;
     }
@@ -525,6 +611,12 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
     srv->conns = c;
     if (c->state == CONN_OPEN)
         bufferevent_enable(c->bev, EV_READ);
+    /* A socket bufferevent starts with EV_WRITE enabled; direct writes
+     * arm it only when the socket is full. conn_open may already have
+     * queued output (and begun a close, which keeps EV_WRITE armed). */
+    if (c->flush_ev && c->state == CONN_OPEN &&
+        evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        bufferevent_disable(c->bev, EV_WRITE);
 }
 
 int pl_framed_server_start(const pl_transport_host *host, const pl_transport_options *opt,
@@ -635,6 +727,8 @@ void pl_framed_conn_close(pl_transport_conn *conn)
 
 static void client_destroy(pl_transport_client *cli)
 {
+    if (cli->flush_ev)
+        event_free(cli->flush_ev);
     if (cli->bev)
         bufferevent_free(cli->bev);
     if (cli->free_ctx)
@@ -717,6 +811,28 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     }
 }
 
+/* libevent wrote everything queued (EV_WRITE was armed: the connect, or a
+ * full socket): back to direct writes. */
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    pl_transport_client *cli = arg;
+
+    if (cli->flush_ev && cli->connected && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_disable(bev, EV_WRITE);
+}
+
+static void client_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    pl_transport_client *cli = arg;
+
+    (void)fd;
+    (void)what;
+    if (cli->done || cli->free_pending || !cli->bev || !cli->connected ||
+        (bufferevent_get_enabled(cli->bev) & EV_WRITE))
+        return;
+    (void)direct_flush(cli->bev);
+}
+
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     pl_transport_client *cli = arg;
@@ -725,6 +841,11 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         cli->connected = 1;
         pl_net_nodelay(bufferevent_getfd(bev));
+        /* Requests queued before the connect are written by libevent
+         * (client_write_cb disarms once they are out); with none, later
+         * ones go direct from here on. */
+        if (cli->flush_ev && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            bufferevent_disable(bev, EV_WRITE);
         return;
     }
     /* With TLS, CONNECTED means the handshake is done too; anything before
@@ -817,7 +938,15 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     cli->max_frame = codec_max_frame(codec, codec_ctx);
     cli->bev = bev;
     cli->tls = tls;
-    bufferevent_setcb(cli->bev, client_read_cb, NULL, client_event_cb, cli);
+    /* Plain TCP writes requests directly once connected (see "Output");
+     * TLS goes through OpenSSL's bufferevent as it always did. */
+    if (!tls && !(cli->flush_ev = event_new(base, -1, 0, client_flush_cb, cli))) {
+        bufferevent_free(bev);
+        free(cli);
+        pl_net_err(err, errlen, "out of memory");
+        return PL_ERR_NOMEM;
+    }
+    bufferevent_setcb(cli->bev, client_read_cb, client_write_cb, client_event_cb, cli);
     /* A hostile server must not make us buffer more than one frame. */
     bufferevent_setwatermark(cli->bev, EV_READ, 0, (size_t)cli->max_frame + FRAMED_SLACK);
     bufferevent_enable(cli->bev, EV_READ | EV_WRITE);
@@ -829,6 +958,8 @@ int pl_framed_client_connect(struct event_base *base, const pl_transport_options
     *out = cli;
     return PL_OK;
 fail:
+    if (cli->flush_ev)
+        event_free(cli->flush_ev);
     if (cli->bev)
         bufferevent_free(cli->bev);
     free(cli);
@@ -850,6 +981,8 @@ int pl_framed_client_send(pl_transport_client *cli, const pl_request *req)
         return rc;
     if (bufferevent_write(cli->bev, buf, len) != 0)
         rc = PL_ERR_NOMEM;
+    else if (cli->connected)
+        direct_want_flush(cli->bev, cli->flush_ev);
     free(buf);
     return rc;
 }
