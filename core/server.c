@@ -93,6 +93,7 @@ struct pl_conn {
     uint64_t sub_uid;
     uint8_t sub_token_hash[32]; /* the session it subscribed with */
     pl_conn *sub_prev, *sub_next; /* chain of bucket sub_uid % PL_SUB_BUCKETS */
+    pl_conn *th_prev, *th_next;   /* chain of bucket th_bucket(sub_token_hash) */
     uint64_t sub_expires_ms;  /* wall clock when that session expires; 0 = never */
     char ip[64];              /* peer without the port: the per-address key */
     addr_count *addr;         /* counted in conns_per_address; NULL if refused */
@@ -195,6 +196,9 @@ struct pl_server {
     uint64_t held_bytes;
     int serving_told;         /* what the transports were told (-1: nothing yet) */
     pl_conn *subs[PL_SUB_BUCKETS];
+    /* The same subscriptions by session: a logout finds the connections
+     * subscribed with the session it ends without walking every one. */
+    pl_conn *subs_th[PL_SUB_BUCKETS];
     /* Verified against when a login names no account, so a missing user
      * costs the same time as a wrong password. */
     char dummy_hash[crypto_pwhash_STRBYTES];
@@ -276,6 +280,14 @@ static void conn_unref(pl_conn *c)
         free(c);
 }
 
+/* A token hash is a BLAKE2b digest of a random token: any 4 of its bytes
+ * spread evenly. */
+static uint32_t th_bucket(const uint8_t th[32])
+{
+    return ((uint32_t)th[0] | (uint32_t)th[1] << 8 | (uint32_t)th[2] << 16 |
+            (uint32_t)th[3] << 24) % PL_SUB_BUCKETS;
+}
+
 static void sub_unlink(pl_server *s, pl_conn *c)
 {
     if (!c->subscribed)
@@ -287,6 +299,13 @@ static void sub_unlink(pl_server *s, pl_conn *c)
     if (c->sub_next)
         c->sub_next->sub_prev = c->sub_prev;
     c->sub_prev = c->sub_next = NULL;
+    if (c->th_prev)
+        c->th_prev->th_next = c->th_next;
+    else
+        s->subs_th[th_bucket(c->sub_token_hash)] = c->th_next;
+    if (c->th_next)
+        c->th_next->th_prev = c->th_prev;
+    c->th_prev = c->th_next = NULL;
     c->subscribed = 0;
 }
 
@@ -301,6 +320,12 @@ static void sub_link(pl_server *s, pl_conn *c, uint64_t uid, const uint8_t th[32
     c->sub_next = *head;
     if (*head)
         (*head)->sub_prev = c;
+    *head = c;
+    head = &s->subs_th[th_bucket(th)];
+    c->th_prev = NULL;
+    c->th_next = *head;
+    if (*head)
+        (*head)->th_prev = c;
     *head = c;
 }
 
@@ -2057,10 +2082,14 @@ static void on_applied(void *ud, uint64_t op, const pl_apply_result *res)
         }
     }
     if (res->revoked_token_hash.len == 32) {
-        for (pl_conn *c = s->conns; c; c = c->next)
-            if (c->subscribed &&
-                memcmp(c->sub_token_hash, res->revoked_token_hash.ptr, 32) == 0)
+        const uint8_t *th = (const uint8_t *)res->revoked_token_hash.ptr;
+        pl_conn *c = s->subs_th[th_bucket(th)];
+        while (c) {
+            pl_conn *next = c->th_next;
+            if (memcmp(c->sub_token_hash, th, 32) == 0)
                 sub_unlink(s, c);
+            c = next;
+        }
     }
     if (res->has_push) {
         /* Collect first, holding references: a send can end a connection

@@ -6,6 +6,7 @@ Run by meson (suite e2e) as:
 """
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -151,6 +152,31 @@ class E2E(unittest.TestCase):
         self.assertEqual(lp.returncode, 0)
         # listen acks what it printed: nothing is left unread
         self.assertEqual(c.cli_json("bob", "unread")["unread"], 0)
+
+    def test_logout_ends_pushes(self):
+        # A connection subscribed with a session gets no more pushes once
+        # that session logs out; the message stays unread for the next one.
+        c = self.c
+        c.register("alice"); c.register("bob")
+        c.login("alice"); c.login("bob")
+        lp = c.listen("bob")
+        try:
+            first = c.cli_json("alice", "send", "bob", "before logout")["id"]
+            ready, _, _ = select.select([lp.stdout], [], [], 10)
+            self.assertTrue(ready, "the subscribed listener got no push within 10 s")
+            self.assertEqual(json.loads(lp.stdout.readline())["id"], first)
+            c.cli("bob", "logout", check=0)
+            c.cli_json("alice", "send", "bob", "after logout")
+            ready, _, _ = select.select([lp.stdout], [], [], 1.5)
+            self.assertFalse(ready, "a push reached a connection whose session logged out: %r"
+                             % (lp.stdout.readline() if ready else ""))
+        finally:
+            lp.send_signal(signal.SIGINT)
+            lp.wait(timeout=10)
+            lp.stdout.close()
+            lp.stderr.close()
+        c.login("bob")
+        self.assertIn("after logout", [m["body"] for m in messages(c.cli_json("bob", "read"))])
 
     def test_restart_keeps_every_message(self):
         c = self.c
