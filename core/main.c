@@ -263,8 +263,8 @@ int main(int argc, char **argv)
         case OPT_CHECK: check = optarg; break;
         case OPT_JOIN: join = 1; break;
         case 'V':
-            printf("parleyd %s (store ABI %u, transport ABI %u)\n", PARLEY_VERSION,
-                   PL_STORE_ABI_VERSION, PL_TRANSPORT_ABI_VERSION);
+            printf("parleyd %s (store ABI %u.%u, transport ABI %u)\n", PARLEY_VERSION,
+                   PL_STORE_ABI_VERSION, PL_STORE_ABI_MINOR, PL_TRANSPORT_ABI_VERSION);
             return 0;
         case 'h':
             usage(stdout);
