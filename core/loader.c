@@ -198,9 +198,8 @@ done:
  * not one found in a library the plugin links against. Minor versions this
  * parley does not know read as the newest it does: their members come
  * after the ones it reads. */
-static uint32_t store_minor_of(void *handle, void *entry, const pl_store_plugin *d)
+static uint32_t store_minor_of(void *handle, void *entry)
 {
-    (void)d;
     dlerror();
     const uint32_t *minor = dlsym(handle, PL_STORE_MINOR_SYMBOL);
     Dl_info a, b;
@@ -394,7 +393,7 @@ pl_plugin *pl_plugin_load(const char *kind, const char *name,
             set_err(err, errlen, "%s: store descriptor member %s is NULL", who, miss);
             goto fail;
         }
-        p->store_minor = store_minor_of(p->handle, sym, d);
+        p->store_minor = store_minor_of(p->handle, sym);
         if (p->store_minor >= 1 && (!d->log_append_nosync || !d->log_sync)) {
             set_err(err, errlen, "%s: exports store ABI minor %u but member %s is NULL", who,
                     (unsigned)p->store_minor,

@@ -383,10 +383,9 @@ static void *sync_main(void *arg)
         pthread_mutex_lock(&q->sync_mu);
         if (rc != PL_OK && !q->sync_err)
             q->sync_err = rc;
-        if (!q->sync_done || gen != q->done_gen || op > q->done_op) {
-            q->done_op = op;
-            q->done_gen = gen;
-        }
+        /* requests are taken newest first, so this one covers all before */
+        q->done_op = op;
+        q->done_gen = gen;
         if (!q->sync_done) {
             q->sync_done = 1;
             uint64_t one = 1;

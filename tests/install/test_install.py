@@ -72,6 +72,16 @@ def clean_env(**extra):
     return env
 
 
+def store_conformance(so, what):
+    """The store conformance suite on plugin so; fail() unless it all passes."""
+    r = run([STORE_CONF, so], f"store conformance on {what}", timeout=600,
+            env=clean_env(TMPDIR=TMP), expect=None)
+    if r.returncode != 0 or not re.search(r"100%: Checks: \d+, Failures: 0, Errors: 0",
+                                          r.stdout + r.stderr):
+        fail(f"store conformance on {so}: exit {r.returncode}\n"
+             f"{(r.stdout + r.stderr)[-4000:]}")
+
+
 def sdk_with_store_h(name, store_h, pc_file):
     """A copy of the installed SDK whose parley/store.h is store_h, and the
     environment whose pkg-config finds it instead of the installed one."""
@@ -328,12 +338,7 @@ def main():
         fail(f"the example did not install into plugindir {plugindir}")
     ok("examples/store-trace built out of tree with pkg-config and installed into plugindir")
 
-    r = run([STORE_CONF, trace_so], "store conformance on the example", timeout=600,
-            env=clean_env(TMPDIR=TMP), expect=None)
-    if r.returncode != 0 or not re.search(r"100%: Checks: \d+, Failures: 0, Errors: 0",
-                                          r.stdout + r.stderr):
-        fail(f"store conformance on {trace_so}: exit {r.returncode}\n"
-             f"{(r.stdout + r.stderr)[-4000:]}")
+    store_conformance(trace_so, "the example")
     ok("store conformance suite passes on the example plugin")
 
     cfg["store"] = {"name": "trace", "inner": "sqlite", "slow_ms": 1000}
@@ -364,12 +369,7 @@ def main():
     r = run(["nm", "-D", "--defined-only", m0_so], "nm -D of the minor-0 build")
     if "parley_store_abi_minor" in r.stdout or "parley_store_plugin" not in r.stdout:
         fail(f"the minor-0 build exports the wrong symbols:\n{r.stdout}")
-    r = run([STORE_CONF, m0_so], "store conformance on the minor-0 build", timeout=600,
-            env=clean_env(TMPDIR=TMP), expect=None)
-    if r.returncode != 0 or not re.search(r"100%: Checks: \d+, Failures: 0, Errors: 0",
-                                          r.stdout + r.stderr):
-        fail(f"store conformance on {m0_so}: exit {r.returncode}\n"
-             f"{(r.stdout + r.stderr)[-4000:]}")
+    store_conformance(m0_so, "the minor-0 build")
     cfg["store"] = {"name": m0_so, "inner": "sqlite"}
     data3 = os.path.join(TMP, "data-minor0")
     cfg["data_dir"] = data3
