@@ -400,6 +400,11 @@ pl_plugin *pl_plugin_load(const char *kind, const char *name,
                     !d->log_append_nosync ? "log_append_nosync" : "log_sync");
             goto fail;
         }
+        if (p->store_minor >= 2 && !d->state_flush) {
+            set_err(err, errlen, "%s: exports store ABI minor %u but member state_flush is"
+                    " NULL", who, (unsigned)p->store_minor);
+            goto fail;
+        }
         p->store = d;
     } else {
         pl_transport_entry_fn fn;

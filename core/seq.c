@@ -1002,6 +1002,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         apply_now(q, pl_vr_commit(q->vr));
     if (!q->need_apply && !q->applying)
         maybe_compact(q);
+    /* A store that keeps its state transaction open across batches
+     * commits it once it has waited long enough (store.h, minor 2). */
+    if (q->host.store_minor >= 2 && !q->applying) {
+        int rc = q->sp->state_flush(q->st);
+        if (rc != PL_OK)
+            pl_log(PL_LOG_ERROR, "committing the applied state: %s", pl_strerror(rc));
+    }
     if (q->head)
         schedule(q, 0);
     if (q->host.tick)

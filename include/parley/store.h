@@ -28,6 +28,8 @@
  * minor 0 compare abi_version for equality.
  *   minor 1: log_append_nosync, log_sync (the log written on the event loop
  *            and synced on another thread).
+ *   minor 2: state_flush (a store that keeps its state transaction open
+ *            across commit() calls hears when the loop is idle).
  *
  * A store owns everything durable on one server:
  *   1. replica metadata: small named uint64 values (view, last normal view,
@@ -78,7 +80,7 @@ extern "C" {
 #define PL_STORE_ABI_VERSION 1u
 #define PL_STORE_SYMBOL "parley_store_plugin"
 /* The minor version of this header, and the symbol a plugin exports it in. */
-#define PL_STORE_ABI_MINOR 1u
+#define PL_STORE_ABI_MINOR 2u
 #define PL_STORE_MINOR_SYMBOL "parley_store_abi_minor"
 #define PL_STORE_DECLARE_MINOR \
     PL_EXPORT extern const uint32_t parley_store_abi_minor; \
@@ -266,6 +268,18 @@ typedef struct pl_store_plugin {
      * every entry appended before them. */
     int (*log_append_nosync)(pl_store *s, const pl_log_entry *e, size_t n);
     int (*log_sync)(pl_store *s);
+
+    /* ---- minor 2: read only when the plugin exports a minor >= 2 ----
+     * state_flush: the core calls it on the loop thread every few
+     * milliseconds, outside a transaction, whether or not anything was
+     * applied. A store may keep its state transaction open across
+     * commit() calls (committing the state of many batches at once is
+     * cheaper; applied_op() and every read still see each commit at once,
+     * and a crash may lose them since the log replays them: see
+     * log_compact); here it commits what has waited long enough, so an
+     * idle server's files soon hold its whole state for other readers.
+     * Returns PL_OK or an error, which the core logs. */
+    int (*state_flush)(pl_store *s);
 } pl_store_plugin;
 
 typedef const pl_store_plugin *(*pl_store_entry_fn)(void);

@@ -67,6 +67,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cJSON.h>
@@ -77,10 +78,18 @@
 
 #include "sq_walbuf.h"
 
-#define SQ_SCHEMA_VERSION 2
+#define SQ_SCHEMA_VERSION 3
+#define SQ_LOG_SCHEMA_VERSION 1
 #define SQ_STR_(x) #x
 #define SQ_STR(x) SQ_STR_(x)
 #define SQ_DB_FILE "parley.db"
+#define SQ_LOG_FILE "parley-log.db"
+/* The state transaction is flushed (committed) this often under load, and
+ * by the core's idle call (state_flush) once it is this old. */
+#define SQ_STATE_FLUSH_MS 100
+/* Default page cache of the state connection, in KiB: room for the pages a
+ * flush interval dirties (store option cache_kb overrides it). */
+#define SQ_STATE_CACHE_KB 16384
 #define SQ_BUSY_TIMEOUT_MS 5000
 #define SQ_CACHE_KB_MAX (16u * 1024u * 1024u) /* 16 GiB of page cache */
 #define SQ_APPLIED_KEY "applied"
@@ -96,8 +105,8 @@ enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 /* Every statement the store runs, prepared once at open. */
 enum sq_stmt {
     ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
-    ST_META_GET, ST_META_SET,
-    ST_LOG_BOUNDS, ST_LOG_APPEND, ST_LOG_READ, ST_LOG_TRUNCATE, ST_LOG_COMPACT,
+    ST_SAVEPOINT, ST_RELEASE, ST_ROLLBACK_TO,
+    ST_META_GET, ST_META_SET, ST_META_DEL,
     ST_ACC_PUT, ST_ACC_GET_NAME, ST_ACC_GET_UID, ST_ACC_DELETE, ST_ACC_SCAN,
     ST_ACC_COUNT,
     ST_SES_PUT, ST_SES_GET, ST_SES_DELETE, ST_SES_DELETE_UID, ST_SES_SCAN,
@@ -105,7 +114,12 @@ enum sq_stmt {
     ST_Q_UNREAD, ST_Q_READ, ST_Q_CONVO, ST_Q_CONVO_SELF, ST_Q_RECEIVED,
     ST_Q_SENT, ST_Q_ALL,
     ST_CLI_GET, ST_CLI_PUT, ST_CLI_SCAN_LO, ST_CLI_SCAN_HI,
-    ST__COUNT
+    /* From here on, statements of the log database (s->ldb). */
+    ST_L_BEGIN, ST_L_COMMIT, ST_L_ROLLBACK,
+    ST_L_META_GET, ST_L_META_SET,
+    ST_LOG_BOUNDS, ST_LOG_APPEND, ST_LOG_READ, ST_LOG_TRUNCATE, ST_LOG_COMPACT,
+    ST__COUNT,
+    ST__LOG_FIRST = ST_L_BEGIN
 };
 
 #define SQ_MSG_COLS "id, from_uid, to_uid, from_name, to_name, body, time, flags"
@@ -121,8 +135,20 @@ static const char *const sq_sql[ST__COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
 
+    /* One batch (begin .. commit) inside the long state transaction. */
+    [ST_SAVEPOINT] = "SAVEPOINT batch",
+    [ST_RELEASE] = "RELEASE batch",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO batch",
+
     [ST_META_GET] = "SELECT val FROM meta WHERE key = ?1",
     [ST_META_SET] = "INSERT OR REPLACE INTO meta(key, val) VALUES (?1, ?2)",
+    [ST_META_DEL] = "DELETE FROM meta WHERE key = ?1",
+
+    [ST_L_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_L_COMMIT] = "COMMIT",
+    [ST_L_ROLLBACK] = "ROLLBACK",
+    [ST_L_META_GET] = "SELECT val FROM meta WHERE key = ?1",
+    [ST_L_META_SET] = "INSERT OR REPLACE INTO meta(key, val) VALUES (?1, ?2)",
 
     /* Two single-row index probes; min() and max() together would scan. */
     [ST_LOG_BOUNDS] = "SELECT (SELECT op FROM log ORDER BY op LIMIT 1),"
@@ -214,7 +240,6 @@ static const char *const sq_sql[ST__COUNT] = {
 
 static const char sq_schema[] =
     "CREATE TABLE meta(key TEXT PRIMARY KEY, val INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE TABLE log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL, data BLOB NOT NULL);"
     "CREATE TABLE accounts(uid INTEGER PRIMARY KEY, name BLOB UNIQUE NOT NULL,"
     " pwhash TEXT NOT NULL, created INTEGER NOT NULL);"
     "CREATE TABLE sessions(token_hash BLOB PRIMARY KEY, uid INTEGER NOT NULL,"
@@ -236,20 +261,52 @@ static const char sq_upgrade_1[] =
     "DROP INDEX msg_sent;"
     SQ_MSG_TO_INDEX;
 
+/* Version 2 -> 3, once sq_log_migrate has copied the log and the replica
+ * metadata into the log database: what stays here is the state. */
+static const char sq_upgrade_2[] =
+    "DROP TABLE log;"
+    "DELETE FROM meta WHERE key <> '" SQ_APPLIED_KEY "';";
+
+/* The log database, <dir>/parley-log.db (PRAGMA user_version =
+ * SQ_LOG_SCHEMA_VERSION). Its meta table holds the keys set outside a
+ * state transaction (the replica's view, ...). */
+static const char sq_log_schema[] =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, val INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL,"
+    " data BLOB NOT NULL);";
+
 struct pl_store {
     pl_store_host host;       /* copied: the caller's struct may be on its stack */
-    sqlite3 *db;
+    sqlite3 *db;              /* the state: parley.db */
+    sqlite3 *ldb;             /* the log and the replica metadata: parley-log.db */
     sqlite3_stmt *st[ST__COUNT];
     char *path;               /* <dir>/parley.db, for messages */
+    char *lpath;              /* <dir>/parley-log.db */
     int sync_on;              /* opt->sync */
-    int cur_sync;             /* enum sq_sync currently set on the connection */
+    int cur_sync;             /* enum sq_sync currently set on db */
+    int l_sync;               /* ... and on ldb */
     int in_txn;               /* between begin() and commit()/abort() */
     int rd_txn;               /* the shared read transaction is open */
-    uint64_t applied;         /* cached meta "applied", updated on commit */
+    uint64_t applied;         /* applied op of the last commit() */
     uint8_t *buf;             /* getter results live here until the next call */
     size_t cap;
+    /* The state transaction (sq_state_flush): commit() ends a batch at a
+     * savepoint; the SQLite transaction spans batches until it is flushed. */
+    int state_open;           /* BEGIN IMMEDIATE on db is in effect */
+    int state_unsynced;       /* state commits not yet fdatasync'ed */
+    int state_lost;           /* SQLite rolled the open transaction back */
+    uint64_t state_since_ms;  /* when state_open began */
+    uint64_t durable_applied; /* applied op of the last synced state */
+    char *swal_path;          /* <dir>/parley.db-wal */
+    int swal_fd;              /* for sq_state_flush(durable), loop thread */
+    int lwal_fd2;             /* the log WAL, for the loop thread's own syncs */
+    /* Log writes, counted: a state commit may not reach the disk before
+     * the log entries it was applied from (store.h, minor 1), so the flush
+     * syncs the log first unless a log_sync already covered every write. */
+    uint64_t l_writes;        /* log commits so far (loop thread; read atomically) */
+    uint64_t l_synced;        /* l_writes covered by a finished sync (atomic) */
     /* log_sync (the core's sync thread only) */
-    char *wal_path;           /* <dir>/parley.db-wal */
+    char *wal_path;           /* <dir>/parley-log.db-wal */
     int wal_fd;               /* read-only descriptor of it, or -1 */
     int wal_broken;           /* a commit's WAL frames could not be written (atomic) */
 };
@@ -299,16 +356,21 @@ static int sq_map(int rc)
 }
 
 /* Log the connection's last error for `what` and return it as a pl_err. */
-static int sq_fail(pl_store *s, const char *what)
+static int sq_fail_db(pl_store *s, sqlite3 *db, const char *what)
 {
-    int rc = sqlite3_extended_errcode(s->db);
+    int rc = sqlite3_extended_errcode(db);
     int err = sq_map(rc);
 
     if (err == PL_OK) /* an error path with nothing recorded is still one */
         err = PL_ERR_INTERNAL;
-    sq_log(s, PL_LOG_ERROR, "%s: %s (%s, code %d)", what, sqlite3_errmsg(s->db),
+    sq_log(s, PL_LOG_ERROR, "%s: %s (%s, code %d)", what, sqlite3_errmsg(db),
            pl_strerror(err), rc);
     return err;
+}
+
+static int sq_fail(pl_store *s, const char *what)
+{
+    return sq_fail_db(s, s->db, what);
 }
 
 /* The statement for `id`, ready to bind. A statement still mid-step means a
@@ -434,22 +496,34 @@ static void sq_read_end(pl_store *s);
 /* SQLite rolls a transaction back by itself after some errors (disk full,
  * I/O error, out of memory). Statements after that would autocommit one by
  * one, making part of an operation visible, so refuse them until abort(). */
+static int sq_state_check(pl_store *s);
+
 static int sq_txn_ok(pl_store *s)
 {
     sq_read_end(s);
-    if (s->in_txn && sqlite3_get_autocommit(s->db)) {
-        sq_log(s, PL_LOG_ERROR, "the transaction was rolled back after an earlier error;"
-               " call abort() before new changes");
-        return PL_ERR_IO;
+    return sq_state_check(s);
+}
+
+/* The state transaction spans batches (sq_state_flush). If SQLite rolled it
+ * back by itself after an error, batches that commit() already reported
+ * are gone from this connection; the log still holds them, so the store
+ * refuses every state change from then on and a restart replays them. */
+static int sq_state_check(pl_store *s)
+{
+    if (s->state_open && !s->state_lost && sqlite3_get_autocommit(s->db)) {
+        s->state_lost = 1;
+        sq_log(s, PL_LOG_ERROR, "%s: the open state transaction was rolled back after an"
+               " error; the state after op %" PRIu64 " is refused until parleyd restarts"
+               " and replays it from the log", s->path, s->applied);
     }
-    return PL_OK;
+    return s->state_lost ? PL_ERR_IO : PL_OK;
 }
 
 /* Set PRAGMA synchronous. It is run with sqlite3_exec rather than a prepared
  * statement because SQLite applies this pragma when it compiles it, so a
  * reused prepared copy would not switch the level again. Only valid outside
  * a transaction. */
-static int sq_set_sync(pl_store *s, int level)
+static int sq_set_sync_db(pl_store *s, sqlite3 *db, int *cur, int level)
 {
     static const char *const sql[] = {
         [SQ_SYNC_OFF] = "PRAGMA synchronous=OFF",
@@ -457,12 +531,23 @@ static int sq_set_sync(pl_store *s, int level)
         [SQ_SYNC_FULL] = "PRAGMA synchronous=FULL",
     };
 
-    if (!s->sync_on || s->cur_sync == level)
+    if (!s->sync_on || *cur == level)
         return PL_OK;
-    if (sqlite3_exec(s->db, sql[level], NULL, NULL, NULL) != SQLITE_OK)
-        return sq_fail(s, sql[level]);
-    s->cur_sync = level;
+    if (sqlite3_exec(db, sql[level], NULL, NULL, NULL) != SQLITE_OK)
+        return sq_fail_db(s, db, sql[level]);
+    *cur = level;
     return PL_OK;
+}
+
+/* ... on the state database; sq_set_lsync on the log database. */
+static int sq_set_sync(pl_store *s, int level)
+{
+    return sq_set_sync_db(s, s->db, &s->cur_sync, level);
+}
+
+static int sq_set_lsync(pl_store *s, int level)
+{
+    return sq_set_sync_db(s, s->ldb, &s->l_sync, level);
 }
 
 /* Run a statement that returns no rows; used for single-statement writes. */
@@ -472,7 +557,7 @@ static int sq_exec_stmt(pl_store *s, sqlite3_stmt *st, const char *what)
     int err = PL_OK;
 
     if (rc != SQLITE_DONE)
-        err = sq_fail(s, what);
+        err = sq_fail_db(s, sqlite3_db_handle(st), what);
     sq_done(st);
     return err;
 }
@@ -502,6 +587,12 @@ static void sq_rollback(pl_store *s)
         sq_simple(s, ST_ROLLBACK);
 }
 
+static void sq_lrollback(pl_store *s)
+{
+    if (!sqlite3_get_autocommit(s->ldb))
+        sq_simple(s, ST_L_ROLLBACK);
+}
+
 /* Reads outside a state transaction share one read transaction, kept open
  * from the first read until the next write (sq_read_end). In autocommit
  * mode every statement took and dropped the database's shared lock and a
@@ -514,8 +605,11 @@ static void sq_rollback(pl_store *s)
  * reads simply run in autocommit mode as before. */
 static void sq_read_begin(pl_store *s)
 {
-    if (s->in_txn)
+    /* Inside the state transaction, reads see it, as they must. */
+    if (s->in_txn || s->state_open) {
+        sq_state_check(s);
         return;
+    }
     /* SQLite ends a transaction by itself after some errors. */
     if (s->rd_txn && sqlite3_get_autocommit(s->db))
         s->rd_txn = 0;
@@ -560,9 +654,17 @@ static void sq_free(pl_store *s)
      * and removes the -wal and -shm files. */
     if (s->db && sqlite3_close(s->db) != SQLITE_OK)
         sq_log(s, PL_LOG_WARN, "closing %s: %s", s->path, sqlite3_errmsg(s->db));
+    if (s->ldb && sqlite3_close(s->ldb) != SQLITE_OK)
+        sq_log(s, PL_LOG_WARN, "closing %s: %s", s->lpath, sqlite3_errmsg(s->ldb));
     if (s->wal_fd >= 0)
         close(s->wal_fd);
+    if (s->lwal_fd2 >= 0)
+        close(s->lwal_fd2);
+    if (s->swal_fd >= 0)
+        close(s->swal_fd);
     free(s->wal_path);
+    free(s->swal_path);
+    free(s->lpath);
     free(s->path);
     free(s->buf);
     free(s);
@@ -696,8 +798,11 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
     if (sqlite3_file_control(db, zdb, SQLITE_FCNTL_JOURNAL_POINTER, &f) == SQLITE_OK && f)
         rc = sq_walbuf_flush(f);
     if (rc != SQLITE_OK) {
+        /* Either file: a state commit whose frames are not on disk must
+         * not be made durable by a later sync either. */
         __atomic_store_n(&s->wal_broken, 1, __ATOMIC_RELEASE);
-        sq_log(s, PL_LOG_ERROR, "writing WAL frames of %s: %s", s->path, sqlite3_errstr(rc));
+        sq_log(s, PL_LOG_ERROR, "writing WAL frames of %s: %s", sqlite3_db_filename(db, zdb),
+               sqlite3_errstr(rc));
         return rc;
     }
     if (frames >= SQ_WAL_CHECKPOINT_PAGES)
@@ -713,12 +818,165 @@ static void sq_vfs_init(void)
     sq_vfs_rc = sq_walbuf_register();
 }
 
+/* Open one of the two databases with the settings both share: the
+ * parley-walbuf VFS, WAL mode, the sync level and the WAL hook. */
+static int sq_conn_open(pl_store *s, const char *path, sqlite3 **out, char *err, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    *out = NULL;
+    rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                         sq_vfs_rc == SQLITE_OK ? SQ_WALBUF_VFS : NULL);
+    if (rc != SQLITE_OK) {
+        int sys = db ? sqlite3_system_errno(db) : 0;
+
+        snprintf(err, errlen, "cannot open %s: %s", path,
+                 sys ? strerror(sys) : db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return rc;
+    }
+    *out = db;
+    /* SQLite quietly falls back to read-only on a write-protected file;
+     * say so now rather than fail on the first write. */
+    if (sqlite3_db_readonly(db, "main") == 1) {
+        snprintf(err, errlen, "cannot open %s: the file is read-only", path);
+        return SQLITE_READONLY;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, SQ_BUSY_TIMEOUT_MS);
+    /* Refuse writes that would corrupt the file through odd SQL; costs nothing. */
+    sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+
+    rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *mode = sqlite3_column_text(st, 0);
+
+        if (!mode || strcmp((const char *)mode, "wal") != 0) {
+            snprintf(err, errlen, "cannot switch %s to WAL mode (journal mode stays %s)",
+                     path, mode ? (const char *)mode : "unknown");
+            sqlite3_finalize(st);
+            return SQLITE_IOERR;
+        }
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK) {
+        /* A foreign or damaged file fails here, at its first read. */
+        snprintf(err, errlen, "cannot open %s: %s", path, sqlite3_errmsg(db));
+        return rc;
+    }
+    rc = sqlite3_exec(db, s->sync_on ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=OFF",
+                      NULL, NULL, NULL);
+    /* The WAL file is reused, not shrunk, after a checkpoint; cap what a
+     * large transaction (a snapshot import) leaves behind on disk. */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "PRAGMA journal_size_limit=67108864", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        sqlite3_wal_hook(db, sq_wal_hook, s);
+    if (rc != SQLITE_OK)
+        snprintf(err, errlen, "cannot configure %s: %s", path, sqlite3_errmsg(db));
+    return rc;
+}
+
+/* Run sql and set user_version in one transaction: a crash leaves the file
+ * as it was or all of it. */
+static int sq_exec_versioned(sqlite3 *db, const char *path, const char *what, const char *sql,
+                             int version, char *err, size_t errlen)
+{
+    char *msg = NULL, pragma[48];
+    int rc;
+
+    snprintf(pragma, sizeof pragma, "PRAGMA user_version=%d", version);
+    rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, pragma, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "COMMIT", NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "cannot %s in %s: %s", what, path, msg ? msg : sqlite3_errmsg(db));
+        sqlite3_free(msg);
+        if (!sqlite3_get_autocommit(db))
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    return rc;
+}
+
+/* Open (or create) the log database. A state database of schema version 2
+ * or older still holds the log: its entries and its replica metadata are
+ * copied over in the log database's first transaction, which also sets
+ * its user_version, so a crash before that commit leaves nothing to trust
+ * and the copy simply runs again; sq_open drops them from the state
+ * database only afterwards. */
+static int sq_open_log(pl_store *s, const char *dir, sqlite3_int64 state_version,
+                       sqlite3_int64 applied, char *err, size_t errlen)
+{
+    sqlite3_int64 lv = 0;
+    char *msg = NULL, *sql = NULL;
+    int rc;
+
+    if (sq_precreate(dir, s->lpath, s->sync_on, err, errlen) != 0)
+        return SQLITE_CANTOPEN;
+    if ((rc = sq_conn_open(s, s->lpath, &s->ldb, err, errlen)) != SQLITE_OK)
+        return rc;
+    if ((rc = sq_query_int(s->ldb, "PRAGMA user_version", &lv)) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open %s: %s", s->lpath, sqlite3_errmsg(s->ldb));
+        return rc;
+    }
+    if (lv > SQ_LOG_SCHEMA_VERSION || lv < 0) {
+        snprintf(err, errlen, "%s has schema version %lld, this plugin understands up to %d"
+                 " (written by a newer parley?)", s->lpath, (long long)lv,
+                 SQ_LOG_SCHEMA_VERSION);
+        return SQLITE_FORMAT;
+    }
+    if (lv > 0)
+        return SQLITE_OK;
+    if (state_version >= 3 && applied > 0) {
+        /* The state says ops were applied, so there was a log: a state
+         * without the log it came from must not serve as a replica. */
+        snprintf(err, errlen, "%s is missing or empty, but %s has applied op %lld: restore"
+                 " both files of the data directory together", s->lpath, s->path,
+                 (long long)applied);
+        return SQLITE_CORRUPT;
+    }
+    if (state_version < 3 && state_version > 0) {
+        sql = sqlite3_mprintf("ATTACH %Q AS old", s->path);
+        if (!sql)
+            return SQLITE_NOMEM;
+        rc = sqlite3_exec(s->ldb, sql, NULL, NULL, &msg);
+        sqlite3_free(sql);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errlen, "cannot read the log of %s: %s", s->path,
+                     msg ? msg : sqlite3_errmsg(s->ldb));
+            sqlite3_free(msg);
+            return rc;
+        }
+        sq_log(s, PL_LOG_WARN, "moving the log of %s to %s (schema version %lld -> 3)",
+               s->path, s->lpath, (long long)state_version);
+        rc = sq_exec_versioned(s->ldb, s->lpath, "copy the log", 
+                               "CREATE TABLE meta(key TEXT PRIMARY KEY, val INTEGER NOT NULL)"
+                               " WITHOUT ROWID;"
+                               "CREATE TABLE log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL,"
+                               " data BLOB NOT NULL);"
+                               "INSERT INTO main.log SELECT op, view, data FROM old.log;"
+                               "INSERT INTO main.meta SELECT key, val FROM old.meta"
+                               " WHERE key <> '" SQ_APPLIED_KEY "';",
+                               SQ_LOG_SCHEMA_VERSION, err, errlen);
+        sqlite3_exec(s->ldb, "DETACH old", NULL, NULL, NULL);
+        return rc;
+    }
+    return sq_exec_versioned(s->ldb, s->lpath, "create the schema", sq_log_schema,
+                             SQ_LOG_SCHEMA_VERSION, err, errlen);
+}
+
 static int sq_open(const pl_store_host *host, const pl_store_options *opt,
                    pl_store **out, char *err, size_t errlen)
 {
     pl_store *s = NULL;
     sqlite3_int64 version = 0, applied = 0;
-    sqlite3_stmt *st = NULL;
     long cache_kb;
     size_t plen;
     int rc, i;
@@ -736,17 +994,21 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
     s = calloc(1, sizeof *s);
     if (!s)
         goto nomem;
-    s->wal_fd = -1;
+    s->wal_fd = s->swal_fd = s->lwal_fd2 = -1;
     if (host)
         s->host = *host;
     s->sync_on = opt->sync != 0;
-    plen = strlen(opt->dir) + sizeof "/" SQ_DB_FILE "-wal";
+    plen = strlen(opt->dir) + sizeof "/" SQ_LOG_FILE "-wal";
     s->path = malloc(plen);
+    s->lpath = malloc(plen);
     s->wal_path = malloc(plen);
-    if (!s->path || !s->wal_path)
+    s->swal_path = malloc(plen);
+    if (!s->path || !s->lpath || !s->wal_path || !s->swal_path)
         goto nomem;
     snprintf(s->path, plen, "%s/%s", opt->dir, SQ_DB_FILE);
-    snprintf(s->wal_path, plen, "%s/%s-wal", opt->dir, SQ_DB_FILE);
+    snprintf(s->lpath, plen, "%s/%s", opt->dir, SQ_LOG_FILE);
+    snprintf(s->wal_path, plen, "%s/%s-wal", opt->dir, SQ_LOG_FILE);
+    snprintf(s->swal_path, plen, "%s/%s-wal", opt->dir, SQ_DB_FILE);
 
     if (sq_mkdirs(opt->dir, err, errlen) != 0 ||
         sq_precreate(opt->dir, s->path, s->sync_on, err, errlen) != 0) {
@@ -755,29 +1017,8 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
     }
 
     pthread_once(&sq_vfs_once, sq_vfs_init);
-    rc = sqlite3_open_v2(s->path, &s->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                         sq_vfs_rc == SQLITE_OK ? SQ_WALBUF_VFS : NULL);
-    if (rc != SQLITE_OK) {
-        int sys = s->db ? sqlite3_system_errno(s->db) : 0;
-
-        snprintf(err, errlen, "cannot open %s: %s", s->path,
-                 sys ? strerror(sys) : s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+    if ((rc = sq_conn_open(s, s->path, &s->db, err, errlen)) != SQLITE_OK)
         goto fail_rc;
-    }
-    /* SQLite quietly falls back to read-only on a write-protected file;
-     * say so now rather than fail on the first write. */
-    if (sqlite3_db_readonly(s->db, "main") == 1) {
-        snprintf(err, errlen, "cannot open %s: the file is read-only", s->path);
-        sq_free(s);
-        return PL_ERR_IO;
-    }
-    sqlite3_extended_result_codes(s->db, 1);
-    sqlite3_busy_timeout(s->db, SQ_BUSY_TIMEOUT_MS);
-    /* Refuse writes that would corrupt the file through odd SQL; costs nothing. */
-    sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
-
-    /* The first read also tells a foreign or damaged file apart. */
     rc = sq_query_int(s->db, "PRAGMA user_version", &version);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "cannot open %s: %s", s->path, sqlite3_errmsg(s->db));
@@ -790,100 +1031,64 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
         sq_free(s);
         return PL_ERR_CORRUPT;
     }
-
-    rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
-    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const unsigned char *mode = sqlite3_column_text(st, 0);
-
-        if (!mode || strcmp((const char *)mode, "wal") != 0) {
-            snprintf(err, errlen, "cannot switch %s to WAL mode (journal mode stays %s)",
-                     s->path, mode ? (const char *)mode : "unknown");
-            sqlite3_finalize(st);
-            sq_free(s);
-            return PL_ERR_IO;
-        }
-        rc = SQLITE_OK;
-    }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "cannot set WAL mode on %s: %s", s->path, sqlite3_errmsg(s->db));
-        goto fail_rc;
-    }
-
-    s->cur_sync = s->sync_on ? SQ_SYNC_FULL : SQ_SYNC_OFF;
-    rc = sqlite3_exec(s->db, s->sync_on ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=OFF",
-                      NULL, NULL, NULL);
-    /* The WAL file is reused, not shrunk, after a checkpoint; cap what a
-     * large transaction (a snapshot import) leaves behind on disk. */
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(s->db, "PRAGMA journal_size_limit=67108864", NULL, NULL, NULL);
-    if (rc == SQLITE_OK)
-        sqlite3_wal_hook(s->db, sq_wal_hook, s);
-    if (rc == SQLITE_OK && cache_kb >= 0) {
+    /* The state connection's page cache holds the pages a state
+     * transaction dirties until it is flushed (sq_state_flush). */
+    {
         char sql[64];
 
         /* A negative cache_size is in KiB rather than pages. */
-        snprintf(sql, sizeof sql, "PRAGMA cache_size=-%ld", cache_kb);
+        snprintf(sql, sizeof sql, "PRAGMA cache_size=-%ld",
+                 cache_kb >= 0 ? cache_kb : (long)SQ_STATE_CACHE_KB);
         rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
-    }
-    if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "cannot configure %s: %s", s->path, sqlite3_errmsg(s->db));
-        goto fail_rc;
-    }
-
-    if (version < SQ_SCHEMA_VERSION) {
-        /* Schema (or its upgrade) and version in one transaction: a crash
-         * leaves the file as it was or the whole new schema. */
-        char *msg = NULL;
-
-        if (version > 0)
-            sq_log(s, PL_LOG_WARN, "%s: upgrading schema version %lld to %d (rebuilding the"
-                   " message indexes; a large database takes a while)", s->path,
-                   (long long)version, SQ_SCHEMA_VERSION);
-        rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg);
+        /* Each batch is a savepoint: the first change of a page in it
+         * copies the page to a sub-journal, which SQLite keeps in a
+         * temporary file (two pwrites a page) unless temp_store is MEMORY. */
         if (rc == SQLITE_OK)
-            rc = sqlite3_exec(s->db, version == 0 ? sq_schema : sq_upgrade_1, NULL, NULL, &msg);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_exec(s->db, "PRAGMA user_version=" SQ_STR(SQ_SCHEMA_VERSION), NULL,
-                              NULL, &msg);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, &msg);
+            rc = sqlite3_exec(s->db, "PRAGMA temp_store=MEMORY", NULL, NULL, NULL);
         if (rc != SQLITE_OK) {
-            snprintf(err, errlen, "cannot %s the schema in %s: %s",
-                     version == 0 ? "create" : "upgrade", s->path,
-                     msg ? msg : sqlite3_errmsg(s->db));
-            sqlite3_free(msg);
-            if (!sqlite3_get_autocommit(s->db))
-                sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            snprintf(err, errlen, "cannot configure %s: %s", s->path, sqlite3_errmsg(s->db));
             goto fail_rc;
         }
     }
 
-    for (i = 0; i < ST__COUNT; i++) {
-        rc = sqlite3_prepare_v3(s->db, sq_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
-                                &s->st[i], NULL);
-        if (rc != SQLITE_OK) {
-            snprintf(err, errlen, "%s does not have the expected schema: %s", s->path,
-                     sqlite3_errmsg(s->db));
-            goto fail_rc;
-        }
+    rc = SQLITE_OK;
+    if (version == 0) {
+        rc = sq_exec_versioned(s->db, s->path, "create the schema", sq_schema,
+                               SQ_SCHEMA_VERSION, err, errlen);
+    } else if (version == 1) {
+        sq_log(s, PL_LOG_WARN, "%s: upgrading schema version 1 to 2 (rebuilding the"
+               " message indexes; a large database takes a while)", s->path);
+        rc = sq_exec_versioned(s->db, s->path, "upgrade the schema", sq_upgrade_1, 2,
+                               err, errlen);
+        version = 2;
     }
-
-    st = s->st[ST_META_GET];
-    sqlite3_bind_text(st, 1, SQ_APPLIED_KEY, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        applied = sqlite3_column_int64(st, 0);
-        rc = SQLITE_OK;
-    } else if (rc == SQLITE_DONE) {
-        rc = SQLITE_OK;
-    } else {
-        snprintf(err, errlen, "cannot read %s: %s", s->path, sqlite3_errmsg(s->db));
-    }
-    sq_done(st);
     if (rc != SQLITE_OK)
         goto fail_rc;
+    if (version == 0)
+        version = SQ_SCHEMA_VERSION;
+    if ((rc = sq_query_int(s->db, "SELECT coalesce((SELECT val FROM meta WHERE key = '"
+                           SQ_APPLIED_KEY "'), 0)", &applied)) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot read %s: %s", s->path, sqlite3_errmsg(s->db));
+        goto fail_rc;
+    }
+    if ((rc = sq_open_log(s, opt->dir, version, applied, err, errlen)) != SQLITE_OK)
+        goto fail_rc;
+    if (version == 2 && (rc = sq_exec_versioned(s->db, s->path, "drop the moved log",
+                                                sq_upgrade_2, SQ_SCHEMA_VERSION,
+                                                err, errlen)) != SQLITE_OK)
+        goto fail_rc;
+    s->cur_sync = s->l_sync = s->sync_on ? SQ_SYNC_FULL : SQ_SYNC_OFF;
+
+    for (i = 0; i < ST__COUNT; i++) {
+        sqlite3 *db = i >= ST__LOG_FIRST ? s->ldb : s->db;
+
+        rc = sqlite3_prepare_v3(db, sq_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errlen, "%s does not have the expected schema: %s",
+                     i >= ST__LOG_FIRST ? s->lpath : s->path, sqlite3_errmsg(db));
+            goto fail_rc;
+        }
+    }
     s->applied = (uint64_t)applied;
 
     *out = s;
@@ -902,29 +1107,164 @@ fail_rc:
     }
 }
 
+static uint64_t sq_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* fdatasync a WAL file through a read-only descriptor of our own, opened on
+ * first use: fdatasync on any descriptor of a file flushes what the
+ * connection wrote through its own. The file stays the same while the
+ * connection is open (SQLite removes it only when the last connection
+ * closes; a checkpoint reuses or truncates it). */
+static int sq_sync_wal(pl_store *s, const char *path, int *fd, const char *what)
+{
+    if (__atomic_load_n(&s->wal_broken, __ATOMIC_ACQUIRE))
+        return PL_ERR_IO; /* the file misses committed frames */
+    if (!s->sync_on)
+        return PL_OK;
+    if (*fd < 0 && (*fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        if (errno == ENOENT)
+            return PL_OK; /* nothing written since the database was opened */
+        sq_log(s, PL_LOG_ERROR, "%s: open %s: %s", what, path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    if (fdatasync(*fd) != 0) {
+        sq_log(s, PL_LOG_ERROR, "%s: fdatasync %s: %s", what, path, strerror(errno));
+        return PL_ERR_IO;
+    }
+    return PL_OK;
+}
+
+/* Log writes up to w are durable (from either thread). */
+static void sq_log_synced(pl_store *s, uint64_t w)
+{
+    uint64_t cur = __atomic_load_n(&s->l_synced, __ATOMIC_ACQUIRE);
+
+    while (cur < w && !__atomic_compare_exchange_n(&s->l_synced, &cur, w, 0, __ATOMIC_ACQ_REL,
+                                                   __ATOMIC_ACQUIRE))
+        ;
+}
+
+/* A log commit is done; durable says it ran with synchronous=FULL, which
+ * syncs the whole WAL and with it every earlier log write. */
+static void sq_log_wrote(pl_store *s, int durable)
+{
+    uint64_t w = s->l_writes + 1;
+
+    __atomic_store_n(&s->l_writes, w, __ATOMIC_RELEASE);
+    if (durable || !s->sync_on)
+        sq_log_synced(s, w);
+}
+
+/* Commit the state transaction, and with durable also sync it.
+ *
+ * The state's batches (begin .. commit) are savepoints inside one SQLite
+ * transaction that is committed here, every SQ_STATE_FLUSH_MS under load
+ * (sq_commit) or when idle (sq_state_flush_idle), instead of once per
+ * batch: a batch of sends touches a leaf page of each message index per
+ * recipient, and committing each batch wrote those pages again and again
+ * (12 KiB of WAL per send at 64 clients; the disk's whole bandwidth). The
+ * state lives in its own file, so the log's syncs do not write it either.
+ * The commit is not synced (synchronous=NORMAL): a crash may lose state
+ * commits, never log entries the core was told are durable, and the core
+ * replays the log from applied_op() + 1. What keeps that true:
+ *  - the log is synced first, so no state commit reaches the disk before
+ *    the log entries it was applied from (store.h, minor 1);
+ *  - log_compact drops entries only below a state synced here (durable).
+ * Called on the loop thread outside a batch. */
+static int sq_state_flush(pl_store *s, int durable)
+{
+    int err;
+
+    if ((err = sq_state_check(s)) != PL_OK)
+        return err;
+    if (s->state_open) {
+        if (s->sync_on && __atomic_load_n(&s->l_synced, __ATOMIC_ACQUIRE) <
+                          __atomic_load_n(&s->l_writes, __ATOMIC_ACQUIRE)) {
+            uint64_t w = __atomic_load_n(&s->l_writes, __ATOMIC_ACQUIRE);
+
+            if ((err = sq_sync_wal(s, s->wal_path, &s->lwal_fd2, "syncing the log")) != PL_OK)
+                return err;
+            sq_log_synced(s, w);
+        }
+        if ((err = sq_simple(s, ST_COMMIT)) != PL_OK) {
+            /* Whether SQLite kept the transaction open or not, the batches
+             * in it can no longer be trusted to reach the file. */
+            sq_rollback(s);
+            s->state_lost = 1;
+            sq_log(s, PL_LOG_ERROR, "%s: committing the state failed; the state after op %"
+                   PRIu64 " is refused until parleyd restarts and replays it from the log",
+                   s->path, s->applied);
+            return err;
+        }
+        s->state_open = 0;
+        s->state_unsynced = 1;
+    }
+    if (durable && s->state_unsynced) {
+        if ((err = sq_sync_wal(s, s->swal_path, &s->swal_fd, "syncing the state")) != PL_OK)
+            return err;
+        s->state_unsynced = 0;
+        s->durable_applied = s->applied;
+    }
+    return PL_OK;
+}
+
+/* Store ABI minor 2: the core's idle call. */
+static int sq_state_flush_idle(pl_store *s)
+{
+    /* After a lost transaction every state call fails (logged once). */
+    if (!s || s->in_txn || !s->state_open || s->state_lost)
+        return PL_OK;
+    if (sq_now_ms() - s->state_since_ms < SQ_STATE_FLUSH_MS)
+        return PL_OK;
+    return sq_state_flush(s, 0);
+}
+
+/* End a batch: roll it back to its savepoint (SQLite keeps the savepoint
+ * after ROLLBACK TO, so it is released too). */
+static void sq_batch_abort(pl_store *s)
+{
+    s->in_txn = 0;
+    if (sq_state_check(s) != PL_OK)
+        return;
+    if (sq_simple(s, ST_ROLLBACK_TO) != PL_OK || sq_simple(s, ST_RELEASE) != PL_OK) {
+        sq_rollback(s);
+        sq_state_check(s);
+        if (!s->state_lost) {
+            s->state_lost = 1;
+            sq_log(s, PL_LOG_ERROR, "%s: a batch could not be rolled back; the state after op %"
+                   PRIu64 " is refused until parleyd restarts", s->path, s->applied);
+        }
+    }
+}
+
 static void sq_close(pl_store *s)
 {
     if (!s)
         return;
     if (s->in_txn) {
         sq_log(s, PL_LOG_WARN, "closed inside a transaction; its changes are discarded");
-        sq_rollback(s);
+        sq_batch_abort(s);
     }
     sq_read_end(s);
+    if (s->state_open && sq_state_flush(s, 0) != PL_OK)
+        sq_rollback(s);
     sq_free(s);
 }
 
-/* ---- replica metadata ---- */
+/* ---- replica metadata ----
+ * Keys set inside a state transaction live in the state database, with
+ * the state they go with; keys set outside one are durable on return, in
+ * the log database. A read looks in the state database first. */
 
-static int sq_meta_get(pl_store *s, const char *key, uint64_t *val)
+static int sq_meta_get_in(pl_store *s, sqlite3_stmt *st, const char *key, uint64_t *val)
 {
-    sqlite3_stmt *st;
     int rc, err = PL_OK;
 
-    if (!key || !val)
-        return PL_ERR_INVALID;
-    if (!(st = sq_read_stmt(s, ST_META_GET)))
-        return PL_ERR_INTERNAL;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
@@ -932,14 +1272,32 @@ static int sq_meta_get(pl_store *s, const char *key, uint64_t *val)
     else if (rc == SQLITE_DONE)
         err = PL_ERR_NOT_FOUND;
     else
-        err = sq_fail(s, "meta_get");
+        err = sq_fail_db(s, sqlite3_db_handle(st), "meta_get");
     sq_done(st);
     return err;
+}
+
+static int sq_meta_get(pl_store *s, const char *key, uint64_t *val)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!key || !val)
+        return PL_ERR_INVALID;
+    if (!(st = sq_read_stmt(s, ST_META_GET)))
+        return PL_ERR_INTERNAL;
+    err = sq_meta_get_in(s, st, key, val);
+    if (err != PL_ERR_NOT_FOUND)
+        return err;
+    if (!(st = sq_stmt(s, ST_L_META_GET)))
+        return PL_ERR_INTERNAL;
+    return sq_meta_get_in(s, st, key, val);
 }
 
 static int sq_meta_set(pl_store *s, const char *key, uint64_t val)
 {
     sqlite3_stmt *st;
+    uint64_t old;
     int err;
 
     if (!key || !*key)
@@ -952,21 +1310,51 @@ static int sq_meta_set(pl_store *s, const char *key, uint64_t val)
     }
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
-    /* Outside a transaction this autocommits and must be durable on return. */
-    if (!s->in_txn && (err = sq_set_sync(s, SQ_SYNC_FULL)) != PL_OK)
+    if (s->in_txn) {
+        if (!(st = sq_stmt(s, ST_META_SET)))
+            return PL_ERR_INTERNAL;
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        sq_bind_u64(st, 2, val);
+        return sq_exec_stmt(s, st, "meta_set");
+    }
+    /* A value a state transaction set would shadow this one: it goes, and
+     * durably, before the new value is written (no key the core uses is
+     * set both ways, so this costs nothing in practice). */
+    if (!(st = sq_stmt(s, ST_META_GET)))
+        return PL_ERR_INTERNAL;
+    err = sq_meta_get_in(s, st, key, &old);
+    if (err == PL_OK) {
+        if (!s->state_open && (err = sq_set_sync(s, SQ_SYNC_NORMAL)) != PL_OK)
+            return err;
+        if (!(st = sq_stmt(s, ST_META_DEL)))
+            return PL_ERR_INTERNAL;
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        if ((err = sq_exec_stmt(s, st, "meta_set")) != PL_OK)
+            return err;
+        if (!s->state_open)
+            s->state_unsynced = 1;
+        if ((err = sq_state_flush(s, 1)) != PL_OK)
+            return err;
+    } else if (err != PL_ERR_NOT_FOUND) {
         return err;
-    if (!(st = sq_stmt(s, ST_META_SET)))
+    }
+    /* Outside a transaction this autocommits and must be durable on return. */
+    if ((err = sq_set_lsync(s, SQ_SYNC_FULL)) != PL_OK)
+        return err;
+    if (!(st = sq_stmt(s, ST_L_META_SET)))
         return PL_ERR_INTERNAL;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     sq_bind_u64(st, 2, val);
-    return sq_exec_stmt(s, st, "meta_set");
+    if ((err = sq_exec_stmt(s, st, "meta_set")) == PL_OK)
+        sq_log_wrote(s, 1);
+    return err;
 }
 
-/* ---- replicated log ---- */
+/* ---- replicated log (the log database, autocommit reads) ---- */
 
 static int sq_log_last(pl_store *s, uint64_t *first, uint64_t *last)
 {
-    sqlite3_stmt *st = sq_read_stmt(s, ST_LOG_BOUNDS);
+    sqlite3_stmt *st = sq_stmt(s, ST_LOG_BOUNDS);
     int rc, err = PL_OK;
 
     if (!st)
@@ -979,23 +1367,22 @@ static int sq_log_last(pl_store *s, uint64_t *first, uint64_t *last)
         if (last)
             *last = sq_col_u64(st, 1);
     } else {
-        err = sq_fail(s, "log_bounds");
+        err = sq_fail_db(s, s->ldb, "log_bounds");
     }
     sq_done(st);
     return err;
 }
 
-/* Durable operations run in their own transaction with a FULL sync; they
- * cannot join a state transaction, whose commit does not sync. */
+/* Durable log writes may not happen inside a state batch: store.h has the
+ * core make them between batches. */
 static int sq_outside_txn(pl_store *s, const char *what)
 {
-    sq_read_end(s);
     if (s->in_txn) {
         sq_log(s, PL_LOG_ERROR, "%s inside a state transaction: it must be durable on"
                " return, so call it before begin() or after commit()", what);
         return PL_ERR_INVALID;
     }
-    return sq_set_sync(s, SQ_SYNC_FULL);
+    return sq_set_lsync(s, SQ_SYNC_FULL);
 }
 
 static int sq_log_write(pl_store *s, const pl_log_entry *e, size_t n, int level)
@@ -1020,9 +1407,9 @@ static int sq_log_write(pl_store *s, const pl_log_entry *e, size_t n, int level)
     }
     if ((err = sq_outside_txn(s, "log_append")) != PL_OK)
         return err;
-    if (level != SQ_SYNC_FULL && (err = sq_set_sync(s, level)) != PL_OK)
+    if (level != SQ_SYNC_FULL && (err = sq_set_lsync(s, level)) != PL_OK)
         return err;
-    if ((err = sq_simple(s, ST_BEGIN)) != PL_OK)
+    if ((err = sq_simple(s, ST_L_BEGIN)) != PL_OK)
         return err;
     if ((err = sq_log_last(s, NULL, &last)) != PL_OK)
         goto fail;
@@ -1044,11 +1431,12 @@ static int sq_log_write(pl_store *s, const pl_log_entry *e, size_t n, int level)
             goto fail;
     }
     /* One COMMIT: one WAL sync for the whole batch (none when NORMAL). */
-    if ((err = sq_simple(s, ST_COMMIT)) != PL_OK)
+    if ((err = sq_simple(s, ST_L_COMMIT)) != PL_OK)
         goto fail;
+    sq_log_wrote(s, level == SQ_SYNC_FULL);
     return PL_OK;
 fail:
-    sq_rollback(s);
+    sq_lrollback(s);
     return err;
 }
 
@@ -1063,28 +1451,17 @@ static int sq_log_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
 }
 
 /* Runs on the core's sync thread, beside the loop thread's calls: it
- * touches nothing but wal_fd and wal_path. fdatasync on any descriptor of
- * the WAL file flushes what the connection wrote through its own. The file
- * stays the same while the connection is open (SQLite removes it only when
- * the last connection closes; a checkpoint reuses or truncates it), so one
- * descriptor, opened at the first sync, serves until close. */
+ * touches nothing but wal_fd, wal_path and the atomic counters. What was
+ * committed before it read l_writes is in the file, so the fdatasync
+ * covers it. */
 static int sq_log_sync(pl_store *s)
 {
-    if (__atomic_load_n(&s->wal_broken, __ATOMIC_ACQUIRE))
-        return PL_ERR_IO; /* the file misses committed frames */
-    if (!s->sync_on)
-        return PL_OK;
-    if (s->wal_fd < 0 && (s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC)) < 0) {
-        if (errno == ENOENT)
-            return PL_OK; /* nothing written since the database was opened */
-        sq_log(s, PL_LOG_ERROR, "log_sync: open %s: %s", s->wal_path, strerror(errno));
-        return PL_ERR_IO;
-    }
-    if (fdatasync(s->wal_fd) != 0) {
-        sq_log(s, PL_LOG_ERROR, "log_sync: fdatasync %s: %s", s->wal_path, strerror(errno));
-        return PL_ERR_IO;
-    }
-    return PL_OK;
+    uint64_t w = __atomic_load_n(&s->l_writes, __ATOMIC_ACQUIRE);
+    int err = sq_sync_wal(s, s->wal_path, &s->wal_fd, "log_sync");
+
+    if (err == PL_OK)
+        sq_log_synced(s, w);
+    return err;
 }
 
 static int sq_log_bounds(pl_store *s, uint64_t *first, uint64_t *last)
@@ -1103,7 +1480,7 @@ static int sq_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, vo
         return PL_ERR_INVALID;
     if (from > to || from > (uint64_t)INT64_MAX)
         return PL_OK;
-    if (!(st = sq_read_stmt(s, ST_LOG_READ)))
+    if (!(st = sq_stmt(s, ST_LOG_READ)))
         return PL_ERR_INTERNAL;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
     sqlite3_bind_int64(st, 2, sq_clamp(to));
@@ -1120,7 +1497,7 @@ static int sq_log_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, vo
             break;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        err = sq_fail(s, "log_read");
+        err = sq_fail_db(s, s->ldb, "log_read");
     sq_done(st);
     return err;
 }
@@ -1135,11 +1512,17 @@ static int sq_log_truncate(pl_store *s, uint64_t after)
     if (!(st = sq_stmt(s, ST_LOG_TRUNCATE)))
         return PL_ERR_INTERNAL;
     sqlite3_bind_int64(st, 1, sq_clamp(after));
-    return sq_exec_stmt(s, st, "log_truncate");
+    if ((err = sq_exec_stmt(s, st, "log_truncate")) == PL_OK)
+        sq_log_wrote(s, 1);
+    return err;
 }
 
-/* Compaction need not be durable: entries that come back after a crash are
- * still valid log entries and are compacted again later. */
+/* The entries go only once the state of every op below `before` is
+ * durable (store.h): the state transaction is committed and synced first,
+ * unless an earlier call already made a state at or past before - 1
+ * durable. The deletion itself need not be durable: entries that come
+ * back after a crash are still valid log entries and are compacted again
+ * later. */
 static int sq_log_compact(pl_store *s, uint64_t before)
 {
     sqlite3_stmt *st;
@@ -1147,10 +1530,24 @@ static int sq_log_compact(pl_store *s, uint64_t before)
 
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    if (s->in_txn) {
+        sq_log(s, PL_LOG_ERROR, "log_compact inside a state transaction: the state it needs"
+               " durable is not committed yet");
+        return PL_ERR_INVALID;
+    }
+    if (before == 0)
+        return PL_OK;
+    if ((before - 1 > s->durable_applied || s->state_open || s->state_unsynced) &&
+        (err = sq_state_flush(s, 1)) != PL_OK)
+        return err;
+    if ((err = sq_set_lsync(s, SQ_SYNC_NORMAL)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_LOG_COMPACT)))
         return PL_ERR_INTERNAL;
     sqlite3_bind_int64(st, 1, sq_clamp(before));
-    return sq_exec_stmt(s, st, "log_compact");
+    if ((err = sq_exec_stmt(s, st, "log_compact")) == PL_OK)
+        sq_log_wrote(s, 0);
+    return err;
 }
 
 /* ---- state transactions ---- */
@@ -1164,11 +1561,21 @@ static int sq_begin(pl_store *s)
         return PL_ERR_INVALID;
     }
     sq_read_end(s);
-    /* State commits need not sync: the durable log replays them. */
-    if ((err = sq_set_sync(s, SQ_SYNC_NORMAL)) != PL_OK)
+    if ((err = sq_state_check(s)) != PL_OK)
         return err;
-    if ((err = sq_simple(s, ST_BEGIN)) != PL_OK)
+    if (!s->state_open) {
+        /* State commits need not sync: the durable log replays them. */
+        if ((err = sq_set_sync(s, SQ_SYNC_NORMAL)) != PL_OK)
+            return err;
+        if ((err = sq_simple(s, ST_BEGIN)) != PL_OK)
+            return err;
+        s->state_open = 1;
+        s->state_since_ms = sq_now_ms();
+    }
+    if ((err = sq_simple(s, ST_SAVEPOINT)) != PL_OK) {
+        sq_state_check(s);
         return err;
+    }
     s->in_txn = 1;
     return PL_OK;
 }
@@ -1192,15 +1599,16 @@ static int sq_commit(pl_store *s, uint64_t applied_op)
     sq_bind_u64(st, 2, applied_op);
     if ((err = sq_exec_stmt(s, st, "commit: applied op")) != PL_OK)
         goto fail;
-    if ((err = sq_simple(s, ST_COMMIT)) != PL_OK)
+    if ((err = sq_simple(s, ST_RELEASE)) != PL_OK)
         goto fail;
     s->in_txn = 0;
     s->applied = applied_op;
+    if (sq_now_ms() - s->state_since_ms >= SQ_STATE_FLUSH_MS)
+        return sq_state_flush(s, 0);
     return PL_OK;
 fail:
     /* Nothing of a failed commit may become visible later. */
-    sq_rollback(s);
-    s->in_txn = 0;
+    sq_batch_abort(s);
     return err;
 }
 
@@ -1208,8 +1616,7 @@ static void sq_abort(pl_store *s)
 {
     if (!s->in_txn)
         return;
-    sq_rollback(s);
-    s->in_txn = 0;
+    sq_batch_abort(s);
 }
 
 static uint64_t sq_applied_op(pl_store *s)
@@ -1725,6 +2132,7 @@ static const pl_store_plugin sq_plugin = {
     .client_scan = sq_client_scan,
     .log_append_nosync = sq_log_append_nosync,
     .log_sync = sq_log_sync,
+    .state_flush = sq_state_flush_idle,
 };
 
 PL_STORE_DECLARE_MINOR;

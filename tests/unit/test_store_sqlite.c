@@ -5,6 +5,12 @@
  * under the current plugin, be upgraded in place to its two indexes, and
  * answer every message query exactly as before. The version 1 schema below
  * is a copy of what the plugin created then; it must never change.
+ *
+ * Schema version 3 moved the log and the replica metadata into a second
+ * file, parley-log.db: an old file's log must arrive there whole, also when
+ * the move was interrupted, and a state without its log must not open.
+ * The state transaction spans batches: it must reach the file when the
+ * core's idle call (state_flush) comes, and on close.
  */
 #include <check.h>
 #include <errno.h>
@@ -60,7 +66,11 @@ static void write_v1(const char *file)
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db, "INSERT INTO accounts VALUES (1, CAST('ann' AS BLOB), 'h', 1),"
                           " (2, CAST('bob' AS BLOB), 'h', 1), (3, CAST('cy' AS BLOB), 'h', 1);"
-                          "INSERT INTO meta VALUES ('applied', 7);",
+                          "INSERT INTO meta VALUES ('applied', 7), ('vr_view', 9),"
+                          " ('next_uid', 4);"
+                          "INSERT INTO log VALUES (5, 1, CAST('e5' AS BLOB)),"
+                          " (6, 1, CAST('e6' AS BLOB)), (7, 2, CAST('e7' AS BLOB)),"
+                          " (8, 2, CAST('e8' AS BLOB));",
                           NULL, NULL, &msg);
     for (unsigned i = 1; rc == SQLITE_OK && i <= N_MSGS; i++) {
         char sql[200];
@@ -143,16 +153,51 @@ static int count_rows(const char *file, const char *sql)
     return n;
 }
 
+static int log_cat(void *ud, const pl_log_entry *e)
+{
+    char *out = ud;
+    size_t n = strlen(out);
+    snprintf(out + n, 256 - n, "%s%" PRIu64 ":%" PRIu64 ":%.*s", n ? " " : "", e->op, e->view,
+             (int)e->len, (const char *)e->data);
+    return 0;
+}
+
+/* The log and the replica metadata of write_v1's file, through the store. */
+static void check_moved_log(pl_store *st)
+{
+    uint64_t first = 0, last = 0, v = 0;
+    char got_log[256] = "";
+    ck_assert_int_eq(S->log_bounds(st, &first, &last), PL_OK);
+    ck_assert_uint_eq(first, 5);
+    ck_assert_uint_eq(last, 8);
+    ck_assert_int_eq(S->log_read(st, 1, 100, log_cat, got_log), PL_OK);
+    ck_assert_str_eq(got_log, "5:1:e5 6:1:e6 7:2:e7 8:2:e8");
+    ck_assert_int_eq(S->meta_get(st, "vr_view", &v), PL_OK);
+    ck_assert_uint_eq(v, 9);
+    ck_assert_int_eq(S->meta_get(st, "next_uid", &v), PL_OK);
+    ck_assert_uint_eq(v, 4);
+    ck_assert_uint_eq(S->applied_op(st), 7);
+}
+
+/* A fresh directory under g_dir for one test. */
+static void test_dir(char *dir, size_t len, const char *name)
+{
+    snprintf(dir, len, "%s/%s", g_dir, name);
+    ck_assert_msg(mkdir(dir, 0700) == 0, "mkdir %s: %s", dir, strerror(errno));
+}
+
 START_TEST(upgrade_from_version_1)
 {
-    char file[300], err[512] = "";
+    char file[300], lfile[300], err[512] = "";
     snprintf(file, sizeof file, "%s/parley.db", g_dir);
+    snprintf(lfile, sizeof lfile, "%s/parley-log.db", g_dir);
     write_v1(file);
 
     pl_store_options opt = { .dir = g_dir, .sync = 0, .options_json = NULL };
     pl_store *st = NULL;
     ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open: %s", err);
     ck_assert_uint_eq(S->applied_op(st), 7);
+    check_moved_log(st);
     for (uint64_t u = 1; u <= 3; u++) {
         for (uint64_t p = 1; p <= 3; p++)
             check_query(st, (pl_msg_query){ .kind = PL_Q_CONVO, .uid = u, .peer_uid = p });
@@ -182,7 +227,11 @@ START_TEST(upgrade_from_version_1)
     ck_assert_msg(g.n == 1 && g.ids[0] >= 8, "newest read message after marking 8 read");
     S->close(st);
 
-    ck_assert_int_eq(count_rows(file, "PRAGMA user_version"), 2);
+    ck_assert_int_eq(count_rows(file, "PRAGMA user_version"), 3);
+    ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM sqlite_master WHERE name = 'log'"), 0);
+    ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM meta"), 1); /* "applied" */
+    ck_assert_int_eq(count_rows(lfile, "PRAGMA user_version"), 1);
+    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM log"), 4);
     ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM sqlite_master WHERE type = 'index'"
                                       " AND name IN ('msg_unread', 'msg_read', 'msg_recv',"
                                       " 'msg_sent')"), 0);
@@ -193,6 +242,117 @@ START_TEST(upgrade_from_version_1)
     ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "reopen: %s", err);
     ck_assert_uint_eq(S->applied_op(st), 8);
     S->close(st);
+}
+END_TEST
+
+/* A crash after the log database's first commit, before the state file
+ * dropped its copy: the next open finishes the move and keeps what the
+ * log database holds. */
+START_TEST(upgrade_interrupted_after_copy)
+{
+    char dir[300], file[340], lfile[340], err[512] = "";
+    test_dir(dir, sizeof dir, "interrupted");
+    snprintf(file, sizeof file, "%s/parley.db", dir);
+    snprintf(lfile, sizeof lfile, "%s/parley-log.db", dir);
+    write_v1(file);
+    sqlite3 *db = NULL;
+    char *msg = NULL;
+    ck_assert_int_eq(sqlite3_open(file, &db), SQLITE_OK);
+    /* Version 2 is version 1 with other message indexes: the log is the same. */
+    int rc = sqlite3_exec(db, "PRAGMA user_version=2", NULL, NULL, &msg);
+    sqlite3_close(db);
+    ck_assert_msg(rc == SQLITE_OK, "%s", msg ? msg : "?");
+    ck_assert_int_eq(sqlite3_open(lfile, &db), SQLITE_OK);
+    rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL;"
+                      "CREATE TABLE meta(key TEXT PRIMARY KEY, val INTEGER NOT NULL) WITHOUT ROWID;"
+                      "CREATE TABLE log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL,"
+                      " data BLOB NOT NULL);"
+                      "INSERT INTO log VALUES (5, 1, CAST('e5' AS BLOB)),"
+                      " (6, 1, CAST('e6' AS BLOB)), (7, 2, CAST('e7' AS BLOB)),"
+                      " (8, 2, CAST('e8' AS BLOB));"
+                      "INSERT INTO meta VALUES ('vr_view', 9), ('next_uid', 4);"
+                      "PRAGMA user_version=1;", NULL, NULL, &msg);
+    sqlite3_close(db);
+    ck_assert_msg(rc == SQLITE_OK, "%s", msg ? msg : "?");
+
+    pl_store_options opt = { .dir = dir, .sync = 0, .options_json = NULL };
+    pl_store *st = NULL;
+    ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open: %s", err);
+    check_moved_log(st);
+    S->close(st);
+    ck_assert_int_eq(count_rows(file, "PRAGMA user_version"), 3);
+    ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM sqlite_master WHERE name = 'log'"), 0);
+    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM log"), 4);
+}
+END_TEST
+
+/* A state that has applied ops, without its log: refused, naming both. */
+START_TEST(state_without_log_refused)
+{
+    char dir[300], lfile[340], err[512] = "";
+    test_dir(dir, sizeof dir, "nolog");
+    snprintf(lfile, sizeof lfile, "%s/parley-log.db", dir);
+    pl_store_options opt = { .dir = dir, .sync = 0, .options_json = NULL };
+    pl_store *st = NULL;
+    ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open: %s", err);
+    pl_log_entry e = { .op = 1, .view = 1, .data = (const uint8_t *)"x", .len = 1 };
+    ck_assert_int_eq(S->log_append(st, &e, 1), PL_OK);
+    ck_assert_int_eq(S->begin(st), PL_OK);
+    ck_assert_int_eq(S->commit(st, 1), PL_OK);
+    S->close(st);
+    ck_assert_int_eq(unlink(lfile), 0);
+    st = NULL;
+    ck_assert_int_ne(S->open(NULL, &opt, &st, err, sizeof err), PL_OK);
+    ck_assert_ptr_null(st);
+    ck_assert_msg(strstr(err, "parley-log.db") && strstr(err, "parley.db has applied op 1"),
+                  "error: %s", err);
+}
+END_TEST
+
+/* Batches commit into one open transaction; another reader of the file
+ * sees them once the core's idle call finds it old enough. */
+START_TEST(state_flush_reaches_the_file)
+{
+    char dir[300], file[340], err[512] = "";
+    test_dir(dir, sizeof dir, "flush");
+    snprintf(file, sizeof file, "%s/parley.db", dir);
+    pl_store_options opt = { .dir = dir, .sync = 1, .options_json = NULL };
+    pl_store *st = NULL;
+    ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open: %s", err);
+    ck_assert_ptr_nonnull(S->state_flush);
+    pl_log_entry e = { .op = 1, .view = 1, .data = (const uint8_t *)"x", .len = 1 };
+    ck_assert_int_eq(S->log_append_nosync(st, &e, 1), PL_OK);
+    pl_account_rec a = { .uid = 3, .name = { "ann", 3 }, .pwhash = { "h", 1 }, .created_ms = 1 };
+    ck_assert_int_eq(S->begin(st), PL_OK);
+    ck_assert_int_eq(S->account_put(st, &a), PL_OK);
+    ck_assert_int_eq(S->commit(st, 1), PL_OK);
+    /* Its own reads see the batch at once; the file does not yet. */
+    pl_account_rec got;
+    ck_assert_int_eq(S->account_get_uid(st, 3, &got), PL_OK);
+    ck_assert_int_eq(S->state_flush(st), PL_OK); /* too young to flush */
+    ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM accounts"), 0);
+    usleep(150 * 1000);
+    ck_assert_int_eq(S->state_flush(st), PL_OK);
+    ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM accounts"), 1);
+    ck_assert_int_eq(count_rows(file, "SELECT val FROM meta WHERE key = 'applied'"), 1);
+
+    /* A batch rolled back inside the open transaction leaves the earlier
+     * ones in it alone. */
+    pl_account_rec b = { .uid = 4, .name = { "bob", 3 }, .pwhash = { "h", 1 }, .created_ms = 1 };
+    pl_account_rec c = { .uid = 5, .name = { "cy", 2 }, .pwhash = { "h", 1 }, .created_ms = 1 };
+    ck_assert_int_eq(S->begin(st), PL_OK);
+    ck_assert_int_eq(S->account_put(st, &b), PL_OK);
+    ck_assert_int_eq(S->commit(st, 2), PL_OK);
+    ck_assert_int_eq(S->begin(st), PL_OK);
+    ck_assert_int_eq(S->account_put(st, &c), PL_OK);
+    S->abort(st);
+    ck_assert_int_eq(S->account_get_uid(st, 4, &got), PL_OK);
+    ck_assert_int_eq(S->account_get_uid(st, 5, &got), PL_ERR_NOT_FOUND);
+    ck_assert_uint_eq(S->applied_op(st), 2);
+    /* close commits what is open. */
+    S->close(st);
+    ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM accounts"), 2);
+    ck_assert_int_eq(count_rows(file, "SELECT val FROM meta WHERE key = 'applied'"), 2);
 }
 END_TEST
 
@@ -218,6 +378,9 @@ int main(int argc, char **argv)
     Suite *s = suite_create("store-sqlite");
     TCase *tc = tcase_create("file format");
     tcase_add_test(tc, upgrade_from_version_1);
+    tcase_add_test(tc, upgrade_interrupted_after_copy);
+    tcase_add_test(tc, state_without_log_refused);
+    tcase_add_test(tc, state_flush_reaches_the_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
