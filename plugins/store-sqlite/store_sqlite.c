@@ -94,10 +94,11 @@
 #define SQ_CACHE_KB_MAX (16u * 1024u * 1024u) /* 16 GiB of page cache */
 #define SQ_APPLIED_KEY "applied"
 /* Checkpoint every 16384 pages (64 MiB of WAL) instead of SQLite's 1000:
- * a checkpoint writes and syncs the database file, and with ~10 pages
- * dirtied per send the default ran one every few batches; hot index pages
- * written many times in the WAL are copied once per checkpoint. (Done in
- * sq_wal_hook, which replaces SQLite's own autocheckpoint hook.) */
+ * a checkpoint writes and syncs the database file; hot pages written many
+ * times in the WAL are copied once per checkpoint. sq_wal_hook, which
+ * replaces SQLite's own autocheckpoint hook, asks the checkpoint thread
+ * (sq_ckpt_main) for it: run on the loop thread, a checkpoint of a 64 MiB
+ * WAL stalled every request for 50-120 ms. */
 #define SQ_WAL_CHECKPOINT_PAGES 16384
 
 enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
@@ -305,6 +306,13 @@ struct pl_store {
      * syncs the log first unless a log_sync already covered every write. */
     uint64_t l_writes;        /* log commits so far (loop thread; read atomically) */
     uint64_t l_synced;        /* l_writes covered by a finished sync (atomic) */
+    /* the checkpoint thread (sq_ckpt_main) */
+    pthread_t ck_thread;
+    pthread_mutex_t ck_mu;
+    pthread_cond_t ck_cond;
+    unsigned ck_want;         /* 1: the state database, 2: the log's (under ck_mu) */
+    int ck_stop;              /* under ck_mu */
+    int ck_init, ck_running;  /* loop thread */
     /* log_sync (the core's sync thread only) */
     char *wal_path;           /* <dir>/parley-log.db-wal */
     int wal_fd;               /* read-only descriptor of it, or -1 */
@@ -492,6 +500,7 @@ static int sq_keep(pl_store *s, pl_str *f[], int n)
 }
 
 static void sq_read_end(pl_store *s);
+static void sq_ckpt_stop(pl_store *s);
 
 /* SQLite rolls a transaction back by itself after some errors (disk full,
  * I/O error, out of memory). Statements after that would autocommit one by
@@ -648,6 +657,7 @@ static void sq_free(pl_store *s)
 
     if (!s)
         return;
+    sq_ckpt_stop(s);
     for (i = 0; i < ST__COUNT; i++)
         sqlite3_finalize(s->st[i]);
     /* The last connection to close checkpoints the WAL into the database
@@ -783,6 +793,113 @@ static int sq_query_int(sqlite3 *db, const char *sql, sqlite3_int64 *out)
     return rc;
 }
 
+static pthread_once_t sq_vfs_once = PTHREAD_ONCE_INIT;
+static int sq_vfs_rc = SQLITE_ERROR;
+
+/* ---- the checkpoint thread ----
+ * Checkpoints run on a thread of the store's own, through connections of
+ * its own (one per database, opened there on first use): a PASSIVE
+ * checkpoint copies committed WAL frames into the database file while the
+ * loop thread's connections go on writing, and the WAL restarts from its
+ * beginning at the next write transaction once every frame is copied.
+ * The thread touches nothing of the store but the ck_ fields. */
+
+static void sq_ckpt_request(pl_store *s, int log_db)
+{
+    pthread_mutex_lock(&s->ck_mu);
+    s->ck_want |= log_db ? 2 : 1;
+    pthread_cond_signal(&s->ck_cond);
+    pthread_mutex_unlock(&s->ck_mu);
+}
+
+static sqlite3 *sq_ckpt_conn(pl_store *s, const char *path)
+{
+    sqlite3 *db = NULL;
+
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                        sq_vfs_rc == SQLITE_OK ? SQ_WALBUF_VFS : NULL) != SQLITE_OK ||
+        sqlite3_exec(db, s->sync_on ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=OFF",
+                     NULL, NULL, NULL) != SQLITE_OK) {
+        sq_log(s, PL_LOG_WARN, "checkpoints of %s: cannot open it: %s", path,
+               db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    /* No checkpoints of its own when it closes; the store's connections
+     * do that. */
+    sqlite3_wal_autocheckpoint(db, 0);
+    return db;
+}
+
+static void *sq_ckpt_main(void *arg)
+{
+    pl_store *s = arg;
+    sqlite3 *conn[2] = { NULL, NULL };
+    const char *paths[2] = { s->path, s->lpath };
+
+    pthread_mutex_lock(&s->ck_mu);
+    for (;;) {
+        while (!s->ck_stop && !s->ck_want)
+            pthread_cond_wait(&s->ck_cond, &s->ck_mu);
+        if (s->ck_stop)
+            break;
+        unsigned want = s->ck_want;
+        s->ck_want = 0;
+        pthread_mutex_unlock(&s->ck_mu);
+        for (int i = 0; i < 2; i++) {
+            int rc;
+
+            if (!(want & (1u << i)))
+                continue;
+            if (!conn[i] && !(conn[i] = sq_ckpt_conn(s, paths[i])))
+                continue;
+            rc = sqlite3_wal_checkpoint_v2(conn[i], "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+            if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+                sq_log(s, PL_LOG_WARN, "checkpoint of %s: %s", paths[i], sqlite3_errmsg(conn[i]));
+        }
+        pthread_mutex_lock(&s->ck_mu);
+    }
+    pthread_mutex_unlock(&s->ck_mu);
+    for (int i = 0; i < 2; i++)
+        sqlite3_close(conn[i]);
+    return NULL;
+}
+
+static int sq_ckpt_start(pl_store *s)
+{
+    if (pthread_mutex_init(&s->ck_mu, NULL) != 0)
+        return -1;
+    if (pthread_cond_init(&s->ck_cond, NULL) != 0) {
+        pthread_mutex_destroy(&s->ck_mu);
+        return -1;
+    }
+    s->ck_init = 1;
+    int rc = pthread_create(&s->ck_thread, NULL, sq_ckpt_main, s);
+    if (rc != 0)
+        return rc;
+    s->ck_running = 1;
+    return 0;
+}
+
+/* Before the store's connections close: theirs close first, so that the
+ * last connection, which checkpoints and removes the WAL, is the store's. */
+static void sq_ckpt_stop(pl_store *s)
+{
+    if (s->ck_running) {
+        pthread_mutex_lock(&s->ck_mu);
+        s->ck_stop = 1;
+        pthread_cond_signal(&s->ck_cond);
+        pthread_mutex_unlock(&s->ck_mu);
+        pthread_join(s->ck_thread, NULL);
+        s->ck_running = 0;
+    }
+    if (s->ck_init) {
+        pthread_cond_destroy(&s->ck_cond);
+        pthread_mutex_destroy(&s->ck_mu);
+        s->ck_init = 0;
+    }
+}
+
 /* After every commit (SQLite calls it once the commit is done): the
  * commit's WAL frames, gathered by the parley-walbuf VFS (sq_walbuf.c),
  * go to the file now, so log_sync on the sync thread finds them there;
@@ -805,13 +922,15 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
                sqlite3_errstr(rc));
         return rc;
     }
-    if (frames >= SQ_WAL_CHECKPOINT_PAGES)
-        sqlite3_wal_checkpoint(db, zdb);
+    if (frames >= SQ_WAL_CHECKPOINT_PAGES) {
+        if (s->ck_running)
+            sq_ckpt_request(s, db == s->ldb);
+        else
+            sqlite3_wal_checkpoint(db, zdb); /* while opening */
+    }
     return SQLITE_OK;
 }
 
-static pthread_once_t sq_vfs_once = PTHREAD_ONCE_INIT;
-static int sq_vfs_rc = SQLITE_ERROR;
 
 static void sq_vfs_init(void)
 {
@@ -1090,6 +1209,11 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
         }
     }
     s->applied = (uint64_t)applied;
+    if ((rc = sq_ckpt_start(s)) != 0) {
+        snprintf(err, errlen, "cannot start the checkpoint thread: %s", strerror(rc < 0 ? ENOMEM : rc));
+        sq_free(s);
+        return PL_ERR_IO;
+    }
 
     *out = s;
     return PL_OK;
