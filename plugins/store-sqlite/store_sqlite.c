@@ -1,33 +1,43 @@
 /*
  * store_sqlite.c — the "sqlite" store plugin: everything durable on one
- * server in one SQLite database, <dir>/parley.db (WAL mode).
+ * server in two SQLite databases (WAL mode) in its data directory:
+ * parley-log.db holds the replicated log and the replica metadata set
+ * outside a state transaction (the view, ...); parley.db holds the chat
+ * state and its applied op-number.
  *
  * Durability (the contract in parley/store.h)
- *   log_append, log_truncate and meta_set outside a transaction run with
- *   PRAGMA synchronous=FULL: their COMMIT fsyncs the WAL before returning.
- *   State transactions (begin .. commit(applied_op)) run with
- *   synchronous=NORMAL: the commit is atomic but not synced, because the core
- *   replays the durable log from applied_op() + 1 after a crash. WAL frames
- *   are synced in order, so the next FULL commit also makes every earlier
- *   state commit durable; a state commit is never half-visible because
- *   recovery keeps only a checksummed prefix of the WAL. The applied
- *   op-number lives in meta key "applied" and is written inside the same
- *   transaction as the state it describes. When the store is opened with
- *   sync off everything runs with synchronous=OFF.
- *   log_append_nosync (ABI minor 1) commits with synchronous=NORMAL like a
- *   state transaction; log_sync, on the core's sync thread, fdatasyncs the
- *   WAL file through a descriptor of its own. WAL frames are appended in
+ *   log_append, log_truncate and meta_set outside a transaction commit in
+ *   the log database with PRAGMA synchronous=FULL: the COMMIT fsyncs its
+ *   WAL before returning. log_append_nosync (ABI minor 1) commits with
+ *   synchronous=NORMAL; log_sync, on the core's sync thread, fdatasyncs the
+ *   log's WAL through a descriptor of its own. WAL frames are appended in
  *   commit order and recovery keeps a checksummed prefix, so a crash keeps
- *   a prefix of the log, and a state commit only with the log entries
- *   committed before it.
+ *   a prefix of the log.
+ *   State transactions (begin .. commit(applied_op)) are savepoints inside
+ *   one SQLite transaction on parley.db, committed with synchronous=NORMAL
+ *   every SQ_STATE_FLUSH_MS under load and by the core's idle call
+ *   (state_flush, ABI minor 2), and on close (sq_state_flush says why and
+ *   what keeps it safe). The applied op-number lives in the state's meta
+ *   key "applied", in the same transaction as the state it describes. A
+ *   crash may lose the last state commits; the core replays the log from
+ *   applied_op() + 1. Before a state commit the log is synced, so no state
+ *   reaches the disk ahead of the log entries it came from; log_compact
+ *   syncs the state before it drops entries. When the store is opened with
+ *   sync off everything runs with synchronous=OFF.
+ *   Checkpoints run on a thread of the store's own (sq_ckpt_main).
  *
- * Schema (PRAGMA user_version = SQ_SCHEMA_VERSION)
- *   meta(key, val)                  replica metadata and "applied"
- *   log(op, view, data)             the replicated log, op is the rowid
+ * Schema of parley.db (PRAGMA user_version = SQ_SCHEMA_VERSION)
+ *   meta(key, val)                  "applied", and keys set inside a state
+ *                                   transaction (the core's counters)
  *   accounts(uid, name, pwhash, created)
  *   sessions(token_hash, uid, created)
  *   messages(id, from_uid, to_uid, from_name, to_name, body, time, flags)
  *   clients(client_id, request_no, op, reply)
+ *   and of parley-log.db (user_version = SQ_LOG_SCHEMA_VERSION)
+ *   meta(key, val)                  keys set outside a transaction
+ *   log(op, view, data)             the replicated log, op is the rowid
+ *   Up to schema version 2 the log and all of meta were in parley.db;
+ *   sq_open_log moves them when such a file is opened.
  *   Names, bodies and opaque bytes are BLOBs, so ORDER BY is memcmp-then-
  *   length exactly as store.h requires, and no text encoding is applied.
  *
@@ -56,8 +66,10 @@
  * Client ids are random 64-bit numbers, so client_scan reads the two halves
  * of the signed range in unsigned order.
  *
- * Threading: the connection is opened with SQLITE_OPEN_NOMUTEX; a store
- * instance is used by one thread at a time (store.h).
+ * Threading: the connections are opened with SQLITE_OPEN_NOMUTEX; a store
+ * instance is used by one thread at a time (store.h), except log_sync (the
+ * core's sync thread) and the checkpoint thread, which have descriptors
+ * and connections of their own.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -93,13 +105,19 @@
 #define SQ_BUSY_TIMEOUT_MS 5000
 #define SQ_CACHE_KB_MAX (16u * 1024u * 1024u) /* 16 GiB of page cache */
 #define SQ_APPLIED_KEY "applied"
-/* Checkpoint every 16384 pages (64 MiB of WAL) instead of SQLite's 1000:
- * a checkpoint writes and syncs the database file; hot pages written many
- * times in the WAL are copied once per checkpoint. sq_wal_hook, which
+/* Checkpoint the state's WAL every 8192 pages (32 MiB) instead of SQLite's
+ * 1000: a checkpoint writes and syncs the database file, and hot index
+ * pages written many times in the WAL are copied once per checkpoint. The
+ * log's pages are written once or twice each (appends), so its WAL is
+ * checkpointed sooner, keeping the data directory small. sq_wal_hook, which
  * replaces SQLite's own autocheckpoint hook, asks the checkpoint thread
  * (sq_ckpt_main) for it: run on the loop thread, a checkpoint of a 64 MiB
- * WAL stalled every request for 50-120 ms. */
-#define SQ_WAL_CHECKPOINT_PAGES 16384
+ * WAL stalled every request for 50-120 ms. The size limits are what a WAL
+ * file is cut back to when it restarts. */
+#define SQ_STATE_CKPT_PAGES 8192
+#define SQ_LOG_CKPT_PAGES 4096
+#define SQ_STATE_WAL_LIMIT (32 << 20)
+#define SQ_LOG_WAL_LIMIT (16 << 20)
 
 enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 
@@ -922,7 +940,7 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
                sqlite3_errstr(rc));
         return rc;
     }
-    if (frames >= SQ_WAL_CHECKPOINT_PAGES) {
+    if (frames >= (db == s->ldb ? SQ_LOG_CKPT_PAGES : SQ_STATE_CKPT_PAGES)) {
         if (s->ck_running)
             sq_ckpt_request(s, db == s->ldb);
         else
@@ -939,7 +957,8 @@ static void sq_vfs_init(void)
 
 /* Open one of the two databases with the settings both share: the
  * parley-walbuf VFS, WAL mode, the sync level and the WAL hook. */
-static int sq_conn_open(pl_store *s, const char *path, sqlite3 **out, char *err, size_t errlen)
+static int sq_conn_open(pl_store *s, const char *path, long wal_limit, sqlite3 **out,
+                        char *err, size_t errlen)
 {
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
@@ -990,8 +1009,12 @@ static int sq_conn_open(pl_store *s, const char *path, sqlite3 **out, char *err,
                       NULL, NULL, NULL);
     /* The WAL file is reused, not shrunk, after a checkpoint; cap what a
      * large transaction (a snapshot import) leaves behind on disk. */
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(db, "PRAGMA journal_size_limit=67108864", NULL, NULL, NULL);
+    if (rc == SQLITE_OK) {
+        char sql[64];
+
+        snprintf(sql, sizeof sql, "PRAGMA journal_size_limit=%ld", wal_limit);
+        rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    }
     if (rc == SQLITE_OK)
         sqlite3_wal_hook(db, sq_wal_hook, s);
     if (rc != SQLITE_OK)
@@ -1039,7 +1062,7 @@ static int sq_open_log(pl_store *s, const char *dir, sqlite3_int64 state_version
 
     if (sq_precreate(dir, s->lpath, s->sync_on, err, errlen) != 0)
         return SQLITE_CANTOPEN;
-    if ((rc = sq_conn_open(s, s->lpath, &s->ldb, err, errlen)) != SQLITE_OK)
+    if ((rc = sq_conn_open(s, s->lpath, SQ_LOG_WAL_LIMIT, &s->ldb, err, errlen)) != SQLITE_OK)
         return rc;
     if ((rc = sq_query_int(s->ldb, "PRAGMA user_version", &lv)) != SQLITE_OK) {
         snprintf(err, errlen, "cannot open %s: %s", s->lpath, sqlite3_errmsg(s->ldb));
@@ -1136,7 +1159,7 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
     }
 
     pthread_once(&sq_vfs_once, sq_vfs_init);
-    if ((rc = sq_conn_open(s, s->path, &s->db, err, errlen)) != SQLITE_OK)
+    if ((rc = sq_conn_open(s, s->path, SQ_STATE_WAL_LIMIT, &s->db, err, errlen)) != SQLITE_OK)
         goto fail_rc;
     rc = sq_query_int(s->db, "PRAGMA user_version", &version);
     if (rc != SQLITE_OK) {
