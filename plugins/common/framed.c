@@ -60,9 +60,13 @@
  * drains the rest (or reports the error through the event callback) and
  * disarms it again. A closing connection keeps EV_WRITE armed, so its drain
  * timeout runs. TLS connections are left to OpenSSL's bufferevent.
- * The client half also reads its socket itself once connected (see
- * client_sock_read_cb): libevent's socket reads cost an ioctl(FIONREAD)
- * each and stop at 4 KiB, and parley-bench holds 10,000 of these clients.
+ * Both halves also read their plain TCP sockets themselves (see
+ * sock_read_into; the client once connected): libevent's socket reads
+ * cost an ioctl(FIONREAD) each (5 % of a loaded server's loop thread) and
+ * stop at 4 KiB, and parley-bench holds 10,000 of these clients. A
+ * server connection's reading is switched on and off through
+ * conn_read_on/conn_read_off, which use its read_ev or, with TLS, the
+ * bufferevent.
  *
  * Client half
  * -----------
@@ -161,6 +165,7 @@ struct pl_transport_conn {
     struct event *reap_ev;            /* deferred teardown, see conn_reap; also
                                          the HALF timeout */
     struct event *flush_ev;           /* direct write (see "Output"); NULL with TLS */
+    struct event *read_ev;            /* direct read; NULL with TLS */
     void *ctx;                        /* the core's context from conn_open */
     pl_transport_conn *prev, *next;
     int state;                        /* enum conn_state */
@@ -230,8 +235,76 @@ static void direct_want_flush(struct bufferevent *bev, struct event *flush_ev)
         event_active(flush_ev, EV_WRITE, 0);
 }
 
+/* Read what the socket has into bev's input, up to cap bytes buffered
+ * and at most FRAMED_CLIENT_READ_MAX at once. Returns the bytes read, 0
+ * at end of stream, -1 with errno on an error (EAGAIN: nothing there),
+ * or -2 when the input already holds cap bytes (nothing was read), or -3
+ * when out of memory. */
+static ssize_t sock_read_into(evutil_socket_t fd, struct bufferevent *bev, size_t cap)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer_iovec v[2];
+    struct iovec iov[2];
+    size_t have = evbuffer_get_length(in), want, left;
+    ssize_t n;
+    int nv, i, e;
+
+    want = cap > have ? cap - have : 0;
+    if (want > FRAMED_CLIENT_READ_MAX)
+        want = FRAMED_CLIENT_READ_MAX;
+    if (want == 0)
+        return -2;
+    /* A socket bufferevent keeps the end of its input frozen except while
+     * it reads itself; do as it does. */
+    evbuffer_unfreeze(in, 0);
+    nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+    if (nv <= 0) {
+        evbuffer_freeze(in, 0);
+        return -3;
+    }
+    left = want;
+    for (i = 0; i < nv; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
+        left -= iov[i].iov_len;
+    }
+    n = readv(fd, iov, nv);
+    e = errno;
+    if (n > 0) {
+        left = (size_t)n;
+        for (i = 0; i < nv && left > 0; i++) {
+            v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
+            left -= v[i].iov_len;
+        }
+        evbuffer_commit_space(in, v, i);
+    }
+    evbuffer_freeze(in, 0);
+    errno = e;
+    return n;
+}
+
 /* ------------------------------------------------------------------ */
 /* server half                                                          */
+
+/* Start (or, with tv, restart with a timeout) and stop reading requests. */
+static void conn_read_on(pl_transport_conn *c, const struct timeval *tv)
+{
+    if (c->read_ev) {
+        event_add(c->read_ev, tv);
+        return;
+    }
+    if (tv)
+        bufferevent_set_timeouts(c->bev, tv, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+static void conn_read_off(pl_transport_conn *c)
+{
+    if (c->read_ev)
+        event_del(c->read_ev);
+    else
+        bufferevent_disable(c->bev, EV_READ);
+}
 
 static void conn_unlink(pl_transport_conn *c)
 {
@@ -255,6 +328,10 @@ static void conn_destroy(pl_transport_conn *c)
 
     conn_unlink(c);
     c->state = CONN_DEAD;
+    if (c->read_ev) {
+        event_free(c->read_ev); /* before the socket closes with bev */
+        c->read_ev = NULL;
+    }
     if (c->bev) {
         bufferevent_free(c->bev);
         c->bev = NULL;
@@ -290,6 +367,8 @@ static void conn_reap(pl_transport_conn *c)
     if (c->state == CONN_DEAD)
         return;
     c->state = CONN_DEAD;
+    if (c->read_ev)
+        event_del(c->read_ev);
     if (c->bev)
         bufferevent_disable(c->bev, EV_READ | EV_WRITE);
     event_active(c->reap_ev, EV_TIMEOUT, 1);
@@ -319,8 +398,7 @@ static void conn_start_linger(pl_transport_conn *c)
     }
     evbuffer_drain(bufferevent_get_input(c->bev),
                    evbuffer_get_length(bufferevent_get_input(c->bev)));
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
-    bufferevent_enable(c->bev, EV_READ);
+    conn_read_on(c, &tv);
 }
 
 /* Stop reading requests and close once the queued output has been sent. */
@@ -331,7 +409,7 @@ static void conn_begin_close(pl_transport_conn *c)
     if (c->state != CONN_OPEN && c->state != CONN_HALF)
         return;
     c->state = CONN_DRAINING;
-    bufferevent_disable(c->bev, EV_READ);
+    conn_read_off(c);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         conn_start_linger(c);
         return;
@@ -430,7 +508,7 @@ static void conn_process(pl_transport_conn *c)
          * new ones computed until the output drains (write_cb resumes). */
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) > srv->out_pause) {
             c->paused = 1;
-            bufferevent_disable(c->bev, EV_READ);
+            conn_read_off(c);
             break;
         }
         /* len <= max_frame + slack thanks to the read watermark, so this
@@ -481,6 +559,38 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     conn_process(c);
 }
 
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* A plain TCP connection's socket is readable (or its linger timed out):
+ * read it into bev's input, then on as libevent's read callback would. */
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    pl_transport_conn *c = arg;
+    ssize_t n;
+
+    if (c->state == CONN_DEAD)
+        return;
+    if (what & EV_TIMEOUT) {
+        conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, c);
+        return;
+    }
+    n = sock_read_into(fd, c->bev, (size_t)c->srv->max_frame + FRAMED_SLACK);
+    if (n > 0 || n == -2) {
+        /* -2: the input is as full as allowed; conn_process says why */
+        conn_read_cb(c->bev, c);
+        return;
+    }
+    if (n == -3) {
+        pl_net_log(&c->srv->host, PL_LOG_ERROR, "connection %s: out of memory reading; closing",
+                   c->peer);
+        conn_reap(c);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    conn_event_cb(c->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
+}
+
 /* The output has drained: finish a close, or resume a paused reader. */
 static void conn_drained(pl_transport_conn *c)
 {
@@ -489,7 +599,7 @@ static void conn_drained(pl_transport_conn *c)
     } else if ((c->state == CONN_OPEN || c->state == CONN_HALF) && c->paused) {
         c->paused = 0;
         if (c->state == CONN_OPEN)
-            bufferevent_enable(c->bev, EV_READ);
+            conn_read_on(c, NULL);
         /* Frames may already be buffered; no new bytes may come to wake us. */
         conn_process(c);
     }
@@ -554,7 +664,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
         /* The peer finished sending but is owed answers: keep writing. */
         c->state = CONN_HALF;
-        bufferevent_disable(bev, EV_READ);
+        conn_read_off(c);
         event_add(c->reap_ev, &tv);
     } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         conn_reap(c);
@@ -587,10 +697,14 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
     c->reap_ev = event_new(srv->host.base, -1, 0, conn_reap_cb, c);
     /* Plain TCP writes its output directly (see "Output"); TLS output goes
      * through OpenSSL's bufferevent as it always did. */
-    if (!srv->ssl_ctx)
+    if (!srv->ssl_ctx) {
         c->flush_ev = event_new(srv->host.base, -1, 0, conn_flush_cb, c);
-    if (!c->bev || !c->reap_ev || (!srv->ssl_ctx && !c->flush_ev)) {
+        c->read_ev = event_new(srv->host.base, fd, EV_READ | EV_PERSIST, conn_sock_read_cb, c);
+    }
+    if (!c->bev || !c->reap_ev || (!srv->ssl_ctx && (!c->flush_ev || !c->read_ev))) {
         pl_net_log(&srv->host, PL_LOG_ERROR, "connection %s: out of memory; closing", c->peer);
+        if (c->read_ev)
+            event_free(c->read_ev);
         if (c->bev)
             bufferevent_free(c->bev); /* else pl_tls_accept_bev saw to fd */
         if (c->reap_ev)
@@ -606,6 +720,8 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
     c->ctx = srv->host.conn_open(srv->host.ud, c, c->peer);
     if (!c->ctx) {
         /* Refused: close without conn_closed, as the ABI says. */
+        if (c->read_ev)
+            event_free(c->read_ev);
         bufferevent_free(c->bev);
         event_free(c->reap_ev);
         if (c->flush_ev)
@@ -618,7 +734,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
         srv->conns->prev = c;
     srv->conns = c;
     if (c->state == CONN_OPEN)
-        bufferevent_enable(c->bev, EV_READ);
+        conn_read_on(c, NULL);
     /* A socket bufferevent starts with EV_WRITE enabled; direct writes
      * arm it only when the socket is full. conn_open may already have
      * queued output (and begun a close, which keeps EV_WRITE armed). */
@@ -836,57 +952,25 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 static void client_sock_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     pl_transport_client *cli = arg;
-    struct evbuffer *in;
-    struct evbuffer_iovec v[2];
-    struct iovec iov[2];
-    size_t have, want, left, cap;
     ssize_t n;
-    int nv, i, e;
 
     (void)what;
     if (cli->done || cli->free_pending || !cli->bev)
         return;
-    in = bufferevent_get_input(cli->bev);
-    have = evbuffer_get_length(in);
-    cap = (size_t)cli->max_frame + FRAMED_SLACK;
-    want = cap > have ? cap - have : 0;
-    if (want > FRAMED_CLIENT_READ_MAX)
-        want = FRAMED_CLIENT_READ_MAX;
-    if (want == 0) {
-        client_read_cb(cli->bev, cli); /* reports the oversized frame */
-        return;
-    }
-    evbuffer_unfreeze(in, 0);
-    nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
-    if (nv <= 0) {
-        evbuffer_freeze(in, 0);
-        client_finish(cli, PL_ERR_NOMEM, "out of memory reading a server frame");
-        return;
-    }
-    left = want;
-    for (i = 0; i < nv; i++) {
-        iov[i].iov_base = v[i].iov_base;
-        iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
-        left -= iov[i].iov_len;
-    }
-    n = readv(fd, iov, nv);
-    e = errno;
-    if (n > 0) {
-        left = (size_t)n;
-        for (i = 0; i < nv && left > 0; i++) {
-            v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
-            left -= v[i].iov_len;
-        }
-        evbuffer_commit_space(in, v, i);
-    }
-    evbuffer_freeze(in, 0);
-    if (n > 0) {
+    n = sock_read_into(fd, cli->bev, (size_t)cli->max_frame + FRAMED_SLACK);
+    if (n > 0 || n == -2) {
+        /* -2: the input is as full as allowed; client_read_cb reports the
+         * oversized frame */
         client_read_cb(cli->bev, cli); /* may free cli */
         return;
     }
-    if (n < 0 && (e == EAGAIN || e == EWOULDBLOCK || e == EINTR))
+    if (n == -3) {
+        client_finish(cli, PL_ERR_NOMEM, "out of memory reading a server frame");
         return;
-    errno = n < 0 ? e : 0;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    errno = n < 0 ? errno : 0;
     client_event_cb(cli->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR),
                     cli);
 }
