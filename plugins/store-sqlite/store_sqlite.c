@@ -124,15 +124,14 @@ enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 /* Every statement the store runs, prepared once at open. */
 enum sq_stmt {
     ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
-    ST_SAVEPOINT, ST_RELEASE, ST_ROLLBACK_TO,
     ST_META_GET, ST_META_SET, ST_META_DEL,
     ST_ACC_PUT, ST_ACC_GET_NAME, ST_ACC_GET_UID, ST_ACC_DELETE, ST_ACC_SCAN,
     ST_ACC_COUNT,
-    ST_SES_PUT, ST_SES_GET, ST_SES_DELETE, ST_SES_DELETE_UID, ST_SES_SCAN,
+    ST_SES_PUT, ST_SES_GET, ST_SES_DELETE, ST_SES_DELETE_UID, ST_SES_SCAN, ST_SES_BY_UID,
     ST_MSG_PUT, ST_MSG_GET, ST_MSG_SET_FLAGS, ST_MSG_DELETE, ST_MSG_COUNTS,
     ST_Q_UNREAD, ST_Q_READ, ST_Q_CONVO, ST_Q_CONVO_SELF, ST_Q_RECEIVED,
     ST_Q_SENT, ST_Q_ALL,
-    ST_CLI_GET, ST_CLI_PUT, ST_CLI_SCAN_LO, ST_CLI_SCAN_HI,
+    ST_CLI_GET, ST_CLI_PUT, ST_CLI_SCAN_LO, ST_CLI_SCAN_HI, ST_CLI_DEL,
     /* From here on, statements of the log database (s->ldb). */
     ST_L_BEGIN, ST_L_COMMIT, ST_L_ROLLBACK,
     ST_L_META_GET, ST_L_META_SET,
@@ -153,11 +152,6 @@ static const char *const sq_sql[ST__COUNT] = {
     [ST_BEGIN_READ] = "BEGIN DEFERRED",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-
-    /* One batch (begin .. commit) inside the long state transaction. */
-    [ST_SAVEPOINT] = "SAVEPOINT batch",
-    [ST_RELEASE] = "RELEASE batch",
-    [ST_ROLLBACK_TO] = "ROLLBACK TO batch",
 
     [ST_META_GET] = "SELECT val FROM meta WHERE key = ?1",
     [ST_META_SET] = "INSERT OR REPLACE INTO meta(key, val) VALUES (?1, ?2)",
@@ -193,6 +187,7 @@ static const char *const sq_sql[ST__COUNT] = {
     [ST_SES_DELETE] = "DELETE FROM sessions WHERE token_hash = ?1",
     [ST_SES_DELETE_UID] = "DELETE FROM sessions WHERE uid = ?1",
     [ST_SES_SCAN] = "SELECT token_hash, uid, created FROM sessions ORDER BY token_hash",
+    [ST_SES_BY_UID] = "SELECT token_hash, uid, created FROM sessions WHERE uid = ?1",
 
     [ST_MSG_PUT] = "INSERT INTO messages(" SQ_MSG_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_MSG_GET] = "SELECT " SQ_MSG_COLS " FROM messages WHERE id = ?1",
@@ -252,6 +247,7 @@ static const char *const sq_sql[ST__COUNT] = {
                        " WHERE client_id >= 0 ORDER BY client_id",
     [ST_CLI_SCAN_HI] = "SELECT client_id, request_no, op, reply FROM clients"
                        " WHERE client_id < 0 ORDER BY client_id",
+    [ST_CLI_DEL] = "DELETE FROM clients WHERE client_id = ?1",
 };
 
 #define SQ_MSG_TO_INDEX \
@@ -294,6 +290,8 @@ static const char sq_log_schema[] =
     "CREATE TABLE IF NOT EXISTS log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL,"
     " data BLOB NOT NULL);";
 
+typedef struct sq_undo sq_undo;
+
 struct pl_store {
     pl_store_host host;       /* copied: the caller's struct may be on its stack */
     sqlite3 *db;              /* the state: parley.db */
@@ -316,6 +314,12 @@ struct pl_store {
     int state_lost;           /* SQLite rolled the open transaction back */
     uint64_t state_since_ms;  /* when state_open began */
     uint64_t durable_applied; /* applied op of the last synced state */
+    /* How to undo the open batch (sq_undo_all) */
+    sq_undo *undo;
+    size_t n_undo, cap_undo;
+    uint8_t *ubuf;            /* the notes' bytes */
+    size_t ulen, ucap;
+    int undoing;              /* abort() is playing them back */
     char *swal_path;          /* <dir>/parley.db-wal */
     int swal_fd;              /* for sq_state_flush(durable), loop thread */
     int lwal_fd2;             /* the log WAL, for the loop thread's own syncs */
@@ -519,6 +523,8 @@ static int sq_keep(pl_store *s, pl_str *f[], int n)
 
 static void sq_read_end(pl_store *s);
 static void sq_ckpt_stop(pl_store *s);
+static int sq_undo_meta(pl_store *s, const char *key);
+static void sq_undo_drop(pl_store *s, size_t mark);
 
 /* SQLite rolls a transaction back by itself after some errors (disk full,
  * I/O error, out of memory). Statements after that would autocommit one by
@@ -695,6 +701,8 @@ static void sq_free(pl_store *s)
     free(s->lpath);
     free(s->path);
     free(s->buf);
+    free(s->undo);
+    free(s->ubuf);
     free(s);
 }
 
@@ -1371,14 +1379,17 @@ static int sq_state_flush_idle(pl_store *s)
     return sq_state_flush(s, 0);
 }
 
-/* End a batch: roll it back to its savepoint (SQLite keeps the savepoint
- * after ROLLBACK TO, so it is released too). */
+static int sq_undo_all(pl_store *s);
+
+/* End a batch without its changes (sq_undo_all). */
 static void sq_batch_abort(pl_store *s)
 {
-    s->in_txn = 0;
-    if (sq_state_check(s) != PL_OK)
+    if (sq_state_check(s) != PL_OK) {
+        s->in_txn = 0;
+        s->n_undo = 0;
         return;
-    if (sq_simple(s, ST_ROLLBACK_TO) != PL_OK || sq_simple(s, ST_RELEASE) != PL_OK) {
+    }
+    if (sq_undo_all(s) != PL_OK) {
         sq_rollback(s);
         sq_state_check(s);
         if (!s->state_lost) {
@@ -1387,6 +1398,7 @@ static void sq_batch_abort(pl_store *s)
                    PRIu64 " is refused until parleyd restarts", s->path, s->applied);
         }
     }
+    s->in_txn = 0;
 }
 
 static void sq_close(pl_store *s)
@@ -1458,11 +1470,17 @@ static int sq_meta_set(pl_store *s, const char *key, uint64_t val)
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
     if (s->in_txn) {
+        size_t mark = s->n_undo;
+
+        if ((err = sq_undo_meta(s, key)) != PL_OK)
+            return err;
         if (!(st = sq_stmt(s, ST_META_SET)))
             return PL_ERR_INTERNAL;
         sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
         sq_bind_u64(st, 2, val);
-        return sq_exec_stmt(s, st, "meta_set");
+        if ((err = sq_exec_stmt(s, st, "meta_set")) != PL_OK)
+            sq_undo_drop(s, mark);
+        return err;
     }
     /* A value a state transaction set would shadow this one: it goes, and
      * durably, before the new value is written (no key the core uses is
@@ -1697,6 +1715,378 @@ static int sq_log_compact(pl_store *s, uint64_t before)
     return err;
 }
 
+/* ---- batch undo ----
+ * A batch (begin .. commit) runs inside the long state transaction
+ * (sq_state_flush), so abort() cannot roll SQLite back. SQLite's own way,
+ * a savepoint per batch, copies every page a batch first touches into a
+ * sub-journal (4 KiB and a few mallocs each, ~60 pages for a batch of
+ * sends): it cost 20-30 % of the loop thread at 64 clients. Instead each
+ * change notes how to undo itself (a send: "delete message N", and its
+ * client row as it was), and abort() plays the notes backwards. Notes read
+ * old rows with their own statements and copy them into ubuf, never into
+ * s->buf, which may hold the record being written. The note of a change
+ * that fails is dropped again (sq_undo_drop). */
+
+enum sq_undo_kind {
+    U_ACC_DEL, U_ACC_PUT, U_SES_DEL, U_SES_PUT, U_MSG_DEL, U_MSG_PUT, U_MSG_FLAGS,
+    U_CLI_DEL, U_CLI_PUT, U_META_DEL, U_META_SET
+};
+
+struct sq_undo {
+    int kind;
+    uint64_t n[5];            /* ids and numbers of the row */
+    size_t off[3];            /* byte fields in ubuf; field 2 is the key when */
+    uint32_t len[3];          /* the key is bytes (a token, a meta key) */
+};
+
+static int sq_undo_on(pl_store *s)
+{
+    return s->in_txn && !s->undoing;
+}
+
+static void sq_undo_drop(pl_store *s, size_t mark)
+{
+    if (s->n_undo > mark)
+        s->n_undo = mark;
+}
+
+static sq_undo *sq_undo_add(pl_store *s, int kind)
+{
+    sq_undo *u;
+
+    if (s->n_undo == s->cap_undo) {
+        size_t cap = s->cap_undo ? s->cap_undo * 2 : 64;
+        sq_undo *nu = realloc(s->undo, cap * sizeof *nu);
+
+        if (!nu)
+            return NULL;
+        s->undo = nu;
+        s->cap_undo = cap;
+    }
+    u = &s->undo[s->n_undo++];
+    memset(u, 0, sizeof *u);
+    u->kind = kind;
+    return u;
+}
+
+static int sq_undo_bytes(pl_store *s, sq_undo *u, int i, const void *p, size_t n)
+{
+    if (s->ulen + n > s->ucap) {
+        size_t cap = s->ucap ? s->ucap : 4096;
+        uint8_t *nb;
+
+        while (cap < s->ulen + n)
+            cap *= 2;
+        if (!(nb = realloc(s->ubuf, cap)))
+            return PL_ERR_NOMEM;
+        s->ubuf = nb;
+        s->ucap = cap;
+    }
+    if (n)
+        memcpy(s->ubuf + s->ulen, p, n);
+    u->off[i] = s->ulen;
+    u->len[i] = (uint32_t)n;
+    s->ulen += n;
+    return PL_OK;
+}
+
+static int sq_undo_col(pl_store *s, sq_undo *u, int i, sqlite3_stmt *st, int col)
+{
+    const void *p = sqlite3_column_blob(st, col);
+
+    return sq_undo_bytes(s, u, i, p, (size_t)sqlite3_column_bytes(st, col));
+}
+
+static pl_str sq_undo_str(const pl_store *s, const sq_undo *u, int i)
+{
+    pl_str v = { NULL, u->len[i] };
+
+    if (u->len[i])
+        v.ptr = (const char *)s->ubuf + u->off[i];
+    return v;
+}
+
+typedef int (*sq_undo_copy)(pl_store *s, sq_undo *u, sqlite3_stmt *st);
+
+/* Step st (a lookup of the row a change is about to touch, key bound) and
+ * note: restore_kind with the row's columns (copy) when it is there,
+ * gone_kind (if >= 0) when it is not. Either carries the key: the number
+ * k in n[0] and, when key is given, its bytes in field 2. */
+static int sq_undo_note(pl_store *s, enum sq_stmt id, int restore_kind, sq_undo_copy copy,
+                        int gone_kind, uint64_t k, const pl_str *key)
+{
+    sqlite3_stmt *st = s->st[id];
+    sq_undo *u = NULL;
+    int rc = sqlite3_step(st), err = PL_OK;
+
+    if (rc == SQLITE_ROW) {
+        if (!(u = sq_undo_add(s, restore_kind)))
+            err = PL_ERR_NOMEM;
+        else
+            err = copy(s, u, st);
+    } else if (rc == SQLITE_DONE) {
+        if (gone_kind >= 0 && !(u = sq_undo_add(s, gone_kind)))
+            err = PL_ERR_NOMEM;
+    } else {
+        err = sq_fail(s, sq_sql[id]);
+    }
+    if (u && err == PL_OK) {
+        if (rc == SQLITE_DONE)
+            u->n[0] = k;
+        if (key)
+            err = sq_undo_bytes(s, u, 2, key->ptr, key->len);
+    }
+    if (u && err != PL_OK)
+        s->n_undo--;
+    sq_done(st);
+    return err;
+}
+
+static int sq_copy_acc(pl_store *s, sq_undo *u, sqlite3_stmt *st)
+{
+    u->n[0] = sq_col_u64(st, 0);
+    u->n[1] = sq_col_u64(st, 3);
+    if (sq_undo_col(s, u, 0, st, 1) != PL_OK)
+        return PL_ERR_NOMEM;
+    return sq_undo_col(s, u, 1, st, 2);
+}
+
+static int sq_copy_ses(pl_store *s, sq_undo *u, sqlite3_stmt *st)
+{
+    (void)s;
+    u->n[0] = sq_col_u64(st, 1);
+    u->n[1] = sq_col_u64(st, 2);
+    return PL_OK; /* the token is the key */
+}
+
+static int sq_copy_msg(pl_store *s, sq_undo *u, sqlite3_stmt *st)
+{
+    u->n[0] = sq_col_u64(st, 0);
+    u->n[1] = sq_col_u64(st, 1);
+    u->n[2] = sq_col_u64(st, 2);
+    u->n[3] = sq_col_u64(st, 6);
+    u->n[4] = sq_col_u64(st, 7);
+    if (sq_undo_col(s, u, 0, st, 3) != PL_OK || sq_undo_col(s, u, 1, st, 4) != PL_OK)
+        return PL_ERR_NOMEM;
+    return sq_undo_col(s, u, 2, st, 5);
+}
+
+static int sq_copy_flags(pl_store *s, sq_undo *u, sqlite3_stmt *st)
+{
+    (void)s;
+    u->n[0] = sq_col_u64(st, 0);
+    u->n[1] = sq_col_u64(st, 7);
+    return PL_OK;
+}
+
+static int sq_copy_cli(pl_store *s, sq_undo *u, sqlite3_stmt *st)
+{
+    u->n[0] = sq_col_u64(st, 0);
+    u->n[1] = sq_col_u64(st, 1);
+    u->n[2] = sq_col_u64(st, 2);
+    return sq_undo_col(s, u, 0, st, 3);
+}
+
+static int sq_copy_meta(pl_store *s, sq_undo *u, sqlite3_stmt *st)
+{
+    (void)s;
+    u->n[1] = sq_col_u64(st, 0);
+    return PL_OK; /* the key's bytes are the key */
+}
+
+/* Bind a statement of the lookups below, checking it is free. */
+static sqlite3_stmt *sq_undo_stmt(pl_store *s, enum sq_stmt id)
+{
+    return sq_stmt(s, id);
+}
+
+static int sq_undo_account(pl_store *s, uint64_t uid)
+{
+    sqlite3_stmt *st;
+
+    if (!sq_undo_on(s))
+        return PL_OK;
+    if (!(st = sq_undo_stmt(s, ST_ACC_GET_UID)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, uid);
+    return sq_undo_note(s, ST_ACC_GET_UID, U_ACC_PUT, sq_copy_acc, U_ACC_DEL, uid, NULL);
+}
+
+static int sq_undo_session(pl_store *s, pl_str token_hash)
+{
+    sqlite3_stmt *st;
+
+    if (!sq_undo_on(s))
+        return PL_OK;
+    if (!(st = sq_undo_stmt(s, ST_SES_GET)))
+        return PL_ERR_INTERNAL;
+    sq_bind_str(st, 1, token_hash);
+    return sq_undo_note(s, ST_SES_GET, U_SES_PUT, sq_copy_ses, U_SES_DEL, 0, &token_hash);
+}
+
+/* Every session of uid, each to be put back. */
+static int sq_undo_sessions_of(pl_store *s, uint64_t uid)
+{
+    sqlite3_stmt *st;
+    size_t mark = s->n_undo;
+    int rc, err = PL_OK;
+
+    if (!sq_undo_on(s))
+        return PL_OK;
+    if (!(st = sq_undo_stmt(s, ST_SES_BY_UID)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, uid);
+    while (err == PL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        sq_undo *u = sq_undo_add(s, U_SES_PUT);
+
+        if (!u)
+            err = PL_ERR_NOMEM;
+        else if ((err = sq_copy_ses(s, u, st)) == PL_OK)
+            err = sq_undo_col(s, u, 2, st, 0);
+    }
+    if (err == PL_OK && rc != SQLITE_DONE)
+        err = sq_fail(s, "session_delete_uid");
+    if (err != PL_OK)
+        sq_undo_drop(s, mark);
+    sq_done(st);
+    return err;
+}
+
+static int sq_undo_message_put(pl_store *s, uint64_t id)
+{
+    sq_undo *u;
+
+    if (!sq_undo_on(s))
+        return PL_OK;
+    if (!(u = sq_undo_add(s, U_MSG_DEL)))
+        return PL_ERR_NOMEM;
+    u->n[0] = id;
+    return PL_OK;
+}
+
+/* kind U_MSG_PUT (a delete: the whole row) or U_MSG_FLAGS (the flags). */
+static int sq_undo_message(pl_store *s, uint64_t id, int kind)
+{
+    sqlite3_stmt *st;
+
+    if (!sq_undo_on(s))
+        return PL_OK;
+    if (!(st = sq_undo_stmt(s, ST_MSG_GET)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, id);
+    return sq_undo_note(s, ST_MSG_GET, kind, kind == U_MSG_PUT ? sq_copy_msg : sq_copy_flags,
+                        -1, id, NULL);
+}
+
+static int sq_undo_client(pl_store *s, uint64_t client_id)
+{
+    sqlite3_stmt *st;
+
+    if (!sq_undo_on(s))
+        return PL_OK;
+    if (!(st = sq_undo_stmt(s, ST_CLI_GET)))
+        return PL_ERR_INTERNAL;
+    sq_bind_u64(st, 1, client_id);
+    return sq_undo_note(s, ST_CLI_GET, U_CLI_PUT, sq_copy_cli, U_CLI_DEL, client_id, NULL);
+}
+
+/* A key of the state database's meta table. */
+static int sq_undo_meta(pl_store *s, const char *key)
+{
+    sqlite3_stmt *st;
+    pl_str k = pl_str_c(key);
+
+    if (!sq_undo_on(s))
+        return PL_OK;
+    if (!(st = sq_undo_stmt(s, ST_META_GET)))
+        return PL_ERR_INTERNAL;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    return sq_undo_note(s, ST_META_GET, U_META_SET, sq_copy_meta, U_META_DEL, 0, &k);
+}
+
+/* Run a keyed statement of the undo (a delete, an update) on the state. */
+static int sq_undo_exec(pl_store *s, enum sq_stmt id, const sq_undo *u, int by_key)
+{
+    sqlite3_stmt *st = sq_stmt(s, id);
+
+    if (!st)
+        return PL_ERR_INTERNAL;
+    if (by_key) {
+        pl_str k = sq_undo_str(s, u, 2);
+
+        if (id == ST_META_DEL || id == ST_META_SET)
+            sqlite3_bind_text(st, 1, k.len ? k.ptr : "", (int)k.len, SQLITE_STATIC);
+        else
+            sq_bind_str(st, 1, k);
+    } else {
+        sq_bind_u64(st, 1, u->n[0]);
+    }
+    if (id == ST_META_SET)
+        sq_bind_u64(st, 2, u->n[1]);
+    else if (id == ST_MSG_SET_FLAGS)
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)u->n[1]);
+    return sq_exec_stmt(s, st, "abort: undoing a change");
+}
+
+static int sq_account_put(pl_store *s, const pl_account_rec *a);
+static int sq_session_put(pl_store *s, const pl_session_rec *r);
+static int sq_message_put(pl_store *s, const pl_message_rec *m);
+static int sq_client_put(pl_store *s, const pl_client_rec *c);
+
+static int sq_undo_one(pl_store *s, const sq_undo *u)
+{
+    switch (u->kind) {
+    case U_ACC_DEL:
+        return sq_undo_exec(s, ST_ACC_DELETE, u, 0);
+    case U_ACC_PUT: {
+        pl_account_rec a = { u->n[0], sq_undo_str(s, u, 0), sq_undo_str(s, u, 1), u->n[1] };
+        return sq_account_put(s, &a);
+    }
+    case U_SES_DEL:
+        return sq_undo_exec(s, ST_SES_DELETE, u, 1);
+    case U_SES_PUT: {
+        pl_session_rec r = { sq_undo_str(s, u, 2), u->n[0], u->n[1] };
+        return sq_session_put(s, &r);
+    }
+    case U_MSG_DEL:
+        return sq_undo_exec(s, ST_MSG_DELETE, u, 0);
+    case U_MSG_PUT: {
+        pl_message_rec m = { u->n[0], u->n[1], u->n[2], sq_undo_str(s, u, 0),
+                             sq_undo_str(s, u, 1), sq_undo_str(s, u, 2), u->n[3],
+                             (uint32_t)u->n[4] };
+        return sq_message_put(s, &m);
+    }
+    case U_MSG_FLAGS:
+        return sq_undo_exec(s, ST_MSG_SET_FLAGS, u, 0);
+    case U_CLI_DEL:
+        return sq_undo_exec(s, ST_CLI_DEL, u, 0);
+    case U_CLI_PUT: {
+        pl_client_rec c = { u->n[0], u->n[1], u->n[2], sq_undo_str(s, u, 0) };
+        return sq_client_put(s, &c);
+    }
+    case U_META_DEL:
+        return sq_undo_exec(s, ST_META_DEL, u, 1);
+    case U_META_SET:
+        return sq_undo_exec(s, ST_META_SET, u, 1);
+    }
+    return PL_ERR_INTERNAL;
+}
+
+/* Play the batch's notes backwards. Returns an error if one failed: the
+ * state transaction then holds part of the batch and must go. */
+static int sq_undo_all(pl_store *s)
+{
+    int err = PL_OK;
+
+    s->undoing = 1;
+    while (s->n_undo > 0 && err == PL_OK)
+        err = sq_undo_one(s, &s->undo[--s->n_undo]);
+    s->undoing = 0;
+    s->n_undo = 0;
+    s->ulen = 0;
+    return err;
+}
+
 /* ---- state transactions ---- */
 
 static int sq_begin(pl_store *s)
@@ -1719,10 +2109,8 @@ static int sq_begin(pl_store *s)
         s->state_open = 1;
         s->state_since_ms = sq_now_ms();
     }
-    if ((err = sq_simple(s, ST_SAVEPOINT)) != PL_OK) {
-        sq_state_check(s);
-        return err;
-    }
+    s->n_undo = 0;
+    s->ulen = 0;
     s->in_txn = 1;
     return PL_OK;
 }
@@ -1738,6 +2126,8 @@ static int sq_commit(pl_store *s, uint64_t applied_op)
     }
     if ((err = sq_txn_ok(s)) != PL_OK)
         goto fail;
+    if ((err = sq_undo_meta(s, SQ_APPLIED_KEY)) != PL_OK)
+        goto fail;
     if (!(st = sq_stmt(s, ST_META_SET))) {
         err = PL_ERR_INTERNAL;
         goto fail;
@@ -1746,8 +2136,8 @@ static int sq_commit(pl_store *s, uint64_t applied_op)
     sq_bind_u64(st, 2, applied_op);
     if ((err = sq_exec_stmt(s, st, "commit: applied op")) != PL_OK)
         goto fail;
-    if ((err = sq_simple(s, ST_RELEASE)) != PL_OK)
-        goto fail;
+    s->n_undo = 0;
+    s->ulen = 0;
     s->in_txn = 0;
     s->applied = applied_op;
     if (sq_now_ms() - s->state_since_ms >= SQ_STATE_FLUSH_MS)
@@ -1809,6 +2199,9 @@ static int sq_account_put(pl_store *s, const pl_account_rec *a)
         return PL_ERR_INVALID;
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_account(s, a->uid)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_ACC_PUT)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, a->uid);
@@ -1826,6 +2219,8 @@ static int sq_account_put(pl_store *s, const pl_account_rec *a)
         err = sq_fail(s, "account_put");
     }
     sq_done(st);
+    if (err != PL_OK)
+        sq_undo_drop(s, mark);
     return err;
 }
 
@@ -1860,10 +2255,15 @@ static int sq_account_delete(pl_store *s, uint64_t uid)
 
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_account(s, uid)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_ACC_DELETE)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, uid);
-    return sq_exec_change(s, st, "account_delete");
+    if ((err = sq_exec_change(s, st, "account_delete")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 static int sq_account_scan(pl_store *s, pl_str start, pl_account_cb cb, void *ud)
@@ -1924,12 +2324,17 @@ static int sq_session_put(pl_store *s, const pl_session_rec *r)
         return PL_ERR_INVALID;
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_session(s, r->token_hash)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_SES_PUT)))
         return PL_ERR_INTERNAL;
     sq_bind_str(st, 1, r->token_hash);
     sq_bind_u64(st, 2, r->uid);
     sq_bind_u64(st, 3, r->created_ms);
-    return sq_exec_stmt(s, st, "session_put");
+    if ((err = sq_exec_stmt(s, st, "session_put")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 static int sq_session_get(pl_store *s, pl_str token_hash, pl_session_rec *out)
@@ -1964,10 +2369,15 @@ static int sq_session_delete(pl_store *s, pl_str token_hash)
 
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_session(s, token_hash)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_SES_DELETE)))
         return PL_ERR_INTERNAL;
     sq_bind_str(st, 1, token_hash);
-    return sq_exec_change(s, st, "session_delete");
+    if ((err = sq_exec_change(s, st, "session_delete")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 /* Deleting the sessions of a uid that has none is not an error. */
@@ -1978,10 +2388,15 @@ static int sq_session_delete_uid(pl_store *s, uint64_t uid)
 
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_sessions_of(s, uid)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_SES_DELETE_UID)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, uid);
-    return sq_exec_stmt(s, st, "session_delete_uid");
+    if ((err = sq_exec_stmt(s, st, "session_delete_uid")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 static int sq_session_scan(pl_store *s, pl_session_cb cb, void *ud)
@@ -2029,6 +2444,9 @@ static int sq_message_put(pl_store *s, const pl_message_rec *m)
         return PL_ERR_INVALID;
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_message_put(s, m->id)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_MSG_PUT)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, m->id);
@@ -2039,8 +2457,11 @@ static int sq_message_put(pl_store *s, const pl_message_rec *m)
     sq_bind_str(st, 6, m->body);
     sq_bind_u64(st, 7, m->time_ms);
     sqlite3_bind_int64(st, 8, m->flags);
-    /* A duplicate id fails the primary key: PL_ERR_INVALID. */
-    return sq_exec_stmt(s, st, "message_put");
+    /* A duplicate id fails the primary key: PL_ERR_INVALID (and the note
+     * to delete it goes: the message there is not this one). */
+    if ((err = sq_exec_stmt(s, st, "message_put")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 static int sq_message_get(pl_store *s, uint64_t id, pl_message_rec *out)
@@ -2075,11 +2496,16 @@ static int sq_message_set_flags(pl_store *s, uint64_t id, uint32_t flags)
 
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_message(s, id, U_MSG_FLAGS)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_MSG_SET_FLAGS)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, id);
     sqlite3_bind_int64(st, 2, flags);
-    return sq_exec_change(s, st, "message_set_flags");
+    if ((err = sq_exec_change(s, st, "message_set_flags")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 static int sq_message_delete(pl_store *s, uint64_t id)
@@ -2089,10 +2515,15 @@ static int sq_message_delete(pl_store *s, uint64_t id)
 
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_message(s, id, U_MSG_PUT)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_MSG_DELETE)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, id);
-    return sq_exec_change(s, st, "message_delete");
+    if ((err = sq_exec_change(s, st, "message_delete")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 static int sq_message_scan(pl_store *s, const pl_msg_query *q, pl_message_cb cb, void *ud)
@@ -2201,13 +2632,18 @@ static int sq_client_put(pl_store *s, const pl_client_rec *c)
         return PL_ERR_INVALID;
     if ((err = sq_txn_ok(s)) != PL_OK)
         return err;
+    size_t mark = s->n_undo;
+    if ((err = sq_undo_client(s, c->client_id)) != PL_OK)
+        return err;
     if (!(st = sq_stmt(s, ST_CLI_PUT)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, c->client_id);
     sq_bind_u64(st, 2, c->request_no);
     sq_bind_u64(st, 3, c->op);
     sq_bind_str(st, 4, c->reply);
-    return sq_exec_stmt(s, st, "client_put");
+    if ((err = sq_exec_stmt(s, st, "client_put")) != PL_OK)
+        sq_undo_drop(s, mark);
+    return err;
 }
 
 static int sq_client_scan(pl_store *s, pl_client_cb cb, void *ud)
