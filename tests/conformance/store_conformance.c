@@ -1079,6 +1079,38 @@ START_TEST(txn_abort_discards_everything)
 }
 END_TEST
 
+/* A change that fails inside a batch changes nothing, and aborting the
+ * batch afterwards must not undo what was there before it: a duplicate
+ * message id leaves the stored message, a name taken by another account
+ * leaves both accounts. Batches committed earlier stay. */
+START_TEST(txn_abort_after_failed_change)
+{
+    pl_message_rec m12 = msgrec(12, 3, 1, "carol", "alice", "first", 1002, 0);
+    pl_message_rec m12b = msgrec(12, 1, 3, "alice", "carol", "second", 1003, 0);
+    pl_message_rec m13 = msgrec(13, 1, 3, "alice", "carol", "third", 1004, 0);
+    pl_account_rec a9 = mkacct(9, "alice", "h9", 900); /* alice is uid 1 */
+    char *before;
+
+    put_baseline();
+    txn_begin();
+    OK(S->message_put(T, &m12));
+    OK(S->commit(T, 5));
+    before = dump(S, T, 4);
+    txn_begin();
+    OK(S->message_put(T, &m13));
+    ck_assert_int_ne(S->message_put(T, &m12b), PL_OK);
+    ck_assert_int_ne(S->account_put(T, &a9), PL_OK);
+    S->abort(T);
+    STR_EQ(dump(S, T, 4), before);
+    STR_EQ(get_msg(T, 12), "12:3>1:carol>alice:first:t1002:f0");
+    STR_EQ(get_msg(T, 13), "rc=5");
+    ck_assert_uint_eq(S->applied_op(T), 5);
+    reopen(0);
+    STR_EQ(dump(S, T, 4), before);
+    free(before);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ */
 /* accounts                                                            */
 
@@ -2803,6 +2835,7 @@ static Suite *single_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, txn_commit_sets_applied_op);
     tcase_add_test(tc, txn_abort_discards_everything);
+    tcase_add_test(tc, txn_abort_after_failed_change);
     tcase_add_test(tc, account_put_get_replace);
     tcase_add_test(tc, account_delete_and_count);
     tcase_add_test(tc, account_scan_memcmp_order);
