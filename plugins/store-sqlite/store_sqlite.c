@@ -1894,19 +1894,13 @@ static int sq_copy_meta(pl_store *s, sq_undo *u, sqlite3_stmt *st)
     return PL_OK; /* the key's bytes are the key */
 }
 
-/* Bind a statement of the lookups below, checking it is free. */
-static sqlite3_stmt *sq_undo_stmt(pl_store *s, enum sq_stmt id)
-{
-    return sq_stmt(s, id);
-}
-
 static int sq_undo_account(pl_store *s, uint64_t uid)
 {
     sqlite3_stmt *st;
 
     if (!sq_undo_on(s))
         return PL_OK;
-    if (!(st = sq_undo_stmt(s, ST_ACC_GET_UID)))
+    if (!(st = sq_stmt(s, ST_ACC_GET_UID)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, uid);
     return sq_undo_note(s, ST_ACC_GET_UID, U_ACC_PUT, sq_copy_acc, U_ACC_DEL, uid, NULL);
@@ -1918,7 +1912,7 @@ static int sq_undo_session(pl_store *s, pl_str token_hash)
 
     if (!sq_undo_on(s))
         return PL_OK;
-    if (!(st = sq_undo_stmt(s, ST_SES_GET)))
+    if (!(st = sq_stmt(s, ST_SES_GET)))
         return PL_ERR_INTERNAL;
     sq_bind_str(st, 1, token_hash);
     return sq_undo_note(s, ST_SES_GET, U_SES_PUT, sq_copy_ses, U_SES_DEL, 0, &token_hash);
@@ -1933,7 +1927,7 @@ static int sq_undo_sessions_of(pl_store *s, uint64_t uid)
 
     if (!sq_undo_on(s))
         return PL_OK;
-    if (!(st = sq_undo_stmt(s, ST_SES_BY_UID)))
+    if (!(st = sq_stmt(s, ST_SES_BY_UID)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, uid);
     while (err == PL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1971,7 +1965,7 @@ static int sq_undo_message(pl_store *s, uint64_t id, int kind)
 
     if (!sq_undo_on(s))
         return PL_OK;
-    if (!(st = sq_undo_stmt(s, ST_MSG_GET)))
+    if (!(st = sq_stmt(s, ST_MSG_GET)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, id);
     return sq_undo_note(s, ST_MSG_GET, kind, kind == U_MSG_PUT ? sq_copy_msg : sq_copy_flags,
@@ -1984,7 +1978,7 @@ static int sq_undo_client(pl_store *s, uint64_t client_id)
 
     if (!sq_undo_on(s))
         return PL_OK;
-    if (!(st = sq_undo_stmt(s, ST_CLI_GET)))
+    if (!(st = sq_stmt(s, ST_CLI_GET)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, client_id);
     return sq_undo_note(s, ST_CLI_GET, U_CLI_PUT, sq_copy_cli, U_CLI_DEL, client_id, NULL);
@@ -1998,7 +1992,7 @@ static int sq_undo_meta(pl_store *s, const char *key)
 
     if (!sq_undo_on(s))
         return PL_OK;
-    if (!(st = sq_undo_stmt(s, ST_META_GET)))
+    if (!(st = sq_stmt(s, ST_META_GET)))
         return PL_ERR_INTERNAL;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     return sq_undo_note(s, ST_META_GET, U_META_SET, sq_copy_meta, U_META_DEL, 0, &k);
