@@ -2673,7 +2673,8 @@ static int sq_client_scan(pl_store *s, pl_client_cb cb, void *ud)
 static const pl_store_plugin sq_plugin = {
     .abi_version = PL_STORE_ABI_VERSION,
     .name = "sqlite",
-    .description = "one SQLite database per server (<dir>/parley.db, WAL mode)",
+    .description = "SQLite per server, WAL mode: <dir>/parley.db (state),"
+                   " <dir>/parley-log.db (log)",
     .open = sq_open,
     .close = sq_close,
     .meta_get = sq_meta_get,
