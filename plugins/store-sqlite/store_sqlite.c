@@ -1240,6 +1240,12 @@ static int sq_open(const pl_store_host *host, const pl_store_options *opt,
         }
     }
     s->applied = (uint64_t)applied;
+    /* What a crashed process left in the page cache may not be on the
+     * disk: count both files unsynced until a sync says otherwise. */
+    if (s->sync_on) {
+        s->state_unsynced = 1;
+        s->l_writes = 1;
+    }
     if ((rc = sq_ckpt_start(s)) != 0) {
         snprintf(err, errlen, "cannot start the checkpoint thread: %s", strerror(rc < 0 ? ENOMEM : rc));
         sq_free(s);
@@ -1363,8 +1369,9 @@ static int sq_state_flush(pl_store *s, int durable)
         if ((err = sq_sync_wal(s, s->swal_path, &s->swal_fd, "syncing the state")) != PL_OK)
             return err;
         s->state_unsynced = 0;
-        s->durable_applied = s->applied;
     }
+    if (durable)
+        s->durable_applied = s->applied;
     return PL_OK;
 }
 
