@@ -105,19 +105,20 @@
 #define SQ_BUSY_TIMEOUT_MS 5000
 #define SQ_CACHE_KB_MAX (16u * 1024u * 1024u) /* 16 GiB of page cache */
 #define SQ_APPLIED_KEY "applied"
-/* Checkpoint the state's WAL every 8192 pages (32 MiB) instead of SQLite's
- * 1000: a checkpoint writes and syncs the database file, and hot index
- * pages written many times in the WAL are copied once per checkpoint. The
- * log's pages are written once or twice each (appends), so its WAL is
- * checkpointed sooner, keeping the data directory small. sq_wal_hook, which
- * replaces SQLite's own autocheckpoint hook, asks the checkpoint thread
- * (sq_ckpt_main) for it: run on the loop thread, a checkpoint of a 64 MiB
- * WAL stalled every request for 50-120 ms. The size limits are what a WAL
- * file is cut back to when it restarts. */
-#define SQ_STATE_CKPT_PAGES 8192
-#define SQ_LOG_CKPT_PAGES 4096
-#define SQ_STATE_WAL_LIMIT (32 << 20)
-#define SQ_LOG_WAL_LIMIT (16 << 20)
+/* Checkpoint the state's WAL every 2048 pages (8 MiB) and the log's every
+ * 1024 (4 MiB) instead of SQLite's 1000 pages each on the loop thread:
+ * sq_wal_hook, which replaces SQLite's own autocheckpoint hook, asks the
+ * checkpoint thread (sq_ckpt_main) for them. A checkpoint writes the
+ * database file and syncs it, and the log's syncs wait behind that I/O on
+ * the disk: with 64 MiB checkpoints on the loop, requests stalled 50-120 ms;
+ * on the thread, 3 servers' send -> push p99 was 57 ms with checkpoints at
+ * 8192/4096 pages, 84-87 ms at 16384, 20 ms at these sizes
+ * (docs/performance.md, round 4). The size limits are what a WAL file is
+ * cut back to when it restarts. */
+#define SQ_STATE_CKPT_PAGES 2048
+#define SQ_LOG_CKPT_PAGES 1024
+#define SQ_STATE_WAL_LIMIT (16 << 20)
+#define SQ_LOG_WAL_LIMIT (8 << 20)
 
 enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 
