@@ -192,7 +192,6 @@ done:
     return found;
 }
 
-/* The first NULL function pointer in a store descriptor, by member name. */
 /* The store ABI minor version a plugin was built for (store.h): 0 when it
  * does not export one. The symbol counts only when it is the plugin's own,
  * not one found in a library the plugin links against. Minor versions this
@@ -208,7 +207,9 @@ static uint32_t store_minor_of(void *handle, void *entry)
     return *minor > PL_STORE_ABI_MINOR ? PL_STORE_ABI_MINOR : *minor;
 }
 
-static const char *store_missing_member(const pl_store_plugin *d)
+/* The first NULL function pointer in a store descriptor, by member name:
+ * those of ABI 1, then those of each minor version up to minor. */
+static const char *store_missing_member(const pl_store_plugin *d, uint32_t minor)
 {
 #define PL_NEED(m) if (!d->m) return #m
     PL_NEED(name);
@@ -245,6 +246,12 @@ static const char *store_missing_member(const pl_store_plugin *d)
     PL_NEED(client_get);
     PL_NEED(client_put);
     PL_NEED(client_scan);
+    if (minor >= 1) {
+        PL_NEED(log_append_nosync);
+        PL_NEED(log_sync);
+    }
+    if (minor >= 2)
+        PL_NEED(state_flush);
     return NULL;
 }
 
@@ -388,21 +395,11 @@ pl_plugin *pl_plugin_load(const char *kind, const char *name,
                     who, (unsigned)d->abi_version, (unsigned)PL_STORE_ABI_VERSION);
             goto fail;
         }
-        miss = store_missing_member(d);
-        if (miss) {
-            set_err(err, errlen, "%s: store descriptor member %s is NULL", who, miss);
-            goto fail;
-        }
         p->store_minor = store_minor_of(p->handle, sym);
-        if (p->store_minor >= 1 && (!d->log_append_nosync || !d->log_sync)) {
-            set_err(err, errlen, "%s: exports store ABI minor %u but member %s is NULL", who,
-                    (unsigned)p->store_minor,
-                    !d->log_append_nosync ? "log_append_nosync" : "log_sync");
-            goto fail;
-        }
-        if (p->store_minor >= 2 && !d->state_flush) {
-            set_err(err, errlen, "%s: exports store ABI minor %u but member state_flush is"
-                    " NULL", who, (unsigned)p->store_minor);
+        miss = store_missing_member(d, p->store_minor);
+        if (miss) {
+            set_err(err, errlen, "%s: store descriptor member %s is NULL (store ABI 1.%u)",
+                    who, miss, (unsigned)p->store_minor);
             goto fail;
         }
         p->store = d;

@@ -2128,8 +2128,8 @@ static int sq_commit(pl_store *s, uint64_t applied_op)
     }
     if ((err = sq_txn_ok(s)) != PL_OK)
         goto fail;
-    if ((err = sq_undo_meta(s, SQ_APPLIED_KEY)) != PL_OK)
-        goto fail;
+    /* No note for "applied": nothing after this statement can fail the
+     * batch, and a failed statement changed nothing. */
     if (!(st = sq_stmt(s, ST_META_SET))) {
         err = PL_ERR_INTERNAL;
         goto fail;
