@@ -21,14 +21,29 @@
  * A failed flush is reported by the call that triggered it (an I/O error
  * from SQLite's point of view), and the data stays buffered for the next
  * try; the wal hook logs it.
+ *
+ * A second name, "parley-walbuf-push" (the store's checkpoint connections),
+ * adds one thing for database files: a checkpoint's page writes go to the
+ * disk in steps of WB_PUSH bytes (sync_file_range: start them, wait for
+ * them), not all at once at the checkpoint's closing sync. The log's
+ * fdatasync on the sync thread flushes the disk's cache, which holds what
+ * every file wrote since the last flush: behind a whole checkpoint (4-8
+ * MiB) one log sync took 5-10 ms; behind one step, a fraction of that
+ * (docs/performance.md, round 5). A push is only a head start: durability
+ * still comes from SQLite's own syncs, and an error the push meets is still
+ * reported to them (the kernel reports a write error to every descriptor
+ * of the file; the push uses one of its own).
  */
 #include "sq_walbuf.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define WB_MAX (4u * 1024u * 1024u)
 #define WB_CHUNK (64u * 1024u)
+#define WB_PUSH (256u * 1024u)
 
 typedef struct wb_file {
     sqlite3_file base;        /* pMethods = &wb_methods */
@@ -36,9 +51,14 @@ typedef struct wb_file {
     unsigned char *buf;
     sqlite3_int64 off;        /* file offset of buf[0] */
     size_t len, cap;
+    /* a database file of "parley-walbuf-push" (nothing is buffered) */
+    int push;
+    const char *name;         /* SQLite keeps it valid until xClose */
+    int push_fd;              /* our own descriptor for sync_file_range, or -1 */
+    size_t unpushed;          /* bytes written since the last push */
 } wb_file;
 
-static sqlite3_vfs wb_vfs;
+static sqlite3_vfs wb_vfs, wb_push_vfs;
 static sqlite3_vfs *wb_real;
 static sqlite3_io_methods wb_methods;
 
@@ -75,6 +95,9 @@ static int wb_close(sqlite3_file *f)
     wb_file *w = (wb_file *)f;
     int rc = sq_walbuf_flush(f);
     int rc2 = w->real->pMethods ? w->real->pMethods->xClose(w->real) : SQLITE_OK;
+    if (w->push_fd >= 0)
+        close(w->push_fd);
+    w->push_fd = -1;
     free(w->buf);
     w->buf = NULL;
     w->len = w->cap = 0;
@@ -87,11 +110,29 @@ static int wb_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off)
     return rc != SQLITE_OK ? rc : WB_REAL(f)->pMethods->xRead(WB_REAL(f), p, n, off);
 }
 
+/* Send a push file's written pages to the disk and wait for them. Advisory:
+ * a failure here is left for SQLite's own sync to meet. */
+static void wb_push(wb_file *w)
+{
+    w->unpushed = 0;
+    if (w->push_fd < 0 && (w->push_fd = open(w->name, O_RDONLY | O_CLOEXEC)) < 0)
+        return;
+    (void)sync_file_range(w->push_fd, 0, 0,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                              SYNC_FILE_RANGE_WAIT_AFTER);
+}
+
 static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 {
     wb_file *w = (wb_file *)f;
     if (n <= 0)
         return SQLITE_OK;
+    if (w->push) {
+        int rc = w->real->pMethods->xWrite(w->real, p, n, off);
+        if (rc == SQLITE_OK && (w->unpushed += (size_t)n) >= WB_PUSH)
+            wb_push(w);
+        return rc;
+    }
     /* continues or overwrites the buffered range: gather it */
     if (w->len && (off < w->off || off > w->off + (sqlite3_int64)w->len)) {
         int rc = sq_walbuf_flush(f);
@@ -211,11 +252,14 @@ static int wb_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
 
 static int wb_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out)
 {
-    (void)vfs;
-    if (!(flags & SQLITE_OPEN_WAL))
+    int push = vfs == &wb_push_vfs && (flags & SQLITE_OPEN_MAIN_DB) && name;
+    if (!(flags & SQLITE_OPEN_WAL) && !push)
         return wb_real->xOpen(wb_real, name, f, flags, out); /* the real file, as is */
     wb_file *w = (wb_file *)f;
     memset(w, 0, sizeof *w);
+    w->push = push;
+    w->name = name;
+    w->push_fd = -1;
     w->real = (sqlite3_file *)((char *)f + ((sizeof(wb_file) + 15) & ~(size_t)15));
     int rc = wb_real->xOpen(wb_real, name, w->real, flags, out);
     if (rc != SQLITE_OK) {
@@ -351,7 +395,11 @@ int sq_walbuf_register(void)
         .xGetLastError = wb_last_error,
         .xCurrentTimeInt64 = wb_current_time_int64,
     };
+    wb_push_vfs = wb_vfs;
+    wb_push_vfs.zName = SQ_WALBUF_PUSH_VFS;
     int rc = sqlite3_vfs_register(&wb_vfs, 0);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_vfs_register(&wb_push_vfs, 0);
     if (rc == SQLITE_OK)
         wb_registered = 1;
     return rc;

@@ -8,8 +8,11 @@
 #include <sqlite3.h>
 
 #define SQ_WALBUF_VFS "parley-walbuf"
+/* The same, and a database file's writes go to the disk in steps (for the
+ * checkpoint connections; see sq_walbuf.c). */
+#define SQ_WALBUF_PUSH_VFS "parley-walbuf-push"
 
-/* Register the VFS (not as the default). Not thread-safe: call once. */
+/* Register both VFSes (not as the default). Not thread-safe: call once. */
 int sq_walbuf_register(void);
 /* Write out what is buffered for f (a WAL file of this VFS; anything else
  * is left alone). */

@@ -114,11 +114,18 @@
  * on the thread, 3 servers' send -> push p99 was 57 ms with checkpoints at
  * 8192/4096 pages, 84-87 ms at 16384, 20 ms at these sizes
  * (docs/performance.md, round 4). The size limits are what a WAL file is
- * cut back to when it restarts. */
+ * cut back to when it restarts, and they sit above what a loaded server's
+ * WALs reach (state ~70 MiB, log ~20 MiB at 1 server's full 64 x 1 load):
+ * the loop's write transaction is open nearly always, so SQLite restarts
+ * a WAL only when a checkpoint happens to finish in a gap between two, and
+ * cutting a WAL back from there (an ftruncate that frees tens of MiB) took
+ * 10-21 ms on the loop thread at each restart (round 5). So a WAL keeps
+ * its size between restarts unless something (a long-held reader) grew it
+ * past the limit. */
 #define SQ_STATE_CKPT_PAGES 2048
 #define SQ_LOG_CKPT_PAGES 1024
-#define SQ_STATE_WAL_LIMIT (16 << 20)
-#define SQ_LOG_WAL_LIMIT (8 << 20)
+#define SQ_STATE_WAL_LIMIT (128 << 20)
+#define SQ_LOG_WAL_LIMIT (32 << 20)
 
 enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 
@@ -831,10 +838,14 @@ static int sq_vfs_rc = SQLITE_ERROR;
  * beginning at the next write transaction once every frame is copied.
  * The thread touches nothing of the store but the ck_ fields. */
 
-static void sq_ckpt_request(pl_store *s, int log_db)
+#define SQ_CK_STATE 1u      /* checkpoint the state database */
+#define SQ_CK_LOG 2u        /* checkpoint the log database */
+#define SQ_CK_PUSH_STATE 4u /* push the state WAL's new frames to the disk */
+
+static void sq_ckpt_request(pl_store *s, unsigned what)
 {
     pthread_mutex_lock(&s->ck_mu);
-    s->ck_want |= log_db ? 2 : 1;
+    s->ck_want |= what;
     pthread_cond_signal(&s->ck_cond);
     pthread_mutex_unlock(&s->ck_mu);
 }
@@ -844,7 +855,7 @@ static sqlite3 *sq_ckpt_conn(pl_store *s, const char *path)
     sqlite3 *db = NULL;
 
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                        sq_vfs_rc == SQLITE_OK ? SQ_WALBUF_VFS : NULL) != SQLITE_OK ||
+                        sq_vfs_rc == SQLITE_OK ? SQ_WALBUF_PUSH_VFS : NULL) != SQLITE_OK ||
         sqlite3_exec(db, s->sync_on ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=OFF",
                      NULL, NULL, NULL) != SQLITE_OK) {
         sq_log(s, PL_LOG_WARN, "checkpoints of %s: cannot open it: %s", path,
@@ -864,6 +875,8 @@ static void *sq_ckpt_main(void *arg)
     sqlite3 *conn[2] = { NULL, NULL };
     const char *paths[2] = { s->path, s->lpath };
 
+    int swal_fd = -1;
+
     pthread_mutex_lock(&s->ck_mu);
     for (;;) {
         while (!s->ck_stop && !s->ck_want)
@@ -873,6 +886,16 @@ static void *sq_ckpt_main(void *arg)
         unsigned want = s->ck_want;
         s->ck_want = 0;
         pthread_mutex_unlock(&s->ck_mu);
+        /* A state commit's frames are written, not synced: start them to
+         * the disk now and wait for them here, so a checkpoint's opening
+         * sync of the WAL does not find megabytes to write while the log's
+         * syncs queue behind it (see sq_walbuf.c, "parley-walbuf-push").
+         * Advisory: an error is left for the syncs to meet. */
+        if ((want & SQ_CK_PUSH_STATE) &&
+            (swal_fd >= 0 || (swal_fd = open(s->swal_path, O_RDONLY | O_CLOEXEC)) >= 0))
+            (void)sync_file_range(swal_fd, 0, 0,
+                                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                      SYNC_FILE_RANGE_WAIT_AFTER);
         for (int i = 0; i < 2; i++) {
             int rc;
 
@@ -889,6 +912,8 @@ static void *sq_ckpt_main(void *arg)
     pthread_mutex_unlock(&s->ck_mu);
     for (int i = 0; i < 2; i++)
         sqlite3_close(conn[i]);
+    if (swal_fd >= 0)
+        close(swal_fd);
     return NULL;
 }
 
@@ -949,11 +974,17 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
                sqlite3_errstr(rc));
         return rc;
     }
-    if (frames >= (db == s->ldb ? SQ_LOG_CKPT_PAGES : SQ_STATE_CKPT_PAGES)) {
-        if (s->ck_running)
-            sq_ckpt_request(s, db == s->ldb);
-        else
-            sqlite3_wal_checkpoint(db, zdb); /* while opening */
+    int ckpt = frames >= (db == s->ldb ? SQ_LOG_CKPT_PAGES : SQ_STATE_CKPT_PAGES);
+    unsigned what = ckpt ? (db == s->ldb ? SQ_CK_LOG : SQ_CK_STATE) : 0;
+    /* The log's WAL is synced batch by batch; the state's only by
+     * checkpoints and compactions, so its frames are pushed. */
+    if (db != s->ldb && s->sync_on)
+        what |= SQ_CK_PUSH_STATE;
+    if (s->ck_running) {
+        if (what)
+            sq_ckpt_request(s, what);
+    } else if (ckpt) {
+        sqlite3_wal_checkpoint(db, zdb); /* while opening */
     }
     return SQLITE_OK;
 }
