@@ -547,7 +547,7 @@ class DiskBound(MembershipTest):
     # Directory bytes beyond the state tables: the log, its freed pages,
     # the two WALs (checkpointed at 8 and 4 MiB; they restart when a
     # checkpoint finds a gap between two state transactions and keep their
-    # size up to 128 and 32 MiB) and membership files.
+    # size up to 64 and 16 MiB) and membership files.
     OVERHEAD_BOUND = 96 << 20
 
     def applied(self):
