@@ -114,14 +114,14 @@
  * on the thread, 3 servers' send -> push p99 was 57 ms with checkpoints at
  * 8192/4096 pages, 84-87 ms at 16384, 20 ms at these sizes
  * (docs/performance.md, round 4). The size limits are what a WAL file is
- * cut back to when it restarts, and they sit above what a loaded server's
- * WALs reach (state ~70 MiB, log ~20 MiB at 1 server's full 64 x 1 load):
- * the loop's write transaction is open nearly always, so SQLite restarts
- * a WAL only when a checkpoint happens to finish in a gap between two, and
- * cutting a WAL back from there to 16 / 8 MiB (an ftruncate that frees
- * tens of MiB) took 10-21 ms on the loop thread at each restart (round 5).
- * At 64 / 16 MiB a WAL mostly keeps its size between restarts, a cut is
- * a few MiB, and the two WALs stay under the disk-bound test's 96 MiB. */
+ * cut back to when it restarts. The loop's write transaction is open nearly
+ * always, so SQLite restarts a WAL only when a checkpoint happens to finish
+ * in a gap between two, and under load a WAL grows between restarts (state
+ * up to ~70 MiB, log ~10-20 MiB at 1 server's full 64 x 1 load); cutting
+ * it back from there to 16 / 8 MiB (an ftruncate freeing tens of MiB) took
+ * 10-21 ms on the loop thread at each restart (round 5). At 64 / 16 MiB a
+ * WAL mostly keeps its size, a cut frees a few MiB, and the two together
+ * stay under the disk-bound test's 96 MiB. */
 #define SQ_STATE_CKPT_PAGES 2048
 #define SQ_LOG_CKPT_PAGES 1024
 #define SQ_STATE_WAL_LIMIT (64 << 20)
