@@ -273,7 +273,7 @@ START_TEST(compaction_in_steps)
     /* A store only leaves steps after three slow ones in a row, so the
      * first calls are steps on every store. */
     for (int i = 0; i < 2; i++)
-        ck_assert_msg(compact_before[i] - compact_first[i] <= 8192,
+        ck_assert_msg(compact_before[i] - compact_first[i] <= 2048,
                       "call %d dropped %llu entries, more than a step", i,
                       (unsigned long long)(compact_before[i] - compact_first[i]));
     for (int i = 1; i < compacts && i < MAXCOMPACT; i++)
