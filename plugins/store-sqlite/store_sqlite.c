@@ -836,7 +836,11 @@ static int sq_vfs_rc = SQLITE_ERROR;
  * checkpoint copies committed WAL frames into the database file while the
  * loop thread's connections go on writing, and the WAL restarts from its
  * beginning at the next write transaction once every frame is copied.
- * The thread touches nothing of the store but the ck_ fields. */
+ * Its connections use the "parley-walbuf-push" VFS, so a checkpoint's
+ * writes reach the disk in steps rather than all at its closing sync, and
+ * it pushes the state WAL's frames after each state commit (sq_walbuf.c).
+ * The thread touches nothing of the store but the ck_ fields and the
+ * paths, which do not change while it runs. */
 
 #define SQ_CK_STATE 1u      /* checkpoint the state database */
 #define SQ_CK_LOG 2u        /* checkpoint the log database */
