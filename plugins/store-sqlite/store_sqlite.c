@@ -127,6 +127,9 @@
 #define SQ_STATE_WAL_LIMIT (64 << 20)
 #define SQ_LOG_WAL_LIMIT (16 << 20)
 
+/* Slots of the table of clients whose row a batch has noted for undo. */
+#define SQ_CLI_NOTED 256u
+
 enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
 
 /* Every statement the store runs, prepared once at open. */
@@ -325,6 +328,10 @@ struct pl_store {
     /* How to undo the open batch (sq_undo_all) */
     sq_undo *undo;
     size_t n_undo, cap_undo;
+    struct {
+        uint64_t id;
+        size_t at;
+    } cli_noted[SQ_CLI_NOTED];    /* sq_undo_client: a client's note in this batch */
     uint8_t *ubuf;            /* the notes' bytes */
     size_t ulen, ucap;
     int undoing;              /* abort() is playing them back */
@@ -2021,16 +2028,35 @@ static int sq_undo_message(pl_store *s, uint64_t id, int kind)
                         -1, id, NULL);
 }
 
+/* A client's row needs one note per batch: undo plays notes backwards, so
+ * the batch's first note for it restores the row as it was before the
+ * batch whatever came after. A pipelining client sends up to a batch's
+ * worth of requests, and reading its row again for each was 6 % of the
+ * loop at 64 x 32 (docs/performance.md, round 5). s->cli_noted remembers
+ * where each client's note went; an entry counts only while that note is
+ * still in the batch (dropped notes, later batches) and is that client's. */
 static int sq_undo_client(pl_store *s, uint64_t client_id)
 {
     sqlite3_stmt *st;
+    int err;
 
     if (!sq_undo_on(s))
+        return PL_OK;
+    size_t slot = (size_t)((client_id * 0x9E3779B97F4A7C15ull) >> 56) % SQ_CLI_NOTED;
+    size_t at = s->cli_noted[slot].at;
+    if (s->cli_noted[slot].id == client_id && at < s->n_undo &&
+        (s->undo[at].kind == U_CLI_PUT || s->undo[at].kind == U_CLI_DEL) &&
+        s->undo[at].n[0] == client_id)
         return PL_OK;
     if (!(st = sq_stmt(s, ST_CLI_GET)))
         return PL_ERR_INTERNAL;
     sq_bind_u64(st, 1, client_id);
-    return sq_undo_note(s, ST_CLI_GET, U_CLI_PUT, sq_copy_cli, U_CLI_DEL, client_id, NULL);
+    err = sq_undo_note(s, ST_CLI_GET, U_CLI_PUT, sq_copy_cli, U_CLI_DEL, client_id, NULL);
+    if (err == PL_OK) {
+        s->cli_noted[slot].id = client_id;
+        s->cli_noted[slot].at = s->n_undo - 1;
+    }
+    return err;
 }
 
 /* A key of the state database's meta table. */

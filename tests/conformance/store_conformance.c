@@ -1035,6 +1035,7 @@ START_TEST(txn_abort_discards_everything)
     pl_session_rec s3 = sess(TH3, 3, 30);
     pl_message_rec m12 = msgrec(12, 3, 1, "carol", "alice", "new", 1002, 0);
     pl_client_rec c7b = client(7, 2, 2, "r2"), c8 = client(8, 1, 2, "r8");
+    pl_client_rec c7c = client(7, 3, 3, "r3"), c8b = client(8, 2, 3, "r8b");
     char *before, *after;
 
     put_baseline();
@@ -1052,6 +1053,10 @@ START_TEST(txn_abort_discards_everything)
     OK(S->message_delete(T, 11));
     OK(S->client_put(T, &c7b));
     OK(S->client_put(T, &c8));
+    /* A client's row changed twice in one batch (a pipelining client)
+     * still goes back to what it was before the batch. */
+    OK(S->client_put(T, &c7c));
+    OK(S->client_put(T, &c8b));
     OK(S->meta_set(T, "counter", 12));
     OK(S->meta_set(T, "k", 1));
     /* Inside the transaction its own changes are visible. */
@@ -1059,7 +1064,7 @@ START_TEST(txn_abort_discards_everything)
     STR_EQ(get_uid(T, 2), "rc=5");
     STR_EQ(get_msg(T, 12), "12:3>1:carol>alice:new:t1002:f0");
     STR_EQ(get_msg(T, 11), "rc=5");
-    STR_EQ(get_client(T, 8), "8:1:2:r8");
+    STR_EQ(get_client(T, 8), "8:2:3:r8b");
     S->abort(T);
 
     after = dump(S, T, 4);
