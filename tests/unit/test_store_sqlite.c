@@ -187,6 +187,16 @@ static void test_dir(char *dir, size_t len, const char *name)
     ck_assert_msg(mkdir(dir, 0700) == 0, "mkdir %s: %s", dir, strerror(errno));
 }
 
+/* The store, opened on dir (sync on or off). */
+static pl_store *open_in(const char *dir, int sync)
+{
+    char err[512] = "";
+    pl_store_options opt = { .dir = dir, .sync = sync, .options_json = NULL };
+    pl_store *st = NULL;
+    ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open %s: %s", dir, err);
+    return st;
+}
+
 START_TEST(upgrade_from_version_1)
 {
     char file[300], lfile[300], err[512] = "";
@@ -294,8 +304,7 @@ START_TEST(state_without_log_refused)
     test_dir(dir, sizeof dir, "nolog");
     snprintf(lfile, sizeof lfile, "%s/parley-log.db", dir);
     pl_store_options opt = { .dir = dir, .sync = 0, .options_json = NULL };
-    pl_store *st = NULL;
-    ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open: %s", err);
+    pl_store *st = open_in(dir, 0);
     pl_log_entry e = { .op = 1, .view = 1, .data = (const uint8_t *)"x", .len = 1 };
     ck_assert_int_eq(S->log_append(st, &e, 1), PL_OK);
     ck_assert_int_eq(S->begin(st), PL_OK);
@@ -314,12 +323,10 @@ END_TEST
  * sees them once the core's idle call finds it old enough. */
 START_TEST(state_flush_reaches_the_file)
 {
-    char dir[300], file[340], err[512] = "";
+    char dir[300], file[340];
     test_dir(dir, sizeof dir, "flush");
     snprintf(file, sizeof file, "%s/parley.db", dir);
-    pl_store_options opt = { .dir = dir, .sync = 1, .options_json = NULL };
-    pl_store *st = NULL;
-    ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open: %s", err);
+    pl_store *st = open_in(dir, 1);
     ck_assert_ptr_nonnull(S->state_flush);
     pl_log_entry e = { .op = 1, .view = 1, .data = (const uint8_t *)"x", .len = 1 };
     ck_assert_int_eq(S->log_append_nosync(st, &e, 1), PL_OK);
@@ -364,12 +371,10 @@ END_TEST
  * 5), and one beyond it commits and syncs again. */
 START_TEST(compaction_syncs_the_state_once)
 {
-    char dir[300], file[340], err[512] = "";
+    char dir[300], file[340];
     test_dir(dir, sizeof dir, "compact-once");
     snprintf(file, sizeof file, "%s/parley.db", dir);
-    pl_store_options opt = { .dir = dir, .sync = 1, .options_json = NULL };
-    pl_store *st = NULL;
-    ck_assert_msg(S->open(NULL, &opt, &st, err, sizeof err) == PL_OK, "open: %s", err);
+    pl_store *st = open_in(dir, 1);
     for (uint64_t op = 1; op <= 30; op++) {
         pl_log_entry e = { .op = op, .view = 1, .data = (const uint8_t *)"x", .len = 1 };
         ck_assert_int_eq(S->log_append_nosync(st, &e, 1), PL_OK);
