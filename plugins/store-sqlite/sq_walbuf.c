@@ -110,14 +110,11 @@ static int wb_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off)
     return rc != SQLITE_OK ? rc : WB_REAL(f)->pMethods->xRead(WB_REAL(f), p, n, off);
 }
 
-/* Send a push file's written pages to the disk and wait for them. Advisory:
- * a failure here is left for SQLite's own sync to meet. */
-static void wb_push(wb_file *w)
+void sq_walbuf_push(int *fd, const char *path)
 {
-    w->unpushed = 0;
-    if (w->push_fd < 0 && (w->push_fd = open(w->name, O_RDONLY | O_CLOEXEC)) < 0)
+    if (*fd < 0 && (*fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         return;
-    (void)sync_file_range(w->push_fd, 0, 0,
+    (void)sync_file_range(*fd, 0, 0,
                           SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
                               SYNC_FILE_RANGE_WAIT_AFTER);
 }
@@ -129,8 +126,10 @@ static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
         return SQLITE_OK;
     if (w->push) {
         int rc = w->real->pMethods->xWrite(w->real, p, n, off);
-        if (rc == SQLITE_OK && (w->unpushed += (size_t)n) >= WB_PUSH)
-            wb_push(w);
+        if (rc == SQLITE_OK && (w->unpushed += (size_t)n) >= WB_PUSH) {
+            w->unpushed = 0;
+            sq_walbuf_push(&w->push_fd, w->name);
+        }
         return rc;
     }
     /* continues or overwrites the buffered range: gather it */

@@ -14,6 +14,11 @@
 
 /* Register both VFSes (not as the default). Not thread-safe: call once. */
 int sq_walbuf_register(void);
+/* Send what has been written to path's file to the disk and wait for it,
+ * through *fd (opened on first use; the caller closes it). Advisory: an
+ * error is left for a later sync of the file to meet, which it does (the
+ * kernel reports a write error to every descriptor of the file). */
+void sq_walbuf_push(int *fd, const char *path);
 /* Write out what is buffered for f (a WAL file of this VFS; anything else
  * is left alone). */
 int sq_walbuf_flush(sqlite3_file *f);

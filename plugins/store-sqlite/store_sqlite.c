@@ -127,7 +127,8 @@
 #define SQ_STATE_WAL_LIMIT (64 << 20)
 #define SQ_LOG_WAL_LIMIT (16 << 20)
 
-/* Slots of the table of clients whose row a batch has noted for undo. */
+/* Slots of the table of clients whose row a batch has noted for undo: a
+ * hash's top 8 bits pick one (sq_undo_client). */
 #define SQ_CLI_NOTED 256u
 
 enum sq_sync { SQ_SYNC_OFF = 0, SQ_SYNC_NORMAL = 1, SQ_SYNC_FULL = 2 };
@@ -902,11 +903,8 @@ static void *sq_ckpt_main(void *arg)
          * sync of the WAL does not find megabytes to write while the log's
          * syncs queue behind it (see sq_walbuf.c, "parley-walbuf-push").
          * Advisory: an error is left for the syncs to meet. */
-        if ((want & SQ_CK_PUSH_STATE) &&
-            (swal_fd >= 0 || (swal_fd = open(s->swal_path, O_RDONLY | O_CLOEXEC)) >= 0))
-            (void)sync_file_range(swal_fd, 0, 0,
-                                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                      SYNC_FILE_RANGE_WAIT_AFTER);
+        if (want & SQ_CK_PUSH_STATE)
+            sq_walbuf_push(&swal_fd, s->swal_path);
         for (int i = 0; i < 2; i++) {
             int rc;
 
@@ -985,11 +983,12 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
                sqlite3_errstr(rc));
         return rc;
     }
-    int ckpt = frames >= (db == s->ldb ? SQ_LOG_CKPT_PAGES : SQ_STATE_CKPT_PAGES);
-    unsigned what = ckpt ? (db == s->ldb ? SQ_CK_LOG : SQ_CK_STATE) : 0;
+    int log = db == s->ldb;
+    int ckpt = frames >= (log ? SQ_LOG_CKPT_PAGES : SQ_STATE_CKPT_PAGES);
+    unsigned what = ckpt ? (log ? SQ_CK_LOG : SQ_CK_STATE) : 0;
     /* The log's WAL is synced batch by batch; the state's only by
      * checkpoints and compactions, so its frames are pushed. */
-    if (db != s->ldb && s->sync_on)
+    if (!log && s->sync_on)
         what |= SQ_CK_PUSH_STATE;
     if (s->ck_running) {
         if (what)
@@ -2047,7 +2046,7 @@ static int sq_undo_client(pl_store *s, uint64_t client_id)
 
     if (!sq_undo_on(s))
         return PL_OK;
-    size_t slot = (size_t)((client_id * 0x9E3779B97F4A7C15ull) >> 56) % SQ_CLI_NOTED;
+    size_t slot = (size_t)((client_id * 0x9E3779B97F4A7C15ull) >> 56); /* < SQ_CLI_NOTED */
     size_t at = s->cli_noted[slot].at;
     if (s->cli_noted[slot].id == client_id && at < s->n_undo &&
         (s->undo[at].kind == U_CLI_PUT || s->undo[at].kind == U_CLI_DEL) &&
