@@ -545,9 +545,8 @@ class DiskBound(MembershipTest):
     # most COMPACT_OPS + one batch, so 20,000 entries take ~4-6 MiB.
     LOG_BOUND = 12 << 20
     # Directory bytes beyond the state tables: the log, its freed pages,
-    # the two WALs (checkpointed at 8 and 4 MiB; they restart when a
-    # checkpoint finds a gap between two state transactions and keep their
-    # size up to 64 and 16 MiB) and membership files.
+    # the two WALs (checkpointed at 8 and 4 MiB, cut back to 16 and 8 MiB
+    # when they restart) and membership files.
     OVERHEAD_BOUND = 96 << 20
 
     def applied(self):
