@@ -33,17 +33,32 @@
  * still comes from SQLite's own syncs, and an error the push meets is still
  * reported to them (the kernel reports a write error to every descriptor
  * of the file; the push uses one of its own).
+ *
+ * And one thing for WAL files: the cut PRAGMA journal_size_limit asks for
+ * is left to another thread. SQLite truncates a WAL in the first commit
+ * after it restarts; the store's WAL grows to tens of MiB between restarts
+ * under load, and freeing that at once took 10-21 ms of the loop thread
+ * (docs/performance.md, round 5). wb_truncate only notes the size asked
+ * for; the store's checkpoint thread cuts the file in steps of WB_TRIM_STEP
+ * (sq_walbuf_trim), never below the end of anything written since the cut
+ * was asked for. What lies past the valid frames of a WAL is old frames
+ * with old salts, which recovery ignores, so a late cut loses nothing.
  */
 #include "sq_walbuf.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define WB_MAX (4u * 1024u * 1024u)
 #define WB_CHUNK (64u * 1024u)
 #define WB_PUSH (256u * 1024u)
+/* ftruncate frees ~3 MiB a millisecond here, and holds the file's inode
+ * lock meanwhile, which a write to the WAL then waits for. */
+#define WB_TRIM_STEP (1 << 20)
 
 typedef struct wb_file {
     sqlite3_file base;        /* pMethods = &wb_methods */
@@ -56,6 +71,14 @@ typedef struct wb_file {
     const char *name;         /* SQLite keeps it valid until xClose */
     int push_fd;              /* our own descriptor for sync_file_range, or -1 */
     size_t unpushed;          /* bytes written since the last push */
+    /* a WAL file: the cut SQLite asked for, done by sq_walbuf_trim. trim_to
+     * is set by the writer's thread, cleared by the trimming one; the rest
+     * is under trim_mu. */
+    int trim_init;
+    pthread_mutex_t trim_mu;
+    sqlite3_int64 trim_to;    /* the size asked for; 0: nothing waits */
+    sqlite3_int64 trim_hwm;   /* end of the furthest write since it was asked for */
+    int trim_fd;              /* our own descriptor for ftruncate, or -1 */
 } wb_file;
 
 static sqlite3_vfs wb_vfs, wb_push_vfs;
@@ -98,6 +121,12 @@ static int wb_close(sqlite3_file *f)
     if (w->push_fd >= 0)
         close(w->push_fd);
     w->push_fd = -1;
+    if (w->trim_init) {
+        if (w->trim_fd >= 0)
+            close(w->trim_fd);
+        pthread_mutex_destroy(&w->trim_mu);
+        w->trim_init = 0;
+    }
     free(w->buf);
     w->buf = NULL;
     w->len = w->cap = 0;
@@ -124,6 +153,13 @@ static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
     wb_file *w = (wb_file *)f;
     if (n <= 0)
         return SQLITE_OK;
+    /* Before the bytes go anywhere, so a cut in progress spares them. */
+    if (w->trim_init && __atomic_load_n(&w->trim_to, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_lock(&w->trim_mu);
+        if (off + n > w->trim_hwm)
+            w->trim_hwm = off + n;
+        pthread_mutex_unlock(&w->trim_mu);
+    }
     if (w->push) {
         int rc = w->real->pMethods->xWrite(w->real, p, n, off);
         if (rc == SQLITE_OK && (w->unpushed += (size_t)n) >= WB_PUSH) {
@@ -167,8 +203,57 @@ static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 
 static int wb_truncate(sqlite3_file *f, sqlite3_int64 size)
 {
+    wb_file *w = (wb_file *)f;
     int rc = sq_walbuf_flush(f);
-    return rc != SQLITE_OK ? rc : WB_REAL(f)->pMethods->xTruncate(WB_REAL(f), size);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (!w->trim_init)
+        return WB_REAL(f)->pMethods->xTruncate(WB_REAL(f), size);
+    pthread_mutex_lock(&w->trim_mu);
+    if (size > 0) {
+        /* journal_size_limit's cut: SQLite wrote nothing it needs past
+         * size, and writes from here on raise trim_hwm. */
+        w->trim_hwm = 0;
+        __atomic_store_n(&w->trim_to, size, __ATOMIC_RELEASE);
+    } else {
+        /* Emptied for good (a TRUNCATE checkpoint): at once, and nothing
+         * else waits. */
+        __atomic_store_n(&w->trim_to, 0, __ATOMIC_RELEASE);
+        rc = WB_REAL(f)->pMethods->xTruncate(WB_REAL(f), size);
+    }
+    pthread_mutex_unlock(&w->trim_mu);
+    return rc;
+}
+
+int sq_walbuf_trim_pending(sqlite3_file *f)
+{
+    wb_file *w = (wb_file *)f;
+    return f && f->pMethods == &wb_methods && w->trim_init &&
+           __atomic_load_n(&w->trim_to, __ATOMIC_ACQUIRE) != 0;
+}
+
+int sq_walbuf_trim(sqlite3_file *f)
+{
+    wb_file *w = (wb_file *)f;
+    struct stat st;
+    int more = 0;
+
+    if (!sq_walbuf_trim_pending(f))
+        return 0;
+    pthread_mutex_lock(&w->trim_mu);
+    sqlite3_int64 target = w->trim_to > w->trim_hwm ? w->trim_to : w->trim_hwm;
+    if (w->trim_fd < 0)
+        w->trim_fd = open(w->name, O_WRONLY | O_CLOEXEC);
+    if (w->trim_fd >= 0 && fstat(w->trim_fd, &st) == 0 && st.st_size > target) {
+        sqlite3_int64 to = st.st_size - WB_TRIM_STEP > target ? st.st_size - WB_TRIM_STEP : target;
+        /* A failed cut leaves a larger file than asked, which SQLite
+         * ignores too (walLimitSize): give up on this one. */
+        more = ftruncate(w->trim_fd, (off_t)to) == 0 && to > target;
+    }
+    if (!more)
+        __atomic_store_n(&w->trim_to, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&w->trim_mu);
+    return more;
 }
 
 static int wb_sync(sqlite3_file *f, int flags)
@@ -259,12 +344,17 @@ static int wb_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flag
     w->push = push;
     w->name = name;
     w->push_fd = -1;
+    w->trim_fd = -1;
     w->real = (sqlite3_file *)((char *)f + ((sizeof(wb_file) + 15) & ~(size_t)15));
     int rc = wb_real->xOpen(wb_real, name, w->real, flags, out);
     if (rc != SQLITE_OK) {
         f->pMethods = NULL;
         return rc;
     }
+    /* Cuts of a WAL the store writes wait for its checkpoint thread. */
+    if (vfs == &wb_vfs && (flags & SQLITE_OPEN_WAL) && name &&
+        pthread_mutex_init(&w->trim_mu, NULL) == 0)
+        w->trim_init = 1;
     const sqlite3_io_methods *rm = w->real->pMethods;
     wb_methods.iVersion = rm->iVersion < 3 ? rm->iVersion : 3;
     f->pMethods = &wb_methods;

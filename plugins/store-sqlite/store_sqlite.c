@@ -118,10 +118,10 @@
  * always, so SQLite restarts a WAL only when a checkpoint happens to finish
  * in a gap between two, and under load a WAL grows between restarts (state
  * up to ~70 MiB at 1 server's full 64 x 1 load). Cutting it back to 16 / 8
- * MiB costs the loop 10-21 ms at such a restart (an ftruncate freeing tens
- * of MiB, round 5), but limits of 64 / 16 MiB let the disk-bound test's
- * directory pass its 96 MiB bound (99 MiB of WAL in one CI run), so the
- * small limits stay until the WAL restarts on purpose. */
+ * MiB at such a restart is an ftruncate freeing tens of MiB, which took the
+ * loop 10-21 ms (round 5), so the cut is the checkpoint thread's, in 1 MiB
+ * steps (sq_walbuf_trim); larger limits would keep more of the disk (64 /
+ * 16 MiB put the disk-bound test's directory at 99 MiB against its 96). */
 #define SQ_STATE_CKPT_PAGES 2048
 #define SQ_LOG_CKPT_PAGES 1024
 #define SQ_STATE_WAL_LIMIT (16 << 20)
@@ -348,7 +348,11 @@ struct pl_store {
     pthread_t ck_thread;
     pthread_mutex_t ck_mu;
     pthread_cond_t ck_cond;
-    unsigned ck_want;         /* 1: the state database, 2: the log's (under ck_mu) */
+    unsigned ck_want;         /* SQ_CK_ bits (under ck_mu) */
+    /* the WAL files whose cut waits (sq_walbuf_trim), state's and log's:
+     * the loop's connections' own, open until they close, which is after
+     * the thread stopped (under ck_mu) */
+    sqlite3_file *ck_trim[2];
     int ck_stop;              /* under ck_mu */
     int ck_init, ck_running;  /* loop thread */
     /* log_sync (the core's sync thread only) */
@@ -853,10 +857,13 @@ static int sq_vfs_rc = SQLITE_ERROR;
 #define SQ_CK_STATE 1u      /* checkpoint the state database */
 #define SQ_CK_LOG 2u        /* checkpoint the log database */
 #define SQ_CK_PUSH_STATE 4u /* push the state WAL's new frames to the disk */
+#define SQ_CK_TRIM 8u       /* cut a WAL back to its limit: one step per pass */
 
-static void sq_ckpt_request(pl_store *s, unsigned what)
+static void sq_ckpt_request(pl_store *s, unsigned what, sqlite3_file *trim, int i)
 {
     pthread_mutex_lock(&s->ck_mu);
+    if (trim)
+        s->ck_trim[i] = trim;
     s->ck_want |= what;
     pthread_cond_signal(&s->ck_cond);
     pthread_mutex_unlock(&s->ck_mu);
@@ -916,7 +923,25 @@ static void *sq_ckpt_main(void *arg)
             if (rc != SQLITE_OK && rc != SQLITE_BUSY)
                 sq_log(s, PL_LOG_WARN, "checkpoint of %s: %s", paths[i], sqlite3_errmsg(conn[i]));
         }
+        /* A WAL's cut (sq_walbuf.c), a step per pass, so that checkpoints
+         * asked for meanwhile go first and each step holds up a write to
+         * that WAL for at most one step's ftruncate. */
         pthread_mutex_lock(&s->ck_mu);
+        if (want & SQ_CK_TRIM) {
+            for (int i = 0; i < 2; i++) {
+                sqlite3_file *f = s->ck_trim[i];
+
+                if (!f)
+                    continue;
+                pthread_mutex_unlock(&s->ck_mu);
+                int more = sq_walbuf_trim(f);
+                pthread_mutex_lock(&s->ck_mu);
+                if (more)
+                    s->ck_want |= SQ_CK_TRIM;
+                else if (s->ck_trim[i] == f)
+                    s->ck_trim[i] = NULL;
+            }
+        }
     }
     pthread_mutex_unlock(&s->ck_mu);
     for (int i = 0; i < 2; i++)
@@ -973,7 +998,9 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
     sqlite3_file *f = NULL;
     int rc = SQLITE_OK;
 
-    if (sqlite3_file_control(db, zdb, SQLITE_FCNTL_JOURNAL_POINTER, &f) == SQLITE_OK && f)
+    if (sqlite3_file_control(db, zdb, SQLITE_FCNTL_JOURNAL_POINTER, &f) != SQLITE_OK)
+        f = NULL;
+    if (f)
         rc = sq_walbuf_flush(f);
     if (rc != SQLITE_OK) {
         /* Either file: a state commit whose frames are not on disk must
@@ -990,9 +1017,13 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
      * checkpoints and compactions, so its frames are pushed. */
     if (!log && s->sync_on)
         what |= SQ_CK_PUSH_STATE;
+    /* The commit that first wrote a restarted WAL asked for its cut. */
+    int trim = sq_walbuf_trim_pending(f);
+    if (trim)
+        what |= SQ_CK_TRIM;
     if (s->ck_running) {
         if (what)
-            sq_ckpt_request(s, what);
+            sq_ckpt_request(s, what, trim ? f : NULL, log);
     } else if (ckpt) {
         sqlite3_wal_checkpoint(db, zdb); /* while opening */
     }
