@@ -56,7 +56,7 @@
 #define WB_MAX (4u * 1024u * 1024u)
 #define WB_CHUNK (64u * 1024u)
 #define WB_PUSH (256u * 1024u)
-/* ftruncate frees ~3 MiB a millisecond here, and holds the file's inode
+/* ftruncate freed 1 MiB in 0.6-2.4 ms here (strace), holding the inode
  * lock meanwhile, which a write to the WAL then waits for. */
 #define WB_TRIM_STEP (1 << 20)
 
