@@ -241,8 +241,11 @@ START_TEST(upgrade_from_version_1)
     ck_assert_int_eq(count_rows(file, "PRAGMA user_version"), 3);
     ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM sqlite_master WHERE name = 'log'"), 0);
     ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM meta"), 1); /* "applied" */
-    ck_assert_int_eq(count_rows(lfile, "PRAGMA user_version"), 1);
-    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM log"), 4);
+    ck_assert_int_eq(count_rows(lfile, "PRAGMA user_version"), 2);
+    /* Log format 2: the four consecutive entries make one row. */
+    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM log"), 1);
+    ck_assert_int_eq(count_rows(lfile, "SELECT first FROM log"), 5);
+    ck_assert_int_eq(count_rows(lfile, "SELECT last FROM log"), 8);
     ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM sqlite_master WHERE type = 'index'"
                                       " AND name IN ('msg_unread', 'msg_read', 'msg_recv',"
                                       " 'msg_sent')"), 0);
@@ -293,7 +296,9 @@ START_TEST(upgrade_interrupted_after_copy)
     S->close(st);
     ck_assert_int_eq(count_rows(file, "PRAGMA user_version"), 3);
     ck_assert_int_eq(count_rows(file, "SELECT count(*) FROM sqlite_master WHERE name = 'log'"), 0);
-    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM log"), 4);
+    /* ... and converted the log database's format 1 log to format 2. */
+    ck_assert_int_eq(count_rows(lfile, "PRAGMA user_version"), 2);
+    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM log"), 1);
 }
 END_TEST
 
