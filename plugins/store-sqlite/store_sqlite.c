@@ -187,10 +187,12 @@ static const char *const sq_sql[ST__COUNT] = {
                       " (SELECT last FROM log ORDER BY first DESC LIMIT 1)",
     [ST_LOG_APPEND] = "INSERT INTO log(first, last, data) VALUES (?1, ?2, ?3)",
     /* From the row holding op ?1 (the greatest first <= ?1), a rowid range
-     * up to ?2; the caller skips the entries of the ends outside ?1..?2. */
+     * up to ?2; the caller skips the entries of the ends outside ?1..?2.
+     * That first row is read even when it ends before ?1 (?1 past the
+     * log's end), so that a damaged row is never silently skipped. */
     [ST_LOG_READ] = "SELECT first, last, data FROM log"
                     " WHERE first >= coalesce((SELECT first FROM log WHERE first <= ?1"
-                    " ORDER BY first DESC LIMIT 1), 0) AND first <= ?2 AND last >= ?1"
+                    " ORDER BY first DESC LIMIT 1), 0) AND first <= ?2"
                     " ORDER BY first",
     [ST_LOG_TRUNCATE] = "DELETE FROM log WHERE first > ?1",
     /* first < ?1 makes it a rowid range: only the rows that go, and the one
@@ -2067,11 +2069,8 @@ static int sq_log_cut(pl_store *s, const char *what, uint64_t at, uint64_t keep_
     }
     first = sq_col_u64(st, 0);
     last = sq_col_u64(st, 1);
-    tail = last > keep_to;
-    if (!tail && (first >= keep_from || last < keep_from)) {
-        sq_done(st); /* nothing of it to cut, or all of it goes (not here) */
-        return PL_OK;
-    }
+    /* Checked even when nothing of it is cut: a damaged row that a call
+     * meets is reported, not left for later. */
     {
         const uint8_t *p = sqlite3_column_blob(st, 2);
         size_t n = (size_t)sqlite3_column_bytes(st, 2);
@@ -2079,6 +2078,11 @@ static int sq_log_cut(pl_store *s, const char *what, uint64_t at, uint64_t keep_
         if (!sq_row_valid(p, n, first, last)) {
             sq_done(st);
             return sq_log_damaged(s, what, first, last);
+        }
+        tail = last > keep_to;
+        if (!tail && (first >= keep_from || last < keep_from)) {
+            sq_done(st); /* nothing of it to cut */
+            return PL_OK;
         }
         off = sq_row_offset(p, n, first, tail ? keep_to + 1 : keep_from);
     }
