@@ -774,8 +774,11 @@ START_TEST(log_format_1_converted)
 }
 END_TEST
 
-/* A conversion that fails leaves the version 1 file as it was (one
- * transaction), and the open fails naming the file. */
+/* A conversion that fails half-way leaves the version 1 file as it was
+ * (one transaction: the next open tries again), and the open fails naming
+ * the file. This file's log lacks its view column, so the conversion
+ * fails at the copy, after it has renamed the old table and created the
+ * new one. */
 START_TEST(log_conversion_failure_keeps_format_1)
 {
     char dir[300], lfile[340], err[512] = "";
@@ -783,17 +786,18 @@ START_TEST(log_conversion_failure_keeps_format_1)
     snprintf(lfile, sizeof lfile, "%s/parley-log.db", dir);
     exec_sql(lfile, "PRAGMA journal_mode=WAL;"
                     "CREATE TABLE meta(key TEXT PRIMARY KEY, val INTEGER NOT NULL) WITHOUT ROWID;"
-                    "CREATE TABLE log(op INTEGER PRIMARY KEY, view INTEGER NOT NULL,"
-                    " data BLOB NOT NULL);"
-                    "INSERT INTO log VALUES (1, 1, x'61'), (2, 1, x'62');"
-                    /* in the way of the conversion's own table */
-                    "CREATE TABLE log_v1(x);"
+                    "CREATE TABLE log(op INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+                    "INSERT INTO log VALUES (1, x'61'), (2, x'62');"
                     "PRAGMA user_version=1;");
     pl_store_options opt = { .dir = dir, .sync = 0, .options_json = NULL };
     pl_store *st = NULL;
     ck_assert_int_ne(S->open(NULL, &opt, &st, err, sizeof err), PL_OK);
     ck_assert_msg(strstr(err, "parley-log.db") && strstr(err, "convert"), "error: %s", err);
     ck_assert_int_eq(count_rows(lfile, "PRAGMA user_version"), 1);
+    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM sqlite_master"
+                                       " WHERE name IN ('log_v1', 'log')"), 1);
+    ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM pragma_table_info('log')"
+                                       " WHERE name = 'first'"), 0);
     ck_assert_int_eq(count_rows(lfile, "SELECT count(*) FROM log WHERE op IN (1, 2)"), 2);
 }
 END_TEST
