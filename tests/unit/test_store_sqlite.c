@@ -865,6 +865,91 @@ START_TEST(log_damaged_row_is_an_error)
 }
 END_TEST
 
+/* Row data changed at random (bytes overwritten, cut short or extended,
+ * the row's last moved): every call that meets the row answers PL_OK or
+ * PL_ERR_CORRUPT, and never reads outside the blob (run under ASan by
+ * tools/ci-sanitize.sh). Seeded, so a failure repeats. */
+START_TEST(log_random_row_bytes)
+{
+    char dir[300], lfile[340];
+    test_dir(dir, sizeof dir, "random-rows");
+    snprintf(lfile, sizeof lfile, "%s/parley-log.db", dir);
+    for (uint64_t op = 0; op <= MAX_OP; op++)
+        g_views[op] = op < 15 ? 3 : 200; /* a two-byte view inside the row */
+    pl_store *st = open_in(dir, 0);
+    ck_assert_int_eq(append_ops(st, 1, 10), PL_OK);
+    ck_assert_int_eq(append_ops(st, 11, 20), PL_OK);
+    S->close(st);
+    uint8_t good[256], bad[300];
+    int good_len = 0;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    ck_assert_int_eq(sqlite3_open(lfile, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT data FROM log WHERE first = 11", -1, &q, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(q), SQLITE_ROW);
+    good_len = sqlite3_column_bytes(q, 0);
+    ck_assert_int_le(good_len, (int)sizeof good);
+    memcpy(good, sqlite3_column_blob(q, 0), (size_t)good_len);
+    sqlite3_finalize(q);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "UPDATE log SET last = ?1, data = ?2 WHERE first = 11",
+                                        -1, &q, NULL), SQLITE_OK);
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    unsigned corrupt = 0;
+    for (int it = 0; it < 300; it++) {
+        int len = good_len;
+        memcpy(bad, good, (size_t)good_len);
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        switch (rng % 4) {
+        case 0: /* overwrite 1-3 bytes */
+            for (unsigned k = 0; k <= (rng >> 8) % 3; k++)
+                bad[(rng >> (16 + 8 * k)) % (uint64_t)len] = (uint8_t)(rng >> (40 + k));
+            break;
+        case 1: /* cut short */
+            len = (int)((rng >> 8) % (uint64_t)len);
+            break;
+        case 2: /* extended with random bytes */
+            for (int k = 0; k < 1 + (int)((rng >> 8) % 30); k++)
+                bad[len++] = (uint8_t)(rng >> (k % 56));
+            break;
+        default: /* both */
+            bad[(rng >> 16) % (uint64_t)len] = (uint8_t)(rng >> 32);
+            len = 1 + (int)((rng >> 40) % (uint64_t)len);
+            break;
+        }
+        sqlite3_int64 last = (rng >> 60) == 0 ? 11 + (sqlite3_int64)((rng >> 50) % 12) : 20;
+        sqlite3_bind_int64(q, 1, last);
+        sqlite3_bind_blob(q, 2, bad, len, SQLITE_STATIC);
+        ck_assert_int_eq(sqlite3_step(q), SQLITE_DONE);
+        sqlite3_reset(q);
+        st = open_in(dir, 0);
+        log_check c = { .next = 1 };
+        uint64_t f = 0, l = 0;
+        int rc[3] = { S->log_read(st, 5, 25, check_cb, &(log_check){ .next = 5 }),
+                      S->log_read(st, 13, 13, check_cb, &c), S->log_truncate(st, 16) };
+        for (int k = 0; k < 3; k++)
+            ck_assert_msg(rc[k] == PL_OK || rc[k] == PL_ERR_CORRUPT,
+                          "iteration %d: call %d gave %s", it, k, pl_strerror(rc[k]));
+        corrupt += rc[0] == PL_ERR_CORRUPT;
+        ck_assert_int_eq(S->log_bounds(st, &f, &l), PL_OK);
+        S->close(st);
+        /* Truncation may have cut the row: put it back as it was. */
+        ck_assert_int_eq(sqlite3_exec(db, "DELETE FROM log WHERE first = 11", NULL, NULL, NULL),
+                         SQLITE_OK);
+        sqlite3_stmt *ins = NULL;
+        ck_assert_int_eq(sqlite3_prepare_v2(db, "INSERT INTO log VALUES (11, 20, ?1)", -1, &ins,
+                                            NULL), SQLITE_OK);
+        sqlite3_bind_blob(ins, 1, good, good_len, SQLITE_STATIC);
+        ck_assert_int_eq(sqlite3_step(ins), SQLITE_DONE);
+        sqlite3_finalize(ins);
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    /* Most of them must be found out, or the test tests nothing. */
+    ck_assert_msg(corrupt > 200, "only %u of 300 damaged rows were reported", corrupt);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     char err[1024];
@@ -898,6 +983,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, log_format_1_converted);
     tcase_add_test(tc, log_conversion_failure_keeps_format_1);
     tcase_add_test(tc, log_damaged_row_is_an_error);
+    tcase_add_test(tc, log_random_row_bytes);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
