@@ -1947,8 +1947,11 @@ static int sq_log_write(pl_store *s, const pl_log_entry *e, size_t n, int level)
             goto fail;
         }
         if (i < n && (err = sq_row_add(s, &row, e[i].op, e[i].view, e[i].data,
-                                       e[i].len)) != PL_OK)
+                                       e[i].len)) != PL_OK) {
+            sq_log(s, PL_LOG_ERROR, "log_append: no memory for a log row of %zu bytes (op %"
+                   PRIu64 ", %" PRIu32 " bytes)", row.len + e[i].len, e[i].op, e[i].len);
             goto fail;
+        }
     }
     /* One COMMIT: one WAL sync for the whole batch (none when NORMAL). */
     if ((err = sq_simple(s, ST_L_COMMIT)) != PL_OK)
