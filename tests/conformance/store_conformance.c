@@ -971,6 +971,127 @@ START_TEST(log_survives_reopen)
 }
 END_TEST
 
+/* Batches of entries cut at any op: reads, truncation and compaction whose
+ * bounds fall inside a batch appended in one call (a store may keep a
+ * batch together, as the SQLite store keeps a row per batch), views
+ * changing inside a batch (a state transfer appends entries of several
+ * views at once), a batch longer than 256 entries, and empty entries. */
+static uint64_t lb_views[400];
+
+/* Append first..last in one call: data "e<op>", empty for ops divisible
+ * by 10, and the views in lb_views. */
+static int lb_append(pl_store *st, uint64_t first, uint64_t last)
+{
+    static char bufs[400][16];
+    pl_log_entry e[400];
+    size_t n = 0;
+    uint64_t op;
+
+    for (op = first; op <= last; op++, n++) {
+        bufs[n][0] = '\0';
+        if (op % 10)
+            snprintf(bufs[n], sizeof bufs[n], "e%" PRIu64, op);
+        e[n] = ent(op, lb_views[op], bufs[n]);
+    }
+    return S->log_append(st, e, n);
+}
+
+/* What log_range must show for ops lo..hi ("" when lo > hi). */
+static char *lb_expect(uint64_t lo, uint64_t hi)
+{
+    sb b = { 0 };
+    uint64_t op;
+
+    for (op = lo; op <= hi; op++) {
+        sb_sep(&b, " ");
+        sb_printf(&b, "%" PRIu64 "/%" PRIu64 "/", op, lb_views[op]);
+        if (op % 10)
+            sb_printf(&b, "e%" PRIu64, op);
+    }
+    return sb_take(&b);
+}
+
+/* log_read(from, to) of a log holding first..last. */
+static void lb_check(pl_store *st, uint64_t from, uint64_t to, uint64_t first, uint64_t last)
+{
+    char *want = lb_expect(from > first ? from : first, to < last ? to : last);
+    char *got = log_range(st, from, to);
+
+    ck_assert_msg(strcmp(got, want) == 0, "log_read(%" PRIu64 ", %" PRIu64 ") of the log %"
+                  PRIu64 "..%" PRIu64 ": expected \"%.1500s\", got \"%.1500s\"", from, to,
+                  first, last, want, got);
+    free(got);
+    free(want);
+}
+
+START_TEST(log_batches_cut_inside)
+{
+    static const uint64_t cuts[][2] = { { 1, 7 }, { 3, 9 }, { 5, 5 }, { 7, 8 }, { 8, 12 },
+                                        { 12, 13 }, { 2, 300 }, { 250, 260 }, { 299, 400 },
+                                        { 0, 1 }, { 301, 500 } };
+    uint64_t op;
+    size_t i;
+    coll c = { 0 };
+
+    for (op = 0; op < 400; op++)
+        lb_views[op] = op < 4 ? 1 : op < 6 ? 2 : op < 200 ? 3 : 4;
+    OK(lb_append(T, 1, 7));
+    OK(lb_append(T, 8, 12));
+    OK(lb_append(T, 13, 300));
+    STR_EQ(bounds(T), "1..300");
+    for (i = 0; i < sizeof cuts / sizeof cuts[0]; i++)
+        lb_check(T, cuts[i][0], cuts[i][1], 1, 300);
+    /* Stopping inside a batch, the read having started inside another. */
+    c.stop = 6;
+    OK(S->log_read(T, 5, 300, log_cb, &c));
+    ck_assert_int_eq(c.calls, 6);
+    {
+        char *want = lb_expect(5, 10);
+        ck_assert_msg(strcmp(c.b.p, want) == 0, "stopped read: got %s, expected %s", c.b.p, want);
+        free(want);
+    }
+    free(c.b.p);
+
+    /* Truncation inside the long batch; the log continues from there in
+     * a new view, in a batch of its own. */
+    OK(S->log_truncate(T, 270));
+    STR_EQ(bounds(T), "1..270");
+    for (op = 271; op < 400; op++)
+        lb_views[op] = 5;
+    {
+        pl_log_entry past = ent(272, 5, "x");
+        NOT_OK(S->log_append(T, &past, 1));
+    }
+    OK(lb_append(T, 271, 280));
+    lb_check(T, 265, 400, 1, 280);
+    /* ... and inside a short batch. */
+    OK(S->log_truncate(T, 10));
+    STR_EQ(bounds(T), "1..10");
+    lb_check(T, 0, 400, 1, 10);
+    for (op = 11; op < 400; op++)
+        lb_views[op] = 6;
+    OK(lb_append(T, 11, 20));
+
+    /* Compaction inside a batch, then inside the next. */
+    OK(S->log_compact(T, 4));
+    STR_EQ(bounds(T), "4..20");
+    lb_check(T, 1, 8, 4, 20);
+    OK(S->log_compact(T, 9));
+    STR_EQ(bounds(T), "9..20");
+    lb_check(T, 0, 12, 9, 20);
+    reopen(0);
+    STR_EQ(bounds(T), "9..20");
+    lb_check(T, 0, UINT64_MAX, 9, 20);
+    lb_check(T, 10, 15, 9, 20);
+    OK(lb_append(T, 21, 22));
+    OK(S->log_compact(T, 15));
+    OK(S->log_truncate(T, 17));
+    reopen(1);
+    STR_EQ(bounds(T), "15..17");
+    lb_check(T, 0, UINT64_MAX, 15, 17);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ */
 /* transactions                                                        */
 
@@ -2832,6 +2953,7 @@ static Suite *single_suite(void)
     tcase_add_test(tc, log_compact_prefix);
     tcase_add_test(tc, compact_makes_state_durable);
     tcase_add_test(tc, log_survives_reopen);
+    tcase_add_test(tc, log_batches_cut_inside);
     tcase_add_test(tc, log_append_nosync_and_sync);
     suite_add_tcase(s, tc);
 
