@@ -118,17 +118,21 @@
  * on the thread, 3 servers' send -> push p99 was 57 ms with checkpoints at
  * 8192/4096 pages, 84-87 ms at 16384, 20 ms at these sizes
  * (docs/performance.md, round 4). The size limits are what a WAL file is
- * cut back to when it restarts. The loop's write transaction is open nearly
- * always, so SQLite restarts a WAL only when a checkpoint happens to finish
- * in a gap between two, and under load a WAL grows between restarts (state
- * up to ~70 MiB at 1 server's full 64 x 1 load). Cutting it back to 16 / 8
- * MiB at such a restart is an ftruncate freeing tens of MiB, which took the
- * loop 10-21 ms (round 5), so the cut is the checkpoint thread's, in 1 MiB
- * steps (sq_walbuf_trim); larger limits would keep more of the disk (64 /
- * 16 MiB put the disk-bound test's directory at 99 MiB against its 96). */
+ * cut back to when it restarts. The loop's state transaction is open nearly
+ * always, so SQLite restarted the state WAL only when a checkpoint happened
+ * to finish in a gap between two, and under load it grew to 70-120 MiB
+ * between restarts; now the store makes it restart at ~32 MiB
+ * (SQ_STATE_RESTART_PAGES, sq_state_restart), so its limit is that size and
+ * a restart rarely cuts anything. The log's short transactions leave gaps,
+ * and its WAL restarts by itself. A cut is an ftruncate freeing what is
+ * past the limit, which took the loop 10-21 ms for tens of MiB (round 5),
+ * so it is the checkpoint thread's, in 1 MiB steps (sq_walbuf_trim). */
 #define SQ_STATE_CKPT_PAGES 2048
 #define SQ_LOG_CKPT_PAGES 1024
-#define SQ_STATE_WAL_LIMIT (16 << 20)
+#define SQ_STATE_WAL_LIMIT (32 << 20)
+/* Past this many frames the state WAL is made to restart (sq_state_restart):
+ * ~32 MiB, the size it is then cut back to. */
+#define SQ_STATE_RESTART_PAGES 8192
 #define SQ_LOG_WAL_LIMIT (8 << 20)
 
 /* Slots of the table of clients whose row a batch has noted for undo: a
@@ -354,6 +358,9 @@ struct pl_store {
     int state_lost;           /* SQLite rolled the open transaction back */
     uint64_t state_since_ms;  /* when state_open began */
     uint64_t durable_applied; /* applied op of the last synced state */
+    /* Making the state WAL restart (sq_state_restart), loop thread */
+    int restart_at;           /* frames the checkpoint thread must copy first; 0: none */
+    int restarting;           /* this commit's checkpoint is the loop's own */
     /* How to undo the open batch (sq_undo_all) */
     sq_undo *undo;
     size_t n_undo, cap_undo;
@@ -379,6 +386,8 @@ struct pl_store {
     pthread_mutex_t ck_mu;
     pthread_cond_t ck_cond;
     unsigned ck_want;         /* SQ_CK_ bits (under ck_mu) */
+    int ck_state_copied;      /* frames of the state WAL its last whole checkpoint
+                               * copied (atomic; written by the thread) */
     /* the WAL files whose cut waits (sq_walbuf_trim), state's and log's:
      * the loop's connections' own, open until they close, which is after
      * the thread stopped (under ck_mu) */
@@ -950,7 +959,11 @@ static void *sq_ckpt_main(void *arg)
                 continue;
             if (!conn[i] && !(conn[i] = sq_ckpt_conn(s, paths[i])))
                 continue;
-            rc = sqlite3_wal_checkpoint_v2(conn[i], "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+            int frames = 0, copied = 0;
+            rc = sqlite3_wal_checkpoint_v2(conn[i], "main", SQLITE_CHECKPOINT_PASSIVE, &frames,
+                                           &copied);
+            if (i == 0 && rc == SQLITE_OK && frames > 0 && copied == frames)
+                __atomic_store_n(&s->ck_state_copied, frames, __ATOMIC_RELEASE);
             if (rc != SQLITE_OK && rc != SQLITE_BUSY)
                 sq_log(s, PL_LOG_WARN, "checkpoint of %s: %s", paths[i], sqlite3_errmsg(conn[i]));
         }
@@ -1042,7 +1055,12 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
         return rc;
     }
     int log = db == s->ldb;
-    int ckpt = frames >= (log ? SQ_LOG_CKPT_PAGES : SQ_STATE_CKPT_PAGES);
+    int ckpt = frames >= (log ? SQ_LOG_CKPT_PAGES : SQ_STATE_CKPT_PAGES) &&
+               (log || !s->restarting);
+    /* The state WAL is long enough to make it restart: once the checkpoint
+     * this commit asks for has copied it all (sq_state_restart). */
+    if (!log && !s->restart_at && !s->restarting && frames >= SQ_STATE_RESTART_PAGES)
+        s->restart_at = frames;
     unsigned what = ckpt ? (log ? SQ_CK_LOG : SQ_CK_STATE) : 0;
     /* The log's WAL is synced batch by batch; the state's only by
      * checkpoints and compactions, so its frames are pushed. */
@@ -1693,6 +1711,51 @@ static void sq_log_wrote(pl_store *s, int durable)
         sq_log_synced(s, w);
 }
 
+/* Make the state WAL start over. SQLite restarts a WAL at a write
+ * transaction that began when every frame was already copied into the
+ * database. The loop's state transaction begins right after the last one
+ * committed, before the checkpoint thread has copied that commit's frames,
+ * so under load that happened only by luck, and the WAL grew past 100 MiB
+ * between restarts (a CI run's disk-bound test). So once a commit leaves
+ * SQ_STATE_RESTART_PAGES frames (restart_at), and the checkpoint thread
+ * has copied all of them (ck_state_copied), the state transaction is
+ * committed early, at the end of the next batch, with a few milliseconds
+ * of changes in it, and that commit's checkpoint is the loop's own, right
+ * after it: it copies those few frames and syncs the WAL and the database
+ * file, as any checkpoint at synchronous=NORMAL does. The next transaction
+ * then restarts the WAL. Copying a whole 100 ms commit's frames here
+ * instead took 8-15 ms of the loop; if this one cannot finish (the
+ * checkpoint thread holds the checkpoint lock), the thread is asked to
+ * copy what is there and the loop waits for it again. */
+static int sq_state_restart_due(pl_store *s)
+{
+    return s->restart_at &&
+           __atomic_load_n(&s->ck_state_copied, __ATOMIC_ACQUIRE) >= s->restart_at;
+}
+
+static void sq_state_restart(pl_store *s)
+{
+    int frames = 0, copied = 0;
+    uint64_t t0 = sq_now_ms();
+    int rc = sqlite3_wal_checkpoint_v2(s->db, "main", SQLITE_CHECKPOINT_PASSIVE, &frames,
+                                       &copied);
+
+    s->restarting = 0;
+    if (rc == SQLITE_OK && copied == frames) {
+        s->restart_at = 0;
+        __atomic_store_n(&s->ck_state_copied, 0, __ATOMIC_RELEASE);
+    } else {
+        s->restart_at = frames > s->restart_at ? frames : s->restart_at + 1;
+        if (s->ck_running)
+            sq_ckpt_request(s, SQ_CK_STATE, NULL, 0);
+    }
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        sq_log(s, PL_LOG_WARN, "checkpoint of %s: %s", s->path, sqlite3_errmsg(s->db));
+    else
+        sq_log(s, PL_LOG_DEBUG, "state WAL checkpointed on the loop so that it restarts:"
+               " %d of %d frames copied in %" PRIu64 " ms", copied, frames, sq_now_ms() - t0);
+}
+
 /* Commit the state transaction, and with durable also sync it.
  *
  * The state's batches (begin .. commit) are savepoints inside one SQLite
@@ -1724,7 +1787,9 @@ static int sq_state_flush(pl_store *s, int durable)
                 return err;
             sq_log_synced(s, w);
         }
+        s->restarting = sq_state_restart_due(s);
         if ((err = sq_simple(s, ST_COMMIT)) != PL_OK) {
+            s->restarting = 0;
             /* Whether SQLite kept the transaction open or not, the batches
              * in it can no longer be trusted to reach the file. */
             sq_rollback(s);
@@ -1736,6 +1801,8 @@ static int sq_state_flush(pl_store *s, int durable)
         }
         s->state_open = 0;
         s->state_unsynced = 1;
+        if (s->restarting)
+            sq_state_restart(s);
     }
     if (durable && s->state_unsynced) {
         if ((err = sq_sync_wal(s, s->swal_path, &s->swal_fd, "syncing the state")) != PL_OK)
@@ -2647,7 +2714,7 @@ static int sq_commit(pl_store *s, uint64_t applied_op)
     s->ulen = 0;
     s->in_txn = 0;
     s->applied = applied_op;
-    if (sq_now_ms() - s->state_since_ms >= SQ_STATE_FLUSH_MS)
+    if (sq_now_ms() - s->state_since_ms >= SQ_STATE_FLUSH_MS || sq_state_restart_due(s))
         return sq_state_flush(s, 0);
     return PL_OK;
 fail:

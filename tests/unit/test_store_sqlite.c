@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -415,6 +416,50 @@ START_TEST(compaction_syncs_the_state_once)
     ck_assert_int_eq(S->log_compact(st, 12), PL_OK);
     ck_assert_int_eq(count_rows(file, "SELECT val FROM meta WHERE key = 'applied'"), 11);
     S->close(st);
+}
+END_TEST
+
+/* Batches without a pause, as under load: the state transaction commits
+ * every 100 ms and the next begins at once, so SQLite's WAL would restart
+ * only by luck (it needs a write transaction that begins with every frame
+ * copied into the database). The store makes it restart once it holds
+ * ~32 MiB; without that it grew past 100 MiB in a CI run. */
+START_TEST(state_wal_restarts_under_load)
+{
+    char dir[300], wal[340];
+    test_dir(dir, sizeof dir, "wal-restart");
+    snprintf(wal, sizeof wal, "%s/parley.db-wal", dir);
+    pl_store *st = open_in(dir, 1);
+    char body[100];
+    memset(body, 'b', sizeof body);
+    uint64_t op = 0, end = UINT64_MAX;
+    off_t max = 0;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        ck_assert_int_eq(S->begin(st), PL_OK);
+        for (int i = 0; i < 20; i++) {
+            pl_message_rec m = { .id = op * 20 + (uint64_t)i + 1, .from_uid = 1 + op % 997, .to_uid = 1 + (op * 7 + i) % 1009,
+                                 .from_name = { "a", 1 }, .to_name = { "b", 1 },
+                                 .body = { body, sizeof body }, .time_ms = op };
+            ck_assert_int_eq(S->message_put(st, &m), PL_OK);
+        }
+        ck_assert_int_eq(S->commit(st, ++op), PL_OK);
+        struct stat sb;
+        if (op % 64 == 0 && stat(wal, &sb) == 0) {
+            if (sb.st_size > max)
+                max = sb.st_size;
+            /* Three times the ops that took it to 24 MiB: a WAL that
+             * never restarts passes 64 MiB on the way. */
+            if (end == UINT64_MAX && max >= (24 << 20))
+                end = 3 * op;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        ck_assert_msg(t.tv_sec - t0.tv_sec < 40, "too slow: %" PRIu64 " batches in 40 s, the"
+                      " state WAL at most %lld MiB", op, (long long)(max >> 20));
+    } while (op < end);
+    S->close(st);
+    ck_assert_msg(max < (64 << 20), "the state WAL reached %lld MiB", (long long)(max >> 20));
 }
 END_TEST
 
@@ -979,6 +1024,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, state_without_log_refused);
     tcase_add_test(tc, state_flush_reaches_the_file);
     tcase_add_test(tc, compaction_syncs_the_state_once);
+    tcase_add_test(tc, state_wal_restarts_under_load);
     tcase_add_test(tc, log_rows_read_any_range);
     tcase_add_test(tc, log_truncate_inside_a_row);
     tcase_add_test(tc, log_compact_inside_a_row);
