@@ -133,6 +133,9 @@
 /* Past this many frames the state WAL is made to restart (sq_state_restart):
  * ~32 MiB, the size it is then cut back to. */
 #define SQ_STATE_RESTART_PAGES 8192
+/* ... and the loop copies the last frames itself once they are at most
+ * this many milliseconds of changes, or after two rounds (sq_state_restart). */
+#define SQ_STATE_RESTART_TAIL_MS 10
 #define SQ_LOG_WAL_LIMIT (8 << 20)
 
 /* Slots of the table of clients whose row a batch has noted for undo: a
@@ -360,6 +363,7 @@ struct pl_store {
     uint64_t durable_applied; /* applied op of the last synced state */
     /* Making the state WAL restart (sq_state_restart), loop thread */
     int restart_at;           /* frames the checkpoint thread must copy first; 0: none */
+    int restart_rounds;       /* early commits made for it so far */
     int restarting;           /* this commit's checkpoint is the loop's own */
     /* How to undo the open batch (sq_undo_all) */
     sq_undo *undo;
@@ -1059,7 +1063,7 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
                (log || !s->restarting);
     /* The state WAL is long enough to make it restart: once the checkpoint
      * this commit asks for has copied it all (sq_state_restart). */
-    if (!log && !s->restart_at && !s->restarting && frames >= SQ_STATE_RESTART_PAGES)
+    if (!log && !s->restarting && (s->restart_at || frames >= SQ_STATE_RESTART_PAGES))
         s->restart_at = frames;
     unsigned what = ckpt ? (log ? SQ_CK_LOG : SQ_CK_STATE) : 0;
     /* The log's WAL is synced batch by batch; the state's only by
@@ -1719,14 +1723,16 @@ static void sq_log_wrote(pl_store *s, int durable)
  * between restarts (a CI run's disk-bound test). So once a commit leaves
  * SQ_STATE_RESTART_PAGES frames (restart_at), and the checkpoint thread
  * has copied all of them (ck_state_copied), the state transaction is
- * committed early, at the end of the next batch, with a few milliseconds
- * of changes in it, and that commit's checkpoint is the loop's own, right
- * after it: it copies those few frames and syncs the WAL and the database
- * file, as any checkpoint at synchronous=NORMAL does. The next transaction
- * then restarts the WAL. Copying a whole 100 ms commit's frames here
- * instead took 8-15 ms of the loop; if this one cannot finish (the
- * checkpoint thread holds the checkpoint lock), the thread is asked to
- * copy what is there and the loop waits for it again. */
+ * committed early, at the end of the next batch. If it holds at most
+ * SQ_STATE_RESTART_TAIL_MS of changes, that commit's checkpoint is the
+ * loop's own, right after it: it copies those few frames and syncs the WAL
+ * and the database file, as any checkpoint at synchronous=NORMAL does, and
+ * the next transaction restarts the WAL. If it holds more (the thread took
+ * longer than that), the thread copies them too and the loop waits for it
+ * once more: copying a whole 100 ms commit's frames on the loop took 8-15
+ * ms. If the loop's checkpoint cannot finish (the thread holds the
+ * checkpoint lock), the thread is asked to copy what is there and the loop
+ * waits for it again. */
 static int sq_state_restart_due(pl_store *s)
 {
     return s->restart_at &&
@@ -1743,6 +1749,7 @@ static void sq_state_restart(pl_store *s)
     s->restarting = 0;
     if (rc == SQLITE_OK && copied == frames) {
         s->restart_at = 0;
+        s->restart_rounds = 0;
         __atomic_store_n(&s->ck_state_copied, 0, __ATOMIC_RELEASE);
     } else {
         s->restart_at = frames > s->restart_at ? frames : s->restart_at + 1;
@@ -1787,7 +1794,11 @@ static int sq_state_flush(pl_store *s, int durable)
                 return err;
             sq_log_synced(s, w);
         }
-        s->restarting = sq_state_restart_due(s);
+        if (sq_state_restart_due(s)) {
+            s->restarting = s->restart_rounds >= 2 ||
+                            sq_now_ms() - s->state_since_ms <= SQ_STATE_RESTART_TAIL_MS;
+            s->restart_rounds++;
+        }
         if ((err = sq_simple(s, ST_COMMIT)) != PL_OK) {
             s->restarting = 0;
             /* Whether SQLite kept the transaction open or not, the batches
