@@ -1063,8 +1063,13 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *zdb, int frames)
                (log || !s->restarting);
     /* The state WAL is long enough to make it restart: once the checkpoint
      * this commit asks for has copied it all (sq_state_restart). */
-    if (!log && !s->restarting && (s->restart_at || frames >= SQ_STATE_RESTART_PAGES))
-        s->restart_at = frames;
+    if (!log && !s->restarting) {
+        /* Fewer frames than before: it restarted by itself. */
+        if (frames < s->restart_at)
+            s->restart_at = s->restart_rounds = 0;
+        if (s->restart_at || frames >= SQ_STATE_RESTART_PAGES)
+            s->restart_at = frames;
+    }
     unsigned what = ckpt ? (log ? SQ_CK_LOG : SQ_CK_STATE) : 0;
     /* The log's WAL is synced batch by batch; the state's only by
      * checkpoints and compactions, so its frames are pushed. */
