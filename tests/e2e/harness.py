@@ -165,7 +165,11 @@ class Cluster:
             cmd = ["valgrind", "--quiet", "--error-exitcode=%d" % VALGRIND_EXIT,
                    "--leak-check=full", "--errors-for-leak-kinds=definite",
                    "--show-leak-kinds=definite", "--num-callers=30"] + cmd
-        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        # core/seq.c compares every batch it applies from its apply cache
+        # with the store's log, and aborts on a difference
+        env = dict(os.environ, PARLEY_CHECK_APPLY_CACHE="1")
+        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         env=env)
         log.close()
         if wait:
             self.wait_listening(i)
@@ -240,6 +244,15 @@ class Cluster:
                 if code != 0:
                     self.exit_failures.append("parleyd %d: exit %s at shutdown:\n%s"
                                               % (i, code, self.log(i)))
+        for i in range(len(self.procs)):
+            try:
+                with open(self.logs[i], "rb") as f:
+                    whole = f.read()
+            except OSError:
+                whole = b""
+            if b"aborting (PARLEY_CHECK_APPLY_CACHE)" in whole:
+                self.exit_failures.append("parleyd %d: its apply cache differed from its log:\n%s"
+                                          % (i, self.log(i)))
         failures, self.exit_failures = self.exit_failures, []
         shutil.rmtree(self.dir, ignore_errors=True)
         if failures:

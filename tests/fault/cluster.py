@@ -115,7 +115,10 @@ class FaultCluster:
             [self.configs[i], str(i), self.data_dir(i)]
         if os.path.exists("/usr/bin/setpriv"):
             cmd = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] + cmd
-        env = dict(os.environ, PARLEY_PEER_DIAL=self.peer_dial(i))
+        # PARLEY_CHECK_APPLY_CACHE: core/seq.c compares each batch it applies
+        # from its apply cache with the store's log and aborts (a crash the
+        # run reports) on a difference
+        env = dict(os.environ, PARLEY_PEER_DIAL=self.peer_dial(i), PARLEY_CHECK_APPLY_CACHE="1")
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                          env=env)
         log.close()

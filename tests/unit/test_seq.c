@@ -53,6 +53,18 @@ static int count_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
     return real->log_append_nosync(s, e, n);
 }
 
+/* log_read calls with the ops they asked for: applying takes what it
+ * appended from the apply cache (core/logcache.c), not from the store. */
+static int reads;
+static uint64_t reads_ops;
+
+static int count_read(pl_store *s, uint64_t from, uint64_t to, pl_log_cb cb, void *ud)
+{
+    reads++;
+    reads_ops += to >= from ? to - from + 1 : 0;
+    return real->log_read(s, from, to, cb, ud);
+}
+
 /* The "seq-async" case runs every test again with the store's ABI minor
  * given to the sequencer: the log appended without a sync, made durable by
  * the sync thread (with syncs on, so log_sync really syncs). */
@@ -140,6 +152,7 @@ static void fx_open(fx *f, uint32_t max_batch, int fresh)
     counting.log_append = count_append;
     counting.log_append_nosync = count_append_nosync;
     counting.log_compact = count_compact;
+    counting.log_read = count_read;
     pl_store_host host = { PL_STORE_ABI_VERSION, NULL, quiet_log };
     pl_store_options opt = { f->dir, fx_async, NULL };
     ck_assert_msg(pl_plugin_store_open(f->plugin, &host, &opt, &f->st, err, sizeof err) == PL_OK,
@@ -159,6 +172,8 @@ static void fx_open(fx *f, uint32_t max_batch, int fresh)
     appends = 0;
     appended = 0;
     max_append_bytes = 0;
+    reads = 0;
+    reads_ops = 0;
     n_done = n_applied = 0;
 }
 
@@ -223,6 +238,49 @@ START_TEST(group_commit)
     ck_assert_msg(done_seen[2].status == PL_ERR_USER_EXISTS, "duplicate name refused by the rules");
     ck_assert_uint_eq(real->applied_op(F.st), 3);
     ck_assert_uint_eq(pl_seq_last_op(F.seq), 3);
+    fx_close(&F);
+    fx_remove(&F);
+}
+END_TEST
+
+/* What a batch appends it applies from memory: no log_read. Ops only in
+ * the log (a restart's replay) are read from the store, as are those of a
+ * chunk the cache no longer holds whole. Every test here runs with
+ * PARLEY_CHECK_APPLY_CACHE (main), which reads each cached chunk back and
+ * compares; those reads are the "verify" ones counted apart below. */
+START_TEST(apply_from_cache)
+{
+    unsetenv("PARLEY_CHECK_APPLY_CACHE");
+    fx_open(&F, 0, 1);
+    char name[32];
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 20; i++) {
+            snprintf(name, sizeof name, "c%d_%d", round, i);
+            submit_register(F.seq, name);
+        }
+        run_until_idle(&F);
+    }
+    ck_assert_int_eq(n_done, 60);
+    ck_assert_uint_eq(real->applied_op(F.st), 60);
+    ck_assert_msg(reads == 0, "60 ops applied with %d log reads of %llu ops", reads,
+                  (unsigned long long)reads_ops);
+    fx_close(&F);
+
+    /* the same with the check on: one read per applied chunk, all equal */
+    setenv("PARLEY_CHECK_APPLY_CACHE", "1", 1);
+    fx_open(&F, 0, 0);
+    for (int i = 0; i < 20; i++) {
+        snprintf(name, sizeof name, "d%d", i);
+        submit_register(F.seq, name);
+    }
+    run_until_idle(&F);
+    ck_assert_uint_eq(real->applied_op(F.st), 80);
+    ck_assert_msg(reads >= 1 && reads_ops == 20, "the check read back the 20 ops (%d reads,"
+                  " %llu ops)", reads, (unsigned long long)reads_ops);
+    for (int i = 0; i < 20; i++) {
+        snprintf(name, sizeof name, "d%d", i);
+        ck_assert_int_eq(pl_chat_account(F.chat, pl_str_c(name), NULL, NULL), PL_OK);
+    }
     fx_close(&F);
     fx_remove(&F);
 }
@@ -424,12 +482,16 @@ int main(int argc, char **argv)
         return 2;
     }
     plugin_path = argv[1];
+    /* core/seq.c compares what it applies from its apply cache with the
+     * store's log, and aborts on a difference */
+    setenv("PARLEY_CHECK_APPLY_CACHE", "1", 1);
     Suite *s = suite_create("seq");
     for (int async = 0; async < 2; async++) {
         TCase *tc = tcase_create(async ? "seq-async" : "seq");
         tcase_set_timeout(tc, 60);
         tcase_add_checked_fixture(tc, async ? set_async : set_sync, NULL);
         tcase_add_test(tc, group_commit);
+        tcase_add_test(tc, apply_from_cache);
         tcase_add_test(tc, batch_limit);
         tcase_add_test(tc, batch_byte_limit);
         tcase_add_test(tc, compaction_in_steps);
