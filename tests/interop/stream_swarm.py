@@ -19,7 +19,8 @@ received K notifications in all, each "swarm K <user>" from the sender
   fail K REASON                  a wrong notification, a stream that ended,
                                  or TIMEOUT passed (REASON says which)
 
-"quit" (or end of input) closes every channel and exits.
+"quit" (or end of input) closes every channel and exits (1, after "fail quit
+...", if they do not close within 30 s).
 """
 import asyncio
 import os
@@ -126,9 +127,19 @@ async def main():
                 say("ok", k, "%.3f" % (time.monotonic() - t1))
     for _, c in streams:
         c.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
-    for ch in sw.channels:
-        await ch.close()
+    try:
+        await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 30)
+        await asyncio.wait_for(asyncio.gather(*(ch.close() for ch in sw.channels)), 30)
+    except asyncio.TimeoutError:
+        say("fail quit: the streams or channels did not close within 30 s")
+        os._exit(1)
+    # Every stream and channel is closed: leave without asyncio.run's own
+    # shutdown. With many calls just cancelled, the gRPC runtime's poller
+    # thread can block writing to its wake-up socket after the loop stopped
+    # reading it, and asyncio.run then waits forever to join it (grpc/grpc
+    # PR 40989; Debian's python3-grpcio predates the fix). A CI run saw one
+    # swarm of four hang there.
+    os._exit(0)
 
 
 if __name__ == "__main__":
