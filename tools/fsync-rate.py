@@ -4,16 +4,82 @@ takes -- the ceiling for a server that syncs once per request, and the unit
 group commit divides by (docs/performance.md).
 
     tools/fsync-rate.py [DIR] [--seconds S] [--bytes N]
+                        [--beside-checkpoint BYTES [--every S] [--gap-ms MS]]
 
 Appends N bytes (default 200) to a scratch file and fdatasync()s, again and
 again for S seconds (default 2); also measures 64 KiB appends (a large
-group-commit batch). Prints one JSON object; the file is removed.
+group-commit batch). Prints one JSON object; the files are removed.
+
+--beside-checkpoint BYTES measures the same appends (every --gap-ms, default
+1.5) twice more: alone, and while a thread does what a WAL checkpoint does
+beside the log -- BYTES of random 4 KiB page writes into a 256 MiB file,
+pushed to the disk every 256 KiB, then fdatasync, once per --every seconds
+(default 0.6) -- to show how another writer's pages stretch the log's
+syncs (docs/performance.md, round 7).
 """
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
+import random
 import sys
+import threading
 import time
+
+PAGE = 4096
+# sync_file_range(2), which Python's os module lacks: start writing a file's
+# dirty pages and wait for them (SYNC_FILE_RANGE_WAIT_BEFORE | WRITE |
+# WAIT_AFTER), as the store's checkpoint connections do (sq_walbuf.c).
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def push(fd):
+    _libc.sync_file_range(fd, 0, 0, 1 | 2 | 4)
+
+
+def checkpoint_like(path, total, every, stop):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        pages = (256 << 20) // PAGE
+        os.ftruncate(fd, pages * PAGE)
+        os.fsync(fd)
+        page = b"y" * PAGE
+        while not stop.is_set():
+            t0 = time.monotonic()
+            for i in range(total // PAGE):
+                os.pwrite(fd, page, random.randrange(pages) * PAGE)
+                if i % 64 == 63:
+                    push(fd)
+            os.fdatasync(fd)
+            stop.wait(max(0.0, every - (time.monotonic() - t0)))
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def latencies(path, size, seconds, gap_s):
+    buf = b"x" * size
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    lat = []
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            os.write(fd, buf)
+            t0 = time.monotonic()
+            os.fdatasync(fd)
+            lat.append(time.monotonic() - t0)
+            time.sleep(gap_s)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+
+    def q(f):
+        return round(lat[min(len(lat) - 1, int(len(lat) * f))] * 1e3, 3)
+    return {"bytes_per_append": size, "syncs": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99),
+            "p999_ms": q(0.999), "max_ms": q(1.0)}
 
 
 def rate(path, size, seconds):
@@ -51,6 +117,9 @@ def main():
     ap.add_argument("dir", nargs="?", default=".")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--bytes", type=int, default=200)
+    ap.add_argument("--beside-checkpoint", type=int, default=0, metavar="BYTES")
+    ap.add_argument("--every", type=float, default=0.6)
+    ap.add_argument("--gap-ms", type=float, default=1.5)
     a = ap.parse_args()
     path = os.path.join(a.dir, ".parley-fsync-rate.%d" % os.getpid())
     out = {
@@ -58,6 +127,20 @@ def main():
         "small": rate(path, a.bytes, a.seconds),
         "batch_64k": rate(path, 65536, a.seconds),
     }
+    if a.beside_checkpoint > 0:
+        gap = a.gap_ms / 1e3
+        out["alone"] = latencies(path, a.bytes, a.seconds, gap)
+        stop = threading.Event()
+        ck = threading.Thread(target=checkpoint_like,
+                              args=(path + ".ckpt", a.beside_checkpoint, a.every, stop))
+        ck.start()
+        try:
+            out["beside_checkpoint"] = latencies(path, a.bytes, a.seconds, gap)
+        finally:
+            stop.set()
+            ck.join()
+        out["beside_checkpoint"]["checkpoint_bytes"] = a.beside_checkpoint
+        out["beside_checkpoint"]["every_s"] = a.every
     json.dump(out, sys.stdout, indent=1)
     sys.stdout.write("\n")
 
