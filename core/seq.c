@@ -278,7 +278,6 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
         read_chunk c = { q, from, 0, PL_OK };
         if (pl_logcache_take(q->ac, from, to, q->data, q->len)) {
             c.n = (size_t)(to - from + 1);
-            c.expect = to + 1;
             if (q->ac_check)
                 check_cached(q, from, to);
         } else {

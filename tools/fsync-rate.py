@@ -59,35 +59,14 @@ def checkpoint_like(path, total, every, stop):
         os.unlink(path)
 
 
-def latencies(path, size, seconds, gap_s):
+def appends(path, size, seconds, gap_s=0.0):
+    """Append size bytes and fdatasync, again and again for seconds (with
+    gap_s between): the sorted latencies of each append + sync, and the
+    seconds it all took."""
     buf = b"x" * size
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     lat = []
     try:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            os.write(fd, buf)
-            t0 = time.monotonic()
-            os.fdatasync(fd)
-            lat.append(time.monotonic() - t0)
-            time.sleep(gap_s)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    lat.sort()
-
-    def q(f):
-        return round(lat[min(len(lat) - 1, int(len(lat) * f))] * 1e3, 3)
-    return {"bytes_per_append": size, "syncs": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99),
-            "p999_ms": q(0.999), "max_ms": q(1.0)}
-
-
-def rate(path, size, seconds):
-    buf = b"x" * size
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        n = 0
-        lat = []
         start = time.monotonic()
         end = start + seconds
         while True:
@@ -97,18 +76,35 @@ def rate(path, size, seconds):
             os.write(fd, buf)
             os.fdatasync(fd)
             lat.append(time.monotonic() - t0)
-            n += 1
+            if gap_s:
+                time.sleep(gap_s)
         elapsed = time.monotonic() - start
     finally:
         os.close(fd)
         os.unlink(path)
     lat.sort()
+    return lat, elapsed
+
+
+def ms(lat, f):
+    """The f quantile of sorted latencies, in ms (None when empty)."""
+    return round(lat[min(len(lat) - 1, int(len(lat) * f))] * 1e3, 3) if lat else None
+
+
+def latencies(path, size, seconds, gap_s):
+    lat, _ = appends(path, size, seconds, gap_s)
+    return {"bytes_per_append": size, "syncs": len(lat), "p50_ms": ms(lat, 0.5),
+            "p99_ms": ms(lat, 0.99), "p999_ms": ms(lat, 0.999), "max_ms": ms(lat, 1.0)}
+
+
+def rate(path, size, seconds):
+    lat, elapsed = appends(path, size, seconds)
     return {
         "bytes_per_append": size,
-        "appends": n,
-        "syncs_per_s": round(n / elapsed, 1),
-        "p50_ms": round(lat[len(lat) // 2] * 1e3, 3) if lat else None,
-        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 3) if lat else None,
+        "appends": len(lat),
+        "syncs_per_s": round(len(lat) / elapsed, 1),
+        "p50_ms": ms(lat, 0.5),
+        "p99_ms": ms(lat, 0.99),
     }
 
 
