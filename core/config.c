@@ -30,6 +30,10 @@
 #define PL_FRAME_MIN 1024u
 #define PL_FRAME_LIMIT (1024u * 1024u * 1024u)
 #define PL_HASH_WORKERS_MAX 64u
+/* group_commit: at most 100 ms of delay (an election timeout is 1 s by
+ * default) and 64 MiB of waiting bytes. */
+#define PL_SYNC_DELAY_US_MAX 100000u
+#define PL_SYNC_DELAY_BYTES_MAX (64u << 20)
 
 /* Error context: the file name for every message, and every error found so
  * far. Parsing goes on after a mistake, so one run of --check-config lists
@@ -941,7 +945,7 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
         "servers", "transport", "store", "data_dir", "plugin_dir", "log_level",
         "max_frame", "election_timeout_ms", "heartbeat_ms", "password_hash",
         "hash_workers", "failback", "admin", "limits", "cluster_secret",
-        "cluster_secret_file", "tls", "compaction", "transports", NULL
+        "cluster_secret_file", "tls", "compaction", "group_commit", "transports", NULL
     };
     int bad = 0, servers_ok = 0, timing_ok = 1;
     uint64_t u;
@@ -1040,6 +1044,30 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
             bad |= cbad;
         }
     }
+    if ((v = cJSON_GetObjectItemCaseSensitive(root, "group_commit"))) {
+        static const char *const gkeys[] = { "delay_us", "bytes", NULL };
+        const cJSON *k;
+        if (!cJSON_IsObject(v)) {
+            cfg_err(x, "group_commit", "must be an object {\"delay_us\", \"bytes\"}");
+            bad = 1;
+        } else {
+            NOTE(bad, check_keys(x, v, "group_commit.", gkeys));
+            if ((k = cJSON_GetObjectItemCaseSensitive(v, "delay_us"))) {
+                if (get_uint(x, k, "group_commit.delay_us", 0, PL_SYNC_DELAY_US_MAX, " (microseconds)",
+                             &u) != PL_OK)
+                    bad = 1;
+                else
+                    c->sync_delay_us = (uint32_t)u;
+            }
+            if ((k = cJSON_GetObjectItemCaseSensitive(v, "bytes"))) {
+                if (get_uint(x, k, "group_commit.bytes", 1, PL_SYNC_DELAY_BYTES_MAX, " (bytes)",
+                             &u) != PL_OK)
+                    bad = 1;
+                else
+                    c->sync_delay_bytes = (uint32_t)u;
+            }
+        }
+    }
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "failback"))) {
         if (!cJSON_IsBool(v)) {
             cfg_err(x, "failback", "must be true or false");
@@ -1094,6 +1122,8 @@ pl_config *pl_config_default(void)
     c->compact_ops = 100000;
     c->compact_bytes = 64u * 1024u * 1024u;
     c->compact_keep = 10000;
+    c->sync_delay_us = 0;
+    c->sync_delay_bytes = 4096;
     c->admin_bind = xstrdup(PL_DEFAULT_HOST);
     if (!c->admin_bind)
         goto fail;

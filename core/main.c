@@ -129,6 +129,8 @@ static void restart_keys(const pl_config *a, const pl_config *b, char *out, size
           str_differs(a->tls.ca, b->tls.ca), "tls" },
         { a->compact_ops != b->compact_ops || a->compact_bytes != b->compact_bytes ||
           a->compact_keep != b->compact_keep, "compaction" },
+        { a->sync_delay_us != b->sync_delay_us || a->sync_delay_bytes != b->sync_delay_bytes,
+          "group_commit" },
     };
     size_t used = 0;
     out[0] = '\0';

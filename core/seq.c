@@ -131,6 +131,12 @@ struct pl_seq {
     pthread_cond_t sync_cv;
     int sync_want, sync_exit;          /* sync_mu */
     uint64_t want_op, want_gen;        /* sync_mu */
+    /* Group commit delay (pl_seq_host.sync_delay_us, pl_sync_wait_us):
+     * log bytes appended so far, as of the newest request (sync_mu), and
+     * the loop's running count of them (loop thread). */
+    uint64_t want_bytes;
+    uint64_t log_bytes;
+    uint32_t delay_us, delay_bytes;
     int sync_done, sync_err;           /* sync_mu */
     uint64_t done_op, done_gen;        /* sync_mu */
     int sync_efd;                      /* eventfd: thread -> loop */
@@ -404,6 +410,7 @@ static void sync_request(pl_seq *q, uint64_t op)
 {
     pthread_mutex_lock(&q->sync_mu);
     q->want_op = op;
+    q->want_bytes = q->log_bytes;
     q->want_gen = pl_vr_log_gen(q->vr);
     q->sync_want = 1;
     pthread_cond_signal(&q->sync_cv);
@@ -419,6 +426,8 @@ static int io_append_async(void *ud, const pl_log_entry *e, size_t n)
         return rc;
     for (size_t i = 0; i < n; i++)
         q->appended_bytes += e[i].len;
+    for (size_t i = 0; i < n; i++)
+        q->log_bytes += e[i].len;
     sync_request(q, e[n - 1].op);
     return PL_OK;
 }
@@ -434,15 +443,49 @@ static int io_flush(void *ud)
     return rc;
 }
 
+uint64_t pl_sync_wait_us(uint64_t now_us, uint64_t last_start_us, uint64_t waiting_bytes,
+                         uint32_t delay_us, uint32_t delay_bytes)
+{
+    if (delay_us == 0 || waiting_bytes >= delay_bytes || now_us < last_start_us)
+        return 0;
+    uint64_t since = now_us - last_start_us;
+    return since >= delay_us ? 0 : delay_us - since;
+}
+
 static void *sync_main(void *arg)
 {
     pl_seq *q = arg;
+    uint64_t last_start = 0, last_bytes = 0;
     pthread_mutex_lock(&q->sync_mu);
     for (;;) {
         while (!q->sync_want && !q->sync_exit)
             pthread_cond_wait(&q->sync_cv, &q->sync_mu);
         if (!q->sync_want)
             break; /* exiting with nothing asked */
+        /* Group commit delay: hold the sync back until delay_us after the
+         * previous one started, so more batches share it, unless
+         * delay_bytes already wait or the sequencer is closing. Requests
+         * arriving meanwhile wake the thread to count their bytes. */
+        for (;;) {
+            uint64_t now = mono_us();
+            uint64_t wait = q->sync_exit ? 0 : pl_sync_wait_us(now, last_start,
+                                                               q->want_bytes - last_bytes,
+                                                               q->delay_us, q->delay_bytes);
+            if (wait == 0) {
+                last_start = now;
+                break;
+            }
+            struct timespec dl;
+            clock_gettime(CLOCK_MONOTONIC, &dl);
+            dl.tv_sec += (time_t)(wait / 1000000u);
+            dl.tv_nsec += (long)(wait % 1000000u) * 1000;
+            if (dl.tv_nsec >= 1000000000L) {
+                dl.tv_nsec -= 1000000000L;
+                dl.tv_sec++;
+            }
+            pthread_cond_timedwait(&q->sync_cv, &q->sync_mu, &dl);
+        }
+        last_bytes = q->want_bytes;
         uint64_t op = q->want_op, gen = q->want_gen;
         q->sync_want = 0;
         pthread_mutex_unlock(&q->sync_mu);
@@ -494,8 +537,21 @@ static void on_synced(evutil_socket_t fd, short what, void *arg)
 
 static int sync_start(pl_seq *q, char *err, size_t errlen)
 {
-    if (pthread_mutex_init(&q->sync_mu, NULL) != 0 || pthread_mutex_init(&q->run_mu, NULL) != 0 ||
-        pthread_cond_init(&q->sync_cv, NULL) != 0) {
+    /* The sync thread's timed waits (group commit delay) are on the
+     * monotonic clock, as mono_us is. */
+    pthread_condattr_t ca;
+    int cv_ok = pthread_condattr_init(&ca) == 0;
+    if (cv_ok) {
+        cv_ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+                pthread_cond_init(&q->sync_cv, &ca) == 0;
+        pthread_condattr_destroy(&ca);
+    }
+    if (!cv_ok) {
+        snprintf(err, errlen, "sequencer: cannot create the sync thread's locks");
+        return PL_ERR_INTERNAL;
+    }
+    if (pthread_mutex_init(&q->sync_mu, NULL) != 0 || pthread_mutex_init(&q->run_mu, NULL) != 0) {
+        pthread_cond_destroy(&q->sync_cv);
         snprintf(err, errlen, "sequencer: cannot create the sync thread's locks");
         return PL_ERR_INTERNAL;
     }
@@ -1166,6 +1222,8 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
         goto nomem;
 
     q->async = q->host.store_minor >= 1;
+    q->delay_us = q->host.sync_delay_us;
+    q->delay_bytes = q->host.sync_delay_bytes;
     int rc;
     if (q->async) {
         /* What the log holds may be written and not synced (we stopped

@@ -87,7 +87,20 @@ typedef struct pl_seq_host {
      * has returned (and, in a cluster, a quorum holds it). 0: every append
      * syncs before it returns. */
     uint32_t store_minor;
+    /* Group commit delay (config "group_commit"; store_minor >= 1 only): a
+     * log sync starts no sooner than sync_delay_us after the previous one
+     * started, unless sync_delay_bytes of log entries already wait for it,
+     * so that more batches share one sync. 0: each sync starts as soon as
+     * the one before it returns. */
+    uint32_t sync_delay_us;
+    uint32_t sync_delay_bytes;
 } pl_seq_host;
+
+/* How long the sync thread holds back a log sync (microseconds, 0: start
+ * it now): the rest of delay_us since the previous sync started at
+ * last_start_us, or 0 once delay_bytes or more wait, or with delay_us 0. */
+uint64_t pl_sync_wait_us(uint64_t now_us, uint64_t last_start_us, uint64_t waiting_bytes,
+                         uint32_t delay_us, uint32_t delay_bytes);
 
 /* The store and chat are borrowed and must outlive the sequencer.
  * max_batch: ops per log write (0 = 512). */

@@ -2449,6 +2449,8 @@ pl_server *pl_server_new(struct event_base *base, const pl_config *cfg, uint32_t
                              .compact_ops = cfg->compact_ops,
                              .compact_bytes = cfg->compact_bytes,
                              .keep_ops = cfg->compact_keep,
+                             .sync_delay_us = cfg->sync_delay_us,
+                             .sync_delay_bytes = cfg->sync_delay_bytes,
                              .reconfigured = on_reconfigured,
                              .members_json = seq_members_json,
                              .epoch = s->members.epoch,

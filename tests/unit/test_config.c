@@ -71,6 +71,8 @@ static void check_defaults(const pl_config *c)
     ck_assert_msg(c->pwhash_memlimit == 64u * 1024 * 1024,
                   "default memlimit is libsodium INTERACTIVE (64 MiB)");
     ck_assert_uint_eq(c->hash_workers, 2);
+    ck_assert_msg(c->sync_delay_us == 0, "no group commit delay unless configured");
+    ck_assert_uint_eq(c->sync_delay_bytes, 4096);
 }
 
 START_TEST(defaults)
@@ -107,7 +109,8 @@ START_TEST(every_key)
         "  \"election_timeout_ms\": 2500,\n"
         "  \"heartbeat_ms\": 250,\n"
         "  \"password_hash\": {\"opslimit\": 3, \"memlimit\": 16777216},\n"
-        "  \"hash_workers\": 4\n"
+        "  \"hash_workers\": 4,\n"
+        "  \"group_commit\": {\"delay_us\": 1000, \"bytes\": 16384}\n"
         "}\n");
     ck_assert_msg(c != NULL, "a file with every key loads: %s", err);
     ck_assert_uint_eq(c->n_servers, 2);
@@ -129,6 +132,8 @@ START_TEST(every_key)
     ck_assert_uint_eq(c->pwhash_opslimit, 3);
     ck_assert_uint_eq(c->pwhash_memlimit, 16777216);
     ck_assert_uint_eq(c->hash_workers, 4);
+    ck_assert_uint_eq(c->sync_delay_us, 1000);
+    ck_assert_uint_eq(c->sync_delay_bytes, 16384);
     pl_config_free(c);
 }
 END_TEST
@@ -268,6 +273,15 @@ START_TEST(value_errors)
                  "must be an integer 8192-");
     expect_error(ONE "\"hash_workers\": 0}", "hash_workers", "must be an integer 1-64");
     expect_error(ONE "\"hash_workers\": 1e9}", "hash_workers", "must be an integer 1-64");
+    expect_error(ONE "\"group_commit\": 1000}", "group_commit", "must be an object");
+    expect_error(ONE "\"group_commit\": {\"delay_us\": 100001}}", "group_commit.delay_us",
+                 "must be an integer 0-100000 (microseconds)");
+    expect_error(ONE "\"group_commit\": {\"delay_us\": -1}}", "group_commit.delay_us",
+                 "must be an integer 0-100000");
+    expect_error(ONE "\"group_commit\": {\"bytes\": 0}}", "group_commit.bytes",
+                 "must be an integer 1-67108864 (bytes)");
+    expect_error(ONE "\"group_commit\": {\"delay\": 5}}", "group_commit.delay",
+                 "unknown");
 }
 END_TEST
 

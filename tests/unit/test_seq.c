@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chat.h"
@@ -53,6 +54,15 @@ static int count_append_nosync(pl_store *s, const pl_log_entry *e, size_t n)
     return real->log_append_nosync(s, e, n);
 }
 
+/* log_sync calls (the sync thread's), for the group commit delay. */
+static int syncs;
+
+static int count_sync(pl_store *s)
+{
+    __atomic_add_fetch(&syncs, 1, __ATOMIC_RELAXED);
+    return real->log_sync(s);
+}
+
 /* log_read calls with the ops they asked for: applying takes what it
  * appended from the apply cache (core/logcache.c), not from the store. */
 static int reads;
@@ -75,6 +85,7 @@ static int fx_async;
 static uint64_t compact_before[MAXCOMPACT], compact_first[MAXCOMPACT];
 static int compacts;
 static uint64_t fx_compact_ops, fx_keep_ops;
+static uint32_t fx_delay_us, fx_delay_bytes;
 
 static int count_compact(pl_store *s, uint64_t before)
 {
@@ -153,6 +164,7 @@ static void fx_open(fx *f, uint32_t max_batch, int fresh)
     counting.log_append_nosync = count_append_nosync;
     counting.log_compact = count_compact;
     counting.log_read = count_read;
+    counting.log_sync = real->log_sync ? count_sync : NULL;
     pl_store_host host = { PL_STORE_ABI_VERSION, NULL, quiet_log };
     pl_store_options opt = { f->dir, fx_async, NULL };
     ck_assert_msg(pl_plugin_store_open(f->plugin, &host, &opt, &f->st, err, sizeof err) == PL_OK,
@@ -163,6 +175,7 @@ static void fx_open(fx *f, uint32_t max_batch, int fresh)
     ck_assert_ptr_nonnull(f->base);
     pl_seq_host h = { .ud = NULL, .applied = on_applied, .compact_ops = fx_compact_ops,
                       .keep_ops = fx_keep_ops,
+                      .sync_delay_us = fx_delay_us, .sync_delay_bytes = fx_delay_bytes,
                       .store_minor = fx_async ? pl_plugin_store_minor(f->plugin) : 0 };
     if (fx_async)
         ck_assert_uint_ge(h.store_minor, 1);
@@ -174,6 +187,7 @@ static void fx_open(fx *f, uint32_t max_batch, int fresh)
     max_append_bytes = 0;
     reads = 0;
     reads_ops = 0;
+    __atomic_store_n(&syncs, 0, __ATOMIC_RELAXED);
     n_done = n_applied = 0;
 }
 
@@ -472,6 +486,106 @@ START_TEST(free_flushes)
 }
 END_TEST
 
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Run the loop until a new log append happened (bounded). */
+static void run_until_appended(fx *f, int before)
+{
+    for (int i = 0; i < 1000 && appends == before; i++)
+        event_base_loop(f->base, EVLOOP_ONCE);
+    ck_assert_msg(appends > before, "the op was never appended");
+}
+
+/* The group commit delay (config "group_commit"): the rule itself, then
+ * with the sync thread: a sync held back until delay_us after the one
+ * before it started covers every batch appended meanwhile; once
+ * delay_bytes wait it starts at once. Without the sync thread (store ABI
+ * minor 0) there is nothing to delay: every append syncs. */
+START_TEST(sync_delay)
+{
+    /* off; the rest of the delay; over; enough bytes; a clock that went
+     * back (never wait on it) */
+    ck_assert_uint_eq(pl_sync_wait_us(5000, 4900, 10, 0, 4096), 0);
+    ck_assert_uint_eq(pl_sync_wait_us(5000, 4900, 10, 1000, 4096), 900);
+    ck_assert_uint_eq(pl_sync_wait_us(5000, 4000, 10, 1000, 4096), 0);
+    ck_assert_uint_eq(pl_sync_wait_us(5000, 4999, 4096, 1000, 4096), 0);
+    ck_assert_uint_eq(pl_sync_wait_us(5000, 4999, 4095, 1000, 4096), 999);
+    ck_assert_uint_eq(pl_sync_wait_us(5000, 6000, 10, 1000, 4096), 0);
+
+    /* 300 ms, and more bytes than these ops have */
+    fx_delay_us = 300000;
+    fx_delay_bytes = 1u << 20;
+    uint64_t t0 = now_ms();
+    fx_open(&F, 0, 1);
+    submit_register(F.seq, "ann");
+    run_until_idle(&F);
+    /* the first sync has no sync before it to wait for */
+    int first = __atomic_load_n(&syncs, __ATOMIC_RELAXED);
+    submit_register(F.seq, "ben");
+    run_until_appended(&F, appends);
+    int two = appends;
+    submit_register(F.seq, "cat");
+    run_until_appended(&F, two);
+    run_until_idle(&F);
+    uint64_t took = now_ms() - t0;
+    ck_assert_int_eq(n_done, 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(done_seen[i].err, PL_OK);
+    ck_assert_uint_eq(real->applied_op(F.st), 3);
+    if (fx_async) {
+        ck_assert_int_eq(first, 1);
+        ck_assert_msg(__atomic_load_n(&syncs, __ATOMIC_RELAXED) == 2,
+                      "the two batches appended during the delay share one sync (%d syncs)",
+                      __atomic_load_n(&syncs, __ATOMIC_RELAXED));
+        ck_assert_msg(took >= 300, "the second sync waited out the delay (%llu ms)",
+                      (unsigned long long)took);
+    } else {
+        ck_assert_int_eq(appends, 3);
+    }
+    fx_close(&F);
+    fx_remove(&F);
+
+    /* 5 s, but one byte waiting is enough: no batch waits for the delay */
+    fx_delay_us = 5000000;
+    fx_delay_bytes = 1;
+    t0 = now_ms();
+    fx_open(&F, 0, 1);
+    submit_register(F.seq, "ann");
+    run_until_idle(&F);
+    submit_register(F.seq, "ben");
+    run_until_idle(&F);
+    took = now_ms() - t0;
+    ck_assert_int_eq(n_done, 2);
+    ck_assert_msg(took < 2500, "a sync with delay_bytes waiting started at once (%llu ms)",
+                  (unsigned long long)took);
+    /* closing while a sync is held back does not wait for the delay */
+    fx_delay_bytes = 1u << 20;
+    fx_close(&F);
+    fx_open(&F, 0, 0);
+    submit_register(F.seq, "cat");
+    run_until_idle(&F);
+    submit_register(F.seq, "dan");
+    run_until_appended(&F, appends);
+    t0 = now_ms();
+    pl_seq_free(F.seq);
+    F.seq = NULL;
+    took = now_ms() - t0;
+    ck_assert_int_eq(n_done, 2);
+    ck_assert_int_eq(done_seen[1].err, PL_OK);
+    ck_assert_msg(took < 2500, "freeing the sequencer cut the delay short (%llu ms)",
+                  (unsigned long long)took);
+    ck_assert_uint_eq(real->applied_op(F.st), 4);
+    fx_close(&F);
+    fx_remove(&F);
+    fx_delay_us = fx_delay_bytes = 0;
+}
+END_TEST
+
 static void set_sync(void) { fx_async = 0; }
 static void set_async(void) { fx_async = 1; }
 
@@ -498,6 +612,7 @@ int main(int argc, char **argv)
         tcase_add_test(tc, replay_after_crash);
         tcase_add_test(tc, interrupted_snapshot_install);
         tcase_add_test(tc, free_flushes);
+        tcase_add_test(tc, sync_delay);
         suite_add_tcase(s, tc);
     }
     SRunner *sr = srunner_create(s);
