@@ -5,6 +5,7 @@ group commit divides by (docs/performance.md).
 
     tools/fsync-rate.py [DIR] [--seconds S] [--bytes N]
                         [--beside-checkpoint BYTES [--every S] [--gap-ms MS]]
+                        [--stalls [CONTROL_DIR] [--gap-ms MS]]
 
 Appends N bytes (default 200) to a scratch file and fdatasync()s, again and
 again for S seconds (default 2); also measures 64 KiB appends (a large
@@ -16,11 +17,20 @@ beside the log -- BYTES of random 4 KiB page writes into a 256 MiB file,
 pushed to the disk every 256 KiB, then fdatasync, once per --every seconds
 (default 0.6) -- to show how another writer's pages stretch the log's
 syncs (docs/performance.md, round 7).
+
+--stalls measures what a sync costs the rest of the machine: one spinning
+process per CPU reads the clock in a loop and records every gap of 0.5 ms
+or more (time it did not run), three times: while the appends and syncs run
+on DIR (every --gap-ms, default 1.5), while the same calls run on
+CONTROL_DIR (default /dev/shm, where a sync writes nothing), and idle. On a
+virtual machine whose disk flushes pause the guest's CPUs, the first shows
+gaps that the other two do not (docs/performance.md, round 8).
 """
 import argparse
 import ctypes
 import ctypes.util
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -108,6 +118,48 @@ def rate(path, size, seconds):
     }
 
 
+def spin(seconds, conn):
+    """Read the clock for seconds; send back each gap >= 0.5 ms (s)."""
+    gaps = []
+    prev = start = time.monotonic()
+    end = start + seconds
+    while prev < end:
+        t = time.monotonic()
+        if t - prev >= 0.0005:
+            gaps.append(t - prev)
+        prev = t
+    conn.send(gaps)
+    conn.close()
+
+
+def stalls(path, size, seconds, gap_s):
+    """Gaps seen by a spinner per CPU while appends + syncs run on path
+    (None: idle): the share of wall time in gaps of >= 2, 5, 10 ms."""
+    procs = []
+    for _ in range(os.cpu_count() or 1):
+        r, w = multiprocessing.Pipe(duplex=False)
+        p = multiprocessing.Process(target=spin, args=(seconds, w))
+        p.start()
+        procs.append((p, r))
+    lat = []
+    if path:
+        lat, _ = appends(path, size, seconds, gap_s)
+    else:
+        time.sleep(seconds)
+    gaps = []
+    for p, r in procs:
+        gaps.extend(r.recv())
+        p.join()
+    wall = seconds * len(procs)
+    out = {"syncs": len(lat), "sync_p99_ms": ms(lat, 0.99), "spinners": len(procs)}
+    for th in (2, 5, 10):
+        g = [x for x in gaps if x >= th / 1e3]
+        out["gaps_ge_%dms" % th] = len(g)
+        out["wall_pct_in_gaps_ge_%dms" % th] = round(100 * sum(g) / wall, 2)
+    out["max_gap_ms"] = round(max(gaps) * 1e3, 1) if gaps else 0.0
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir", nargs="?", default=".")
@@ -116,8 +168,20 @@ def main():
     ap.add_argument("--beside-checkpoint", type=int, default=0, metavar="BYTES")
     ap.add_argument("--every", type=float, default=0.6)
     ap.add_argument("--gap-ms", type=float, default=1.5)
+    ap.add_argument("--stalls", nargs="?", const="/dev/shm", default=None, metavar="CONTROL_DIR")
     a = ap.parse_args()
     path = os.path.join(a.dir, ".parley-fsync-rate.%d" % os.getpid())
+    if a.stalls:
+        control = os.path.join(a.stalls, ".parley-fsync-rate.%d" % os.getpid())
+        gap = a.gap_ms / 1e3
+        out = {"dir": os.path.abspath(a.dir), "control_dir": os.path.abspath(a.stalls),
+               "gap_ms": a.gap_ms, "seconds": a.seconds,
+               "syncing": stalls(path, a.bytes, a.seconds, gap),
+               "control": stalls(control, a.bytes, a.seconds, gap),
+               "idle": stalls(None, a.bytes, a.seconds, gap)}
+        json.dump(out, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
     out = {
         "dir": os.path.abspath(a.dir),
         "small": rate(path, a.bytes, a.seconds),
