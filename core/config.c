@@ -1122,7 +1122,8 @@ pl_config *pl_config_default(void)
     c->compact_ops = 100000;
     c->compact_bytes = 64u * 1024u * 1024u;
     c->compact_keep = 10000;
-    c->sync_delay_us = 0;
+    /* docs/operations.md, "Disk syncs and the group commit delay" */
+    c->sync_delay_us = 1000;
     c->sync_delay_bytes = 4096;
     c->admin_bind = xstrdup(PL_DEFAULT_HOST);
     if (!c->admin_bind)

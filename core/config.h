@@ -146,7 +146,7 @@ typedef struct pl_config {
     uint64_t compact_ops;        /* compaction.ops: compact when the log holds more (100000) */
     uint64_t compact_bytes;      /* compaction.bytes: or when this much was appended (64 MiB) */
     uint64_t compact_keep;       /* compaction.keep_ops: entries kept below the applied op (10000) */
-    uint32_t sync_delay_us;      /* group_commit.delay_us: hold a log sync back this long (0: off) */
+    uint32_t sync_delay_us;      /* group_commit.delay_us: hold a log sync back this long (1000; 0: off) */
     uint32_t sync_delay_bytes;   /* group_commit.bytes: ... unless this many log bytes wait (4096) */
     char *admin_bind;            /* address the admin listener binds (default 127.0.0.1) */
     char *admin_token;           /* admin.token or admin.token_file's contents, or NULL */

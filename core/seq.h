@@ -91,7 +91,8 @@ typedef struct pl_seq_host {
      * log sync starts no sooner than sync_delay_us after the previous one
      * started, unless sync_delay_bytes of log entries already wait for it,
      * so that more batches share one sync. 0: each sync starts as soon as
-     * the one before it returns. */
+     * the one before it returns (pl_seq_host's zero value; the config's
+     * default is 1000 us, 4096 bytes). */
     uint32_t sync_delay_us;
     uint32_t sync_delay_bytes;
 } pl_seq_host;

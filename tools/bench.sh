@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/bench.sh — reproduce the figures in docs/performance.md, one command each.
 #
-#   tools/bench.sh [-B BUILD_DIR] [-r RUNS] [-d SECONDS] FIGURE...
+#   tools/bench.sh [-B BUILD_DIR] [-r RUNS] [-d SECONDS] [-g DELAY_US] FIGURE...
 #
 # FIGURE is one of
 #   fsync      the disk's durable append rate (tools/fsync-rate.py)
@@ -37,6 +37,10 @@
 # figure on stdout; every JSON document is kept in $OUT (default
 # ./bench-results).
 #
+# -g DELAY_US runs the servers with "group_commit": {"delay_us": DELAY_US}
+# (docs/operations.md; without -g, parleyd's default: 1000; -g 0 turns the
+# delay off).
+#
 # Servers run the SQLite store with syncs on, tcp/binary, Argon2id at its
 # minimum cost (only bench setup logs in) and the per-address and
 # per-connection limits off (the bench is one address with many connections).
@@ -46,16 +50,18 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 build="$here/build"
 runs=3
 dur=10
-while getopts "B:r:d:h" o; do
+group_commit=""
+while getopts "B:r:d:g:h" o; do
     case $o in
     B) build=$(cd "$OPTARG" && pwd) ;;
     r) runs=$OPTARG ;;
     d) dur=$OPTARG ;;
-    *) sed -n '2,43p' "$0"; exit 2 ;;
+    g) group_commit=",\"group_commit\":{\"delay_us\":$OPTARG}" ;;
+    *) sed -n '2,46p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { sed -n '2,43p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,46p' "$0"; exit 2; }
 parleyd="$build/core/parleyd"
 bench="$build/client/parley-bench"
 for f in "$parleyd" "$bench"; do
@@ -95,7 +101,7 @@ write_config() {
  "store":{"name":"${store}","sync":true},
  "password_hash":{"opslimit":1,"memlimit":8192},
  "limits":{"conns_per_address":0,"requests_per_second":0},
- "log_level":"warn"}
+ "log_level":"warn"${group_commit}}
 EOF
 }
 

@@ -71,7 +71,7 @@ static void check_defaults(const pl_config *c)
     ck_assert_msg(c->pwhash_memlimit == 64u * 1024 * 1024,
                   "default memlimit is libsodium INTERACTIVE (64 MiB)");
     ck_assert_uint_eq(c->hash_workers, 2);
-    ck_assert_msg(c->sync_delay_us == 0, "no group commit delay unless configured");
+    ck_assert_msg(c->sync_delay_us == 1000, "a 1 ms group commit delay by default");
     ck_assert_uint_eq(c->sync_delay_bytes, 4096);
 }
 
@@ -110,7 +110,7 @@ START_TEST(every_key)
         "  \"heartbeat_ms\": 250,\n"
         "  \"password_hash\": {\"opslimit\": 3, \"memlimit\": 16777216},\n"
         "  \"hash_workers\": 4,\n"
-        "  \"group_commit\": {\"delay_us\": 1000, \"bytes\": 16384}\n"
+        "  \"group_commit\": {\"delay_us\": 2500, \"bytes\": 16384}\n"
         "}\n");
     ck_assert_msg(c != NULL, "a file with every key loads: %s", err);
     ck_assert_uint_eq(c->n_servers, 2);
@@ -132,7 +132,7 @@ START_TEST(every_key)
     ck_assert_uint_eq(c->pwhash_opslimit, 3);
     ck_assert_uint_eq(c->pwhash_memlimit, 16777216);
     ck_assert_uint_eq(c->hash_workers, 4);
-    ck_assert_uint_eq(c->sync_delay_us, 1000);
+    ck_assert_uint_eq(c->sync_delay_us, 2500);
     ck_assert_uint_eq(c->sync_delay_bytes, 16384);
     pl_config_free(c);
 }
