@@ -1052,19 +1052,23 @@ static int parse_root(cfg_ctx *x, const cJSON *root, pl_config *c)
             bad = 1;
         } else {
             NOTE(bad, check_keys(x, v, "group_commit.", gkeys));
-            if ((k = cJSON_GetObjectItemCaseSensitive(v, "delay_us"))) {
-                if (get_uint(x, k, "group_commit.delay_us", 0, PL_SYNC_DELAY_US_MAX, " (microseconds)",
-                             &u) != PL_OK)
+            const struct {
+                const char *name, *key, *what;
+                uint64_t lo, hi;
+                uint32_t *out;
+            } g[] = {
+                { "delay_us", "group_commit.delay_us", " (microseconds)", 0, PL_SYNC_DELAY_US_MAX,
+                  &c->sync_delay_us },
+                { "bytes", "group_commit.bytes", " (bytes)", 1, PL_SYNC_DELAY_BYTES_MAX,
+                  &c->sync_delay_bytes },
+            };
+            for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
+                if (!(k = cJSON_GetObjectItemCaseSensitive(v, g[i].name)))
+                    continue;
+                if (get_uint(x, k, g[i].key, g[i].lo, g[i].hi, g[i].what, &u) != PL_OK)
                     bad = 1;
                 else
-                    c->sync_delay_us = (uint32_t)u;
-            }
-            if ((k = cJSON_GetObjectItemCaseSensitive(v, "bytes"))) {
-                if (get_uint(x, k, "group_commit.bytes", 1, PL_SYNC_DELAY_BYTES_MAX, " (bytes)",
-                             &u) != PL_OK)
-                    bad = 1;
-                else
-                    c->sync_delay_bytes = (uint32_t)u;
+                    *g[i].out = (uint32_t)u;
             }
         }
     }
