@@ -136,7 +136,6 @@ struct pl_seq {
      * the loop's running count of them (loop thread). */
     uint64_t want_bytes;
     uint64_t log_bytes;
-    uint32_t delay_us, delay_bytes;
     int sync_done, sync_err;           /* sync_mu */
     uint64_t done_op, done_gen;        /* sync_mu */
     int sync_efd;                      /* eventfd: thread -> loop */
@@ -424,10 +423,10 @@ static int io_append_async(void *ud, const pl_log_entry *e, size_t n)
     cache_appended(q, e, n, rc);
     if (rc != PL_OK || n == 0)
         return rc;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         q->appended_bytes += e[i].len;
-    for (size_t i = 0; i < n; i++)
         q->log_bytes += e[i].len;
+    }
     sync_request(q, e[n - 1].op);
     return PL_OK;
 }
@@ -470,19 +469,14 @@ static void *sync_main(void *arg)
             uint64_t now = mono_us();
             uint64_t wait = q->sync_exit ? 0 : pl_sync_wait_us(now, last_start,
                                                                q->want_bytes - last_bytes,
-                                                               q->delay_us, q->delay_bytes);
+                                                               q->host.sync_delay_us,
+                                                               q->host.sync_delay_bytes);
             if (wait == 0) {
                 last_start = now;
                 break;
             }
-            struct timespec dl;
-            clock_gettime(CLOCK_MONOTONIC, &dl);
-            dl.tv_sec += (time_t)(wait / 1000000u);
-            dl.tv_nsec += (long)(wait % 1000000u) * 1000;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_nsec -= 1000000000L;
-                dl.tv_sec++;
-            }
+            struct timespec dl = { (time_t)((now + wait) / 1000000u),
+                                   (long)((now + wait) % 1000000u) * 1000 };
             pthread_cond_timedwait(&q->sync_cv, &q->sync_mu, &dl);
         }
         last_bytes = q->want_bytes;
@@ -1222,8 +1216,6 @@ pl_seq *pl_seq_new(struct event_base *base, const pl_store_plugin *sp, pl_store 
         goto nomem;
 
     q->async = q->host.store_minor >= 1;
-    q->delay_us = q->host.sync_delay_us;
-    q->delay_bytes = q->host.sync_delay_bytes;
     int rc;
     if (q->async) {
         /* What the log holds may be written and not synced (we stopped
