@@ -146,6 +146,11 @@ struct pb_bench {
     char transport_label[64];
     int phase;
     uint64_t t_start, t_phase, t_measure, t_measure_end, t_end;
+    /* CPU time (utime + stime, seconds) of this process ([0]) and of each
+     * --pid process, read when the window opens and when it closes, and
+     * when the window closed (t_cpu_end; up to a tick after its end) */
+    double cpu0[PB_MAX_PIDS + 1], cpu1[PB_MAX_PIDS + 1];
+    uint64_t t_cpu_end;
     uint64_t setup_deadline;
     char setup_error[512];
     char last_close[160];    /* why the last connection closed during setup */
@@ -207,6 +212,7 @@ static double secs(uint64_t ns)
 static void conn_start(pb_conn *c);
 static void issue_closed_loop(pb_conn *c);
 static void phase_set(pb_bench *b, int phase);
+static void cpu_sample(pb_bench *b, double *out);
 static void setup_fail(pb_bench *b, const char *fmt, ...) PL_PRINTF(2, 3);
 
 /* ------------------------------------------------------------ requests */
@@ -838,6 +844,7 @@ static void phase_set(pb_bench *b, int phase)
     case P_MEASURE:
         b->t_measure = t;
         b->t_measure_end = t + (uint64_t)(b->o.duration * 1e9);
+        cpu_sample(b, b->cpu0);
         return;
     case P_DRAIN:
         /* Only an interrupt ends the window early. The 1 s tick that notices
@@ -846,6 +853,8 @@ static void phase_set(pb_bench *b, int phase)
          * about every other run reported 5/6 of its rate at -d 5. */
         if (t < b->t_measure_end)
             b->t_measure_end = t;
+        cpu_sample(b, b->cpu1);
+        b->t_cpu_end = t;
         return;
     case P_DONE:
         b->t_end = t;
@@ -881,6 +890,52 @@ static void add_hist(cJSON *parent, const char *name, const pb_hist *h)
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         cJSON_AddNumberToObject(o, ps[i].k, (double)pb_hist_percentile(h, ps[i].p) / 1e6);
     cJSON_AddNumberToObject(o, "max", (double)h->max / 1e6);
+}
+
+/* The CPU time a process has used (user + system, all its threads), in
+ * seconds; pid 0 is this process; -1 when unreadable. */
+static double proc_cpu(int pid)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof path, pid ? "/proc/%d/stat" : "/proc/self/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char *got = fgets(line, sizeof line, f);
+    fclose(f);
+    /* the command name (field 2) may hold spaces: count from its ')' */
+    char *p = got ? strrchr(line, ')') : NULL;
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                     &st) != 2)
+        return -1;
+    long hz = sysconf(_SC_CLK_TCK);
+    return hz > 0 ? (double)(ut + st) / (double)hz : -1;
+}
+
+static void cpu_sample(pb_bench *b, double *out)
+{
+    out[0] = proc_cpu(0);
+    for (int i = 0; i < b->o.n_pids; i++)
+        out[i + 1] = proc_cpu(b->o.pids[i]);
+}
+
+/* One process's CPU over the window: cores busy on average and CPU
+ * microseconds per operation. */
+static void add_cpu(pb_bench *b, cJSON *arr, int i, double ops_per_s)
+{
+    double span = secs(b->t_cpu_end > b->t_measure ? b->t_cpu_end - b->t_measure : 0);
+    if (b->cpu0[i] < 0 || b->cpu1[i] < b->cpu0[i] || span <= 0)
+        return;
+    double cores = (b->cpu1[i] - b->cpu0[i]) / span;
+    cJSON *o = cJSON_CreateObject();
+    if (i == 0)
+        cJSON_AddStringToObject(o, "process", "parley-bench");
+    else
+        cJSON_AddNumberToObject(o, "pid", b->o.pids[i - 1]);
+    cJSON_AddNumberToObject(o, "cores", cores);
+    cJSON_AddNumberToObject(o, "us_per_op", ops_per_s > 0 ? cores * 1e6 / ops_per_s : 0);
+    cJSON_AddItemToArray(arr, o);
 }
 
 /* VmRSS and VmHWM of a process, in KiB (0 when unreadable). */
@@ -995,6 +1050,12 @@ static char *report(pb_bench *b)
     cJSON_AddBoolToObject(root, "interrupted", b->interrupted);
     add_host(root);
 
+    /* The CPU the window took: a steadier figure of work per operation
+     * than a rate on a noisy machine. */
+    cJSON *cpu = cJSON_AddArrayToObject(root, "cpu");
+    for (int i = 0; b->t_cpu_end && i <= b->o.n_pids; i++)
+        add_cpu(b, cpu, i, window > 0 ? (double)b->ops / window : 0);
+
     cJSON *mem = cJSON_AddArrayToObject(root, "rss_kib");
     long rss, hwm;
     proc_rss(0, &rss, &hwm);
@@ -1041,7 +1102,7 @@ static void usage(FILE *out)
         "      --prefix P           user names are P0, P1, ... (default \"bench\")\n"
         "      --setup-concurrency K  connections logging in at once (default 256)\n"
         "      --setup-timeout S    give up setting up after S seconds (default 120)\n"
-        "      --pid PID            report this process's RSS too (repeatable, e.g. parleyd)\n"
+        "      --pid PID            report this process's RSS and CPU too (repeatable, e.g. parleyd)\n"
         "  -q, --quiet              no progress lines\n"
         "      --wire-sizes         print bytes per request/response in every wire format\n"
         "  -h, --help\n"

@@ -117,6 +117,8 @@ start_servers() {
         "$parleyd" "$cfg" "$i" "$work/data/s$i" 2>>"$work/s$i.log" &
         pids+=($!)
     done
+    pid_args=()
+    for ((i = 0; i < n; i++)); do pid_args+=(--pid "${pids[i]}"); done
     for ((i = 0; i < n; i++)); do
         local t=0
         until (exec 3<>/dev/tcp/127.0.0.1/$((base_port + i))) 2>/dev/null; do
@@ -126,6 +128,9 @@ start_servers() {
         done
     done
 }
+
+# The bench reports the RSS and CPU of every server (the first: server 0).
+pid_args=()
 
 stop_servers() {
     for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -154,14 +159,14 @@ run_figure() {
     shift 3
     for ((r = 1; r <= runs; r++)); do
         start_servers "$n" "$store"
-        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q --pid "${pids[0]}" "$@" >"$out/$name-$r.json"
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q "${pid_args[@]}" "$@" >"$out/$name-$r.json"
         files+=("$out/$name-$r.json")
         stop_servers
     done
     local ops p99 push
     ops=$(median throughput/ops_per_s "${files[@]}")
     p99=$(median latency_ms/request/p99 "${files[@]}")
-    echo "$name: ops/s median ${ops%% *} (runs: ${ops#* }); request p99 ms median ${p99%% *} (runs: ${p99#* })"
+    echo "$name: ops/s median ${ops%% *} (runs: ${ops#* }); request p99 ms median ${p99%% *} (runs: ${p99#* })$(cpu_note "${files[@]}")"
     if grep -q send_to_push "${files[0]}"; then
         push=$(median latency_ms/send_to_push/p99 "${files[@]}")
         echo "$name: send->push p99 ms median ${push%% *} (runs: ${push#* })"
@@ -189,13 +194,32 @@ redis_run() {
     done
     # about $dur seconds of requests at the rates seen here (55k/s, 500k/s)
     n=$((dur * (pipe > 1 ? 400000 : 55000)))
-    redis-benchmark -p "$port" -t set -c 64 -d 100 -P "$pipe" -n "$n" --csv 2>/dev/null |
-        python3 -c '
-import csv, json, sys
-r = list(csv.DictReader(sys.stdin))[-1]
-print(json.dumps({"tool": "redis-benchmark", "throughput": {"ops_per_s": float(r["rps"])},
+    # redis-benchmark runs under python, which reads the CPU time both
+    # processes used (redis-server's from /proc, over the run).
+    python3 - "$port" "$pipe" "$n" "$rpid" >"$out/$name.json" <<'EOF'
+import csv, io, json, os, resource, subprocess, sys, time
+port, pipe, n, rpid = sys.argv[1:]
+hz = os.sysconf("SC_CLK_TCK")
+def cpu(pid):
+    f = open("/proc/%s/stat" % pid).read()
+    v = f[f.rindex(")") + 2:].split()
+    return (int(v[11]) + int(v[12])) / hz
+c0, t0 = cpu(rpid), time.monotonic()
+out = subprocess.run(["redis-benchmark", "-p", port, "-t", "set", "-c", "64", "-d", "100",
+                      "-P", pipe, "-n", n, "--csv"], stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True, check=True).stdout
+c1, t1 = cpu(rpid), time.monotonic()
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+r = list(csv.DictReader(io.StringIO(out)))[-1]
+ops = float(r["rps"])
+def entry(name, secs):
+    return {"process": name, "cores": secs / (t1 - t0), "us_per_op": secs * 1e6 / int(n)}
+print(json.dumps({"tool": "redis-benchmark", "throughput": {"ops_per_s": ops},
                   "latency_ms": {"request": {"p50": float(r["p50_latency_ms"]),
-                                             "p99": float(r["p99_latency_ms"])}}}))' >"$out/$name.json"
+                                             "p99": float(r["p99_latency_ms"])}},
+                  "cpu": [entry("redis-benchmark", ru.ru_utime + ru.ru_stime),
+                          dict(entry("redis-server", c1 - c0), pid=int(rpid))]}))
+EOF
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || kill "$rpid" 2>/dev/null || true
     wait "$rpid" 2>/dev/null || true
 }
@@ -212,7 +236,23 @@ summary() {
     ops=$(median throughput/ops_per_s "$@")
     p50=$(median latency_ms/request/p50 "$@")
     p99=$(median latency_ms/request/p99 "$@")
-    echo "$name: ops/s median ${ops%% *} (runs: ${ops#* }); request p50 ms median ${p50%% *}; p99 ms median ${p99%% *}"
+    echo "$name: ops/s median ${ops%% *} (runs: ${ops#* }); request p50 ms median ${p50%% *}; p99 ms median ${p99%% *}$(cpu_note "$@")"
+}
+
+# cpu_note FILES...: "; server CPU us/op median X (runs: ...)": the CPU
+# time of every server process (parleyd or redis-server) over the window,
+# per operation; empty when the files have no CPU figures.
+cpu_note() {
+    python3 - "$@" <<'EOF'
+import json, statistics, sys
+v = []
+for f in sys.argv[1:]:
+    c = [e["us_per_op"] for e in json.load(open(f)).get("cpu", []) if "pid" in e]
+    if c:
+        v.append(sum(c))
+if v:
+    print("; server CPU us/op median %.1f (runs: %s)" % (statistics.median(v), " ".join("%.1f" % x for x in v)), end="")
+EOF
 }
 
 # ratio A_FILES... B_FILES...: the median of the per-run ratios of ops/s
@@ -247,11 +287,11 @@ redis_vs() {
     for ((r = 1; r <= runs; r++)); do
         redis_run "redis-$r" 1
         start_servers "$n" sqlite
-        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -w send --pid "${pids[0]}" >"$out/vs-send$n-$r.json"
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -w send "${pid_args[@]}" >"$out/vs-send$n-$r.json"
         stop_servers
         redis_run "redis-p32-$r" 32
         start_servers "$n" sqlite
-        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -p 32 -w send --pid "${pids[0]}" \
+        "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -p 32 -w send "${pid_args[@]}" \
             >"$out/vs-send$n-p32-$r.json"
         stop_servers
         rf+=("$out/redis-$r.json")
@@ -294,7 +334,7 @@ wires_on() {
         for w in "${names[@]}"; do
             transport=${tj[$w]}
             start_servers 1 "$store"
-            "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -w send --pid "${pids[0]}" \
+            "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -w send "${pid_args[@]}" \
                 >"$out/wires-$store-$w-$r.json"
             stop_servers
         done
@@ -332,11 +372,11 @@ fig_listen10k() {
         start_servers 1 sqlite
         # 10,064 users: listener j is user j, so a send pushes to one listener.
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w send \
-            --pid "${pids[0]}" >"$out/$l10k-$r.json"
+            "${pid_args[@]}" >"$out/$l10k-$r.json"
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -p 32 -u 10064 -L 10000 -w send \
-            --pid "${pids[0]}" >"$out/$l10k-p32-$r.json"
+            "${pid_args[@]}" >"$out/$l10k-p32-$r.json"
         "$bench" -c "$cfg" -d "$dur" --warmup 2 -q -n 64 -u 10064 -L 10000 -w deliver \
-            --rate 10000 --pid "${pids[0]}" >"$out/$l10k-deliver-$r.json"
+            --rate 10000 "${pid_args[@]}" >"$out/$l10k-deliver-$r.json"
         files+=("$out/$l10k-$r.json")
         pfiles+=("$out/$l10k-p32-$r.json")
         dfiles+=("$out/$l10k-deliver-$r.json")
