@@ -5,7 +5,8 @@
 
 Checks behaviour, never timing: each workload runs for a fraction of a
 second and must print one valid JSON document with a non-zero throughput,
-latency percentiles in order, and zero errors; `--wire-sizes` must print a
+latency percentiles in order, and zero errors; `--pid` must add the
+server's RSS and CPU over the window; `--wire-sizes` must print a
 row for every method; a bad option must be a usage error (exit 2).
 """
 import json
@@ -57,10 +58,20 @@ def main():
     try:
         cl.start_all()
         cfg = cl.config
-        doc, where = run_bench(bench, cfg, "-n", "8", "-w", "send")
+        pid = cl.procs[0].pid
+        doc, where = run_bench(bench, cfg, "-n", "8", "-w", "send", "--pid", str(pid))
         check_run(doc, where, "send", "request")
         if doc["setup"]["users_created"] != 8:
             raise AssertionError("send: expected 8 new users, got %r: %s" % (doc["setup"], where))
+        # The bench's own CPU first, then the server's: it served sends for
+        # the whole window, so it used some (a clock tick is 10 ms).
+        cpu = doc["cpu"]
+        if (len(cpu) != 2 or cpu[0].get("process") != "parley-bench" or cpu[1].get("pid") != pid
+                or not cpu[1]["cores"] > 0 or not cpu[1]["us_per_op"] > 0
+                or cpu[0]["cores"] < 0 or cpu[0]["us_per_op"] < 0):
+            raise AssertionError("send --pid: cpu %r: %s" % (cpu, where))
+        if [m.get("pid") for m in doc["rss_kib"]] != [None, pid] or not doc["rss_kib"][1]["rss"] > 0:
+            raise AssertionError("send --pid: rss_kib %r: %s" % (doc["rss_kib"], where))
 
         # The same users again: they exist now, which is fine.
         doc, where = run_bench(bench, cfg, "-n", "8", "-w", "deliver", "--listeners", "4")
