@@ -1760,12 +1760,20 @@ int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name,
                     uint64_t *created_ms)
 {
     uint8_t h[32];
+    if (token.len == 0 || token.len > PL_TOKEN_MAX)
+        return PL_ERR_NOT_LOGGED_IN;
+    pl_chat_token_hash(token, h);
+    return pl_chat_session_hashed(c, token, h, uid, name, created_ms);
+}
+
+int pl_chat_session_hashed(pl_chat *c, pl_str token, const uint8_t th[32], uint64_t *uid,
+                           pl_str *name, uint64_t *created_ms)
+{
     uint64_t su, created;
     pl_str an;
     if (token.len == 0 || token.len > PL_TOKEN_MAX)
         return PL_ERR_NOT_LOGGED_IN;
-    pl_chat_token_hash(token, h);
-    int rc = session_by_hash(c, h, &su, &created);
+    int rc = session_by_hash(c, th, &su, &created);
     if (rc == PL_ERR_NOT_FOUND)
         return PL_ERR_NOT_LOGGED_IN;
     if (rc)

@@ -220,6 +220,10 @@ int pl_chat_query(pl_chat *c, uint64_t uid, const pl_request *req, pl_response *
  * be NULL. */
 int pl_chat_session(pl_chat *c, pl_str token, uint64_t *uid, pl_str *name,
                     uint64_t *created_ms);
+/* The same with the token's hash (pl_chat_token_hash) already computed by
+ * the caller, e.g. kept from the connection's previous request. */
+int pl_chat_session_hashed(pl_chat *c, pl_str token, const uint8_t th[32], uint64_t *uid,
+                           pl_str *name, uint64_t *created_ms);
 /* BLAKE2b-256 of a token, as stored in sessions (out: 32 bytes). */
 void pl_chat_token_hash(pl_str token, uint8_t out[32]);
 
