@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/bench.sh — reproduce the figures in docs/performance.md, one command each.
 #
-#   tools/bench.sh [-B BUILD_DIR] [-r RUNS] [-d SECONDS] [-g DELAY_US] FIGURE...
+#   tools/bench.sh [-B BUILD_DIR] [-r RUNS] [-d SECONDS] [-g DELAY_US] [-n] FIGURE...
 #
 # FIGURE is one of
 #   fsync      the disk's durable append rate (tools/fsync-rate.py)
@@ -39,7 +39,9 @@
 #
 # -g DELAY_US runs the servers with "group_commit": {"delay_us": DELAY_US}
 # (docs/operations.md; without -g, parleyd's default: 1000; -g 0 turns the
-# delay off).
+# delay off). -n runs them with "store": {"sync": false}: nothing is
+# durable, so it is never a figure to quote, only the bound with the disk
+# taken out (docs/performance.md, round 9).
 #
 # Servers run the SQLite store with syncs on, tcp/binary, Argon2id at its
 # minimum cost (only bench setup logs in) and the per-address and
@@ -51,17 +53,19 @@ build="$here/build"
 runs=3
 dur=10
 group_commit=""
-while getopts "B:r:d:g:h" o; do
+store_sync=true
+while getopts "B:r:d:g:nh" o; do
     case $o in
     B) build=$(cd "$OPTARG" && pwd) ;;
     r) runs=$OPTARG ;;
     d) dur=$OPTARG ;;
     g) group_commit=",\"group_commit\":{\"delay_us\":$OPTARG}" ;;
-    *) sed -n '2,46p' "$0"; exit 2 ;;
+    n) store_sync=false ;;
+    *) sed -n '2,48p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { sed -n '2,46p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,48p' "$0"; exit 2; }
 parleyd="$build/core/parleyd"
 bench="$build/client/parley-bench"
 for f in "$parleyd" "$bench"; do
@@ -98,7 +102,7 @@ write_config() {
     cat >"$file" <<EOF
 {"servers":[${servers}],
  "transport":${transport},
- "store":{"name":"${store}","sync":true},
+ "store":{"name":"${store}","sync":${store_sync}},
  "password_hash":{"opslimit":1,"memlimit":8192},
  "limits":{"conns_per_address":0,"requests_per_second":0},
  "log_level":"warn"${group_commit}}
