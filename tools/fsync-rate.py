@@ -6,6 +6,7 @@ group commit divides by (docs/performance.md).
     tools/fsync-rate.py [DIR] [--seconds S] [--bytes N]
                         [--beside-checkpoint BYTES [--every S] [--gap-ms MS]]
                         [--stalls [CONTROL_DIR] [--gap-ms MS]]
+                        [--writers N]
 
 Appends N bytes (default 200) to a scratch file and fdatasync()s, again and
 again for S seconds (default 2); also measures 64 KiB appends (a large
@@ -25,6 +26,10 @@ on DIR (every --gap-ms, default 1.5), while the same calls run on
 CONTROL_DIR (default /dev/shm, where a sync writes nothing), and idle. On a
 virtual machine whose disk flushes pause the guest's CPUs, the first shows
 gaps that the other two do not (docs/performance.md, round 8).
+
+--writers N also runs N processes at once, each appending and syncing a file
+of its own, as the logs of N servers on one machine do: each one's rate and
+latencies beside the others', and their sum (docs/performance.md, round 9).
 """
 import argparse
 import ctypes
@@ -160,6 +165,30 @@ def stalls(path, size, seconds, gap_s):
     return out
 
 
+def _writer(path, size, seconds, start, q):
+    start.wait()
+    lat, elapsed = appends(path, size, seconds)
+    q.put((len(lat) / elapsed, ms(lat, 0.5), ms(lat, 0.99)))
+
+
+def concurrent(path, size, seconds, n):
+    """n processes appending and syncing files of their own at once."""
+    start = multiprocessing.Event()
+    q = multiprocessing.Queue()
+    ps = [multiprocessing.Process(target=_writer, args=("%s.w%d" % (path, i), size, seconds,
+                                                        start, q)) for i in range(n)]
+    for p in ps:
+        p.start()
+    start.set()
+    got = sorted(q.get() for _ in ps)
+    for p in ps:
+        p.join()
+    return {"writers": n, "bytes_per_append": size,
+            "syncs_per_s_each": [round(g[0], 1) for g in got],
+            "syncs_per_s_total": round(sum(g[0] for g in got), 1),
+            "p50_ms_each": [g[1] for g in got], "p99_ms_each": [g[2] for g in got]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir", nargs="?", default=".")
@@ -169,7 +198,10 @@ def main():
     ap.add_argument("--every", type=float, default=0.6)
     ap.add_argument("--gap-ms", type=float, default=1.5)
     ap.add_argument("--stalls", nargs="?", const="/dev/shm", default=None, metavar="CONTROL_DIR")
+    ap.add_argument("--writers", type=int, default=0, metavar="N")
     a = ap.parse_args()
+    if a.writers < 0 or a.writers > 64:
+        ap.error("--writers: 0-64 processes")
     path = os.path.join(a.dir, ".parley-fsync-rate.%d" % os.getpid())
     if a.stalls:
         control = os.path.join(a.stalls, ".parley-fsync-rate.%d" % os.getpid())
@@ -187,6 +219,8 @@ def main():
         "small": rate(path, a.bytes, a.seconds),
         "batch_64k": rate(path, 65536, a.seconds),
     }
+    if a.writers > 0:
+        out["concurrent"] = concurrent(path, a.bytes, a.seconds, a.writers)
     if a.beside_checkpoint > 0:
         gap = a.gap_ms / 1e3
         out["alone"] = latencies(path, a.bytes, a.seconds, gap)
