@@ -267,6 +267,34 @@ static void check_cached(pl_seq *q, uint64_t from, uint64_t to)
     abort();
 }
 
+/* Applied ops from .. from + n - 1 with their results: record them as
+ * applied, answer the in-flight ones and run host.applied for each. This
+ * must happen before the chat applies or queries anything else: results
+ * point into memory its next call reuses. Returns n. */
+static size_t answer_applied(pl_seq *q, uint64_t from, size_t n, const pl_apply_result *res)
+{
+    q->applied = from + n - 1;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t op = from + i;
+        /* in-flight ops are in op order; anything below op is gone */
+        while (q->fl_head && q->fl_head->op < op) {
+            seq_item *it = q->fl_head;
+            q->fl_head = it->next;
+            finish(q, it, PL_ERR_UNAVAILABLE, 0, NULL);
+        }
+        if (q->fl_head && q->fl_head->op == op) {
+            seq_item *it = q->fl_head;
+            q->fl_head = it->next;
+            finish(q, it, PL_OK, op, &res[i]);
+        }
+        if (!q->fl_head)
+            q->fl_tail = NULL;
+        if (q->host.applied)
+            q->host.applied(q->host.ud, op, &res[i]);
+    }
+    return n;
+}
+
 /* Apply the log from applied + 1 through upto, in chunks of one store
  * transaction each; answer in-flight ops and run host.applied per op. */
 static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
@@ -307,45 +335,30 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
                 cnt = i + 1;
                 break;
             }
-        if (rc == PL_OK && barrier > 0)
-            rc = pl_chat_apply_batch(q->chat, from, q->ops, barrier < cnt ? barrier : cnt,
-                                     q->results);
+        /* The ops before a membership change are one batch, the change
+         * another; each batch is answered before the next is applied,
+         * because applying resets the memory the answers point into. */
+        size_t done = 0;
         int stop = PL_OK;
+        if (rc == PL_OK && barrier > 0) {
+            rc = pl_chat_apply_batch(q->chat, from, q->ops, barrier, q->results);
+            if (rc == PL_OK)
+                done = answer_applied(q, from, barrier, q->results);
+        }
         if (rc == PL_OK && barrier < cnt) {
             stop = apply_reconfig(q, from + barrier, &q->ops[barrier]);
-            if (stop == PL_OK)
+            if (stop == PL_OK) {
                 rc = pl_chat_apply_batch(q->chat, from + barrier, &q->ops[barrier], 1,
                                          &q->results[barrier]);
-            else
-                cnt = barrier; /* the ops before it are in; retried from it */
-        }
-        if (rc == PL_OK)
-            to = from + cnt - 1;
-        if (rc != PL_OK) {
-            snprintf(err, errlen, "applying ops %llu-%llu from the log: %s",
-                     (unsigned long long)from, (unsigned long long)to, pl_strerror(rc));
-        } else {
-            q->applied = to;
-            total += cnt;
-            for (size_t i = 0; i < cnt; i++) {
-                uint64_t op = from + i;
-                /* in-flight ops are in op order; anything below op is gone */
-                while (q->fl_head && q->fl_head->op < op) {
-                    seq_item *it = q->fl_head;
-                    q->fl_head = it->next;
-                    finish(q, it, PL_ERR_UNAVAILABLE, 0, NULL);
-                }
-                if (q->fl_head && q->fl_head->op == op) {
-                    seq_item *it = q->fl_head;
-                    q->fl_head = it->next;
-                    finish(q, it, PL_OK, op, &q->results[i]);
-                }
-                if (!q->fl_head)
-                    q->fl_tail = NULL;
-                if (q->host.applied)
-                    q->host.applied(q->host.ud, op, &q->results[i]);
+                if (rc == PL_OK)
+                    done += answer_applied(q, from + barrier, 1, &q->results[barrier]);
             }
         }
+        total += done;
+        if (rc != PL_OK)
+            snprintf(err, errlen, "applying ops %llu-%llu from the log: %s",
+                     (unsigned long long)(from + done),
+                     (unsigned long long)(cnt ? from + cnt - 1 : to), pl_strerror(rc));
         for (size_t i = 0; i < decoded; i++) {
             free(q->ids[i]);
             q->ids[i] = NULL;
@@ -353,9 +366,9 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
         for (size_t i = 0; i < c.n; i++)
             free(q->data[i]);
         if (rc == PL_OK && stop != PL_OK) {
-            rc = stop;
+            rc = stop; /* the ops before it are in; retried from it */
             snprintf(err, errlen, "making the membership change at op %llu durable: %s",
-                     (unsigned long long)(to + 1), pl_strerror(rc));
+                     (unsigned long long)(from + barrier), pl_strerror(rc));
         }
         if (rc != PL_OK)
             break;

@@ -9,6 +9,7 @@
 #include <check.h>
 #include <event2/event.h>
 #include <ftw.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,10 +133,13 @@ static void on_done(void *ud, int err, uint64_t op, const pl_apply_result *res)
     n_done++;
 }
 
+/* A test's own look at every applied op, when set. */
+static void (*applied_extra)(void *ud, uint64_t op, const pl_apply_result *res);
+
 static void on_applied(void *ud, uint64_t op, const pl_apply_result *res)
 {
-    (void)ud;
-    (void)res;
+    if (applied_extra)
+        applied_extra(ud, op, res);
     if (n_applied < MAXSEEN) /* the long runs only count */
         applied_seen[n_applied] = op;
     n_applied++;
@@ -586,6 +590,88 @@ START_TEST(sync_delay)
 }
 END_TEST
 
+/* The replies and pushes of the ops committed just before a membership
+ * change, in the same chunk, must still be intact when they are handed out.
+ * The chat applies the membership change in a batch of its own, which
+ * resets the arena its answers live in: a fault run lost a read this way
+ * (its messages marked read, the reply garbage the codec refused). Bodies
+ * of nearly 64 KiB put each message in an arena block of its own, and
+ * freed memory is perturbed (main), so a reply read after the reset does
+ * not match. */
+#define BIG_BODY 60000
+static char big_body[3][BIG_BODY];
+static int read_checked, push_checked;
+
+static int body_is(pl_str b, int k)
+{
+    return b.len == BIG_BODY && memcmp(b.ptr, big_body[k], BIG_BODY) == 0;
+}
+
+static void on_read_done(void *ud, int err, uint64_t op, const pl_apply_result *res)
+{
+    (void)ud;
+    (void)op;
+    ck_assert_int_eq(err, PL_OK);
+    ck_assert_uint_eq(res->reply.status, PL_OK);
+    ck_assert_uint_eq(res->reply.n_msgs, 2);
+    for (uint32_t i = 0; i < 2; i++)
+        ck_assert_msg(body_is(res->reply.msgs[i].body, (int)i),
+                      "read reply message %u is intact when answered", i);
+    read_checked++;
+}
+
+static void on_push_applied(void *ud, uint64_t op, const pl_apply_result *res)
+{
+    (void)ud;
+    if (res->has_push && op == 6) {
+        ck_assert_msg(body_is(res->push.body, 2), "the push of op %llu is intact",
+                      (unsigned long long)op);
+        push_checked++;
+    }
+}
+
+static void submit_send(pl_seq *q, uint64_t uid, const char *to, int k)
+{
+    pl_op op = { .kind = PL_OP_SEND, .time_ms = 1000, .uid = uid, .name = pl_str_c(to),
+                 .body = { big_body[k], BIG_BODY } };
+    ck_assert_int_eq(pl_seq_submit(q, &op, on_done, NULL), PL_OK);
+}
+
+START_TEST(answers_before_membership_change)
+{
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < BIG_BODY; i++)
+            big_body[k][i] = (char)('a' + (i * 7 + k * 3) % 26);
+    read_checked = push_checked = 0;
+    fx_open(&F, 0, 1);
+    submit_register(F.seq, "ann"); /* uid 1 */
+    submit_register(F.seq, "ben"); /* uid 2 */
+    run_until_idle(&F);
+    submit_send(F.seq, 1, "ben", 0);
+    submit_send(F.seq, 1, "ben", 1);
+    run_until_idle(&F);
+    ck_assert_uint_eq(real->applied_op(F.st), 4);
+
+    /* one batch: a read, a send, the membership change that ends it */
+    applied_extra = on_push_applied;
+    pl_op rd = { .kind = PL_OP_READ, .time_ms = 1000, .uid = 2 };
+    ck_assert_int_eq(pl_seq_submit(F.seq, &rd, on_read_done, NULL), PL_OK);
+    submit_send(F.seq, 2, "ben", 2);
+    static const char members[] = "{\"epoch\": 1}";
+    pl_op rc = { .kind = PL_OP_RECONFIG, .time_ms = 1000, .body = pl_str_c(members) };
+    ck_assert_int_eq(pl_seq_submit(F.seq, &rc, on_done, NULL), PL_OK);
+    int before = appends;
+    run_until_idle(&F);
+    ck_assert_msg(appends == before + 1, "the read, the send and the change share one batch");
+    ck_assert_uint_eq(real->applied_op(F.st), 7);
+    ck_assert_int_eq(read_checked, 1);
+    ck_assert_int_eq(push_checked, 1);
+    applied_extra = NULL;
+    fx_close(&F);
+    fx_remove(&F);
+}
+END_TEST
+
 static void set_sync(void) { fx_async = 0; }
 static void set_async(void) { fx_async = 1; }
 
@@ -599,6 +685,9 @@ int main(int argc, char **argv)
     /* core/seq.c compares what it applies from its apply cache with the
      * store's log, and aborts on a difference */
     setenv("PARLEY_CHECK_APPLY_CACHE", "1", 1);
+    /* freed memory is overwritten, so an answer read after its memory was
+     * freed does not pass for intact (answers_before_membership_change) */
+    mallopt(M_PERTURB, 0xa5);
     Suite *s = suite_create("seq");
     for (int async = 0; async < 2; async++) {
         TCase *tc = tcase_create(async ? "seq-async" : "seq");
@@ -613,6 +702,7 @@ int main(int argc, char **argv)
         tcase_add_test(tc, interrupted_snapshot_install);
         tcase_add_test(tc, free_flushes);
         tcase_add_test(tc, sync_delay);
+        tcase_add_test(tc, answers_before_membership_change);
         suite_add_tcase(s, tc);
     }
     SRunner *sr = srunner_create(s);
