@@ -270,8 +270,8 @@ static void check_cached(pl_seq *q, uint64_t from, uint64_t to)
 /* Applied ops from .. from + n - 1 with their results: record them as
  * applied, answer the in-flight ones and run host.applied for each. This
  * must happen before the chat applies or queries anything else: results
- * point into memory its next call reuses. Returns n. */
-static size_t answer_applied(pl_seq *q, uint64_t from, size_t n, const pl_apply_result *res)
+ * point into memory its next call reuses. */
+static void answer_applied(pl_seq *q, uint64_t from, size_t n, const pl_apply_result *res)
 {
     q->applied = from + n - 1;
     for (size_t i = 0; i < n; i++) {
@@ -292,7 +292,6 @@ static size_t answer_applied(pl_seq *q, uint64_t from, size_t n, const pl_apply_
         if (q->host.applied)
             q->host.applied(q->host.ud, op, &res[i]);
     }
-    return n;
 }
 
 /* Apply the log from applied + 1 through upto, in chunks of one store
@@ -342,16 +341,20 @@ static int apply_upto(pl_seq *q, uint64_t upto, char *err, size_t errlen)
         int stop = PL_OK;
         if (rc == PL_OK && barrier > 0) {
             rc = pl_chat_apply_batch(q->chat, from, q->ops, barrier, q->results);
-            if (rc == PL_OK)
-                done = answer_applied(q, from, barrier, q->results);
+            if (rc == PL_OK) {
+                answer_applied(q, from, barrier, q->results);
+                done = barrier;
+            }
         }
         if (rc == PL_OK && barrier < cnt) {
             stop = apply_reconfig(q, from + barrier, &q->ops[barrier]);
             if (stop == PL_OK) {
                 rc = pl_chat_apply_batch(q->chat, from + barrier, &q->ops[barrier], 1,
                                          &q->results[barrier]);
-                if (rc == PL_OK)
-                    done += answer_applied(q, from + barrier, 1, &q->results[barrier]);
+                if (rc == PL_OK) {
+                    answer_applied(q, from + barrier, 1, &q->results[barrier]);
+                    done++;
+                }
             }
         }
         total += done;

@@ -75,6 +75,7 @@ out=${OUT:-$PWD/bench-results}
 mkdir -p "$out"
 work=$(mktemp -d /tmp/parley-bench.XXXXXX)
 pids=()
+pid_args=()   # --pid for every server: the bench reports each one's RSS and CPU
 # parleyd and the bench each need a descriptor per connection.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -133,13 +134,11 @@ start_servers() {
     done
 }
 
-# The bench reports the RSS and CPU of every server (the first: server 0).
-pid_args=()
-
 stop_servers() {
     for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
     pids=()
+    pid_args=()
 }
 
 # median FIELD FILES...: the median of a dotted JSON field over the files.
